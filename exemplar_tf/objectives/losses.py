@@ -1,0 +1,115 @@
+"""Training objectives as pure functions: parametric softmax, NPID's non-parametric softmax and NCE.
+
+Shapes: B batch, N classes or instances, D embedding size, m noise samples per example.
+The memory bank enters as a plain tensor (the caller reads `MemoryBank`); no gradient flows into it.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def softmax_loss(logits, labels):
+    """Mean cross-entropy of an N-way softmax.
+
+    logits: float [B,N]; labels: int [B] in [0, N). Returns float32 scalar.
+    """
+    logits = tf.cast(logits, tf.float32)
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
+    return tf.reduce_mean(per_example)
+
+
+def nonparametric_softmax_loss(v, bank, indices, tau):
+    """NPID's exact non-parametric softmax: mean over the batch of -log softmax(bank . v / tau)[index].
+
+    v: float [B,D] unit rows; bank: float [N,D] unit rows; indices: int [B] (each example's own row);
+    tau: temperature. Returns float32 scalar.
+    """
+    v = tf.cast(v, tf.float32)
+    logits = tf.matmul(v, tf.stop_gradient(bank), transpose_b=True) / tau
+    return softmax_loss(logits, indices)
+
+
+def sample_noise(indices, num_instances, m, seed):
+    """Draws m noise instances per example, uniform over the N-1 instances that are not its positive.
+
+    Draws u in [0, N-1) and maps u -> u + (u >= positive), a bijection onto [0, N) minus {positive}.
+    indices: int [B]; num_instances: N; m: python int; seed: int32 [2] (stateless RNG).
+    Returns int64 [B,m].
+    """
+    positives = tf.cast(indices, tf.int64)[:, None]
+    draws = tf.random.stateless_uniform(
+        [tf.shape(positives)[0], m], seed=seed, minval=0, maxval=num_instances - 1, dtype=tf.int64
+    )
+    return draws + tf.cast(draws >= positives, tf.int64)
+
+
+def sample_shared_noise(indices, num_instances, m, seed):
+    """Draws m noise instances shared by the whole batch, uniform over instances not in the batch.
+
+    The cheap variant of `sample_noise`: `nce_loss` then gathers m bank rows instead of B*m. The trade: every
+    example sees the same negatives (correlated gradient noise within a step) and no instance of the batch is
+    ever a negative, not even for the other examples (the loss still uses Pn = 1/N; the difference is k/N).
+    Draws u in [0, N-k) (k distinct positives p_0 < ... < p_{k-1}) and maps u -> u + #{j : p_j - j <= u}.
+    indices: int [B]; returns int64 [m].
+    """
+    positives = tf.sort(tf.unique(tf.cast(indices, tf.int64))[0])
+    num_allowed = num_instances - tf.size(positives, out_type=tf.int64)
+    draws = tf.random.stateless_uniform([m], seed=seed, minval=0, maxval=num_allowed, dtype=tf.int64)
+    gaps = positives - tf.range(tf.size(positives, out_type=tf.int64))
+    return draws + tf.searchsorted(gaps, draws, side="right", out_type=tf.int64)
+
+
+def noise_scores(v, bank, noise):
+    """Dot products between each example and its noise rows.
+
+    v: float32 [B,D]; bank: [N,D]; noise: int [B,m] per-example, or int [m] shared by the batch.
+    Returns float32 [B,m]. Per-example noise gathers B*m rows once and contracts them in one batched matmul;
+    shared noise gathers m rows and uses one plain matmul.
+    """
+    noise = tf.convert_to_tensor(noise)
+    rows = tf.gather(tf.stop_gradient(bank), noise)
+    if noise.shape.rank == 1:
+        return tf.matmul(v, rows, transpose_b=True)
+    return tf.einsum("bd,bmd->bm", v, rows)
+
+
+def nce_loss(v, bank, indices, noise, tau, z):
+    """NPID's NCE loss with uniform noise Pn = 1/N and m noise samples per example.
+
+    P(i|v) = exp(w_i . v / tau) / Z. Per example:
+      -log(P_pos / (P_pos + m Pn)) - sum_noise log(m Pn / (P_noise + m Pn)),
+    computed in log space as softplus(log(m Pn) - log P_pos) + sum softplus(log P_noise - log(m Pn)).
+    v: float [B,D] unit rows; bank: float [N,D]; indices: int [B]; noise: int [B,m] (or [m], shared);
+    tau: temperature; z: scalar normaliser estimate (the caller keeps it, see `update_z`).
+    Returns (loss: float32 scalar, batch mean, and z_estimate: float32 scalar = N * mean exp(w_noise . v / tau),
+    the Monte-Carlo estimate of Z from this batch's noise, without gradient; it is finite while
+    max score / tau + log N < 88, e.g. tau >= 0.02 for N = 1.28M unit rows).
+    """
+    v = tf.cast(v, tf.float32)
+    num_instances = tf.cast(tf.shape(bank)[0], tf.float32)
+    num_noise = tf.cast(tf.shape(noise)[-1], tf.float32)
+    positive_scores = tf.reduce_sum(v * tf.gather(tf.stop_gradient(bank), indices), axis=-1)
+    negative_scores = noise_scores(v, bank, noise)
+
+    log_z = tf.math.log(tf.cast(z, tf.float32))
+    log_m_pn = tf.math.log(num_noise / num_instances)
+    positive_term = tf.nn.softplus(log_m_pn - (positive_scores / tau - log_z))
+    negative_term = tf.reduce_sum(tf.nn.softplus(negative_scores / tau - log_z - log_m_pn), axis=-1)
+    loss = tf.reduce_mean(positive_term + negative_term)
+
+    z_estimate = num_instances * tf.reduce_mean(tf.exp(tf.stop_gradient(negative_scores) / tau))
+    return loss, z_estimate
+
+
+def update_z(z_old, z_batch, momentum, is_first):
+    """Next value of NCE's normaliser Z.
+
+    The first batch sets Z to its estimate. After that: momentum 0 freezes Z (the NPID release's behaviour);
+    otherwise Z <- momentum * Z + (1 - momentum) * z_batch. All arguments are scalars (python or tensors).
+    """
+    z_old = tf.cast(z_old, tf.float32)
+    z_batch = tf.cast(z_batch, tf.float32)
+    momentum = tf.cast(momentum, tf.float32)
+    moving = momentum * z_old + (1.0 - momentum) * z_batch
+    after_first = tf.where(tf.equal(momentum, 0.0), z_old, moving)
+    return tf.where(tf.cast(is_first, tf.bool), z_batch, after_first)

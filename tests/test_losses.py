@@ -1,0 +1,166 @@
+"""Objectives against NumPy references written from the formulas (METHOD.md §4), plus sampling and descent."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import stats
+
+from exemplar_tf.objectives import losses
+
+B, N, D, M = 3, 7, 4, 5
+TAU = 0.1
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def problem(rng):
+    v = unit_rows(rng, B, D)
+    bank = unit_rows(rng, N, D)
+    indices = np.array([0, 4, 6])
+    noise = np.array([[1, 2, 3, 1, 5], [0, 1, 2, 3, 6], [5, 5, 0, 1, 2]])
+    return v, bank, indices, noise
+
+
+def softmax_reference(logits, labels):
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return -np.mean(np.log(p[np.arange(len(labels)), labels]))
+
+
+def nce_reference(v, bank, indices, noise, tau, z):
+    """Probability form, straight from the paper: P = exp(w.v/tau)/Z, Pn = 1/N."""
+    n, m = len(bank), noise.shape[1]
+    p_pos = np.exp(np.sum(bank[indices] * v, axis=1) / tau) / z
+    p_neg = np.exp(np.einsum("bd,bmd->bm", v, bank[noise]) / tau) / z
+    m_pn = m / n
+    per_example = -np.log(p_pos / (p_pos + m_pn)) - np.sum(np.log(m_pn / (p_neg + m_pn)), axis=1)
+    z_estimate = n * np.mean(np.exp(np.einsum("bd,bmd->bm", v, bank[noise]) / tau))
+    return per_example.mean(), z_estimate
+
+
+def test_softmax_loss_matches_numpy(rng):
+    logits = rng.normal(size=(B, N)) * 3
+    labels = np.array([2, 0, 6])
+    got = losses.softmax_loss(tf.constant(logits, tf.float32), tf.constant(labels))
+    np.testing.assert_allclose(got.numpy(), softmax_reference(logits, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_nonparametric_softmax_loss_matches_numpy(problem):
+    v, bank, indices, _ = problem
+    got = losses.nonparametric_softmax_loss(
+        tf.constant(v, tf.float32), tf.constant(bank, tf.float32), tf.constant(indices), TAU
+    )
+    np.testing.assert_allclose(got.numpy(), softmax_reference(v @ bank.T / TAU, indices), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("z", [3.0, 250.0])
+def test_nce_loss_matches_numpy(problem, z):
+    v, bank, indices, noise = problem
+    loss, z_estimate = losses.nce_loss(
+        tf.constant(v, tf.float32), tf.constant(bank, tf.float32), tf.constant(indices), tf.constant(noise), TAU, z
+    )
+    want_loss, want_z = nce_reference(v, bank, indices, noise, TAU, z)
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(z_estimate.numpy(), want_z, rtol=1e-5)
+
+
+def test_nce_loss_with_shared_noise_equals_broadcast_per_example_noise(problem):
+    v, bank, indices, noise = problem
+    args = (tf.constant(v, tf.float32), tf.constant(bank, tf.float32), tf.constant(indices))
+    shared = losses.nce_loss(*args, tf.constant(noise[0]), TAU, 5.0)
+    broadcast = losses.nce_loss(*args, tf.constant(np.tile(noise[0], (B, 1))), TAU, 5.0)
+    np.testing.assert_allclose(shared, broadcast, rtol=1e-6)
+
+
+def test_nce_loss_is_finite_for_extreme_scores():
+    """exp(1/0.01) overflows float32; the log-space loss must not (Z itself is then beyond float32)."""
+    v = tf.constant([[1.0, 0.0]])
+    bank = tf.constant([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]])
+    for z in (1e-3, 1e30):
+        loss, _ = losses.nce_loss(v, bank, tf.constant([0]), tf.constant([[1, 2]]), 0.01, z)
+        assert np.isfinite(loss.numpy())
+
+
+def test_sample_noise_excludes_positive_and_is_uniform():
+    num_instances, m = 7, 4000
+    indices = tf.constant(np.arange(num_instances))
+    noise = losses.sample_noise(indices, num_instances, m, tf.constant([1, 2], tf.int32)).numpy()
+    assert noise.shape == (num_instances, m) and noise.dtype == np.int64
+    for positive, row in enumerate(noise):
+        assert positive not in row
+        others = [i for i in range(num_instances) if i != positive]
+        counts = np.array([np.sum(row == i) for i in others])
+        assert counts.sum() == m
+        assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_sample_noise_is_deterministic_in_seed():
+    indices = tf.constant([3, 1])
+    a = losses.sample_noise(indices, 100, 16, tf.constant([5, 6], tf.int32))
+    b = losses.sample_noise(indices, 100, 16, tf.constant([5, 6], tf.int32))
+    c = losses.sample_noise(indices, 100, 16, tf.constant([5, 7], tf.int32))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_sample_shared_noise_excludes_batch_and_is_uniform():
+    num_instances, m = 12, 9000
+    indices = tf.constant([7, 2, 7, 11, 0])
+    noise = losses.sample_shared_noise(indices, num_instances, m, tf.constant([3, 4], tf.int32)).numpy()
+    allowed = sorted(set(range(num_instances)) - {0, 2, 7, 11})
+    assert noise.shape == (m,) and set(noise.tolist()) == set(allowed)
+    counts = np.array([np.sum(noise == i) for i in allowed])
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_update_z():
+    assert losses.update_z(7.0, 3.0, 0.9, True).numpy() == pytest.approx(3.0)
+    assert losses.update_z(7.0, 3.0, 0.0, False).numpy() == pytest.approx(7.0)
+    assert losses.update_z(7.0, 3.0, 0.9, False).numpy() == pytest.approx(0.9 * 7.0 + 0.1 * 3.0)
+
+
+def descend(loss_of_weights, weights, steps=20, lr=0.5):
+    """Plain SGD on one variable; returns (first loss, last loss)."""
+    history = []
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = loss_of_weights(weights)
+        history.append(float(loss))
+        weights.assign_sub(lr * tape.gradient(loss, weights))
+    return history[0], history[-1]
+
+
+@pytest.fixture
+def tiny_encoder_problem(rng):
+    """8 inputs, a linear 'encoder' [6,D] to learn, a fixed random bank with one row per input."""
+    x = tf.constant(rng.normal(size=(8, 6)), tf.float32)
+    weights = tf.Variable(rng.normal(size=(6, D)) * 0.1, dtype=tf.float32)
+    bank = tf.constant(unit_rows(rng, 8, D), tf.float32)
+    return x, weights, bank, tf.range(8)
+
+
+def test_sgd_lowers_softmax_loss(tiny_encoder_problem):
+    x, weights, _, labels = tiny_encoder_problem
+    first, last = descend(lambda w: losses.softmax_loss(x @ tf.pad(w, [[0, 0], [0, 4]]), labels), weights)
+    assert last < first
+
+
+def test_sgd_lowers_nonparametric_softmax_loss(tiny_encoder_problem):
+    x, weights, bank, indices = tiny_encoder_problem
+    loss = lambda w: losses.nonparametric_softmax_loss(tf.math.l2_normalize(x @ w, axis=1), bank, indices, TAU)
+    first, last = descend(loss, weights)
+    assert last < first
+
+
+def test_sgd_lowers_nce_loss(tiny_encoder_problem):
+    x, weights, bank, indices = tiny_encoder_problem
+    noise = losses.sample_noise(indices, 8, M, tf.constant([0, 1], tf.int32))
+
+    def loss(w):
+        return losses.nce_loss(tf.math.l2_normalize(x @ w, axis=1), bank, indices, noise, TAU, 8.0)[0]
+
+    first, last = descend(loss, weights, lr=0.05)
+    assert last < first

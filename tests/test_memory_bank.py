@@ -1,0 +1,107 @@
+"""MemoryBank: update formula, unit rows, duplicates, and replica consistency under MirroredStrategy."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf.objectives.memory_bank import MemoryBank
+
+N, D, ETA = 10, 4, 0.5
+
+
+def numpy_update(bank, indices, v, eta):
+    """Reference: duplicates averaged, then w <- normalise(eta*w + (1-eta)*v)."""
+    bank = bank.copy()
+    for i in np.unique(indices):
+        target = v[indices == i].mean(axis=0)
+        row = eta * bank[i] + (1 - eta) * target
+        bank[i] = row / np.linalg.norm(row)
+    return bank
+
+
+def unit_rows(rng, n, d):
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_initial_rows_are_unit_and_seeded():
+    a, b, c = MemoryBank(N, D, seed=1), MemoryBank(N, D, seed=1), MemoryBank(N, D, seed=2)
+    np.testing.assert_allclose(np.linalg.norm(a().numpy(), axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(a().numpy(), b().numpy())
+    assert not np.array_equal(a().numpy(), c().numpy())
+    assert a.bank.path.endswith("memory_bank") and not a.bank.trainable
+    assert a.trainable_weights == []
+
+
+def test_call_with_indices_reads_rows():
+    bank = MemoryBank(N, D)
+    np.testing.assert_array_equal(bank(tf.constant([3, 0])).numpy(), bank().numpy()[[3, 0]])
+
+
+def test_update_matches_numpy_and_keeps_unit_rows(rng):
+    bank = MemoryBank(N, D, momentum=ETA)
+    for _ in range(3):
+        before = bank().numpy()
+        indices = rng.choice(N, size=4, replace=False)
+        v = unit_rows(rng, 4, D)
+        bank.update(tf.constant(indices), tf.constant(v))
+        np.testing.assert_allclose(bank().numpy(), numpy_update(before, indices, v, ETA), atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(bank().numpy(), axis=1), 1.0, atol=1e-6)
+
+
+def test_duplicate_indices_use_the_mean_of_their_rows(rng):
+    bank = MemoryBank(N, D, momentum=0.3)
+    before = bank().numpy()
+    indices = np.array([2, 5, 2, 2])
+    v = unit_rows(rng, 4, D)
+    bank.update(tf.constant(indices), tf.constant(v))
+    np.testing.assert_allclose(bank().numpy(), numpy_update(before, indices, v, 0.3), atol=1e-6)
+
+
+def test_gather_and_update_without_strategy_is_update(rng):
+    a, b = MemoryBank(N, D), MemoryBank(N, D)
+    indices, v = tf.constant([1, 7]), tf.constant(unit_rows(rng, 2, D))
+    a.update(indices, v)
+    tf.function(b.gather_and_update)(indices, v)
+    np.testing.assert_array_equal(a().numpy(), b().numpy())
+
+
+@pytest.fixture
+def mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def test_bank_is_mirrored_with_only_first_replica_aggregation(mirrored):
+    with mirrored.scope():
+        bank = MemoryBank(N, D)
+    wrapped = bank.bank.value
+    assert isinstance(wrapped, tf.distribute.DistributedValues)
+    assert wrapped.aggregation == tf.VariableAggregation.ONLY_FIRST_REPLICA
+    assert len(mirrored.experimental_local_results(wrapped)) == 2
+
+
+def test_replicas_stay_identical_and_match_one_device_update(mirrored, rng):
+    """Each replica sees different data; every copy must equal a 1-device update on the global batch."""
+    steps, per_replica = 4, 3
+    with mirrored.scope():
+        bank = MemoryBank(N, D, momentum=ETA, seed=3)
+    reference = MemoryBank(N, D, momentum=ETA, seed=3)
+    all_indices = tf.constant(rng.integers(0, N, size=(steps, 2 * per_replica)))
+    all_v = tf.constant(unit_rows(rng, steps * 2 * per_replica, D).reshape(steps, 2 * per_replica, D))
+
+    @tf.function
+    def distributed_step(indices, v):
+        def replica_fn():
+            start = tf.distribute.get_replica_context().replica_id_in_sync_group * per_replica
+            bank.gather_and_update(indices[start : start + per_replica], v[start : start + per_replica])
+
+        mirrored.run(replica_fn)
+
+    for step in range(steps):
+        distributed_step(all_indices[step], all_v[step])
+        reference.update(all_indices[step], all_v[step])
+
+    copies = [t.numpy() for t in mirrored.experimental_local_results(bank.bank.value)]
+    assert len(copies) == 2
+    np.testing.assert_array_equal(copies[0], copies[1])
+    np.testing.assert_allclose(copies[0], reference().numpy(), atol=1e-6)
+    assert not np.allclose(copies[0], MemoryBank(N, D, seed=3)().numpy())
