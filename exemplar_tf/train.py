@@ -1,0 +1,127 @@
+"""Train an encoder by instance discrimination.
+
+    python -m exemplar_tf.train --flagfile=flags/stl10.cfg [--flag=value ...]
+
+Flags given after the flagfile override it. The run directory gets the resolved flagfile (flags.cfg),
+checkpoints/, tensorboard/ and, at the end, the export under --export_base/<name>/<version>/.
+Re-running the same command resumes from the last checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from exemplar_tf.training import config as cfg
+
+_RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory (checkpoints, TensorBoard, resolved flags). "
+                               "Default: runs/<name>.")
+_NAME = flags.DEFINE_string("name", "exemplar", "Run name; the export goes to <export_base>/<name>/<version>.")
+_SOURCE = flags.DEFINE_string("source", "demo", "Image source: demo, stl10, cifar10, caltech101 (tfds), "
+                              "stl10_binary:<dir>, folder:<dir>.")
+_SPLIT = flags.DEFINE_string("split", "train", "Split of --source to learn from (stl10: unlabelled).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (local copies; no download).")
+_METHOD = flags.DEFINE_enum("method", "exemplar", cfg.METHODS,
+                            "exemplar: surrogate classes from seed patches; npid: every image is an instance.")
+_MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use only the first N source images (0 = all).")
+_NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8000, "Exemplar-CNN: number of seed patches (surrogate classes).")
+_SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 1, "Exemplar-CNN: seeds drawn from each chosen image.")
+_PATCH_SIZE = flags.DEFINE_integer("patch_size", 32, "Exemplar-CNN: seed patch size in pixels.")
+_PRESET = flags.DEFINE_enum("preset", "paper", cfg.PRESETS, "Transformation ranges (METHOD.md section 1).")
+_TRANSFORMS = flags.DEFINE_list("transforms", "translate,scale,rotate,pca_color,saturation_value,hue",
+                                "Transformations to apply (ablations: leave some out).")
+_FIXED_COPIES = flags.DEFINE_integer("fixed_copies", 0, "K > 0: the paper's fixed pool of K copies per seed; "
+                                     "0: transformations drawn afresh every time.")
+_AUGMENT_ON = flags.DEFINE_enum("augment_on", "host", cfg.AUGMENT_ON,
+                                "Run the transformation chain in tf.data (host) or in the training step (device).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "NPID: crop size of the augmented images.")
+_ARCH = flags.DEFINE_enum("arch", "medium", cfg.ARCHS, "Encoder architecture.")
+_OBJECTIVE = flags.DEFINE_enum("objective", "nce", cfg.OBJECTIVES,
+                               "softmax: parametric N-way classifier; nonparametric: exact softmax over the "
+                               "memory bank; nce: NCE with --nce_m noise samples.")
+_EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 128, "Projection head / memory bank dimension.")
+_TAU = flags.DEFINE_float("tau", 0.07, "Temperature of the non-parametric softmax.")
+_NCE_M = flags.DEFINE_integer("nce_m", 4096, "NCE noise samples per example.")
+_NCE_Z_MOMENTUM = flags.DEFINE_float("nce_z_momentum", 0.99, "Moving average of NCE's Z (0 freezes it after "
+                                     "the first batch, as NPID's release does).")
+_BANK_MOMENTUM = flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank update: w <- norm(eta*w + (1-eta)*v).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
+_STEPS = flags.DEFINE_integer("steps", 10000, "Training steps.")
+_LR = flags.DEFINE_float("lr", 0.01, "Initial SGD learning rate.")
+_LR_DECAY_AT = flags.DEFINE_list("lr_decay_at", "0.6,0.8", "Fractions of --steps where the lr is multiplied "
+                                 "by --lr_decay_factor (empty: constant).")
+_LR_DECAY_FACTOR = flags.DEFINE_float("lr_decay_factor", 0.3, "Learning-rate drop factor.")
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.004, "L2 weight decay (times per-layer multipliers).")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", cfg.STRATEGIES, "tf.distribute strategy.")
+_TPU = flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu.")
+_SEED = flags.DEFINE_integer("seed", 0, "Random seed (seeds, transformations, noise, initialisation).")
+_LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar summaries.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+_KNN_SOURCE = flags.DEFINE_string("knn_source", "", "Labelled source for kNN monitoring (e.g. demo_labelled).")
+_KNN_SPLIT = flags.DEFINE_string("knn_split", "test", "Query split of --knn_source.")
+_KNN_TRAIN_SPLIT = flags.DEFINE_string("knn_train_split", "train", "Memory split of --knn_source.")
+_KNN_EVERY = flags.DEFINE_integer("knn_every", 0, "Steps between kNN evaluations (0: only at the end).")
+_KNN_MAX = flags.DEFINE_integer("knn_max_examples", 2000, "Images per kNN split.")
+_EXPORT_BASE = flags.DEFINE_string("export_base", "savedmodels", "Export directory base (TF Serving layout).")
+_PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+
+_OUR_FLAGS = [v for k, v in dict(globals()).items() if k.startswith("_") and isinstance(v, flags.FlagHolder)]
+
+
+def _floats(values: list[str], name: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in values if v.strip())
+    except ValueError as error:
+        raise ValueError(f"--{name} must be a comma-separated list of numbers: {error}") from None
+
+
+def config_from_flags() -> cfg.TrainConfig:
+    """Builds the TrainConfig from the parsed flags (the only place global flag values are read)."""
+    values = {holder.name: holder.value for holder in _OUR_FLAGS}
+    values["run_dir"] = values["run_dir"] or os.path.join("runs", values["name"])
+    values["transforms"] = tuple(t.strip() for t in values["transforms"] if t.strip())
+    values["lr_decay_at"] = _floats(values["lr_decay_at"], "lr_decay_at")
+    values["data_dir"] = values["data_dir"] or None
+    return cfg.validate(cfg.TrainConfig(**values))
+
+
+def write_resolved_flagfile(path: str) -> None:
+    """Writes every training flag with its resolved value, one per line, usable as --flagfile."""
+    lines = [f"--{holder.name}={','.join(map(str, holder.value)) if isinstance(holder.value, list) else holder.value}"
+             for holder in _OUR_FLAGS if holder.value is not None]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        config = config_from_flags()
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    from exemplar_tf.training import loop  # after flag validation: importing TensorFlow takes seconds
+
+    os.makedirs(config.run_dir, exist_ok=True)
+    write_resolved_flagfile(os.path.join(config.run_dir, "flags.cfg"))
+    try:
+        result = loop.run(config)
+    except loop.TrainingDiverged as error:
+        print(f"Training stopped: {error}", file=sys.stderr)
+        return 3
+    if result.export_dir:
+        print(f"Finished {result.step} steps, final loss {result.loss:.4f}")
+        print(f"Export:      {result.export_dir}")
+        print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
+        print(f"Checkpoints: {result.checkpoint_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,133 @@
+"""Per-replica input pipelines for the two training methods.
+
+exemplar: the cached seeds (surrogate classes) with the transformation chain drawn afresh each time.
+npid:     every image of the source is its own instance, with NPID's crop/jitter/gray/flip augmentation.
+
+Both yield per-replica batches `{"image": float32 [b,P,P,3] in [0,1], "label": int64 [b]}` (`label` is the
+surrogate class / bank row); with `--augment_on=device` the exemplar pipeline yields raw windows instead and the
+chain runs inside the training step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from exemplar_tf.augment import npid as npid_augment
+from exemplar_tf.augment.chain import TransformChain
+from exemplar_tf.data import patches, sources, surrogate
+from exemplar_tf.training.config import TrainConfig
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """What the loop needs to know about its data."""
+
+    num_instances: int  # N: surrogate classes or image instances (bank rows)
+    mean_rgb: np.ndarray  # float32 [3], in [0, 1]
+    dataset_fn: object  # tf.distribute.InputContext -> per-replica tf.data.Dataset
+    chain: TransformChain | None  # the transformation chain (exemplar only)
+    preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
+    eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
+
+
+def _limited_source(config: TrainConfig) -> sources.Source:
+    source = sources.load_source(config.source, config.split, data_dir=config.data_dir)
+    if config.max_instances and config.max_instances < source.num_examples:
+        source = dataclasses.replace(
+            source, dataset=source.dataset.take(config.max_instances), num_examples=config.max_instances
+        )
+    return source
+
+
+def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
+    """uint8 [count,size,size,3]: the first `count` source images resized to size×size."""
+    resized = source.dataset.take(count).map(
+        lambda e: tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8)
+    )
+    return np.stack(list(resized.as_numpy_iterator()))
+
+
+def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches.Seeds:
+    """The run's seeds: read from `<run_dir>/seeds.npz`, or sampled once and written atomically."""
+    path = os.path.join(config.run_dir, "seeds.npz")
+    if os.path.exists(path):
+        return patches.Seeds.load(path)
+    seeds = patches.sample_seeds(
+        source.dataset,
+        num_seeds=config.num_seeds,
+        patch_size=config.patch_size,
+        seeds_per_image=config.seeds_per_image,
+        rng_seed=config.seed,
+    )
+    seeds.save(path)
+    return seeds
+
+
+def exemplar_data(config: TrainConfig, *, is_chief: bool = True) -> TrainingData:
+    source = _limited_source(config)
+    seeds = load_or_sample_seeds(config, source)
+    pca = surrogate.fit_color_pca(seeds)
+    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
+    mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        return surrogate.surrogate_dataset(
+            seeds,
+            chain,
+            batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+            rng_seed=config.seed * 1000 + ctx.input_pipeline_id,
+            augment_on=config.augment_on,
+            fixed_copies=config.fixed_copies or None,
+        )
+
+    preview = surrogate.surrogate_dataset(seeds, chain, batch_size=32, rng_seed=config.seed, augment_on="host")
+    preview_images = next(iter(preview))["image"].numpy()
+    return TrainingData(
+        num_instances=len(seeds.windows),
+        mean_rgb=mean_rgb,
+        dataset_fn=dataset_fn,
+        chain=chain,
+        preview_images=preview_images,
+        eval_images=_whole_images(source, 64, max(config.patch_size * 3, 96)),
+    )
+
+
+def npid_data(config: TrainConfig) -> TrainingData:
+    source = _limited_source(config)
+    eval_images = _whole_images(source, 256, config.image_size)
+    mean_rgb = (eval_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
+
+    def augment(element, seed):
+        return {
+            "image": npid_augment.npid_augment(element["image"], config.image_size, seed),
+            "label": element["index"],
+        }
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        shard = source.dataset.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        seeds = tf.data.Dataset.random(seed=config.seed * 1000 + ctx.input_pipeline_id).batch(2)
+        return (
+            tf.data.Dataset.zip(shard.shuffle(10_000, seed=config.seed, reshuffle_each_iteration=True).repeat(),
+                                seeds)
+            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(ctx.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    preview_ctx = tf.distribute.InputContext(1, 0, 1)
+    preview_images = next(iter(dataset_fn(preview_ctx).unbatch().batch(32)))["image"].numpy()
+    return TrainingData(
+        num_instances=source.num_examples,
+        mean_rgb=mean_rgb,
+        dataset_fn=dataset_fn,
+        chain=None,
+        preview_images=preview_images,
+        eval_images=eval_images,
+    )
+
+
+def training_data(config: TrainConfig) -> TrainingData:
+    return exemplar_data(config) if config.method == "exemplar" else npid_data(config)

@@ -1,0 +1,160 @@
+"""The training loop: data -> model state -> distributed steps, with checkpoints, TensorBoard and export.
+
+Re-running with the same run directory resumes from the newest checkpoint. A NaN/Inf loss stops the run
+before anything is saved, so the last good checkpoint is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tqdm import tqdm
+
+from exemplar_tf import export, knn
+from exemplar_tf.training import distribute, inputs, summaries
+from exemplar_tf.training.config import TrainConfig, validate
+from exemplar_tf.training.step import ModelState, build_state, make_train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    step: int
+    loss: float
+    export_dir: str | None
+    log_dir: str
+    checkpoint_dir: str
+
+
+def _checkpoint_dir(config: TrainConfig, strategy) -> str:
+    """Chief writes the real checkpoints; other workers write throw-away copies (MultiWorker requires all
+    workers to save)."""
+    base = os.path.join(config.run_dir, "checkpoints")
+    if distribute.is_chief(strategy):
+        return base
+    return os.path.join(config.run_dir, f"tmp_worker_{strategy.cluster_resolver.task_id}")
+
+
+def _knn_monitor(config: TrainConfig, input_size: int):
+    """Returns `top1(state) -> float` over the labelled kNN source, or None when no source is given."""
+    if not config.knn_source:
+        return None
+    train = summaries.labelled_images(config.knn_source, config.knn_train_split, input_size,
+                                      config.knn_max_examples, config.data_dir)
+    test = summaries.labelled_images(config.knn_source, config.knn_split, input_size,
+                                     config.knn_max_examples, config.data_dir)
+    num_classes = int(max(train[1].max(), test[1].max())) + 1
+
+    def top1(state: ModelState) -> tuple[float, np.ndarray, np.ndarray]:
+        head = state.head if state.bank is not None else None
+        train_codes = summaries.embed(state.encoder, head, train[0])
+        test_codes = summaries.embed(state.encoder, head, test[0])
+        accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
+        return accuracy["top1"], test_codes, test[1]
+
+    return top1
+
+
+def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
+    head = state.head if state.bank is not None else None
+    percentiles = export.measure_percentiles(state.encoder, data.eval_images)
+    return export.export_encoder(state.encoder, head, export_dir_base=config.export_base, name=name,
+                                 percentiles=percentiles)
+
+
+def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
+    with writer.as_default(step=step):
+        for key, value in values.items():
+            tf.summary.scalar(key, value)
+
+
+def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dropout: float = 0.5) -> RunResult:
+    """Trains (or resumes) the run described by `config` and exports the encoder at the end."""
+    validate(config)
+    strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
+    chief = distribute.is_chief(strategy)
+    os.makedirs(config.run_dir, exist_ok=True)
+    log_dir = os.path.join(config.run_dir, "tensorboard")
+
+    data = inputs.training_data(config)
+    with strategy.scope():
+        state = build_state(config, data.num_instances, data.mean_rgb, data.chain, dropout=dropout)
+    checkpoint_dir = _checkpoint_dir(config, strategy)
+    manager = tf.train.CheckpointManager(state.checkpoint(), checkpoint_dir, max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        state.checkpoint().restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s (step %d)", manager.latest_checkpoint, state.step)
+        print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
+    elif chief:
+        random_export = _export(config, state, data, f"{config.name}_random")
+        print(f"Exported the randomly initialised encoder (baseline) to {random_export}")
+
+    writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
+    input_size = config.patch_size if config.method == "exemplar" else config.image_size
+    knn_top1 = _knn_monitor(config, input_size) if chief else None
+    if state.step == 0:
+        with writer.as_default(step=0):
+            tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
+
+    train_step = make_train_step(config, strategy, state)
+    iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
+    progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and chief),
+                    desc=config.name, unit="step", dynamic_ncols=True)
+    loss = float("nan")
+    window_start, window_steps = time.perf_counter(), 0
+    while state.step < config.steps:
+        out = train_step(next(iterator))
+        loss = float(out["loss"])
+        step = state.step
+        if not math.isfinite(loss):
+            progress.close()
+            raise TrainingDiverged(
+                f"loss became {loss} at step {step}; stopped without saving. The last good checkpoint "
+                f"({manager.latest_checkpoint or 'none yet'}) is kept. Try a lower --lr or a higher --tau.")
+        window_steps += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}")
+        if step % config.log_every == 0 or step == config.steps:
+            elapsed = time.perf_counter() - window_start
+            scalars = {
+                "loss": loss,
+                "learning_rate": float(state.optimizer.learning_rate),
+                "examples_per_second": window_steps * config.batch_size / max(elapsed, 1e-9),
+            }
+            if config.objective == "nce":
+                scalars["nce_z"] = float(out["z"])
+            if state.bank is not None:
+                scalars.update(summaries.bank_statistics(state.bank(), seed=step))
+            _log_scalars(writer, step, scalars)
+            window_start, window_steps = time.perf_counter(), 0
+        if knn_top1 and config.knn_every and step % config.knn_every == 0:
+            _log_scalars(writer, step, {"knn_top1": knn_top1(state)[0]})
+        if step % config.checkpoint_every == 0 and step < config.steps:
+            manager.save(checkpoint_number=step)
+    progress.close()
+
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{state.step}"):
+        manager.save(checkpoint_number=state.step)
+    if not chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        return RunResult(state.step, loss, None, log_dir, checkpoint_dir)
+
+    if knn_top1:
+        accuracy, codes, labels = knn_top1(state)
+        _log_scalars(writer, state.step, {"knn_top1": accuracy})
+        summaries.write_projector(log_dir, codes, [str(label) for label in labels])
+    elif state.bank is not None:
+        rows = state.bank()[:2000].numpy()
+        summaries.write_projector(log_dir, rows, [str(i) for i in range(len(rows))])
+    writer.flush()
+    export_dir = _export(config, state, data, config.name)
+    return RunResult(state.step, loss, export_dir, log_dir, checkpoint_dir)

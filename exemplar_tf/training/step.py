@@ -1,0 +1,134 @@
+"""The model state and the distributed training step.
+
+Gradients: each replica's loss is divided by the number of replicas, because the Keras optimizer all-reduces
+(sums) gradients across replicas. Memory bank and NCE's Z: every replica all-gathers the global batch's
+(index, embedding) pairs and the mean Z estimate, then applies the same update; the variables aggregate with
+ONLY_FIRST_REPLICA, so the copies stay bitwise equal.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from exemplar_tf import models
+from exemplar_tf.models import heads
+from exemplar_tf.objectives import losses
+from exemplar_tf.objectives.memory_bank import MemoryBank
+from exemplar_tf.training.config import TrainConfig
+
+
+@dataclasses.dataclass
+class ModelState:
+    """Everything that is trained or checkpointed (all built inside the strategy scope)."""
+
+    encoder: keras.Model
+    head: keras.layers.Layer  # ProjectionHead (bank objectives) or SurrogateClassifier (softmax)
+    optimizer: keras.optimizers.Optimizer
+    bank: MemoryBank | None
+    z: tf.Variable  # NCE normaliser; <= 0 means "not estimated yet"
+    chain: object | None = None  # TransformChain when augmentation runs on the device
+
+    def checkpoint(self) -> tf.train.Checkpoint:
+        parts = dict(encoder=self.encoder, head=self.head, optimizer=self.optimizer, z=self.z)
+        if self.bank is not None:
+            parts["bank"] = self.bank
+        return tf.train.Checkpoint(**parts)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+
+def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Step decay: lr, multiplied by lr_decay_factor at each fraction of the run in lr_decay_at."""
+    boundaries = [int(f * config.steps) for f in sorted(config.lr_decay_at)]
+    values = [config.lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
+    if not boundaries:
+        return keras.optimizers.schedules.PiecewiseConstantDecay([config.steps], [config.lr, config.lr])
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None,
+                dropout: float = 0.5) -> ModelState:
+    """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
+    input_size = config.patch_size if config.method == "exemplar" else config.image_size
+    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout)
+    if config.objective == "softmax":
+        head = heads.SurrogateClassifier(num_instances)
+    else:
+        head = heads.ProjectionHead(config.embedding_dim)
+    head(encoder(tf.zeros([1, input_size, input_size, 3])))
+    optimizer = keras.optimizers.SGD(learning_rate_schedule(config), momentum=config.momentum)
+    optimizer.build(encoder.trainable_variables + head.trainable_variables)
+    bank = None
+    if config.uses_bank:
+        bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
+    z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return ModelState(encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
+
+
+def _decay_loss(state: ModelState, weight_decay: float) -> tf.Tensor:
+    """Caffe-style L2 term weight_decay * sum_l mult_l * 0.5 * ||w_l||^2 over encoder and head."""
+    if weight_decay == 0:
+        return tf.constant(0.0)
+    return models.weight_decay_loss([state.encoder, state.head], weight_decay)
+
+
+def _images(state: ModelState, batch: dict) -> tf.Tensor:
+    if "window" in batch:  # augmentation on the device: the chain runs inside the step
+        return state.chain(tf.cast(batch["window"], tf.float32) / 255.0, batch["aug_seed"])
+    return batch["image"]
+
+
+def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_seed):
+    """Returns (loss, z_batch): the replica's mean loss and NCE's Monte-Carlo Z estimate (0 otherwise)."""
+    if config.objective == "softmax":
+        return losses.softmax_loss(outputs, labels), tf.constant(0.0)
+    bank = state.bank()
+    if config.objective == "nonparametric":
+        return losses.nonparametric_softmax_loss(outputs, bank, labels, config.tau), tf.constant(0.0)
+    noise = losses.sample_noise(labels, state.bank.num_instances, config.nce_m, noise_seed)
+    first_estimate = lambda: tf.cast(state.bank.num_instances, tf.float32) * tf.reduce_mean(  # noqa: E731
+        tf.exp(tf.stop_gradient(losses.noise_scores(outputs, bank, noise)) / config.tau))
+    z = tf.cond(state.z > 0, lambda: tf.identity(state.z), first_estimate)
+    return losses.nce_loss(outputs, bank, labels, noise, config.tau, z)
+
+
+def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState):
+    """Returns a tf.function `step(distributed_batch) -> {"loss", "z"}` (cross-replica means)."""
+    num_replicas = strategy.num_replicas_in_sync
+    variables = state.encoder.trainable_variables + state.head.trainable_variables
+
+    def replica_step(batch):
+        ctx = tf.distribute.get_replica_context()
+        labels = tf.cast(batch["label"], tf.int64)
+        noise_seed = tf.stack([tf.cast(config.seed, tf.int64),
+                               state.optimizer.iterations * num_replicas + tf.cast(ctx.replica_id_in_sync_group,
+                                                                                   tf.int64)])
+        images = _images(state, batch)
+        with tf.GradientTape() as tape:
+            outputs = state.head(state.encoder(images, training=True), training=True)
+            loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
+            total = loss + _decay_loss(state, config.weight_decay)
+            scaled = total / num_replicas
+        grads = tape.gradient(scaled, variables)
+        state.optimizer.apply_gradients(zip(grads, variables))
+        if state.bank is not None:
+            state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
+        if config.objective == "nce":
+            z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
+            state.z.assign(losses.update_z(state.z, z_mean, config.nce_z_momentum, state.z <= 0))
+        return {"loss": scaled, "z": state.z.read_value()}
+
+    @tf.function
+    def step(distributed_batch):
+        per_replica = strategy.run(replica_step, args=(distributed_batch,))
+        return {
+            "loss": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None),
+            "z": strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["z"], axis=None),
+        }
+
+    return step
