@@ -1,0 +1,86 @@
+"""Flag handling of the training program: flagfiles resolve, bad values are rejected before any work."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from exemplar_tf import train
+from exemplar_tf.training.config import TrainConfig, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _parse(*args):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train", *args])
+    return train.config_from_flags()
+
+
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))))
+def test_every_flagfile_resolves_to_a_valid_config(flagfile):
+    with flagsaver.flagsaver():
+        config = _parse(f"--flagfile={flagfile}")
+    assert config.name and config.steps > 0
+    assert config.run_dir == os.path.join("runs", config.name)
+
+
+def test_flags_after_the_flagfile_override_it():
+    with flagsaver.flagsaver():
+        config = _parse(f"--flagfile={REPO}/flags/stl10.cfg", "--steps=7", "--transforms=translate,hue")
+    assert config.steps == 7
+    assert config.transforms == ("translate", "hue")
+    assert config.objective == "nce"
+
+
+def test_resolved_flagfile_round_trips(tmp_path):
+    with flagsaver.flagsaver():
+        first = _parse(f"--flagfile={REPO}/flags/demo.cfg", "--lr_decay_at=0.5")
+        train.write_resolved_flagfile(str(tmp_path / "flags.cfg"))
+        second = _parse(f"--flagfile={tmp_path / 'flags.cfg'}")
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(objective="softmax", method="npid"), "needs surrogate classes"),
+        (dict(transforms=("translate", "shear")), "unknown names ['shear']"),
+        (dict(tau=0.0), "--tau must be > 0"),
+        (dict(batch_size=0), "--batch_size must be > 0"),
+        (dict(bank_momentum=1.5), "--bank_momentum must be in [0, 1]"),
+        (dict(nce_m=9000, num_seeds=8000), "--nce_m=9000 must be smaller than --num_seeds=8000"),
+        (dict(lr_decay_at=(0.5, 1.2)), "--lr_decay_at are fractions"),
+        (dict(strategy="tpu"), "--strategy=tpu needs --tpu"),
+        (dict(knn_every=10), "--knn_every needs --knn_source"),
+        (dict(arch="vgg"), "--arch='vgg' is not one of"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_flag_named(change, message):
+    with pytest.raises(ValueError, match="Bad training flags") as error:
+        validate(TrainConfig(run_dir="/tmp/x", **change))
+    assert message in str(error.value)
+
+
+def test_program_rejects_bad_flags_before_any_work(tmp_path):
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "exemplar_tf.train", f"--flagfile={REPO}/flags/demo.cfg", "--tau=-1",
+         f"--run_dir={run_dir}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "--tau must be > 0" in result.stderr
+    assert not run_dir.exists()
+
+
+def test_program_rejects_an_unknown_enum_value(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "exemplar_tf.train", "--objective=svm", f"--run_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert "objective" in result.stderr and "svm" in result.stderr
