@@ -1,0 +1,91 @@
+"""Exemplar-CNN encoders (Dosovitskiy et al.): small 64c5-64c5-128f, medium 64c5-128c5-256c5-512f,
+large 92c5-256c5-512c5-1024f.
+
+Every conv is 5x5, stride 1, 'same', ReLU. A 3x3 stride-2 max-pool ('same', so 32 -> 16 -> 8) follows the
+first two convs; for the medium and large nets that is "every conv but the last". The small net has only two
+convs and both are pooled too, as in the paper (pooling after the first and second conv layer), so its fc
+also sees an 8x8 map.
+The fully connected layer is a 'valid' conv whose kernel covers the whole last map at the training input size,
+followed by ReLU and dropout 0.5, so the network runs fully convolutionally on larger images.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from exemplar_tf.models.layers import Encoder
+
+# arch -> (conv widths, fc width)
+ARCHITECTURES = {
+    "small": ((64, 64), 128),
+    "medium": ((64, 128, 256), 512),
+    "large": ((92, 256, 512), 1024),
+}
+NUM_POOLED_CONVS = 2
+# Exemplar-CNN release: weight-decay multipliers by conv position, then the fc layer. Biases are not decayed.
+CONV_DECAY_MULTIPLIERS = (0.0, 0.0, 0.25)
+FC_DECAY_MULTIPLIER = 1.0
+
+
+def pooled_size(input_size: int) -> int:
+    """Side of the map the fc layer sees: each 'same' stride-2 pool takes ceil(side / 2)."""
+    side = input_size
+    for _ in range(NUM_POOLED_CONVS):
+        side = math.ceil(side / 2)
+    return side
+
+
+class ExemplarCNN(Encoder):
+    """Exemplar-CNN encoder; representation = fc activation [B, fc width].
+
+    `call(x)` global-max-pools the fc map: at the training size that map is 1x1 (so this is just a flatten);
+    on larger images it is the strongest response of the fc filters anywhere in the image.
+    Dropout (0.5) acts on that vector when `training=True`. `feature_maps(x)` returns the post-ReLU maps
+    [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
+    """
+
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], **kwargs):
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown Exemplar-CNN arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
+        conv_widths, fc_width = ARCHITECTURES[arch]
+        super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb, representation_dim=fc_width, **kwargs)
+        self.convs = [
+            keras.layers.Conv2D(width, 5, padding="same", activation="relu", kernel_initializer="he_normal",
+                                name=f"conv{i + 1}")
+            for i, width in enumerate(conv_widths)
+        ]
+        self.pools = [keras.layers.MaxPooling2D(3, strides=2, padding="same") for _ in range(NUM_POOLED_CONVS)]
+        fc_kernel = pooled_size(input_size)
+        self.fc = keras.layers.Conv2D(fc_width, fc_kernel, padding="valid", activation="relu",
+                                      kernel_initializer="he_normal", name="fc")
+        self.dropout = keras.layers.Dropout(0.5)
+
+    def feature_maps(self, images, training=False):
+        """images float [B,H,W,3] in [0,1], H,W >= input_size -> [conv1, conv2, (conv3), fc] maps [B,h,w,C]."""
+        x = self.mean_subtraction(images)
+        maps = []
+        for position, conv in enumerate(self.convs):
+            x = conv(x)
+            maps.append(x)
+            if position < NUM_POOLED_CONVS:
+                x = self.pools[position](x)
+        maps.append(self.fc(x))
+        return maps
+
+    def call(self, images, training=False):
+        """images float [B,H,W,3] -> [B, fc width]."""
+        fc_map = self.feature_maps(images, training=training)[-1]
+        return self.dropout(tf.reduce_max(fc_map, axis=[1, 2]), training=training)
+
+    def weight_decay_multipliers(self):
+        """conv kernels by position 0, 0, 0.25; fc kernel 1; biases 0."""
+        multipliers = {}
+        for position, conv in enumerate(self.convs):
+            multipliers[conv.kernel.path] = CONV_DECAY_MULTIPLIERS[position]
+            multipliers[conv.bias.path] = 0.0
+        multipliers[self.fc.kernel.path] = FC_DECAY_MULTIPLIER
+        multipliers[self.fc.bias.path] = 0.0
+        return multipliers

@@ -1,0 +1,82 @@
+"""Pieces shared by every encoder: mean subtraction, the `Encoder` interface and the weight-decay loss."""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import keras
+import tensorflow as tf
+
+
+class MeanSubtraction(keras.layers.Layer):
+    """x -> x - mean_rgb, for images float [B,H,W,3] in [0,1].
+
+    The mean is a non-trainable weight, so it travels with checkpoints and exports (exported models take raw
+    [0,1] images). The Exemplar-CNN release subtracts the mean of 0..255 pixels and scales by 1/256; [0,1]
+    input already has that scale (up to 255/256), so nothing else is done.
+    """
+
+    def __init__(self, mean_rgb: Sequence[float], **kwargs):
+        super().__init__(**kwargs)
+        self.mean_rgb = [float(c) for c in mean_rgb]
+        if len(self.mean_rgb) != 3:
+            raise ValueError(f"mean_rgb needs 3 values, got {self.mean_rgb}")
+        self.mean = self.add_weight(
+            shape=(3,),
+            initializer=keras.initializers.Constant(self.mean_rgb),
+            trainable=False,
+            name="mean_rgb",
+        )
+        self.built = True
+
+    def call(self, images):
+        return images - keras.ops.cast(self.mean, images.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mean_rgb": self.mean_rgb}
+
+
+class Encoder(keras.Model):
+    """Image encoder: float32 [B,H,W,3] in [0,1] -> representation [B,F] (mean subtraction inside).
+
+    Subclasses set the layers and implement `call`, `feature_maps` and `weight_decay_multipliers`.
+    Attributes: `arch` (name passed to `build_encoder`), `input_size` (training resolution),
+    `representation_dim` (F).
+    """
+
+    def __init__(self, *, arch: str, input_size: int, mean_rgb: Sequence[float], representation_dim: int, **kwargs):
+        super().__init__(name=kwargs.pop("name", arch), **kwargs)
+        self.arch = arch
+        self.input_size = input_size
+        self.representation_dim = representation_dim
+        self.mean_subtraction = MeanSubtraction(mean_rgb, name="mean_subtraction")
+
+    def feature_maps(self, images, training=False) -> list:
+        """Intermediate activations [[B,h,w,C], ...] for any input H,W >= input_size."""
+        raise NotImplementedError
+
+    def weight_decay_multipliers(self) -> dict[str, float]:
+        """{variable.path: multiplier} for every trainable variable (see `weight_decay_loss`)."""
+        raise NotImplementedError
+
+    def get_config(self):
+        return {"arch": self.arch, "input_size": self.input_size, "mean_rgb": self.mean_subtraction.mean_rgb}
+
+
+def weight_decay_loss(model_parts: Iterable, base_decay: float):
+    """L2 penalty in Caffe's convention: base_decay * sum over parameters of multiplier * 0.5 * ||w||^2.
+
+    Its gradient, base_decay * multiplier * w, is exactly what Caffe adds to each parameter's gradient, so the
+    Exemplar-CNN recipe (0.004 with per-layer multipliers) carries over. `model_parts` are objects with
+    `trainable_variables` and `weight_decay_multipliers()` (encoders and heads); every trainable variable must
+    have a multiplier. Returns a float32 scalar. In a tf.distribute loop whose replica gradients are summed
+    (losses scaled by `tf.nn.compute_average_loss`), pass it through `tf.nn.scale_regularization_loss` so it
+    is counted once, not once per replica.
+    """
+    terms = []
+    for part in model_parts:
+        multipliers = part.weight_decay_multipliers()
+        for variable in part.trainable_variables:
+            multiplier = multipliers[variable.path]
+            if multiplier:
+                terms.append(multiplier * 0.5 * tf.reduce_sum(tf.square(tf.cast(variable, tf.float32))))
+    return base_decay * tf.add_n(terms) if terms else tf.constant(0.0)

@@ -1,0 +1,109 @@
+"""ResNet-18 (basic blocks, CIFAR stem) and ResNet-50 (bottleneck blocks) encoders, as used by NPID.
+
+Stems: ResNet-18 always uses the CIFAR stem (3x3 conv, stride 1, no max-pool). ResNet-50 uses the ImageNet stem
+(7x7 conv stride 2 + 3x3 stride-2 max-pool) when `input_size >= 96` and the CIFAR stem below that, so a 32x32
+input still reaches the last stage as a 4x4 map instead of 1x1.
+Convs have no bias and are followed by BatchNorm (momentum 0.9, epsilon 1e-5: PyTorch's defaults, which the
+NPID release trained with). The stride of a downsampling bottleneck is on its 3x3 conv. The representation is
+the global average of the last stage: [B,512] / [B,2048].
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from exemplar_tf.models.layers import Encoder
+
+# arch -> (block kind, blocks per stage); stage widths are 64, 128, 256, 512 (x4 at the output of a bottleneck)
+ARCHITECTURES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
+STAGE_WIDTHS = (64, 128, 256, 512)
+BOTTLENECK_EXPANSION = 4
+IMAGENET_STEM_MIN_SIZE = 96
+
+
+def conv(filters: int, size: int, stride: int = 1, name: str | None = None):
+    return keras.layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False,
+                               kernel_initializer="he_normal", name=name)
+
+
+def batch_norm(name: str | None = None):
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+
+
+class ResidualBlock(keras.layers.Layer):
+    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1 x4) residual block; projection shortcut when the shape
+    changes. [B,H,W,Cin] -> [B,H/stride,W/stride,Cout]."""
+
+    def __init__(self, kind: str, width: int, stride: int, in_channels: int, **kwargs):
+        super().__init__(**kwargs)
+        if kind == "basic":
+            out_channels = width
+            shapes = [(width, 3, stride), (width, 3, 1)]
+        else:
+            out_channels = width * BOTTLENECK_EXPANSION
+            shapes = [(width, 1, 1), (width, 3, stride), (out_channels, 1, 1)]
+        self.out_channels = out_channels
+        self.convs = [conv(f, k, s, name=f"conv{i + 1}") for i, (f, k, s) in enumerate(shapes)]
+        self.norms = [batch_norm(name=f"bn{i + 1}") for i in range(len(shapes))]
+        self.projection = None
+        if stride != 1 or in_channels != out_channels:
+            self.projection = conv(out_channels, 1, stride, name="shortcut_conv")
+            self.projection_norm = batch_norm(name="shortcut_bn")
+
+    def call(self, x, training=False):
+        shortcut = x
+        if self.projection is not None:
+            shortcut = self.projection_norm(self.projection(x), training=training)
+        for position, (layer, norm) in enumerate(zip(self.convs, self.norms)):
+            x = norm(layer(x), training=training)
+            if position < len(self.convs) - 1:
+                x = tf.nn.relu(x)
+        return tf.nn.relu(x + shortcut)
+
+
+class ResNet(Encoder):
+    """ResNet encoder. `call(x)` -> [B, 512 | 2048] global average pool of the last stage;
+    `feature_maps(x)` -> the four stage outputs [B,h,w,C]."""
+
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], **kwargs):
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown ResNet arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
+        kind, depths = ARCHITECTURES[arch]
+        expansion = 1 if kind == "basic" else BOTTLENECK_EXPANSION
+        super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb,
+                         representation_dim=STAGE_WIDTHS[-1] * expansion, **kwargs)
+        self.imagenet_stem = kind == "bottleneck" and input_size >= IMAGENET_STEM_MIN_SIZE
+        self.stem_conv = conv(64, 7, 2, name="stem_conv") if self.imagenet_stem else conv(64, 3, name="stem_conv")
+        self.stem_norm = batch_norm(name="stem_bn")
+        self.stages = []
+        channels = 64
+        for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, depths)):
+            blocks = []
+            for index in range(depth):
+                stride = 2 if stage > 0 and index == 0 else 1
+                block = ResidualBlock(kind, width, stride, channels, name=f"stage{stage + 1}_block{index + 1}")
+                channels = block.out_channels
+                blocks.append(block)
+            self.stages.append(blocks)
+
+    def feature_maps(self, images, training=False):
+        """images float [B,H,W,3] in [0,1] -> outputs of stages 1..4, [B,h,w,C] each."""
+        x = tf.nn.relu(self.stem_norm(self.stem_conv(self.mean_subtraction(images)), training=training))
+        if self.imagenet_stem:
+            x = tf.nn.max_pool2d(x, 3, 2, padding="SAME")
+        maps = []
+        for blocks in self.stages:
+            for block in blocks:
+                x = block(x, training=training)
+            maps.append(x)
+        return maps
+
+    def call(self, images, training=False):
+        """images float [B,H,W,3] -> [B, representation_dim]."""
+        return tf.reduce_mean(self.feature_maps(images, training=training)[-1], axis=[1, 2])
+
+    def weight_decay_multipliers(self):
+        """1 for conv kernels, 0 for BatchNorm scales and offsets."""
+        return {v.path: 1.0 if v.path.endswith("kernel") else 0.0 for v in self.trainable_variables}

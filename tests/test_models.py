@@ -1,0 +1,165 @@
+"""Encoders, heads and the weight-decay loss: shapes, fully convolutional behaviour, multipliers."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf.models import (
+    MeanSubtraction,
+    ProjectionHead,
+    SurrogateClassifier,
+    build_encoder,
+    weight_decay_loss,
+)
+
+MEAN = (0.45, 0.5, 0.55)
+EXPECTED = {  # arch -> (representation dim, channels of each feature map)
+    "small": (128, [64, 64, 128]),
+    "medium": (512, [64, 128, 256, 512]),
+    "large": (1024, [92, 256, 512, 1024]),
+    "resnet18": (512, [64, 128, 256, 512]),
+    "resnet50": (2048, [256, 512, 1024, 2048]),
+}
+
+
+@pytest.fixture(scope="module")
+def encoders():
+    return {arch: build_encoder(arch, input_size=32, mean_rgb=MEAN) for arch in EXPECTED}
+
+
+def images(rng, size, batch=2):
+    return tf.constant(rng.uniform(size=(batch, size, size, 3)), tf.float32)
+
+
+def test_mean_subtraction(rng):
+    layer = MeanSubtraction(MEAN)
+    x = images(rng, 4)
+    np.testing.assert_allclose(layer(x).numpy(), x.numpy() - np.array(MEAN), atol=1e-7)
+    assert layer.trainable_weights == [] and len(layer.non_trainable_weights) == 1
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED))
+def test_encoder_shapes(encoders, arch, rng):
+    encoder = encoders[arch]
+    dim, channels = EXPECTED[arch]
+    assert encoder.representation_dim == dim and encoder.input_size == 32 and encoder.arch == arch
+    assert encoder(images(rng, 32)).shape == (2, dim)
+    assert encoder(images(rng, 80)).shape == (2, dim)
+    maps = encoder.feature_maps(images(rng, 96))
+    assert [m.shape[-1] for m in maps] == channels
+    assert all(m.shape[0] == 2 for m in maps)
+
+
+@pytest.mark.parametrize("arch", ["small", "medium", "large"])
+def test_exemplar_cnn_is_fully_convolutional(encoders, arch, rng):
+    encoder = encoders[arch]
+    assert [layer.name for layer in encoder.convs] + [encoder.fc.name] == (
+        ["conv1", "conv2", "fc"] if arch == "small" else ["conv1", "conv2", "conv3", "fc"]
+    )
+    at_training_size = encoder.feature_maps(images(rng, 32))
+    assert [m.shape[1] for m in at_training_size] == ([32, 16, 1] if arch == "small" else [32, 16, 8, 1])
+    big = images(rng, 96)
+    maps = encoder.feature_maps(big)
+    assert [m.shape[1] for m in maps] == ([96, 48, 17] if arch == "small" else [96, 48, 24, 17])
+    assert all(np.all(m.numpy() >= 0) for m in maps)  # post-ReLU
+    np.testing.assert_allclose(encoder(big).numpy(), maps[-1].numpy().max(axis=(1, 2)), rtol=1e-6)
+
+
+def test_exemplar_cnn_call_at_training_size_is_the_fc_vector(encoders, rng):
+    encoder = encoders["medium"]
+    x = images(rng, 32)
+    np.testing.assert_allclose(encoder(x).numpy(), encoder.feature_maps(x)[-1].numpy()[:, 0, 0], rtol=1e-6)
+
+
+def test_exemplar_cnn_dropout_only_in_training(encoders, rng):
+    encoder, x = encoders["small"], images(rng, 32, batch=4)
+    np.testing.assert_array_equal(encoder(x).numpy(), encoder(x, training=False).numpy())
+    dropped = encoder(x, training=True).numpy()
+    assert np.mean(dropped == 0) > np.mean(encoder(x).numpy() == 0)
+
+
+def test_resnet_stages_and_stems(encoders, rng):
+    assert [m.shape[1] for m in encoders["resnet18"].feature_maps(images(rng, 32))] == [32, 16, 8, 4]
+    assert [m.shape[1] for m in encoders["resnet50"].feature_maps(images(rng, 32))] == [32, 16, 8, 4]
+    imagenet_stem = build_encoder("resnet50", input_size=96, mean_rgb=MEAN)
+    assert [m.shape[1] for m in imagenet_stem.feature_maps(images(rng, 96, batch=1))] == [24, 12, 6, 3]
+
+
+def test_resnet_batch_norm_updates_statistics_only_in_training(rng):
+    encoder = build_encoder("resnet18", input_size=32, mean_rgb=MEAN)
+    moving_mean = next(v for v in encoder.non_trainable_variables if v.path.endswith("stem_bn/moving_mean"))
+    before = moving_mean.numpy().copy()
+    encoder(images(rng, 32))
+    np.testing.assert_array_equal(moving_mean.numpy(), before)
+    encoder(images(rng, 32), training=True)
+    assert not np.array_equal(moving_mean.numpy(), before)
+
+
+def test_encoder_traces_with_unknown_image_size(encoders):
+    encoder = encoders["medium"]
+    signature = tf.TensorSpec([None, None, None, 3], tf.float32)
+    concrete = tf.function(lambda x: encoder(x, training=False)).get_concrete_function(signature)
+    assert concrete(tf.zeros([3, 40, 48, 3])).shape == (3, 512)
+
+
+def test_exemplar_cnn_weight_decay_multipliers(encoders):
+    medium = encoders["medium"].weight_decay_multipliers()
+    assert medium == {
+        "medium/conv1/kernel": 0.0, "medium/conv1/bias": 0.0,
+        "medium/conv2/kernel": 0.0, "medium/conv2/bias": 0.0,
+        "medium/conv3/kernel": 0.25, "medium/conv3/bias": 0.0,
+        "medium/fc/kernel": 1.0, "medium/fc/bias": 0.0,
+    }
+    small = encoders["small"].weight_decay_multipliers()
+    assert small["small/conv2/kernel"] == 0.0 and small["small/fc/kernel"] == 1.0
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED))
+def test_every_trainable_variable_has_a_multiplier(encoders, arch):
+    encoder = encoders[arch]
+    multipliers = encoder.weight_decay_multipliers()
+    assert sorted(multipliers) == sorted(v.path for v in encoder.trainable_variables)
+    if arch.startswith("resnet"):
+        assert all((m == 1.0) == path.endswith("kernel") for path, m in multipliers.items())
+
+
+def test_heads(rng):
+    features = tf.constant(rng.normal(size=(5, 16)), tf.float32)
+    projection, classifier = ProjectionHead(8), SurrogateClassifier(11)
+    v = projection(features)
+    assert v.shape == (5, 8) and v.dtype == tf.float32
+    np.testing.assert_allclose(np.linalg.norm(v.numpy(), axis=1), 1.0, atol=1e-6)
+    assert classifier(features).shape == (5, 11)
+    assert projection.linear.use_bias
+    assert sorted(projection.weight_decay_multipliers().values()) == [0.0, 1.0]
+    assert sorted(classifier.weight_decay_multipliers().values()) == [0.0, 4.0]
+
+
+def test_weight_decay_loss_is_caffe_l2(encoders):
+    encoder, classifier = encoders["small"], SurrogateClassifier(7)
+    classifier.build((None, encoder.representation_dim))
+    base = 0.004
+    with tf.GradientTape() as tape:
+        loss = weight_decay_loss([encoder, classifier], base)
+    parts = [(encoder, encoder.weight_decay_multipliers()), (classifier, classifier.weight_decay_multipliers())]
+    want = sum(base * m[v.path] * 0.5 * np.sum(v.numpy() ** 2) for part, m in parts for v in part.trainable_variables)
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-5)
+    variables = encoder.trainable_variables + classifier.trainable_variables
+    multipliers = {**parts[0][1], **parts[1][1]}
+    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+        want_gradient = base * multipliers[variable.path] * variable.numpy()
+        got = np.zeros_like(want_gradient) if gradient is None else tf.convert_to_tensor(gradient).numpy()
+        np.testing.assert_allclose(got, want_gradient, rtol=1e-5, atol=1e-9)
+
+
+def test_build_encoder_under_mirrored_strategy(rng):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        encoder = build_encoder("small", input_size=32, mean_rgb=MEAN)
+    assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in encoder.variables)
+    out = strategy.run(tf.function(lambda x: encoder(x)), args=(images(rng, 32),))
+    assert all(t.shape == (2, 128) for t in strategy.experimental_local_results(out))
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_encoder("vgg", input_size=32, mean_rgb=MEAN)
