@@ -105,3 +105,13 @@ def test_replicas_stay_identical_and_match_one_device_update(mirrored, rng):
     np.testing.assert_array_equal(copies[0], copies[1])
     np.testing.assert_allclose(copies[0], reference().numpy(), atol=1e-6)
     assert not np.allclose(copies[0], MemoryBank(N, D, seed=3)().numpy())
+
+
+def test_checkpoint_from_mirrored_restores_into_a_plain_bank(mirrored, tmp_path, rng):
+    with mirrored.scope():
+        bank = MemoryBank(N, D, seed=1)
+    bank.update(tf.constant([1, 2]), tf.constant(unit_rows(rng, 2, D)))
+    path = tf.train.Checkpoint(bank=bank).save(str(tmp_path / "bank"))
+    restored = MemoryBank(N, D, seed=9)
+    tf.train.Checkpoint(bank=restored).restore(path).assert_existing_objects_matched()
+    np.testing.assert_array_equal(restored().numpy(), bank().numpy())
