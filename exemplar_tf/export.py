@@ -1,0 +1,233 @@
+"""Export an encoder (and its projection head) as a SavedModel for TF Serving: <base>/<name>/<version>/.
+
+    python -m exemplar_tf.export --run_dir=runs/<name> [--name=<name>] [--version=<int>]
+
+Signatures (both take `images`: uint8 [batch, height, width, 3], any height/width; /255 happens inside, the
+mean subtraction is the encoder's first layer):
+  serving_default -> {"embedding": float32 [B,D] unit rows, "features": float32 [B, 4*sum(C_l)] (or 21*sum(C_l))}
+      embedding: images resized (bilinear, antialiased) to encoder.input_size, then the 128-d projection head
+      (NPID-style models) or the L2-normalised representation (models exported without a head).
+      features: Exemplar-CNN evaluation features at the size given (sides below input_size are upsampled):
+      every `encoder.feature_maps` layer max-pooled over the stored grid ("quadrants" or "pyramid"), divided by
+      the layer's 99.99th-percentile activation on training data, concatenated.
+  pooled_features -> {"quadrants": [B, 4*sum(C_l)], "pyramid": [B, 21*sum(C_l)]}
+      the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
+      1+4+16 pyramid, the other protocols quadrants).
+Only the encoder and the head are exported: no memory bank, no optimizer.
+`assets.extra/export_info.json` records arch, sizes, pooling and percentiles (TF Serving ignores it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from exemplar_tf import features
+from exemplar_tf.models.heads import ProjectionHead
+
+SERVING_SIGNATURE = "serving_default"
+POOLED_SIGNATURE = "pooled_features"
+INFO_PATH = os.path.join("assets.extra", "export_info.json")
+PERCENTILE = 99.99
+
+# The training loop's name for measuring the per-layer scales on training images.
+measure_percentiles = features.activation_percentiles
+
+
+def next_version(model_dir: str) -> int:
+    """1 + the largest integer-named entry of `model_dir` (1 when there is none or the folder is missing)."""
+    if not os.path.isdir(model_dir):
+        return 1
+    versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str):
+    """(serve, pooled): the two endpoint functions of uint8 images [B,H,W,3]."""
+    scales = tf.Variable(list(percentiles), dtype=tf.float32, trainable=False, name="feature_percentiles")
+    input_size = int(encoder.input_size)
+
+    def embedding(images):
+        small = tf.image.resize(images, (input_size, input_size), method="bilinear", antialias=True)
+        representation = encoder(small, training=False)
+        projected = head(representation, training=False) if head is not None else representation
+        return tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1)
+
+    def maps(images):
+        return encoder.feature_maps(features.at_least_size(images, input_size), training=False)
+
+    def as_float(images):
+        # Loaded signatures check the dtype but not the shape; without this a 1-channel batch would broadcast
+        # against the 3-channel mean and pass silently.
+        return tf.cast(tf.ensure_shape(images, [None, None, None, 3]), tf.float32) / 255.0
+
+    def serve(images):
+        x = as_float(images)
+        layer_scales = tf.unstack(scales)
+        return {"embedding": embedding(x), "features": features.evaluation_features(maps(x), layer_scales, pooling)}
+
+    def pooled(images):
+        layer_maps = maps(as_float(images))
+        layer_scales = tf.unstack(scales)
+        return {pool: features.evaluation_features(layer_maps, layer_scales, pool) for pool in features.POOLINGS}
+
+    return serve, pooled, scales
+
+
+def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, path: str) -> None:
+    serve, pooled, scales = _serving_functions(encoder, head, percentiles, pooling)
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    if head is not None:
+        archive.track(head)
+    signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=signature)
+    archive.add_endpoint(POOLED_SIGNATURE, pooled, input_signature=signature)
+    archive.add_variable_collection("feature_percentiles", [scales])
+    archive.write_out(path, verbose=False)
+
+
+def _export_info(encoder, head, percentiles: Sequence[float], pooling: str) -> dict:
+    return {
+        "arch": getattr(encoder, "arch", type(encoder).__name__),
+        "input_size": int(encoder.input_size),
+        "representation_dim": int(encoder.representation_dim),
+        "embedding": "projection_head" if head is not None else "representation",
+        "embedding_dim": int(head.dim) if head is not None else int(encoder.representation_dim),
+        "pooling": pooling,
+        "percentile": PERCENTILE,
+        "percentiles": [float(p) for p in percentiles],
+    }
+
+
+def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,
+                   version: int | None = None, percentiles: Sequence[float], pooling: str = "quadrants") -> str:
+    """Writes encoder (+ projection head) to `<export_dir_base>/<name>/<version>` and returns that path.
+
+    encoder: the `Encoder` contract (input_size, representation_dim, feature_maps, call).
+    head: a `ProjectionHead`, or None for models trained without one (softmax over surrogate classes; the
+      classifier is not part of the representation and is not exported).
+    percentiles: one scale per `encoder.feature_maps` layer (see `measure_percentiles`).
+    version: None picks the next integer; an existing explicit version raises FileExistsError.
+    The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
+    TF Serving never sees a half-written version.
+    """
+    if head is not None and not isinstance(head, ProjectionHead):
+        raise TypeError(f"head must be a ProjectionHead or None, got {type(head).__name__}")
+    if pooling not in features.POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {features.POOLINGS}")
+    probe = encoder.feature_maps(tf.zeros([1, encoder.input_size, encoder.input_size, 3]), training=False)
+    if len(percentiles) != len(probe):
+        raise ValueError(f"{len(percentiles)} percentiles for {len(probe)} feature maps")
+    model_dir = os.path.join(export_dir_base, name)
+    os.makedirs(model_dir, exist_ok=True)
+    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
+        raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
+
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
+    try:
+        _write_archive(encoder, head, percentiles, pooling, os.path.join(tmp, "model"))
+        info_path = os.path.join(tmp, "model", INFO_PATH)
+        os.makedirs(os.path.dirname(info_path), exist_ok=True)
+        with open(info_path, "w") as f:
+            json.dump(_export_info(encoder, head, percentiles, pooling), f, indent=2)
+        while True:
+            chosen = version if version is not None else next_version(model_dir)
+            target = os.path.join(model_dir, str(chosen))
+            try:
+                os.rename(os.path.join(tmp, "model"), target)
+                return target
+            except OSError:
+                if version is not None or not os.path.exists(target):
+                    raise  # explicit version taken meanwhile, or a real error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_export_info(path: str) -> dict:
+    """The export's `export_info.json`, or {} for a SavedModel written by something else."""
+    info_path = os.path.join(path, INFO_PATH)
+    if not os.path.exists(info_path):
+        return {}
+    with open(info_path) as f:
+        return json.load(f)
+
+
+def _read_run_flags(run_dir: str) -> dict[str, str]:
+    """`--key=value` lines of `<run_dir>/flags.cfg` as {key: value}."""
+    path = os.path.join(run_dir, "flags.cfg")
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                key, value = line[2:].split("=", 1)
+                values[key] = value
+    return values
+
+
+def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
+               export_dir_base: str | None = None, num_images: int = 64) -> str:
+    """Restores the newest checkpoint of a training run (encoder + head only) and exports it.
+
+    Reads the run's resolved `flags.cfg` (arch, method, objective, sizes, source). Percentiles are measured on
+    the first `num_images` training images resized to max(96, 3 * input_size).
+    """
+    import numpy as np
+
+    from exemplar_tf import models
+    from exemplar_tf.data import sources
+
+    run = _read_run_flags(run_dir)
+    input_size = int(run["patch_size"] if run.get("method", "exemplar") == "exemplar" else run["image_size"])
+    encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0))
+    parts = {"encoder": encoder}
+    head = None
+    if run.get("objective", "nce") != "softmax":
+        head = ProjectionHead(int(run.get("embedding_dim", 128)))
+        head.build((None, encoder.representation_dim))
+        parts["head"] = head
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+
+    source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None)
+    size = max(96, 3 * input_size)
+    resized = source.dataset.take(num_images).map(
+        lambda e: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(e["image"], (size, size))), 0, 255), tf.uint8))
+    images = np.stack(list(resized.as_numpy_iterator()))
+    return export_encoder(encoder, head, export_dir_base=export_dir_base or run.get("export_base", "savedmodels"),
+                          name=name or run.get("name", os.path.basename(os.path.normpath(run_dir))),
+                          version=version, percentiles=measure_percentiles(encoder, images))
+
+
+def _define_flags() -> None:
+    """The CLI's flags, defined only when run as a program (train.py imports this module and has its own)."""
+    from absl import flags
+
+    flags.DEFINE_string("run_dir", None, "Training run directory (checkpoints/, flags.cfg).", required=True)
+    flags.DEFINE_string("name", None, "Export name (default: the run's --name).")
+    flags.DEFINE_integer("version", None, "Integer version (default: the next free one).")
+    flags.DEFINE_string("export_base", None, "Export base directory (default: the run's --export_base).")
+
+
+def main(argv) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    values = flags.FLAGS
+    print(export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _define_flags()
+    app.run(main)
