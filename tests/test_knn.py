@@ -1,0 +1,96 @@
+"""Weighted kNN: exact agreement with a NumPy brute force, toy cases, and reading a checkpoint's bank."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf import knn
+from exemplar_tf.objectives.memory_bank import MemoryBank
+
+
+def _brute_force(train, labels, queries, k, tau, num_classes):
+    """Reference in float64: every similarity, full sort, explicit per-class sums, stable ordering."""
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    predictions = []
+    for query in queries:
+        similarity = train.astype(np.float64) @ query.astype(np.float64)
+        nearest = np.argsort(-similarity, kind="stable")[:k]
+        votes = np.zeros(num_classes)
+        for j in nearest:
+            votes[labels[j]] += np.exp(similarity[j] / tau)
+        predictions.append(np.argsort(-votes, kind="stable")[:5])
+    return np.array(predictions)
+
+
+def test_matches_numpy_brute_force_exactly_on_random_data():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(600, 16)).astype(np.float32)
+    labels = rng.integers(0, 10, 600)
+    queries = rng.normal(size=(101, 16)).astype(np.float32)
+    for k, tau in ((200, 0.07), (7, 0.5)):
+        got = knn.weighted_knn(train, labels, queries, k=k, tau=tau, num_classes=10, batch=13)
+        assert got.shape == (101, 5)
+        np.testing.assert_array_equal(got, _brute_force(train, labels, queries, k, tau, 10))
+
+
+def test_clustered_toy_case_is_classified_perfectly():
+    rng = np.random.default_rng(1)
+    centres = np.eye(3, 8, dtype=np.float32) * 5.0
+    train = np.concatenate([c + rng.normal(scale=0.3, size=(50, 8)) for c in centres]).astype(np.float32)
+    labels = np.repeat([0, 1, 2], 50)
+    queries = np.concatenate([c + rng.normal(scale=0.3, size=(10, 8)) for c in centres]).astype(np.float32)
+    accuracy = knn.knn_accuracy(train, labels, queries, np.repeat([0, 1, 2], 10), k=20)
+    assert accuracy == {"top1": 1.0, "top5": 1.0}
+    assert knn.weighted_knn(train, labels, queries, k=20).shape == (30, 3)  # fewer than 5 classes
+
+
+def test_temperature_weights_close_neighbours_over_many_far_ones():
+    # query (1,0): one neighbour of class 0 at cosine 1, two of class 1 at cosine 0.5.
+    train = np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)], [0.5, -np.sqrt(0.75)], [-1.0, 0.0]], np.float32)
+    labels = np.array([0, 1, 1, 2])
+    query = np.array([[2.0, 0.0]], np.float32)
+    assert knn.weighted_knn(train, labels, query, k=3, tau=0.07)[0, 0] == 0  # e^14.3 > 2 e^7.1
+    assert knn.weighted_knn(train, labels, query, k=3, tau=100.0)[0, 0] == 1  # nearly a plain majority
+    np.testing.assert_array_equal(knn.weighted_knn(train, labels, query, k=200, tau=100.0)[0], [1, 0, 2])  # k <= N
+
+
+def test_knn_accuracy_counts_top1_and_top5():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(300, 8)).astype(np.float32)
+    labels = rng.integers(0, 12, 300)
+    queries = rng.normal(size=(40, 8)).astype(np.float32)
+    query_labels = rng.integers(0, 12, 40)
+    predictions = _brute_force(train, labels, queries, 30, 0.07, 12)
+    accuracy = knn.knn_accuracy(train, labels, queries, query_labels, k=30, num_classes=12)
+    assert accuracy["top1"] == pytest.approx(np.mean(predictions[:, 0] == query_labels))
+    assert accuracy["top5"] == pytest.approx(np.mean((predictions == query_labels[:, None]).any(axis=1)))
+
+
+def test_bad_labels_are_refused():
+    with pytest.raises(ValueError, match="labels"):
+        knn.weighted_knn(np.ones((3, 2)), [0, 1], np.ones((1, 2)))
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        knn.weighted_knn(np.ones((2, 2)), [0, 5], np.ones((1, 2)), num_classes=2)
+
+
+def test_memory_bank_is_read_from_a_checkpoint_without_writing(tmp_path):
+    bank = MemoryBank(20, 4, seed=3)
+    other = tf.Variable(tf.zeros([7, 4]), name="not_the_bank")
+    tf.train.Checkpoint(bank=bank, z=other).save(str(tmp_path / "ckpt"))
+    before = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in os.listdir(tmp_path)}
+    rows = knn.read_memory_bank(str(tmp_path))
+    np.testing.assert_array_equal(rows, bank().numpy())
+    after = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in os.listdir(tmp_path)}
+    assert after == before
+    tf.train.Checkpoint(z=other).save(str(tmp_path / "nobank" / "ckpt"))
+    with pytest.raises(ValueError, match="memory bank"):
+        knn.read_memory_bank(str(tmp_path / "nobank"))
+
+
+def test_bank_labels_follow_the_instance_index():
+    np.testing.assert_array_equal(knn.bank_labels({2: 7, 0: 5, 1: 6, 9: 1}, 3), [5, 6, 7])
+    with pytest.raises(ValueError, match="bank rows"):
+        knn.bank_labels({0: 1}, 2)
