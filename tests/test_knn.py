@@ -54,7 +54,8 @@ def test_temperature_weights_close_neighbours_over_many_far_ones():
     query = np.array([[2.0, 0.0]], np.float32)
     assert knn.weighted_knn(train, labels, query, k=3, tau=0.07)[0, 0] == 0  # e^14.3 > 2 e^7.1
     assert knn.weighted_knn(train, labels, query, k=3, tau=100.0)[0, 0] == 1  # nearly a plain majority
-    np.testing.assert_array_equal(knn.weighted_knn(train, labels, query, k=200, tau=100.0)[0], [1, 0, 2])  # k <= N
+    far_class_3 = np.array([0, 1, 1, 3])  # k capped at N=4: even the opposite neighbour votes, so 3 beats 2
+    np.testing.assert_array_equal(knn.weighted_knn(train, far_class_3, query, k=200, tau=100.0)[0], [1, 0, 3, 2])
 
 
 def test_knn_accuracy_counts_top1_and_top5():
