@@ -91,6 +91,17 @@ def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:
     return np.array([labels_by_index[i] for i in range(num_rows)], np.int64)
 
 
+def source_labels(spec: str, split: str, data_dir: str | None = None) -> dict[int, int]:
+    """{index: label} of every example of a labelled source split (images are decoded but not kept)."""
+    from exemplar_tf.data import sources
+
+    source = sources.load_source(spec, split, data_dir=data_dir)
+    if source.num_classes is None:
+        raise ValueError(f"{spec} split {split!r} has no labels")
+    pairs = source.dataset.map(lambda e: (e["index"], e["label"]), num_parallel_calls=tf.data.AUTOTUNE)
+    return {int(index): int(label) for index, label in pairs.as_numpy_iterator()}
+
+
 def main(argv) -> None:
     from absl import app, flags
 
@@ -100,20 +111,18 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     values = flags.FLAGS
     model = evaluate.SavedModelFeatures(values.savedmodel, batch_size=values.batch_size)
-    load = dict(data_dir=values.data_dir, eval_size=values.eval_size or None)
-    test = evaluate.labelled_images(values.test, values.test_split, max_examples=values.max_test, **load)
-    test_codes = model.extract(test.images, "embedding", desc="test")
+    load = dict(key="embedding", eval_size=values.eval_size or None, data_dir=values.data_dir)
+    test = model.extract(values.test, values.test_split, max_examples=values.max_test, desc="test", **load)
     if values.checkpoint:
-        bank = read_memory_bank(values.checkpoint)
-        train = evaluate.labelled_images(values.train, values.train_split, max_examples=len(bank), **load)
-        train_codes = bank
-        train_labels = bank_labels(dict(zip(train.indices.tolist(), train.labels.tolist())), len(bank))
+        train_codes = read_memory_bank(values.checkpoint)
+        train_labels = bank_labels(source_labels(values.train, values.train_split, values.data_dir),
+                                   len(train_codes))
     else:
-        train = evaluate.labelled_images(values.train, values.train_split, max_examples=values.max_train, **load)
-        train_codes = model.extract(train.images, "embedding", desc="train")
-        train_labels = train.labels
+        train = model.extract(values.train, values.train_split, max_examples=values.max_train, desc="train",
+                              **load)
+        train_codes, train_labels = train.features, train.labels
     num_classes = int(max(train_labels.max(), test.labels.max()) + 1)
-    accuracy = knn_accuracy(train_codes, train_labels, test_codes, test.labels, k=values.k, tau=values.tau,
+    accuracy = knn_accuracy(train_codes, train_labels, test.features, test.labels, k=values.k, tau=values.tau,
                             num_classes=num_classes)
     print(json.dumps({"savedmodel": values.savedmodel, "bank": "checkpoint" if values.checkpoint else "savedmodel",
                       "k": values.k, "tau": values.tau, "train": len(train_labels), "test": len(test.labels),

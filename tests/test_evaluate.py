@@ -1,0 +1,227 @@
+"""Linear-probe evaluation through SavedModels: batching, splits, the probe, protocols, the program."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf import evaluate, export
+from exemplar_tf.models import ProjectionHead, build_encoder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 220]], np.uint8)  # class -> dominant colour
+
+
+def coloured_images(labels, size, seed):
+    """uint8 [n,size,size,3]: class colour plus noise, so even a random encoder separates the classes."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 40, (len(labels), size, size, 3))
+    return np.clip(COLOURS[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def fake_source(labels, size, seed):
+    labels = np.asarray(labels, np.int64)
+    data = {"image": coloured_images(labels, size, seed), "label": labels, "index": np.arange(len(labels))}
+    return types.SimpleNamespace(dataset=tf.data.Dataset.from_tensor_slices(data), num_examples=len(labels),
+                                 num_classes=3, name="fake")
+
+
+@pytest.fixture
+def fake_sources(monkeypatch):
+    """load_source stand-in: 'train' folds of 18 images (fold k has its own pixels), 'test' of 24. Records calls."""
+    calls = []
+
+    def load_source(spec, split, *, data_dir=None, fold=None):
+        calls.append((spec, split, fold))
+        if split == "test":
+            return fake_source(np.arange(24) % 3, 40, seed=99)
+        return fake_source(np.arange(18) % 3, 40, seed=0 if fold is None else fold + 1)
+
+    monkeypatch.setattr(evaluate.sources, "load_source", load_source)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """(trained, random) exports of the small Exemplar-CNN under <base>/tiny/1 and <base>/tiny_random/1."""
+    base = tmp_path_factory.mktemp("savedmodels")
+    paths = []
+    for seed, name in ((0, "tiny"), (1, "tiny_random")):
+        tf.keras.utils.set_random_seed(seed)
+        encoder = build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5))
+        head = ProjectionHead(128)
+        head.build((None, encoder.representation_dim))
+        percentiles = export.measure_percentiles(encoder, coloured_images(np.arange(6) % 3, 40, seed=5))
+        paths.append(export.export_encoder(encoder, head, export_dir_base=str(base), name=name,
+                                           percentiles=percentiles))
+    return tuple(paths)
+
+
+def _snapshot(path):
+    """Every variable value of an export plus a hash of every file in it."""
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    values = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map() if "VARIABLE_VALUE" in key}
+    files = {}
+    for root, _, names in os.walk(path):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                files[os.path.relpath(os.path.join(root, name), path)] = hashlib.sha256(f.read()).hexdigest()
+    return values, files
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def test_same_size_batches_split_on_size_changes_and_batch_size():
+    shapes = [(4, 4)] * 5 + [(6, 5)] + [(4, 4)] * 2
+    examples = [{"image": np.full((*s, 3), i, np.uint8), "label": i, "index": i} for i, s in enumerate(shapes)]
+    batches = list(evaluate.same_size_batches(examples, batch_size=2))
+    assert [b["image"].shape for b in batches] == [(2, 4, 4, 3), (2, 4, 4, 3), (1, 4, 4, 3), (1, 6, 5, 3),
+                                                   (2, 4, 4, 3)]
+    np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), np.arange(8))
+
+
+def test_resize_images_makes_every_image_the_eval_size():
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter([{"image": np.zeros((20, 30, 3), np.uint8)}, {"image": np.full((50, 10, 3), 255, np.uint8)}]),
+        output_signature={"image": tf.TensorSpec([None, None, 3], tf.uint8)})
+    images = [e["image"] for e in evaluate.resize_images(dataset, 16).as_numpy_iterator()]
+    assert [i.shape for i in images] == [(16, 16, 3), (16, 16, 3)] and images[1].min() == 255
+    assert evaluate.resize_images(dataset, 0) is dataset
+
+
+def test_per_class_subset_draws_the_requested_count_per_class():
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    rows = evaluate.per_class_subset(labels, 5, np.random.default_rng(0))
+    assert np.bincount(labels[rows]).tolist() == [5, 3, 5]
+    assert len(set(rows)) == len(rows)
+    again = evaluate.per_class_subset(labels, 5, np.random.default_rng(0))
+    other = evaluate.per_class_subset(labels, 5, np.random.default_rng(1))
+    np.testing.assert_array_equal(rows, again)
+    assert not np.array_equal(rows, other)
+
+
+def test_holdout_split_is_stratified_and_disjoint():
+    labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
+    fit, held = evaluate.holdout_split(labels, 0.2, np.random.default_rng(0))
+    assert set(fit).isdisjoint(held) and sorted(np.concatenate([fit, held])) == list(range(16))
+    assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # a lone image stays in fit
+
+
+def _blobs(n_per_class, seed, shift=3.0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(4), n_per_class)
+    centres = rng.normal(size=(4, 20)) * shift
+    return evaluate.Extracted((centres[labels] + rng.normal(size=(len(labels), 20))).astype(np.float32), labels,
+                              np.arange(len(labels)))
+
+
+def test_linear_probe_separates_blobs_and_picks_c_from_the_grid():
+    train, test = _blobs(30, seed=0), _blobs(30, seed=0)
+    test.features = test.features + np.random.default_rng(1).normal(size=test.features.shape).astype(np.float32)
+    result = evaluate.linear_probe(train, test)
+    assert result.accuracy >= 0.95
+    assert result.c in evaluate.C_GRID and sorted(result.validation) == sorted(evaluate.C_GRID)
+
+
+def test_linear_probe_on_shuffled_labels_is_near_chance():
+    train, test = _blobs(40, seed=2), _blobs(40, seed=2)
+    train.labels = np.random.default_rng(3).permutation(train.labels)
+    test.labels = np.random.default_rng(4).permutation(test.labels)
+    assert evaluate.linear_probe(train, test).accuracy < 0.45  # chance 0.25, 160 test images
+
+
+def test_protocol_defaults_and_random_baseline_lookup(tmp_path):
+    assert [evaluate.protocol_for(s) for s in ("stl10", "stl10_binary:/d", "cifar10", "caltech101", "folder:/x",
+                                               "demo_labelled")] == ["stl10", "stl10", "cifar10", "caltech101",
+                                                                     "folder", "folder"]
+    assert evaluate.random_baseline_path(str(tmp_path / "m" / "3")) is None
+    for version in ("1", "4", "tmp"):
+        os.makedirs(tmp_path / "m_random" / version)
+    assert evaluate.random_baseline_path(str(tmp_path / "m" / "3") + "/") == str(tmp_path / "m_random" / "4")
+
+
+def test_table_and_json_report_gain_over_random():
+    trained = evaluate.ProtocolResult("sm/x/2", [0.7, 0.8], [0.01, 0.01], [100, 100], 50)
+    baseline = evaluate.ProtocolResult("sm/x_random/1", [0.5, 0.5], [0.2, 0.2], [100, 100], 50)
+    table = evaluate.results_table("stl10", "features", trained, baseline)
+    assert "75.00 ± 5.00" in table and "+25.00" in table and "50.00 ± 0.00" in table
+    report = evaluate.results_json("stl10", "stl10", evaluate.ProtocolOptions(), trained, baseline)
+    assert report["gain_over_random"] == pytest.approx(0.25) and report["trained"]["accuracies"] == [0.7, 0.8]
+    assert "no baseline" in evaluate.results_table("stl10", "features", trained, None)
+
+
+# ---------------------------------------------------------------- protocols through SavedModels
+
+
+def test_stl10_protocol_probes_each_fold_and_leaves_the_encoder_unchanged(exports, fake_sources):
+    before = [_snapshot(path) for path in exports]
+    options = evaluate.ProtocolOptions(c_values=(0.01, 0.1))
+    results = [evaluate.run_protocol(path, "stl10", "stl10", options, batch_size=16) for path in exports]
+    assert sorted(fold for _, split, fold in fake_sources if split == "train") == sorted(list(range(10)) * 2)
+    for result in results:
+        assert len(result.accuracies) == 10 and result.num_train == [18] * 10 and result.num_test == 24
+        assert result.mean > 0.9  # colours separate even through a random encoder
+        assert result.std == pytest.approx(np.std(result.accuracies))
+    after = [_snapshot(path) for path in exports]
+    for (values_before, files_before), (values_after, files_after) in zip(before, after):
+        assert files_before == files_after
+        assert values_before.keys() == values_after.keys()
+        for key in values_before:
+            np.testing.assert_array_equal(values_before[key], values_after[key])
+
+
+def test_per_class_protocol_draws_the_same_splits_for_every_model(exports, fake_sources, monkeypatch):
+    monkeypatch.setitem(evaluate.PER_CLASS, "cifar10_400", 4)
+    options = evaluate.ProtocolOptions(eval_size=32, splits=3, c_values=(0.1,), max_test=12)
+    model = evaluate.SavedModelFeatures(exports[0], batch_size=8)
+    drawn = [train.indices.tolist() for train in evaluate.training_sets(model, "cifar10_400", "cifar10", options)]
+    assert len(drawn) == 3 and all(len(rows) == 12 for rows in drawn) and drawn[0] != drawn[1]
+    other = evaluate.SavedModelFeatures(exports[1], batch_size=8)
+    assert drawn == [t.indices.tolist() for t in evaluate.training_sets(other, "cifar10_400", "cifar10", options)]
+    result = evaluate.run_protocol(exports[0], "cifar10_400", "cifar10", options, batch_size=8)
+    assert result.num_train == [12, 12, 12] and result.num_test == 12
+
+
+def test_pyramid_features_come_from_the_pooled_signature(exports, fake_sources):
+    model = evaluate.SavedModelFeatures(exports[0], batch_size=8)
+    pyramid = model.extract("caltech101", "test", "pyramid", eval_size=48, max_examples=5)
+    quadrants = model.extract("caltech101", "test", "features", eval_size=48, max_examples=5)
+    assert pyramid.features.shape == (5, 21 * 256) and quadrants.features.shape == (5, 4 * 256)
+    with pytest.raises(ValueError, match="not one of"):
+        model(np.zeros((1, 32, 32, 3), np.uint8), "logits")
+
+
+# ---------------------------------------------------------------- the program
+
+
+def _image_folder(root, per_class, seed):
+    """<root>/<split>/<class>/<i>.png with the coloured classes."""
+    for split, count in (("train", per_class), ("test", per_class // 2)):
+        images = coloured_images(np.repeat(np.arange(3), count), 36, seed + (split == "test"))
+        for i, image in enumerate(images):
+            folder = os.path.join(root, split, f"class{i // count}")
+            os.makedirs(folder, exist_ok=True)
+            tf.io.write_file(os.path.join(folder, f"{i}.png"), tf.io.encode_png(image))
+
+
+def test_program_finds_the_random_sibling_and_writes_table_and_json(exports, tmp_path):
+    _image_folder(tmp_path / "images", per_class=10, seed=0)
+    out_json = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "exemplar_tf.evaluate", f"--savedmodel={exports[0]}",
+         f"--dataset=folder:{tmp_path / 'images'}", "--c_values=0.01,0.1", f"--out_json={out_json}"],
+        cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "gain over random" in result.stdout and exports[1] in result.stdout
+    report = json.loads(out_json.read_text())
+    assert report["protocol"] == "folder" and report["random_baseline"]["savedmodel"] == exports[1]
+    assert report["trained"]["num_train"] == [30] and report["trained"]["num_test"] == 15
+    assert report["trained"]["accuracy_mean"] > 0.9
+    assert report["gain_over_random"] == pytest.approx(report["trained"]["accuracy_mean"]
+                                                       - report["random_baseline"]["accuracy_mean"])
