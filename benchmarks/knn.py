@@ -1,0 +1,98 @@
+"""Evaluation throughput: weighted kNN search and feature extraction through a SavedModel.
+
+    python benchmarks/knn.py [--queries=10000 --bank=50000 --k=200] [--arch=medium --image_size=96]
+
+Prints one JSON line per figure (median of --repeats timed runs after one untimed warm-up):
+  knn          seconds for --queries random queries against a --bank x --dim bank (`knn.weighted_knn`, k, tau 0.07,
+               10 classes), and queries per second
+  extraction   images per second through `serving_default` of a fresh export of build_encoder(--arch) (random
+               weights): one call computes both outputs, `embedding` (image resized to --input_size inside) and
+               `features` (quadrant evaluation features at --image_size); batches of --batch_size uint8 images
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from exemplar_tf import export, knn  # noqa: E402
+from exemplar_tf.models import ProjectionHead, build_encoder  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("queries", 10_000, "kNN queries")
+flags.DEFINE_integer("bank", 50_000, "kNN bank rows")
+flags.DEFINE_integer("dim", 128, "code dimension")
+flags.DEFINE_integer("k", 200, "neighbours")
+flags.DEFINE_integer("query_batch", 512, "queries per chunk")
+flags.DEFINE_string("arch", "medium", "encoder to export for the extraction figure")
+flags.DEFINE_integer("input_size", 32, "encoder training size")
+flags.DEFINE_integer("image_size", 96, "image side fed to the SavedModel")
+flags.DEFINE_integer("batch_size", 64, "images per SavedModel call")
+flags.DEFINE_integer("batches", 5, "timed SavedModel calls per run")
+flags.DEFINE_integer("repeats", 3, "timed runs per figure")
+
+
+def median_seconds(run, repeats: int) -> float:
+    run()  # warm-up: tracing, memory allocation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def knn_figure() -> dict:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(FLAGS.bank, FLAGS.dim)).astype(np.float32)
+    labels = rng.integers(0, 10, FLAGS.bank)
+    queries = rng.normal(size=(FLAGS.queries, FLAGS.dim)).astype(np.float32)
+    seconds = median_seconds(
+        lambda: knn.weighted_knn(bank, labels, queries, k=FLAGS.k, num_classes=10, batch=FLAGS.query_batch),
+        FLAGS.repeats)
+    return {"figure": "knn", "queries": FLAGS.queries, "bank": FLAGS.bank, "dim": FLAGS.dim, "k": FLAGS.k,
+            "seconds": round(seconds, 3), "queries_per_second": round(FLAGS.queries / seconds, 1)}
+
+
+def extraction_figure() -> dict:
+    tf.keras.utils.set_random_seed(0)
+    encoder = build_encoder(FLAGS.arch, input_size=FLAGS.input_size, mean_rgb=(0.45, 0.45, 0.45))
+    head = ProjectionHead(128)
+    head.build((None, encoder.representation_dim))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3), dtype=np.uint8)
+    percentiles = export.measure_percentiles(encoder, images[:8])
+    with tempfile.TemporaryDirectory() as base:
+        path = export.export_encoder(encoder, head, export_dir_base=base, name=FLAGS.arch, percentiles=percentiles)
+        serve = tf.saved_model.load(path).signatures[export.SERVING_SIGNATURE]
+        batch = tf.constant(images)
+
+        def run():
+            for _ in range(FLAGS.batches):
+                serve(images=batch)["features"].numpy()
+
+        seconds = median_seconds(run, FLAGS.repeats)
+        widths = {key: int(value.shape[-1]) for key, value in serve(images=batch[:1]).items()}
+    return {"figure": "extraction", "arch": FLAGS.arch, "signature": export.SERVING_SIGNATURE, "dims": widths,
+            "image_size": FLAGS.image_size, "batch_size": FLAGS.batch_size,
+            "images_per_second": round(FLAGS.batches * FLAGS.batch_size / seconds, 1)}
+
+
+def main(argv) -> None:
+    del argv
+    device = "gpu" if tf.config.list_physical_devices("GPU") else f"cpu x{os.cpu_count()}"
+    for figure in (knn_figure(), extraction_figure()):
+        print(json.dumps({**figure, "device": device}), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
