@@ -81,8 +81,9 @@ def activation_percentiles(encoder, images: np.ndarray, q: float = 99.99, batch_
     """Per layer of `encoder.feature_maps`, the q-th percentile of all its activations over `images`.
 
     images: uint8 [n,H,W,3] (training images, all one size; sides below encoder.input_size are upsampled as
-    in the export, see `at_least_size`). Returns one float per feature map, equal to np.percentile(all activations of that layer, q). Memory stays small: each batch
-    keeps only its largest values (the ones the percentile can depend on), so this works for big samples.
+    in the export, see `at_least_size`). Returns one float per feature map, equal to
+    np.percentile(all activations of that layer, q). Memory stays small: each batch keeps only its largest
+    values (the ones the percentile can depend on), so this works for big samples.
     A layer whose percentile is 0 (dead layer) gets 1.0, so dividing by it is harmless.
     """
     images = np.asarray(images)
