@@ -83,8 +83,9 @@ def sift_descriptors(patches: np.ndarray) -> np.ndarray:
 def pixel_descriptors(patches: np.ndarray, size: int = PIXELS_SIZE) -> np.ndarray:
     """uint8 [B,P,P,3] -> float32 [B, size*size*3]: the patch shrunk to size x size (area averaging), each
     descriptor shifted to zero mean and scaled to unit standard deviation (the floor every descriptor should beat)."""
-    thumbnails = np.stack([cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA) for patch in patches])
-    flat = thumbnails.reshape(len(patches), -1).astype(np.float32)
+    thumbnails = np.stack([cv2.resize(patch.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+                           for patch in patches])
+    flat = thumbnails.reshape(len(patches), -1)
     flat -= flat.mean(axis=1, keepdims=True)
     return flat / np.maximum(flat.std(axis=1, keepdims=True), 1e-6)
 

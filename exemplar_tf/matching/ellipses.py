@@ -120,38 +120,42 @@ def inside_mask(ellipses: Ellipses, mask: np.ndarray) -> np.ndarray:
     return hits.all(axis=1)
 
 
-def _fraction_inside(inner: Ellipses, outer: Ellipses, grid: int) -> np.ndarray:
+def _chords(ellipses: Ellipses, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact chords of ellipse k along the horizontal lines y = rows[k, l]: (start x, end x), each [K,L];
+    start > end where a line misses the ellipse."""
+    inverse = np.linalg.inv(ellipses.shapes)
+    q11, q12, q22 = inverse[:, 0, 0, None], inverse[:, 0, 1, None], inverse[:, 1, 1, None]
+    dy = rows - ellipses.centres[:, 1, None]
+    # q11 dx^2 + 2 q12 dy dx + q22 dy^2 <= 1
+    half = np.sqrt(np.maximum((q12 * dy) ** 2 - q11 * (q22 * dy**2 - 1.0), 0.0)) / q11
+    middle = ellipses.centres[:, 0, None] - q12 * dy / q11
+    misses = q11 * (q22 * dy**2 - 1.0) > (q12 * dy) ** 2
+    return np.where(misses, np.inf, middle - half), np.where(misses, -np.inf, middle + half)
+
+
+def _fraction_inside(inner: Ellipses, outer: Ellipses, lines: int) -> np.ndarray:
     """float [K]: the fraction of ellipse inner[k]'s area that lies inside outer[k].
 
-    Counts the points of a grid x grid midpoint lattice over inner[k]'s bounding box that fall inside both
-    ellipses, relative to those inside inner[k]; the lattice's boundary error largely cancels in the ratio
-    (identical ellipses give exactly 1).
+    Both ellipses are cut by `lines` evenly spaced horizontal lines across inner[k]'s height; the chords are
+    exact, and the fraction is (summed length of the chords' overlaps) / (summed length of inner's chords), the
+    midpoint rule for both areas, whose errors largely cancel (identical ellipses give exactly 1).
     """
-    steps = (np.arange(grid) + 0.5) / grid * 2.0 - 1.0  # [G] in (-1, 1)
-    half = inner.half_extents()
-    xs = inner.centres[:, 0, None] + steps[None, :] * half[:, 0, None]  # [K,G]
-    ys = inner.centres[:, 1, None] + steps[None, :] * half[:, 1, None]
-
-    def contains(ellipses: Ellipses) -> np.ndarray:  # [K,G,G] (rows, columns)
-        inverse = np.linalg.inv(ellipses.shapes)
-        dx = xs[:, None, :] - ellipses.centres[:, 0, None, None]
-        dy = ys[:, :, None] - ellipses.centres[:, 1, None, None]
-        quadratic = (inverse[:, 0, 0, None, None] * dx * dx + 2 * inverse[:, 0, 1, None, None] * dx * dy
-                     + inverse[:, 1, 1, None, None] * dy * dy)
-        return quadratic <= 1.0
-
-    in_inner = contains(inner)
-    in_both = in_inner & contains(outer)
-    return in_both.sum(axis=(1, 2)) / np.maximum(in_inner.sum(axis=(1, 2)), 1)
+    steps = (np.arange(lines) + 0.5) / lines * 2.0 - 1.0  # [L] in (-1, 1)
+    rows = inner.centres[:, 1, None] + steps[None, :] * inner.half_extents()[:, 1, None]  # [K,L]
+    inner_start, inner_end = _chords(inner, rows)
+    outer_start, outer_end = _chords(outer, rows)
+    own = np.clip(inner_end - inner_start, 0.0, None).sum(axis=1)
+    shared = np.clip(np.minimum(inner_end, outer_end) - np.maximum(inner_start, outer_start), 0.0, None).sum(axis=1)
+    return shared / np.maximum(own, 1e-300)
 
 
-def pairwise_iou(first: Ellipses, second: Ellipses, *, min_iou: float = 0.0, grid: int = 64,
-                 chunk: int = 512) -> np.ndarray:
+def pairwise_iou(first: Ellipses, second: Ellipses, *, min_iou: float = 0.0, lines: int = 128,
+                 chunk: int = 4096) -> np.ndarray:
     """float [N,M] intersection-over-union of every first[i] with every second[j].
 
     Areas are exact (pi sqrt(det S)); the intersection is the smaller ellipse's area times the fraction of it
-    inside the other, integrated on a grid x grid lattice over the smaller ellipse's bounding box (error below
-    0.5% at grid=64). Pairs whose IoU cannot exceed `min_iou` (by the area ratio, or by the bounding-box
+    inside the other, integrated over `lines` horizontal chords (exact chord lengths, midpoint rule across the
+    smaller ellipse's height; IoU error well below 0.5% at 128 lines). Pairs whose IoU cannot exceed `min_iou` (by the area ratio, or by the bounding-box
     overlap) are not integrated and read 0; with min_iou=0 only pairs with disjoint bounding boxes are
     skipped, so every entry is the IoU.
     """
@@ -173,6 +177,6 @@ def pairwise_iou(first: Ellipses, second: Ellipses, *, min_iou: float = 0.0, gri
                          np.where(first_smaller[:, None, None], first.shapes[i], second.shapes[j]))
         outer = Ellipses(np.where(first_smaller[:, None], second.centres[j], first.centres[i]),
                          np.where(first_smaller[:, None, None], second.shapes[j], first.shapes[i]))
-        intersection = _fraction_inside(inner, outer, grid) * inner.areas()
+        intersection = _fraction_inside(inner, outer, lines) * inner.areas()
         iou[i, j] = intersection / (areas1[i] + areas2[j] - intersection)
     return iou

@@ -13,8 +13,6 @@ import cv2
 import numpy as np
 
 IMAGE_EXTENSIONS = (".ppm", ".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-# The embedded fallback: natural colour photographs shipped with scikit-image.
-SKIMAGE_PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +47,9 @@ def shrink(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndar
 
 
 def demo_images(num_images: int | None = None) -> list[np.ndarray]:
-    """The project's embedded natural photographs (`load_source("demo", "train")`), uint8 [H,W,3] each; the
-    scikit-image photographs while the data package does not provide that source."""
-    try:
-        from exemplar_tf.data.sources import load_source
-    except ImportError:
-        from skimage import data
+    """The project's embedded natural photographs (`load_source("demo", "train")`), uint8 [H,W,3] each."""
+    from exemplar_tf.data.sources import load_source  # imports TensorFlow: only when the demo set is used
 
-        photographs = [getattr(data, name)() for name in SKIMAGE_PHOTOGRAPHS]
-        return photographs[:num_images]
     dataset = load_source("demo", "train").dataset
     if num_images is not None:
         dataset = dataset.take(num_images)
