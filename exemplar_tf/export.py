@@ -172,11 +172,12 @@ def _read_run_flags(run_dir: str) -> dict[str, str]:
 
 
 def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
-               export_dir_base: str | None = None, num_images: int = 64) -> str:
+               export_dir_base: str | None = None) -> str:
     """Restores the newest checkpoint of a training run (encoder + head only) and exports it.
 
     Reads the run's resolved `flags.cfg` (arch, method, objective, sizes, source). Percentiles are measured on
-    the first `num_images` training images resized to max(96, 3 * input_size).
+    the first training images as the training loop does: exemplar 64 images at max(96, 3 * patch_size),
+    npid 256 images at image_size.
     """
     import numpy as np
 
@@ -184,7 +185,8 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     from exemplar_tf.data import sources
 
     run = _read_run_flags(run_dir)
-    input_size = int(run["patch_size"] if run.get("method", "exemplar") == "exemplar" else run["image_size"])
+    exemplar = run.get("method", "exemplar") == "exemplar"
+    input_size = int(run["patch_size"] if exemplar else run["image_size"])
     encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0))
     parts = {"encoder": encoder}
     head = None
@@ -198,7 +200,7 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
 
     source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None)
-    size = max(96, 3 * input_size)
+    num_images, size = (64, max(96, 3 * input_size)) if exemplar else (256, input_size)
     resized = source.dataset.take(num_images).map(
         lambda e: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(e["image"], (size, size))), 0, 255), tf.uint8))
     images = np.stack(list(resized.as_numpy_iterator()))
