@@ -1,13 +1,19 @@
-"""Weighted kNN: exact agreement with a NumPy brute force, toy cases, and reading a checkpoint's bank."""
+"""Weighted kNN: exact agreement with a NumPy brute force, toy cases, a checkpoint's bank, the program."""
 import hashlib
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import knn
+from exemplar_tf import evaluate, export, knn
+from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _brute_force(train, labels, queries, k, tau, num_classes):
@@ -95,3 +101,41 @@ def test_bank_labels_follow_the_instance_index():
     np.testing.assert_array_equal(knn.bank_labels({2: 7, 0: 5, 1: 6, 9: 1}, 3), [5, 6, 7])
     with pytest.raises(ValueError, match="bank rows"):
         knn.bank_labels({0: 1}, 2)
+
+
+def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path):
+    rng = np.random.default_rng(4)
+    colours = np.array([[220, 30, 30], [30, 200, 30], [30, 30, 220]])
+    for split, count in (("train", 8), ("test", 4)):
+        for c in range(3):
+            os.makedirs(tmp_path / "images" / split / f"c{c}")
+            for i in range(count):
+                image = np.clip(colours[c] + rng.integers(-40, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
+                tf.io.write_file(str(tmp_path / "images" / split / f"c{c}" / f"{i}.png"), tf.io.encode_png(image))
+    tf.keras.utils.set_random_seed(0)
+    encoder = build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5))
+    head = ProjectionHead(128)
+    head.build((None, encoder.representation_dim))
+    model_path = export.export_encoder(encoder, head, export_dir_base=str(tmp_path / "sm"), name="t",
+                                       percentiles=[1.0, 1.0, 1.0])
+    spec = f"folder:{tmp_path / 'images'}"
+    train = evaluate.SavedModelFeatures(model_path).extract(spec, "train", "embedding")
+    bank = MemoryBank(24, 128)
+    bank.bank.assign(tf.gather(train.features, np.argsort(train.indices)))  # row i = training image with index i
+    tf.train.Checkpoint(bank=bank).save(str(tmp_path / "ckpt" / "ckpt"))
+    bank_file = next((tmp_path / "ckpt").glob("*.data-*"))
+    bank_bytes = bank_file.read_bytes()
+
+    def run(*extra):
+        result = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={model_path}",
+                                 f"--train={spec}", f"--test={spec}", "--k=5", *extra],
+                                cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    from_codes = run()
+    from_bank = run(f"--checkpoint={tmp_path / 'ckpt'}")
+    assert from_codes["bank"] == "savedmodel" and from_bank["bank"] == "checkpoint"
+    assert from_codes["train"] == from_bank["train"] == 24 and from_codes["test"] == 12
+    assert from_codes["top1"] == from_bank["top1"] > 0.9
+    assert bank_file.read_bytes() == bank_bytes
