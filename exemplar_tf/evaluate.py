@@ -264,15 +264,24 @@ def random_baseline_path(savedmodel: str) -> str | None:
     return os.path.join(sibling, str(version)) if version > 0 else None
 
 
+def missing_baseline_message(savedmodel: str) -> str:
+    sibling = os.path.dirname(os.path.normpath(savedmodel)) + "_random"
+    return (f"WARNING: no random baseline: {sibling}/<version> does not exist (train.py exports it at step 0). "
+            f"Pass --baseline_savedmodel=<export of a randomly initialised encoder of the same architecture>. "
+            f"Reporting the trained encoder alone, without a gain over random.")
+
+
 def results_table(protocol: str, feature: str, trained: ProtocolResult, baseline: ProtocolResult | None) -> str:
-    """Plain-text table: method, protocol, feature, accuracy mean ± std (%), gain over random (points)."""
-    header = f"{'method':<44} {'protocol':<12} {'feature':<10} {'accuracy (%)':>16} {'gain over random':>17}"
+    """Plain-text table: method, protocol, feature, trials, accuracy mean ± std (%), gain over random (points)."""
+    header = (f"{'method':<44} {'protocol':<12} {'feature':<10} {'trials':>6} {'accuracy (%)':>16} "
+              f"{'gain over random':>17}")
     lines = [header, "-" * len(header)]
     gain = f"{100 * (trained.mean - baseline.mean):+.2f}" if baseline else "n/a (no baseline)"
     rows = [(trained, gain)] + ([(baseline, "")] if baseline else [])
     for result, gain_text in rows:
         accuracy = f"{100 * result.mean:.2f} ± {100 * result.std:.2f}"
-        lines.append(f"{result.savedmodel:<44} {protocol:<12} {feature:<10} {accuracy:>16} {gain_text:>17}")
+        lines.append(f"{result.savedmodel:<44} {protocol:<12} {feature:<10} {len(result.accuracies):>6} "
+                     f"{accuracy:>16} {gain_text:>17}")
     return "\n".join(lines)
 
 
@@ -336,9 +345,7 @@ def main(argv) -> int:
     )
     baseline_path = values.baseline_savedmodel or random_baseline_path(values.savedmodel)
     if baseline_path is None:
-        print(f"WARNING: no random baseline: pass --baseline_savedmodel, or export one to "
-              f"{os.path.dirname(os.path.normpath(values.savedmodel))}_random/<version> (train.py does at step 0). "
-              f"Reporting the trained encoder alone.", file=sys.stderr)
+        print(missing_baseline_message(values.savedmodel), file=sys.stderr)
     trained = run_protocol(values.savedmodel, protocol, values.dataset, options, values.batch_size)
     baseline = run_protocol(baseline_path, protocol, values.dataset, options, values.batch_size) if baseline_path \
         else None
