@@ -1,0 +1,113 @@
+"""The transformation chain: draw each sample's parameters from a preset with stateless RNG, then apply
+geometric (one projective resampling) -> PCA colour -> saturation/value -> hue.
+
+The same seed gives the same output eagerly, in `Dataset.map` and inside a `tf.function`. Each transform draws
+from its own sub-seed (`fold_in(seed, position in ALL_TRANSFORMS)`), so enabling or disabling one transform
+leaves the others' parameters unchanged. Disabled transforms are skipped; with no geometric transform enabled
+the output is the central patch exactly.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+from exemplar_tf.augment import transforms as ops
+from exemplar_tf.augment.presets import ALL_TRANSFORMS, GEOMETRIC_TRANSFORMS, PRESETS, Log2NormalFactor
+
+
+def _uniform(shape, seed, low, high):
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def _log_uniform(shape, seed, low, high):
+    return tf.exp(_uniform(shape, seed, math.log(low), math.log(high)))
+
+
+class TransformChain:
+    """`chain(windows float32 [B,S,S,3] in [0,1], seed) -> float32 [B,P,P,3] in [0,1]`.
+
+    seed: int32/int64 [2], one seed for the batch, or [B,2], one per sample (sample b's parameters then depend
+    only on seed[b]: the fixed pool of copies uses this).
+    """
+
+    def __init__(self, preset: str, transforms: Sequence[str], pca: ops.ColorPCA, patch_size: int):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        unknown = [name for name in transforms if name not in ALL_TRANSFORMS]
+        if unknown:
+            raise ValueError(f"unknown transforms {unknown}; valid names: {', '.join(ALL_TRANSFORMS)}")
+        self.preset = PRESETS[preset]
+        self.transforms = tuple(name for name in ALL_TRANSFORMS if name in transforms)
+        self.pca = pca
+        self.patch_size = patch_size
+
+    def sample_params(self, batch_size, seed) -> dict[str, tf.Tensor]:
+        """Parameters of the enabled transforms, float32, keyed by
+        translate [B,2] (dy, dx in window pixels), scale [B], rotate [B] (degrees), pca_color [B,3],
+        sv_power / sv_multiplier / sv_offset [B,2] (S, V), hue [B] (turns)."""
+        seed = tf.convert_to_tensor(seed)
+        if seed.shape.rank == 2:
+            return self._per_sample_params(seed)
+        return self._batch_params(batch_size, seed)
+
+    def _per_sample_params(self, seeds) -> dict[str, tf.Tensor]:
+        signature = {key: tf.TensorSpec(value.shape[1:], tf.float32)
+                     for key, value in self._batch_params(1, tf.zeros([2], seeds.dtype)).items()}
+        return tf.map_fn(lambda seed: {k: v[0] for k, v in self._batch_params(1, seed).items()}, seeds,
+                         fn_output_signature=signature)
+
+    def _batch_params(self, batch_size, seed) -> dict[str, tf.Tensor]:
+        preset, params = self.preset, {}
+        sub_seeds = {name: tf.random.experimental.stateless_fold_in(seed, i) for i, name in enumerate(ALL_TRANSFORMS)}
+        if "translate" in self.transforms:
+            limit = preset.translate * self.patch_size
+            params["translate"] = _uniform([batch_size, 2], sub_seeds["translate"], -limit, limit)
+        if "scale" in self.transforms:
+            params["scale"] = _log_uniform([batch_size], sub_seeds["scale"], *preset.scale)
+        if "rotate" in self.transforms:
+            limit = preset.rotate_degrees
+            params["rotate"] = _uniform([batch_size], sub_seeds["rotate"], -limit, limit)
+        if "pca_color" in self.transforms:
+            params["pca_color"] = self._pca_factors(batch_size, sub_seeds["pca_color"])
+        if "saturation_value" in self.transforms:
+            power_seed, multiplier_seed, offset_seed = tf.unstack(
+                tf.random.experimental.stateless_split(sub_seeds["saturation_value"], 3))
+            params["sv_power"] = _log_uniform([batch_size, 2], power_seed, *preset.sv_power)
+            params["sv_multiplier"] = _log_uniform([batch_size, 2], multiplier_seed, *preset.sv_multiplier)
+            params["sv_offset"] = _uniform([batch_size, 2], offset_seed, *preset.sv_offset)
+        if "hue" in self.transforms:
+            params["hue"] = _uniform([batch_size], sub_seeds["hue"], -preset.hue_shift, preset.hue_shift)
+        return params
+
+    def _pca_factors(self, batch_size, seed) -> tf.Tensor:
+        rule = self.preset.pca_factor
+        if isinstance(rule, Log2NormalFactor):
+            return 2.0 ** (tf.random.stateless_normal([batch_size, 3], seed) * tf.constant(rule.std, tf.float32))
+        return _uniform([batch_size, 3], seed, rule.low, rule.high)
+
+    def apply(self, windows, params: dict[str, tf.Tensor]) -> tf.Tensor:
+        """float32 [B,P,P,3]: windows [B,S,S,3] transformed with `params` (from `sample_params`)."""
+        if any(name in self.transforms for name in GEOMETRIC_TRANSFORMS):
+            batch = tf.shape(windows)[0]
+            translate = params.get("translate", tf.zeros([batch, 2]))
+            images = ops.geometric(
+                windows, translate[:, 1], translate[:, 0],
+                params.get("scale", tf.ones([batch])),
+                params.get("rotate", tf.zeros([batch])) * (math.pi / 180.0),
+                patch_size=self.patch_size)
+        else:
+            images = ops.central_crop(windows, self.patch_size)
+        if "pca_color" in self.transforms:
+            images = ops.pca_color(images, params["pca_color"], self.pca)
+        if "saturation_value" in self.transforms:
+            images = ops.saturation_value(images, params["sv_power"], params["sv_multiplier"], params["sv_offset"],
+                                          minmax_normalise_first=self.preset.sv_minmax_normalise)
+        if "hue" in self.transforms:
+            images = ops.hue_shift(images, params["hue"])
+        return tf.clip_by_value(images, 0.0, 1.0)
+
+    def __call__(self, windows, seed) -> tf.Tensor:
+        windows = tf.convert_to_tensor(windows, tf.float32)
+        return self.apply(windows, self.sample_params(tf.shape(windows)[0], seed))

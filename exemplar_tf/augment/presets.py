@@ -1,0 +1,83 @@
+"""Parameter ranges of Exemplar-CNN's transformations: the paper's values and the authors' released code.
+
+Every number comes from METHOD.md §1. `PRESETS["paper"]` is the default recipe, `PRESETS["release_code"]` the
+2014 MATLAB release. Distributions (per sample, independent):
+
+  translate         dx, dy ~ U(-t, t) * patch_size pixels, each axis
+  scale             log-uniform in [low, high] (> 1 zooms in)
+  rotate            U(-r, r) degrees
+  pca_color         one factor per principal component: `UniformFactor` U(low, high), or
+                    `Log2NormalFactor` 2 ** (N(0, 1) * std_i)
+  saturation_value  for S and V separately: power and multiplier log-uniform, offset uniform;
+                    `sv_minmax_normalise`: the patch is first stretched to span [0, 1] (the release does this)
+  hue               shift ~ U(-h, h) of the hue circle (1 = full turn), wrapped
+
+Power and multiplier are read as log-uniform in both presets: the release draws them as 2 ** (a * U(-1, 1)),
+and the paper's ranges [0.25, 4] and [0.7, 1.4] are (nearly) symmetric in log space.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+ALL_TRANSFORMS = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")
+GEOMETRIC_TRANSFORMS = ("translate", "scale", "rotate")
+
+
+@dataclasses.dataclass(frozen=True)
+class UniformFactor:
+    """PCA colour factor_i ~ U(low, high), independently per component."""
+
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Log2NormalFactor:
+    """PCA colour factor_i = 2 ** (N(0, 1) * std[i])."""
+
+    std: tuple[float, float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Ranges of every transformation (see the module docstring for the distributions)."""
+
+    name: str
+    translate: float  # max |offset| per axis, as a fraction of the patch size
+    scale: tuple[float, float]  # log-uniform range of the zoom factor
+    rotate_degrees: float  # max |angle|
+    pca_factor: UniformFactor | Log2NormalFactor
+    sv_power: tuple[float, float]  # log-uniform range of the exponent on S and V
+    sv_multiplier: tuple[float, float]  # log-uniform range of the factor on S and V
+    sv_offset: tuple[float, float]  # uniform range of the value added to S and V
+    sv_minmax_normalise: bool  # stretch each patch to [0, 1] before the S/V change
+    hue_shift: float  # max |shift| of the hue, in turns
+
+
+PRESETS = {
+    "paper": Preset(
+        name="paper",
+        translate=0.2,
+        scale=(0.7, 1.4),
+        rotate_degrees=20.0,
+        pca_factor=UniformFactor(0.5, 2.0),
+        sv_power=(0.25, 4.0),
+        sv_multiplier=(0.7, 1.4),
+        sv_offset=(-0.1, 0.1),
+        sv_minmax_normalise=False,
+        hue_shift=0.1,
+    ),
+    "release_code": Preset(
+        name="release_code",
+        translate=0.25,
+        scale=(1 / math.sqrt(2), math.sqrt(2)),
+        rotate_degrees=20.0,
+        pca_factor=Log2NormalFactor((1.0, 1.0, 0.5)),
+        sv_power=(0.25, 4.0),  # 2 ** (2 * U(-1, 1))
+        sv_multiplier=(1 / math.sqrt(2), math.sqrt(2)),  # 2 ** (0.5 * U(-1, 1))
+        sv_offset=(-0.1, 0.1),  # 0.1 * U(-1, 1)
+        sv_minmax_normalise=True,
+        hue_shift=0.1,
+    ),
+}
