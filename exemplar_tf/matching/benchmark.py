@@ -118,7 +118,7 @@ def score_pair(first: View, second: View, transformation: Transformation, common
     positives = int(np.count_nonzero(matched.any(axis=1))) if matched.size else 0
     scores = {}
     for descriptor in descriptors:
-        queries = first.described[descriptor.name][keep] if keep.any() else np.zeros((0, 0))
+        queries = first.described[descriptor.name][keep]
         if len(queries) and len(second.ellipses):
             nearest, distances = nearest_neighbours(queries, second.described[descriptor.name])
             correct = matched[np.arange(len(queries)), nearest]
