@@ -1,0 +1,104 @@
+"""Surrogate batches: shapes, dtypes and labels; host = device + chain; the fixed pool recurs, online does not."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf.augment.chain import TransformChain
+from exemplar_tf.augment.presets import ALL_TRANSFORMS
+from exemplar_tf.data import patches, surrogate
+
+P = 16
+NUM_SEEDS = 8
+
+
+@pytest.fixture(scope="module")
+def seeds():
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(4)]
+    return patches.sample_seeds(images, num_seeds=NUM_SEEDS, seeds_per_image=2, patch_size=P, rng_seed=0)
+
+
+@pytest.fixture(scope="module")
+def chain(seeds):
+    return TransformChain("paper", ALL_TRANSFORMS, surrogate.fit_color_pca(seeds), P)
+
+
+def take(dataset, count):
+    return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(count)]
+
+
+def test_host_batches_have_images_and_seed_labels(seeds, chain):
+    (batch,) = take(surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=0), 1)
+    assert batch["image"].shape == (4, P, P, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4,) and batch["label"].dtype == np.int64
+    assert 0 <= batch["image"].min() and batch["image"].max() <= 1
+
+
+def test_one_pass_visits_every_seed_once(seeds, chain):
+    batches = take(surrogate.surrogate_dataset(seeds, chain, batch_size=3, rng_seed=1, repeat=False), 10)
+    assert [len(b["label"]) for b in batches] == [3, 3, 2]
+    labels = np.concatenate([b["label"] for b in batches])
+    assert sorted(labels) == list(range(NUM_SEEDS)) and list(labels) != list(range(NUM_SEEDS))  # shuffled
+    in_order = take(surrogate.surrogate_dataset(seeds, chain, batch_size=8, rng_seed=1, shuffle=False,
+                                                repeat=False), 2)
+    assert list(in_order[0]["label"]) == list(range(NUM_SEEDS))
+
+
+def test_device_batches_carry_windows_and_a_seed_that_reproduce_the_host_images(seeds, chain):
+    host = take(surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=3), 3)
+    device = take(surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=3, augment_on="device"), 3)
+    for host_batch, device_batch in zip(host, device):
+        assert device_batch["window"].shape == (4, 2 * P, 2 * P, 3) and device_batch["window"].dtype == np.uint8
+        assert device_batch["aug_seed"].shape == (2,) and device_batch["aug_seed"].dtype == np.int32
+        np.testing.assert_array_equal(device_batch["label"], host_batch["label"])
+        np.testing.assert_array_equal(device_batch["window"], seeds.windows[device_batch["label"]])
+        images = chain(tf.cast(device_batch["window"], tf.float32) / 255.0, device_batch["aug_seed"])
+        np.testing.assert_allclose(images, host_batch["image"], atol=1e-6)
+
+
+def copies_by_label(batch):
+    """{label: sorted list of the bytes of its images (rounded)} for one batch."""
+    found = {}
+    for label, image in zip(batch["label"], batch["image"]):
+        found.setdefault(int(label), []).append(np.round(image, 4).tobytes())
+    return {label: sorted(images) for label, images in found.items()}
+
+
+def test_fixed_copies_recur_every_epoch(seeds, chain):
+    # Batch = one epoch of the pool (8 seeds x 2 copies), so consecutive batches are consecutive epochs.
+    epochs = take(surrogate.surrogate_dataset(seeds, chain, batch_size=16, rng_seed=0, fixed_copies=2), 3)
+    first = copies_by_label(epochs[0])
+    assert sorted(first) == list(range(NUM_SEEDS)) and all(len(set(c)) == 2 for c in first.values())
+    assert copies_by_label(epochs[1]) == first and copies_by_label(epochs[2]) == first
+    assert list(epochs[1]["label"]) != list(epochs[0]["label"])  # the order is reshuffled
+    other_run = take(surrogate.surrogate_dataset(seeds, chain, batch_size=16, rng_seed=9, fixed_copies=2), 1)
+    assert copies_by_label(other_run[0]) == first  # the pool depends on the seeds only
+
+
+def test_online_copies_are_fresh_every_epoch(seeds, chain):
+    # Unshuffled, so only the transformations can differ between the two epochs.
+    epochs = take(surrogate.surrogate_dataset(seeds, chain, batch_size=8, rng_seed=0, shuffle=False), 2)
+    first, second = copies_by_label(epochs[0]), copies_by_label(epochs[1])
+    assert sorted(first) == sorted(second) == list(range(NUM_SEEDS))
+    assert all(first[label] != second[label] for label in first)
+
+
+def test_fixed_copies_on_the_device_carry_one_seed_per_sample(seeds, chain):
+    (batch,) = take(surrogate.surrogate_dataset(seeds, chain, batch_size=16, rng_seed=0, fixed_copies=2,
+                                                augment_on="device"), 1)
+    assert batch["aug_seed"].shape == (16, 2) and batch["aug_seed"].dtype == np.int32
+    np.testing.assert_array_equal(batch["aug_seed"][:, 0], batch["label"])
+    assert sorted(map(tuple, batch["aug_seed"])) == [(s, c) for s in range(NUM_SEEDS) for c in range(2)]
+
+
+def test_fit_color_pca_uses_the_seed_patches(seeds):
+    pca = surrogate.fit_color_pca(seeds)
+    np.testing.assert_allclose(pca.mean, seeds.central_patches().reshape(-1, 3).mean(axis=0) / 255, atol=1e-5)
+    np.testing.assert_allclose(pca.eigvecs.T @ pca.eigvecs, np.eye(3), atol=1e-5)
+
+
+def test_bad_arguments_are_rejected(seeds, chain):
+    with pytest.raises(ValueError, match="augment_on"):
+        surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=0, augment_on="tpu")
+    with pytest.raises(ValueError, match="fixed_copies"):
+        surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=0, fixed_copies=0)
