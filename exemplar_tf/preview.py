@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+import matplotlib.image
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -52,8 +53,6 @@ def write_preview(out: str, *, source: str = "demo", split: str = "train", num_s
     seeds = patches.sample_seeds(images, num_seeds=num_seeds, patch_size=patch_size, rng_seed=seed)
     chain = TransformChain(preset, transforms, surrogate.fit_color_pca(seeds), patch_size)
     grid = grid_image(seed_rows(seeds, chain, copies, seed), zoom)
-    import matplotlib.image
-
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     matplotlib.image.imsave(out, grid)
     return grid

@@ -15,7 +15,6 @@ below would then emit `labels[seed]` instead of the seed id (and the classifier 
 """
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
