@@ -46,7 +46,9 @@ class TransformChain:
     def sample_params(self, batch_size, seed) -> dict[str, tf.Tensor]:
         """Parameters of the enabled transforms, float32, keyed by
         translate [B,2] (dy, dx in window pixels), scale [B], rotate [B] (degrees), pca_color [B,3],
-        sv_power / sv_multiplier / sv_offset [B,2] (S, V), hue [B] (turns)."""
+        sv_power / sv_multiplier / sv_offset [B,2] (S, V), hue [B] (turns).
+
+        seed: [2] draws B = batch_size sets; [B,2] draws one set per row (batch_size is then ignored)."""
         seed = tf.convert_to_tensor(seed)
         if seed.shape.rank == 2:
             return self._per_sample_params(seed)
