@@ -1,5 +1,6 @@
 """The training step under tf.distribute on two logical CPUs: replicas stay identical, and two replicas
 match one device on the same global batch."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -47,7 +48,7 @@ def _train(strategy, config, initial=None):
 
 
 def _local(variable, strategy):
-    tf_variable = getattr(variable, "value", variable)
+    tf_variable = variable.value if isinstance(variable, keras.Variable) else variable
     return [np.asarray(v.numpy()) for v in strategy.experimental_local_results(tf_variable)]
 
 

@@ -246,9 +246,6 @@ def test_wrong_arguments_are_refused(model, tmp_path):
                               pooling="average")
 
 
-@pytest.mark.xfail(strict=True, reason="exemplar_tf.models keeps conv layers / ResNet blocks in Python lists, which "
-                   "tf.train.Checkpoint does not save (only mean, fc and stem variables are in a checkpoint), so "
-                   "the restored encoder is partly random. Remove this mark once models tracks them.")
 def test_program_exports_the_latest_checkpoint_of_a_run(tmp_path):
     run_dir = tmp_path / "run"
     tf.keras.utils.set_random_seed(11)

@@ -77,6 +77,26 @@ def test_exemplar_cnn_dropout_only_in_training(encoders, rng):
     assert np.mean(dropped == 0) > np.mean(encoder(x).numpy() == 0)
 
 
+def test_dropout_rate_is_a_parameter(rng):
+    x = images(rng, 32, batch=4)
+    no_dropout = build_encoder("small", input_size=32, mean_rgb=MEAN, dropout=0.0)
+    np.testing.assert_array_equal(no_dropout(x, training=True).numpy(), no_dropout(x).numpy())
+    with pytest.raises(ValueError, match="dropout"):
+        build_encoder("small", input_size=32, mean_rgb=MEAN, dropout=1.0)
+
+
+@pytest.mark.parametrize("arch", list(EXPECTED))
+def test_checkpoint_saves_and_restores_every_encoder_variable(encoders, arch, rng, tmp_path):
+    encoder = encoders[arch]
+    path = tf.train.Checkpoint(encoder=encoder).save(str(tmp_path / "ckpt"))
+    saved = {name for name, _ in tf.train.list_variables(path) if name.startswith("encoder/")}
+    assert len(saved) == len(encoder.weights)  # every weight; dropout's RNG state is not a weight
+    fresh = build_encoder(arch, input_size=32, mean_rgb=(0.0, 0.0, 0.0))
+    tf.train.Checkpoint(encoder=fresh).restore(path).assert_consumed()
+    x = images(rng, 40)
+    np.testing.assert_allclose(fresh(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_resnet_stages_and_stems(encoders, rng):
     assert [m.shape[1] for m in encoders["resnet18"].feature_maps(images(rng, 32))] == [32, 16, 8, 4]
     assert [m.shape[1] for m in encoders["resnet50"].feature_maps(images(rng, 32))] == [32, 16, 8, 4]

@@ -16,7 +16,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from exemplar_tf.models.layers import Encoder
+from exemplar_tf.models.layers import Encoder, set_layers
 
 # arch -> (conv widths, fc width)
 ARCHITECTURES = {
@@ -43,25 +43,33 @@ class ExemplarCNN(Encoder):
 
     `call(x)` global-max-pools the fc map: at the training size that map is 1x1 (so this is just a flatten);
     on larger images it is the strongest response of the fc filters anywhere in the image.
-    Dropout (0.5) acts on that vector when `training=True`. `feature_maps(x)` returns the post-ReLU maps
+    Dropout (`dropout`, 0.5 in the paper) acts on that vector when `training=True`. `feature_maps(x)` returns the post-ReLU maps
     [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
     """
 
-    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], **kwargs):
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5, **kwargs):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown Exemplar-CNN arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         conv_widths, fc_width = ARCHITECTURES[arch]
         super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb, representation_dim=fc_width, **kwargs)
-        self.convs = [
+        self.conv_names = tuple(f"conv{i + 1}" for i in range(len(conv_widths)))
+        set_layers(self, self.conv_names, [
             keras.layers.Conv2D(width, 5, padding="same", activation="relu", kernel_initializer="he_normal",
-                                name=f"conv{i + 1}")
-            for i, width in enumerate(conv_widths)
-        ]
+                                name=name)
+            for name, width in zip(self.conv_names, conv_widths)
+        ])
         self.pools = [keras.layers.MaxPooling2D(3, strides=2, padding="same") for _ in range(NUM_POOLED_CONVS)]
         fc_kernel = pooled_size(input_size)
         self.fc = keras.layers.Conv2D(fc_width, fc_kernel, padding="valid", activation="relu",
                                       kernel_initializer="he_normal", name="fc")
-        self.dropout = keras.layers.Dropout(0.5)
+        self.dropout = keras.layers.Dropout(dropout)
+
+    @property
+    def convs(self) -> list:
+        """The conv layers in order (each also an attribute conv1, conv2, ...)."""
+        return [getattr(self, name) for name in self.conv_names]
 
     def feature_maps(self, images, training=False):
         """images float [B,H,W,3] in [0,1], H,W >= input_size -> [conv1, conv2, (conv3), fc] maps [B,h,w,C]."""

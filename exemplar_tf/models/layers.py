@@ -62,6 +62,16 @@ class Encoder(keras.Model):
         return {"arch": self.arch, "input_size": self.input_size, "mean_rgb": self.mean_subtraction.mean_rgb}
 
 
+def set_layers(owner: keras.layers.Layer, names: Sequence[str], layers: Sequence) -> None:
+    """Assigns each layer to its own attribute of `owner`.
+
+    Keras tracks layers held in Python lists, but `tf.train.Checkpoint` does not follow those lists, so
+    checkpoints would silently miss their variables; one attribute per layer is saved and restored by both.
+    """
+    for name, layer in zip(names, layers, strict=True):
+        setattr(owner, name, layer)
+
+
 def weight_decay_loss(model_parts: Iterable, base_decay: float):
     """L2 penalty in Caffe's convention: base_decay * sum over parameters of multiplier * 0.5 * ||w||^2.
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-from exemplar_tf.models.layers import Encoder
+from exemplar_tf.models.layers import Encoder, set_layers
 
 # arch -> (block kind, blocks per stage); stage widths are 64, 128, 256, 512 (x4 at the output of a bottleneck)
 ARCHITECTURES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
@@ -45,12 +45,23 @@ class ResidualBlock(keras.layers.Layer):
             out_channels = width * BOTTLENECK_EXPANSION
             shapes = [(width, 1, 1), (width, 3, stride), (out_channels, 1, 1)]
         self.out_channels = out_channels
-        self.convs = [conv(f, k, s, name=f"conv{i + 1}") for i, (f, k, s) in enumerate(shapes)]
-        self.norms = [batch_norm(name=f"bn{i + 1}") for i in range(len(shapes))]
+        self.depth = len(shapes)
+        set_layers(self, [f"conv{i + 1}" for i in range(self.depth)],
+                   [conv(f, k, s, name=f"conv{i + 1}") for i, (f, k, s) in enumerate(shapes)])
+        set_layers(self, [f"bn{i + 1}" for i in range(self.depth)],
+                   [batch_norm(name=f"bn{i + 1}") for i in range(self.depth)])
         self.projection = None
         if stride != 1 or in_channels != out_channels:
             self.projection = conv(out_channels, 1, stride, name="shortcut_conv")
             self.projection_norm = batch_norm(name="shortcut_bn")
+
+    @property
+    def convs(self) -> list:
+        return [getattr(self, f"conv{i + 1}") for i in range(self.depth)]
+
+    @property
+    def norms(self) -> list:
+        return [getattr(self, f"bn{i + 1}") for i in range(self.depth)]
 
     def call(self, x, training=False):
         shortcut = x
@@ -77,16 +88,23 @@ class ResNet(Encoder):
         self.imagenet_stem = kind == "bottleneck" and input_size >= IMAGENET_STEM_MIN_SIZE
         self.stem_conv = conv(64, 7, 2, name="stem_conv") if self.imagenet_stem else conv(64, 3, name="stem_conv")
         self.stem_norm = batch_norm(name="stem_bn")
-        self.stages = []
+        block_names = []  # [stage][block] attribute names
         channels = 64
         for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, depths)):
+            names = [f"stage{stage + 1}_block{index + 1}" for index in range(depth)]
             blocks = []
-            for index in range(depth):
+            for index, name in enumerate(names):
                 stride = 2 if stage > 0 and index == 0 else 1
-                block = ResidualBlock(kind, width, stride, channels, name=f"stage{stage + 1}_block{index + 1}")
-                channels = block.out_channels
-                blocks.append(block)
-            self.stages.append(blocks)
+                blocks.append(ResidualBlock(kind, width, stride, channels, name=name))
+                channels = blocks[-1].out_channels
+            set_layers(self, names, blocks)
+            block_names.append(tuple(names))
+        self.block_names = tuple(block_names)
+
+    @property
+    def stages(self) -> list:
+        """Residual blocks per stage, [[block, ...] x 4] (each also an attribute stageS_blockB)."""
+        return [[getattr(self, name) for name in names] for names in self.block_names]
 
     def feature_maps(self, images, training=False):
         """images float [B,H,W,3] in [0,1] -> outputs of stages 1..4, [B,h,w,C] each."""
