@@ -13,6 +13,17 @@ tf.config.set_logical_device_configuration(
 )
 
 
+@pytest.fixture(scope="session")
+def two_cpus():
+    """One MirroredStrategy over the two logical CPUs for the whole test process.
+
+    Every MirroredStrategy over the same devices numbers its collective ops from the same keys, and TF caches
+    a collective's shape by key, so a second strategy in one process fails with "Shape mismatch in the
+    collective instance". Tests share this one instead of creating their own.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
 @pytest.fixture
 def rng():
     import numpy as np

@@ -52,11 +52,6 @@ def _local(variable, strategy):
     return [np.asarray(v.numpy()) for v in strategy.experimental_local_results(tf_variable)]
 
 
-@pytest.fixture(scope="module")
-def two_cpus():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 @pytest.mark.parametrize("objective", ["nonparametric", "nce"])
 def test_bank_copies_are_bitwise_equal_on_every_replica(two_cpus, objective):
     state, losses = _train(two_cpus, _config(objective))

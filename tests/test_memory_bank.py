@@ -66,8 +66,8 @@ def test_gather_and_update_without_strategy_is_update(rng):
 
 
 @pytest.fixture
-def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def mirrored(two_cpus):
+    return two_cpus
 
 
 def test_bank_is_mirrored_with_only_first_replica_aggregation(mirrored):

@@ -171,8 +171,8 @@ def test_weight_decay_loss_is_caffe_l2(encoders):
         np.testing.assert_allclose(got, want_gradient, rtol=1e-5, atol=1e-9)
 
 
-def test_build_encoder_under_mirrored_strategy(rng):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_build_encoder_under_mirrored_strategy(two_cpus, rng):
+    strategy = two_cpus
     with strategy.scope():
         encoder = build_encoder("small", input_size=32, mean_rgb=MEAN)
     assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in encoder.variables)

@@ -5,13 +5,18 @@ Distribution. The bank is created with `aggregation="only_first_replica"`. Keras
 `tf.VariableAggregation.ONLY_FIRST_REPLICA` (tests/test_memory_bank.py checks the wrapped variable). An update
 made in replica context then goes through a merge call that broadcasts replica 0's value to every copy. That
 keeps the copies bitwise equal, but it is only *correct* if every replica computed the same update, so
-`gather_and_update` first all-gathers `(indices, v)` across replicas and every replica applies the whole
-global batch.
+`gather_and_update` first gathers `(indices, v)` from all replicas and every replica applies the whole
+global batch. The gather is an all-reduce SUM of zero-padded blocks (`all_gather_by_sum`), not
+`ReplicaContext.all_gather`: under MultiWorkerMirroredStrategy with two CPU workers TF 2.21's all_gather fails
+with "ValueError: destinations can not be empty" (see BUILD_NOTES.md); adding exact zeros is bitwise exact.
 """
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+
+MAX_INSTANCES = 2**24  # indices travel as float32 through the cross-replica gather
 
 
 def random_unit_rows(seed: int):
@@ -36,6 +41,19 @@ def average_duplicates(indices, v):
     return unique, means
 
 
+def all_gather_by_sum(context: tf.distribute.ReplicaContext, x):
+    """Concatenates every replica's x [B,...] along axis 0 in replica order -> [R*B,...] (same B everywhere).
+
+    Each replica writes its block into zeros [R,B,...] at its replica id and the blocks are summed across
+    replicas; every other block adds exact zeros, so the result equals the concatenation bit for bit.
+    """
+    replicas = context.num_replicas_in_sync
+    blocks = tf.scatter_nd([[context.replica_id_in_sync_group]], x[tf.newaxis],
+                           tf.concat([[replicas], tf.shape(x)], axis=0))
+    summed = context.all_reduce(tf.distribute.ReduceOp.SUM, blocks)
+    return tf.reshape(summed, tf.concat([[-1], tf.shape(x)[1:]], axis=0))
+
+
 class MemoryBank(keras.layers.Layer):
     """Holds the non-trainable bank `[num_instances, dim]` (variable name "memory_bank").
 
@@ -48,6 +66,8 @@ class MemoryBank(keras.layers.Layer):
     def __init__(self, num_instances: int, dim: int = 128, momentum: float = 0.5, seed: int = 0, **kwargs):
         kwargs.pop("dtype", None)  # the bank is always float32, whatever the global dtype policy
         super().__init__(dtype="float32", **kwargs)
+        if not 0 < num_instances <= MAX_INSTANCES:
+            raise ValueError(f"num_instances must be in [1, {MAX_INSTANCES}], got {num_instances}")
         self.num_instances = num_instances
         self.dim = dim
         self.momentum = momentum
@@ -75,13 +95,15 @@ class MemoryBank(keras.layers.Layer):
         self.bank.value.scatter_update(tf.IndexedSlices(rows, unique))
 
     def gather_and_update(self, indices, v):
-        """`update` with the global batch: in a replica context (inside `strategy.run`) it first all-gathers
+        """`update` with the global batch: in a replica context (inside `strategy.run`) it first gathers
         `indices` [B] and `v` [B,D] along axis 0 (replica order), so every replica applies the same update.
         Elsewhere (no strategy, or cross-replica context) it updates with what it is given."""
         context = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and context is not None:
-            indices = context.all_gather(tf.cast(indices, tf.int64), axis=0)
-            v = context.all_gather(tf.cast(v, tf.float32), axis=0)
+            # One float32 collective for both: indices < 2**24 (checked in __init__) are exact in float32.
+            packed = tf.concat([tf.cast(v, tf.float32), tf.cast(indices, tf.float32)[:, tf.newaxis]], axis=1)
+            packed = all_gather_by_sum(context, packed)
+            indices, v = tf.cast(packed[:, -1], tf.int64), packed[:, :-1]
         self.update(indices, v)
 
     def get_config(self):
