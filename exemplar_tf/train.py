@@ -43,6 +43,9 @@ _OBJECTIVE = flags.DEFINE_enum("objective", "nce", cfg.OBJECTIVES,
 _EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 128, "Projection head / memory bank dimension.")
 _TAU = flags.DEFINE_float("tau", 0.07, "Temperature of the non-parametric softmax.")
 _NCE_M = flags.DEFINE_integer("nce_m", 4096, "NCE noise samples per example.")
+_NCE_NOISE = flags.DEFINE_enum("nce_noise", "per_example", cfg.NCE_NOISE,
+                               "per_example: m fresh noise instances for every example (NPID); shared: one set "
+                               "of m for the whole batch (gathers m bank rows instead of B*m: faster).")
 _NCE_Z_MOMENTUM = flags.DEFINE_float("nce_z_momentum", 0.99, "Moving average of NCE's Z (0 freezes it after "
                                      "the first batch, as NPID's release does).")
 _BANK_MOMENTUM = flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank update: w <- norm(eta*w + (1-eta)*v).")

@@ -52,9 +52,10 @@ def _local(variable, strategy):
     return [np.asarray(v.numpy()) for v in strategy.experimental_local_results(tf_variable)]
 
 
-@pytest.mark.parametrize("objective", ["nonparametric", "nce"])
-def test_bank_copies_are_bitwise_equal_on_every_replica(two_cpus, objective):
-    state, losses = _train(two_cpus, _config(objective))
+@pytest.mark.parametrize("objective, noise", [("nonparametric", "per_example"), ("nce", "per_example"),
+                                              ("nce", "shared")])
+def test_bank_copies_are_bitwise_equal_on_every_replica(two_cpus, objective, noise):
+    state, losses = _train(two_cpus, _config(objective, nce_noise=noise))
     copies = _local(state.bank.bank, two_cpus)
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], copies[1])

@@ -57,6 +57,7 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(strategy="tpu"), "--strategy=tpu needs --tpu"),
         (dict(knn_every=10), "--knn_every needs --knn_source"),
         (dict(arch="vgg"), "--arch='vgg' is not one of"),
+        (dict(nce_noise="batch"), "--nce_noise='batch' is not one of per_example, shared"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):

@@ -10,6 +10,7 @@ ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRESETS = ("paper", "release_code")
 AUGMENT_ON = ("host", "device")
+NCE_NOISE = ("per_example", "shared")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +41,7 @@ class TrainConfig:
     embedding_dim: int = 128
     tau: float = 0.07
     nce_m: int = 4096
+    nce_noise: str = "per_example"
     nce_z_momentum: float = 0.99
     bank_momentum: float = 0.5
     # Optimisation.
@@ -86,6 +88,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("strategy", config.strategy, STRATEGIES)
     problems += _check_choice("preset", config.preset, PRESETS)
     problems += _check_choice("augment_on", config.augment_on, AUGMENT_ON)
+    problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
     unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
     if unknown:
         problems.append(f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}")

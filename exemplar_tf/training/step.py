@@ -90,7 +90,8 @@ def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_se
     bank = state.bank()
     if config.objective == "nonparametric":
         return losses.nonparametric_softmax_loss(outputs, bank, labels, config.tau), tf.constant(0.0)
-    noise = losses.sample_noise(labels, state.bank.num_instances, config.nce_m, noise_seed)
+    sample = losses.sample_shared_noise if config.nce_noise == "shared" else losses.sample_noise
+    noise = sample(labels, state.bank.num_instances, config.nce_m, noise_seed)
     first_estimate = lambda: tf.cast(state.bank.num_instances, tf.float32) * tf.reduce_mean(  # noqa: E731
         tf.exp(tf.stop_gradient(losses.noise_scores(outputs, bank, noise)) / config.tau))
     z = tf.cond(state.z > 0, lambda: tf.identity(state.z), first_estimate)
