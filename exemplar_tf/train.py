@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from exemplar_tf.training import config as cfg
 
@@ -40,6 +40,7 @@ _ARCH = flags.DEFINE_enum("arch", "medium", cfg.ARCHS, "Encoder architecture.")
 _OBJECTIVE = flags.DEFINE_enum("objective", "nce", cfg.OBJECTIVES,
                                "softmax: parametric N-way classifier; nonparametric: exact softmax over the "
                                "memory bank; nce: NCE with --nce_m noise samples.")
+_DROPOUT = flags.DEFINE_float("dropout", 0.5, "Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
 _EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 128, "Projection head / memory bank dimension.")
 _TAU = flags.DEFINE_float("tau", 0.07, "Temperature of the non-parametric softmax.")
 _NCE_M = flags.DEFINE_integer("nce_m", 4096, "NCE noise samples per example.")
@@ -110,6 +111,9 @@ def main(argv: list[str]) -> int:
         print(error, file=sys.stderr)
         return 2
     from exemplar_tf.training import loop  # after flag validation: importing TensorFlow takes seconds
+
+    if not flags.FLAGS["verbosity"].present:  # keep TensorFlow's INFO lines (savers, exports) off the console
+        logging.set_verbosity(logging.WARNING)
 
     os.makedirs(config.run_dir, exist_ok=True)
     write_resolved_flagfile(os.path.join(config.run_dir, "flags.cfg"))

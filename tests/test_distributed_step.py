@@ -13,7 +13,7 @@ NUM_INSTANCES, GLOBAL_BATCH, STEPS = 40, 8, 3
 
 def _config(objective, **kw):
     return TrainConfig(run_dir="/tmp/unused", arch="small", objective=objective, num_seeds=NUM_INSTANCES,
-                       nce_m=16, batch_size=GLOBAL_BATCH, steps=10, lr=0.05, tau=0.1, **kw)
+                       nce_m=16, batch_size=GLOBAL_BATCH, steps=10, lr=0.05, tau=0.1, dropout=0.0, **kw)
 
 
 def _batches():
@@ -36,7 +36,7 @@ def _split(strategy, batch):
 
 def _train(strategy, config, initial=None):
     with strategy.scope():
-        state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32), dropout=0.0)
+        state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
     if initial is not None:
         state.encoder.set_weights(initial.encoder.get_weights())
         state.head.set_weights(initial.head.get_weights())
@@ -69,7 +69,7 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
     config = _config("nonparametric")
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     with one_device.scope():
-        initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32), dropout=0.0)
+        initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
     reference, reference_losses = _train(one_device, config, initial)
     mirrored, mirrored_losses = _train(two_cpus, config, initial)
     np.testing.assert_allclose(mirrored_losses, reference_losses, rtol=1e-5, atol=1e-6)

@@ -26,7 +26,8 @@ def _free_ports(count):
 def test_two_workers_train_a_few_steps(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     command = [sys.executable, "-m", "exemplar_tf.train", f"--flagfile={REPO}/flags/demo.cfg",
-               "--strategy=multi_worker", f"--run_dir={tmp_path / 'run'}", f"--export_base={tmp_path / 'sm'}",
+               "--strategy=multi_worker", "--objective=nce", f"--run_dir={tmp_path / 'run'}",
+               f"--export_base={tmp_path / 'sm'}",
                "--steps=4", "--checkpoint_every=2", "--num_seeds=64", "--seeds_per_image=8", "--nce_m=32",
                "--batch_size=16", "--knn_source=", "--knn_every=0", "--noprogress"]
     workers = []

@@ -39,6 +39,7 @@ class TrainConfig:
     arch: str = "medium"
     objective: str = "nce"
     embedding_dim: int = 128
+    dropout: float = 0.5
     tau: float = 0.07
     nce_m: int = 4096
     nce_noise: str = "per_example"
@@ -108,6 +109,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, field)
         if not 0.0 <= value <= 1.0:
             problems.append(f"--{field} must be in [0, 1], got {value}")
+    if not 0.0 <= config.dropout < 1.0:
+        problems.append(f"--dropout must be in [0, 1), got {config.dropout}")
     if config.weight_decay < 0:
         problems.append(f"--weight_decay must be >= 0, got {config.weight_decay}")
     if any(not 0.0 < f < 1.0 for f in config.lr_decay_at):

@@ -66,7 +66,7 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches
     return seeds
 
 
-def exemplar_data(config: TrainConfig, *, is_chief: bool = True) -> TrainingData:
+def exemplar_data(config: TrainConfig) -> TrainingData:
     source = _limited_source(config)
     seeds = load_or_sample_seeds(config, source)
     pca = surrogate.fit_color_pca(seeds)

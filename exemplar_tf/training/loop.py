@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -77,7 +78,12 @@ def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
             tf.summary.scalar(key, value)
 
 
-def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dropout: float = 0.5) -> RunResult:
+def _log_knn(writer, step: int, top1: float) -> None:
+    _log_scalars(writer, step, {"knn_top1": top1})
+    tqdm.write(f"step {step}: kNN top-1 {top1:.4f}")
+
+
+def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
     """Trains (or resumes) the run described by `config` and exports the encoder at the end."""
     validate(config)
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
@@ -85,9 +91,10 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dro
     os.makedirs(config.run_dir, exist_ok=True)
     log_dir = os.path.join(config.run_dir, "tensorboard")
 
+    keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     data = inputs.training_data(config)
     with strategy.scope():
-        state = build_state(config, data.num_instances, data.mean_rgb, data.chain, dropout=dropout)
+        state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     checkpoint_dir = _checkpoint_dir(config, strategy)
     manager = tf.train.CheckpointManager(state.checkpoint(), checkpoint_dir, max_to_keep=config.keep_checkpoints)
     if manager.latest_checkpoint:
@@ -104,6 +111,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dro
     if state.step == 0:
         with writer.as_default(step=0):
             tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
+        if knn_top1:  # the random-initialisation point of the kNN curve
+            _log_knn(writer, 0, knn_top1(state)[0])
 
     train_step = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
@@ -136,8 +145,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dro
                 scalars.update(summaries.bank_statistics(state.bank(), seed=step))
             _log_scalars(writer, step, scalars)
             window_start, window_steps = time.perf_counter(), 0
-        if knn_top1 and config.knn_every and step % config.knn_every == 0:
-            _log_scalars(writer, step, {"knn_top1": knn_top1(state)[0]})
+        if knn_top1 and config.knn_every and step % config.knn_every == 0 and step < config.steps:
+            _log_knn(writer, step, knn_top1(state)[0])
         if step % config.checkpoint_every == 0 and step < config.steps:
             manager.save(checkpoint_number=step)
     progress.close()
@@ -150,7 +159,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None, dro
 
     if knn_top1:
         accuracy, codes, labels = knn_top1(state)
-        _log_scalars(writer, state.step, {"knn_top1": accuracy})
+        _log_knn(writer, state.step, accuracy)
         summaries.write_projector(log_dir, codes, [str(label) for label in labels])
     elif state.bank is not None:
         rows = state.bank()[:2000].numpy()

@@ -51,11 +51,10 @@ def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.Le
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None,
-                dropout: float = 0.5) -> ModelState:
+def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
     input_size = config.patch_size if config.method == "exemplar" else config.image_size
-    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout)
+    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout)
     if config.objective == "softmax":
         head = heads.SurrogateClassifier(num_instances)
     else:
