@@ -135,14 +135,12 @@ class SavedModelFeatures:
 
     def extract(self, spec: str, split: str, key: str, *, eval_size: int | None = None, fold: int | None = None,
                 data_dir: str | None = None, max_examples: int = 0, desc: str = "") -> Extracted:
-        """`extract_dataset` over the labelled `load_source(spec, split, fold=fold)` (its first `max_examples`
-        if > 0)."""
+        """`extract_dataset` over the labelled `load_source(spec, split, fold=fold)` (at most `max_examples`
+        if > 0, evenly spread over the split: `sources.spread_subset`)."""
         source = sources.load_source(spec, split, data_dir=data_dir, fold=fold)
         if source.num_classes is None:
             raise ValueError(f"{spec} split {split!r} has no labels")
-        dataset, total = source.dataset, source.num_examples
-        if max_examples and max_examples < total:
-            dataset, total = dataset.take(max_examples), max_examples
+        dataset, total = sources.spread_subset(source.dataset, source.num_examples, max_examples)
         return self.extract_dataset(dataset, total, key, eval_size=eval_size, desc=desc or f"{spec} {split}")
 
 

@@ -54,19 +54,21 @@ def _decode(path: tf.Tensor) -> tf.Tensor:
 
 
 def open_collection(where: str, split: str, *, data_dir: str | None = None, limit: int = 0) -> Collection:
-    """A folder of image files (ids: paths), or a source spec (ids: spec:split:index); first `limit` if > 0."""
+    """A folder of image files (ids: paths), or a source spec (ids: spec:split:index); at most `limit` if > 0,
+    evenly spread (folders and sources are often sorted by class)."""
     if os.path.isdir(where):
-        paths = image_files(where)[:limit or None]
+        files = image_files(where)
+        paths = files[::sources.spread_stride(len(files), limit)]
         dataset = tf.data.Dataset.from_tensor_slices(paths).map(
             lambda path: {"image": _decode(path)}, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.range(len(paths))).map(
             lambda example, position: {**example, "index": position})
         return Collection(dataset, paths)
     source = sources.load_source(where, split, data_dir=data_dir)
-    total = min(limit, source.num_examples) if limit else source.num_examples
-    dataset = source.dataset.take(total).enumerate().map(
-        lambda position, example: {"image": example["image"], "index": position})
-    return Collection(dataset, [f"{where}:{split}:{i}" for i in range(total)])
+    stride = sources.spread_stride(source.num_examples, limit)
+    subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
+    dataset = subset.enumerate().map(lambda position, example: {"image": example["image"], "index": position})
+    return Collection(dataset, [f"{where}:{split}:{i}" for i in range(0, source.num_examples, stride)])
 
 
 def nearest(index_codes: np.ndarray, query_codes: np.ndarray, k: int, batch: int = 1024):

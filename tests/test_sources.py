@@ -319,3 +319,10 @@ def test_demo_labelled_is_deterministic_and_balanced():
 def test_bad_names_and_splits(name, split, message):
     with pytest.raises(SourceError, match=message):
         load_source(name, split, fold=1 if name == "demo_labelled" else None)
+
+
+@pytest.mark.parametrize("total, limit, expected", [(10, 3, [0, 4, 8]), (10, 5, [0, 2, 4, 6, 8]), (10, 0, list(range(10))),
+                                                    (10, 12, list(range(10))), (9, 4, [0, 3, 6])])
+def test_spread_subset_keeps_evenly_spaced_examples(total, limit, expected):
+    subset, count = sources.spread_subset(tf.data.Dataset.range(total), total, limit)
+    assert list(subset.as_numpy_iterator()) == expected and count == len(expected)

@@ -133,6 +133,21 @@ def indexed(images: tf.data.Dataset, num_examples: int, labels: np.ndarray | Non
     return dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
 
 
+def spread_stride(total: int, limit: int) -> int:
+    """Step that keeps at most `limit` of `total` examples evenly spread (1 when `limit` <= 0 or >= total)."""
+    return 1 if limit <= 0 or limit >= total else -(-total // limit)
+
+
+def spread_subset(dataset: tf.data.Dataset, total: int, limit: int) -> tuple[tf.data.Dataset, int]:
+    """At most `limit` examples of a `total`-long dataset, evenly spread: every `spread_stride`-th one.
+
+    Sources are often sorted by class (image folders), so the first `limit` examples would miss most classes.
+    Returns (dataset, its length). `limit` <= 0 or >= total keeps everything.
+    """
+    stride = spread_stride(total, limit)
+    return (dataset, total) if stride == 1 else (dataset.shard(stride, 0), -(-total // stride))
+
+
 # --- tensorflow-datasets -------------------------------------------------------------------------------------------
 
 def tfds_source(name: str, split: str, data_dir: str | None, title: str) -> Source:

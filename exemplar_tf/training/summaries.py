@@ -38,11 +38,13 @@ def bank_statistics(bank: tf.Tensor, sample: int = 1024, seed: int = 0) -> dict[
 
 
 def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str | None = None):
-    """(images uint8 [n,size,size,3], labels int64 [n]) of the first `limit` examples of a labelled source."""
+    """(images uint8 [n,size,size,3], labels int64 [n]): at most `limit` examples of a labelled source, evenly
+    spread over it (`sources.spread_subset`)."""
     source = sources.load_source(spec, split, data_dir=data_dir)
     if source.num_classes is None:
         raise ValueError(f"--knn_source={spec!r} split {split!r} has no labels")
-    resized = source.dataset.take(limit).map(
+    subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
+    resized = subset.map(
         lambda e: (tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8),
                    e["label"]),
         num_parallel_calls=tf.data.AUTOTUNE,

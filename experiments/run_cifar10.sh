@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One CIFAR-10 experiment of RESULTS.md: train without labels, then weighted kNN (k=200) and the linear probe on
+# the test images, each beside the randomly initialised encoder exported at step 0.
+#   bash experiments/run_cifar10.sh cifar10_exemplar_softmax   (or cifar10_exemplar_nce, cifar10_npid)
+# Needs the JPEG folders at /tmp/cifar10 (tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp).
+set -euo pipefail
+name=$1
+data=${CIFAR10_DIR:-/tmp/cifar10}
+out=experiments/results/$name
+mkdir -p "$out"
+[ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR)" >&2; exit 2; }
+
+start=$(date +%s)
+python -m exemplar_tf.train --flagfile="experiments/$name.cfg" --source="folder:$data" \
+  --knn_source="folder:$data" --run_dir="runs/$name" --noprogress 2>&1 | tee "$out/train.log"
+echo "{\"train_seconds\": $(( $(date +%s) - start ))}" > "$out/time.json"
+
+export_dir=$(ls -d savedmodels/$name/* | sort -t/ -k3 -n | tail -1)
+random_dir=$(ls -d savedmodels/${name}_random/* | sort -t/ -k3 -n | tail -1)
+for model in "$export_dir" "$random_dir"; do
+  tag=$([ "$model" = "$random_dir" ] && echo random || echo trained)
+  python -m exemplar_tf.knn --savedmodel="$model" --train="folder:$data" --test="folder:$data" \
+    > "$out/knn_$tag.json"
+done
+python -m exemplar_tf.evaluate --savedmodel="$export_dir" --baseline_savedmodel="$random_dir" \
+  --dataset="folder:$data" --protocol=cifar10 --eval_size=32 --c_values=0.002,0.02,0.2 \
+  --out_json="$out/probe.json" | tee "$out/probe.txt"
