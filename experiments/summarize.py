@@ -1,0 +1,97 @@
+"""Turns the CIFAR-10 experiment outputs into RESULTS.md's table rows and its kNN-vs-epoch plot.
+
+    python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce cifar10_npid
+
+Reads, for each run name: runs/<name>/flags.cfg and runs/<name>/tensorboard (kNN top-1 over training, logged
+on an evenly spread 2000/2000 train/test subset), and experiments/results/<name>/{time.json, knn_trained.json,
+knn_random.json, probe.json} written by experiments/run_cifar10.sh. Prints one markdown table row per run and
+writes experiments/results/knn_vs_epoch.png.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+RESULTS = "experiments/results"
+NUM_TRAIN_IMAGES = 50_000
+METHODS = {"softmax": "Exemplar-CNN, parametric softmax", "nce": "Exemplar-CNN surrogate data, NCE bank",
+           "nonparametric": "Exemplar-CNN surrogate data, exact non-parametric softmax"}
+
+
+def run_flags(name: str) -> dict[str, str]:
+    pairs = (line.strip()[2:].split("=", 1) for line in open(f"runs/{name}/flags.cfg") if line.startswith("--"))
+    return {key: value for key, value in pairs}
+
+
+def knn_curve(name: str) -> list[tuple[int, float]]:
+    """(step, kNN top-1) pairs from the run's TensorBoard events, sorted by step, one per step."""
+    points = {}
+    for path in glob.glob(f"runs/{name}/tensorboard/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "knn_top1":
+                    points[event.step] = float(tf.make_ndarray(value.tensor))
+    return sorted(points.items())
+
+
+def epochs_per_step(flags: dict[str, str]) -> float:
+    instances = int(flags["num_seeds"]) if flags["method"] == "exemplar" else NUM_TRAIN_IMAGES
+    return int(flags["batch_size"]) / instances
+
+
+def describe(flags: dict[str, str]) -> str:
+    if flags["method"] == "npid":
+        return f"NPID ({flags['objective']}, m={flags['nce_m']})" if flags["objective"] == "nce" else "NPID"
+    return METHODS[flags["objective"]]
+
+
+def table_row(name: str) -> str:
+    flags = run_flags(name)
+    out = os.path.join(RESULTS, name)
+    seconds = json.load(open(os.path.join(out, "time.json")))["train_seconds"]
+    knn = json.load(open(os.path.join(out, "knn_trained.json")))
+    knn_random = json.load(open(os.path.join(out, "knn_random.json")))
+    probe = json.load(open(os.path.join(out, "probe.json")))
+    instances = flags["num_seeds"] + " seeds" if flags["method"] == "exemplar" else f"{NUM_TRAIN_IMAGES} images"
+    epochs = int(flags["steps"]) * epochs_per_step(flags)
+    return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} | {seconds / 60:.0f} min, 2-core CPU "
+            f"| {100 * knn['top1']:.1f} | {100 * probe['trained']['accuracy_mean']:.1f} "
+            f"| {100 * knn_random['top1']:.1f} / {100 * probe['baseline']['accuracy_mean']:.1f} "
+            f"| `bash experiments/run_cifar10.sh {name}` |")
+
+
+def plot_curves(names: list[str], path: str) -> None:
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for name in names:
+        flags = run_flags(name)
+        curve = knn_curve(name)
+        axis.plot([step * epochs_per_step(flags) for step, _ in curve], [100 * top1 for _, top1 in curve],
+                  marker="o", label=f"{name} ({flags['arch']})")
+    axis.set_xlabel("epochs over the training instances (seeds or images)")
+    axis.set_ylabel("weighted kNN top-1 (%), 2000/2000 subset")
+    axis.set_title("CIFAR-10: kNN accuracy during unsupervised training")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(names: list[str]) -> None:
+    print("| method | encoder | training instances | epochs | wall time | kNN top-1 | linear top-1 "
+          "| random init kNN / linear | command |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in names:
+        print(table_row(name))
+    plot_curves(names, os.path.join(RESULTS, "knn_vs_epoch.png"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
