@@ -24,7 +24,8 @@ _SPLIT = flags.DEFINE_string("split", "train", "Split of --source to learn from 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (local copies; no download).")
 _METHOD = flags.DEFINE_enum("method", "exemplar", cfg.METHODS,
                             "exemplar: surrogate classes from seed patches; npid: every image is an instance.")
-_MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use only the first N source images (0 = all).")
+_MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use at most N source images, evenly spread "
+                                     "over the source (0 = all).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8000, "Exemplar-CNN: number of seed patches (surrogate classes).")
 _SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 1, "Exemplar-CNN: seeds drawn from each chosen image.")
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 32, "Exemplar-CNN: seed patch size in pixels.")

@@ -42,9 +42,16 @@ def knn_curve(name: str) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def num_instances(flags: dict[str, str]) -> int:
+    """Surrogate classes (exemplar) or training images (npid; --max_instances keeps an evenly spread subset)."""
+    if flags["method"] == "exemplar":
+        return int(flags["num_seeds"])
+    limit = int(flags.get("max_instances", "0"))
+    return NUM_TRAIN_IMAGES if limit <= 0 else -(-NUM_TRAIN_IMAGES // -(-NUM_TRAIN_IMAGES // limit))
+
+
 def epochs_per_step(flags: dict[str, str]) -> float:
-    instances = int(flags["num_seeds"]) if flags["method"] == "exemplar" else NUM_TRAIN_IMAGES
-    return int(flags["batch_size"]) / instances
+    return int(flags["batch_size"]) / num_instances(flags)
 
 
 def describe(flags: dict[str, str]) -> str:
@@ -60,7 +67,7 @@ def table_row(name: str) -> str:
     knn = json.load(open(os.path.join(out, "knn_trained.json")))
     knn_random = json.load(open(os.path.join(out, "knn_random.json")))
     probe = json.load(open(os.path.join(out, "probe.json")))
-    instances = flags["num_seeds"] + " seeds" if flags["method"] == "exemplar" else f"{NUM_TRAIN_IMAGES} images"
+    instances = f"{num_instances(flags)} " + ("seeds" if flags["method"] == "exemplar" else "images")
     epochs = int(flags["steps"]) * epochs_per_step(flags)
     return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} | {seconds / 60:.0f} min, 2-core CPU "
             f"| {100 * knn['top1']:.1f} | {100 * probe['trained']['accuracy_mean']:.1f} "

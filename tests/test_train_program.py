@@ -38,7 +38,8 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
     assert os.path.exists(tmp_path / "run" / "seeds.npz")
     tags = _tags(result.log_dir)
     for tag in ("loss", "learning_rate", "examples_per_second", "nce_z", "bank/mean_cosine",
-                "surrogate_samples", "knn_top1"):
+                "surrogate_samples", "knn_top1", "representation/active_units",
+                "representation/code_mean_cosine"):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
     assert os.path.exists(os.path.join(result.log_dir, "projector", "projector_config.pbtxt"))
 

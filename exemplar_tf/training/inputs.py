@@ -34,12 +34,14 @@ class TrainingData:
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
+    """The training source; with --max_instances, an evenly spread subset whose "index" is renumbered 0..n-1
+    (bank rows), so a class-sorted folder still gives every class."""
     source = sources.load_source(config.source, config.split, data_dir=config.data_dir)
-    if config.max_instances and config.max_instances < source.num_examples:
-        source = dataclasses.replace(
-            source, dataset=source.dataset.take(config.max_instances), num_examples=config.max_instances
-        )
-    return source
+    if not config.max_instances or config.max_instances >= source.num_examples:
+        return source
+    subset, count = sources.spread_subset(source.dataset, source.num_examples, config.max_instances)
+    renumbered = subset.enumerate().map(lambda position, element: {**element, "index": position})
+    return dataclasses.replace(source, dataset=renumbered, num_examples=count)
 
 
 def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:

@@ -45,8 +45,16 @@ def _checkpoint_dir(config: TrainConfig, strategy) -> str:
     return os.path.join(config.run_dir, f"tmp_worker_{strategy.cluster_resolver.task_id}")
 
 
+@dataclasses.dataclass
+class KnnReading:
+    top1: float
+    codes: np.ndarray  # [n,D] test codes (for the projector)
+    labels: np.ndarray  # [n]
+    health: dict[str, float]  # summaries.representation_health on the test images
+
+
 def _knn_monitor(config: TrainConfig, input_size: int):
-    """Returns `top1(state) -> float` over the labelled kNN source, or None when no source is given."""
+    """Returns `read(state) -> KnnReading` over the labelled kNN source, or None when no source is given."""
     if not config.knn_source:
         return None
     train = summaries.labelled_images(config.knn_source, config.knn_train_split, input_size,
@@ -55,14 +63,15 @@ def _knn_monitor(config: TrainConfig, input_size: int):
                                      config.knn_max_examples, config.data_dir)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
 
-    def top1(state: ModelState) -> tuple[float, np.ndarray, np.ndarray]:
+    def read(state: ModelState) -> KnnReading:
         head = state.head if state.bank is not None else None
-        train_codes = summaries.embed(state.encoder, head, train[0])
-        test_codes = summaries.embed(state.encoder, head, test[0])
+        train_codes, _ = summaries.embed(state.encoder, head, train[0])
+        test_codes, test_representations = summaries.embed(state.encoder, head, test[0])
         accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
-        return accuracy["top1"], test_codes, test[1]
+        health = summaries.representation_health(test_representations, test_codes)
+        return KnnReading(accuracy["top1"], test_codes, test[1], health)
 
-    return top1
+    return read
 
 
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
@@ -78,9 +87,11 @@ def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
             tf.summary.scalar(key, value)
 
 
-def _log_knn(writer, step: int, top1: float) -> None:
-    _log_scalars(writer, step, {"knn_top1": top1})
-    tqdm.write(f"step {step}: kNN top-1 {top1:.4f}")
+def _log_knn(writer, step: int, reading: KnnReading) -> None:
+    _log_scalars(writer, step, {"knn_top1": reading.top1, **reading.health})
+    tqdm.write(f"step {step}: kNN top-1 {reading.top1:.4f} (active units "
+               f"{reading.health['representation/active_units']:.2f}, mean code cosine "
+               f"{reading.health['representation/code_mean_cosine']:.2f})")
 
 
 def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
@@ -107,12 +118,12 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
 
     writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
     input_size = config.patch_size if config.method == "exemplar" else config.image_size
-    knn_top1 = _knn_monitor(config, input_size) if chief else None
+    knn_reading = _knn_monitor(config, input_size) if chief else None
     if state.step == 0:
         with writer.as_default(step=0):
             tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
-        if knn_top1:  # the random-initialisation point of the kNN curve
-            _log_knn(writer, 0, knn_top1(state)[0])
+        if knn_reading:  # the random-initialisation point of the kNN curve
+            _log_knn(writer, 0, knn_reading(state))
 
     train_step = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
@@ -145,8 +156,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
                 scalars.update(summaries.bank_statistics(state.bank(), seed=step))
             _log_scalars(writer, step, scalars)
             window_start, window_steps = time.perf_counter(), 0
-        if knn_top1 and config.knn_every and step % config.knn_every == 0 and step < config.steps:
-            _log_knn(writer, step, knn_top1(state)[0])
+        if knn_reading and config.knn_every and step % config.knn_every == 0 and step < config.steps:
+            _log_knn(writer, step, knn_reading(state))
         if step % config.checkpoint_every == 0 and step < config.steps:
             manager.save(checkpoint_number=step)
     progress.close()
@@ -157,10 +168,10 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return RunResult(state.step, loss, None, log_dir, checkpoint_dir)
 
-    if knn_top1:
-        accuracy, codes, labels = knn_top1(state)
-        _log_knn(writer, state.step, accuracy)
-        summaries.write_projector(log_dir, codes, [str(label) for label in labels])
+    if knn_reading:
+        reading = knn_reading(state)
+        _log_knn(writer, state.step, reading)
+        summaries.write_projector(log_dir, reading.codes, [str(label) for label in reading.labels])
     elif state.bank is not None:
         rows = state.bank()[:2000].numpy()
         summaries.write_projector(log_dir, rows, [str(i) for i in range(len(rows))])

@@ -20,6 +20,13 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     return canvas[None]
 
 
+def distinct_pair_cosines(rows: tf.Tensor) -> tf.Tensor:
+    """Cosines between every ordered pair of distinct rows of [n,D] -> float [n*(n-1)]."""
+    unit = tf.math.l2_normalize(tf.cast(rows, tf.float32), -1)
+    cosine = tf.matmul(unit, unit, transpose_b=True)
+    return tf.boolean_mask(cosine, ~tf.eye(tf.shape(rows)[0], dtype=tf.bool))
+
+
 def bank_statistics(bank: tf.Tensor, sample: int = 1024, seed: int = 0) -> dict[str, float]:
     """Health of the memory bank [N,D]: mean row norm and the mean / max cosine between random distinct rows.
 
@@ -28,15 +35,26 @@ def bank_statistics(bank: tf.Tensor, sample: int = 1024, seed: int = 0) -> dict[
     rng = np.random.default_rng(seed)
     n = int(bank.shape[0])
     rows = tf.gather(bank, rng.choice(n, size=min(sample, n), replace=False))
-    cosine = tf.matmul(tf.math.l2_normalize(rows, -1), tf.math.l2_normalize(rows, -1), transpose_b=True)
-    off_diagonal = tf.boolean_mask(cosine, ~tf.eye(tf.shape(rows)[0], dtype=tf.bool))
+    cosines = distinct_pair_cosines(rows)
     return {
         "bank/mean_norm": float(tf.reduce_mean(tf.norm(rows, axis=-1))),
-        "bank/mean_cosine": float(tf.reduce_mean(off_diagonal)),
-        "bank/max_cosine": float(tf.reduce_max(off_diagonal)),
+        "bank/mean_cosine": float(tf.reduce_mean(cosines)),
+        "bank/max_cosine": float(tf.reduce_max(cosines)),
     }
 
 
+def representation_health(representations: np.ndarray, codes: np.ndarray) -> dict[str, float]:
+    """Signs of collapse in what the network outputs for n monitoring images.
+
+    representations: float [n,F] encoder outputs (post-ReLU for the Exemplar-CNNs); codes: float [n,D].
+    active_units: fraction of the F units that fire (> 0) on at least one image; dead ReLUs lower it, and
+    at 0 every image gets the same code. code_mean_cosine: mean cosine between the codes of distinct images;
+    it goes to 1 as the codes collapse to one direction.
+    """
+    return {
+        "representation/active_units": float(np.mean(np.any(representations > 0, axis=0))),
+        "representation/code_mean_cosine": float(tf.reduce_mean(distinct_pair_cosines(codes))),
+    }
 def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str | None = None):
     """(images uint8 [n,size,size,3], labels int64 [n]): at most `limit` examples of a labelled source, evenly
     spread over it (`sources.spread_subset`)."""
@@ -53,16 +71,17 @@ def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str 
     return np.stack(images), np.asarray(labels, np.int64)
 
 
-def embed(encoder, head, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised embeddings float32 [n,D] of uint8 images [n,H,W,3] (head output, or the representation
-    when the head is a classifier)."""
-    out = []
+def embed(encoder, head, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and representations of uint8 images [n,H,W,3]: (L2-normalised codes float32 [n,D] = the head's
+    output, or the representation when the head is a classifier; encoder representations float32 [n,F])."""
+    codes, representations = [], []
     for start in range(0, len(images), batch_size):
         x = tf.cast(images[start:start + batch_size], tf.float32) / 255.0
         rep = encoder(x, training=False)
         v = head(rep, training=False) if head is not None else rep
-        out.append(tf.math.l2_normalize(v, axis=-1).numpy())
-    return np.concatenate(out)
+        codes.append(tf.math.l2_normalize(v, axis=-1).numpy())
+        representations.append(tf.cast(rep, tf.float32).numpy())
+    return np.concatenate(codes), np.concatenate(representations)
 
 
 def write_projector(log_dir: str, embeddings: np.ndarray, labels: list[str]) -> None:
