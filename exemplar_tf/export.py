@@ -187,7 +187,8 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     run = _read_run_flags(run_dir)
     exemplar = run.get("method", "exemplar") == "exemplar"
     input_size = int(run["patch_size"] if exemplar else run["image_size"])
-    encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0))
+    encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0),
+                                   batch_norm=run.get("batch_norm", "False").lower() == "true")
     parts = {"encoder": encoder}
     head = None
     if run.get("objective", "nce") != "softmax":

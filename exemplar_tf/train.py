@@ -42,6 +42,8 @@ _OBJECTIVE = flags.DEFINE_enum("objective", "nce", cfg.OBJECTIVES,
                                "softmax: parametric N-way classifier; nonparametric: exact softmax over the "
                                "memory bank; nce: NCE with --nce_m noise samples.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.5, "Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
+_BATCH_NORM = flags.DEFINE_boolean("batch_norm", False, "Exemplar-CNN: BatchNormalization before every ReLU (not in "
+                                   "the paper; needed by the bank objectives, see BUILD_NOTES.md).")
 _EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 128, "Projection head / memory bank dimension.")
 _TAU = flags.DEFINE_float("tau", 0.07, "Temperature of the non-parametric softmax.")
 _NCE_M = flags.DEFINE_integer("nce_m", 4096, "NCE noise samples per example.")

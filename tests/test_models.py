@@ -85,6 +85,27 @@ def test_dropout_rate_is_a_parameter(rng):
         build_encoder("small", input_size=32, mean_rgb=MEAN, dropout=1.0)
 
 
+def test_exemplar_cnn_batch_norm_option(rng, tmp_path):
+    encoder = build_encoder("small", input_size=32, mean_rgb=MEAN, batch_norm=True)
+    paths = sorted(v.path for v in encoder.weights)
+    assert paths == sorted(["mean_subtraction/mean_rgb", "small/conv1/kernel", "small/conv2/kernel",
+                            "small/fc/kernel"] + [f"small/{layer}_bn/{name}" for layer in ("conv1", "conv2", "fc")
+                                                  for name in ("gamma", "beta", "moving_mean", "moving_variance")])
+    multipliers = encoder.weight_decay_multipliers()
+    assert multipliers["small/fc/kernel"] == 1.0 and multipliers["small/fc_bn/gamma"] == 0.0
+    assert sorted(multipliers) == sorted(v.path for v in encoder.trainable_variables)
+    # Training-mode batch statistics: every fc unit fires for about half of a batch, none is dead.
+    fc = encoder.feature_maps(images(rng, 32, batch=64), training=True)[-1]
+    firing = np.mean(fc.numpy()[:, 0, 0, :] > 0, axis=0)
+    assert np.all(firing > 0.1) and abs(np.mean(firing) - 0.5) < 0.1
+    assert [m.shape[-1] for m in encoder.feature_maps(images(rng, 48))] == [64, 64, 128]
+    path = tf.train.Checkpoint(encoder=encoder).save(str(tmp_path / "ckpt"))
+    fresh = build_encoder("small", input_size=32, mean_rgb=MEAN, batch_norm=True)
+    tf.train.Checkpoint(encoder=fresh).restore(path).assert_consumed()
+    x = images(rng, 40)
+    np.testing.assert_allclose(fresh(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("arch", list(EXPECTED))
 def test_checkpoint_saves_and_restores_every_encoder_variable(encoders, arch, rng, tmp_path):
     encoder = encoders[arch]

@@ -13,17 +13,19 @@ from exemplar_tf.models.resnet import ResNet
 ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
 
 
-def build_encoder(arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5) -> Encoder:
+def build_encoder(arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
+                  batch_norm: bool = False) -> Encoder:
     """Creates the encoder `arch` and its variables (one forward pass on a zero batch at `input_size`).
 
-    `dropout` is the rate after the Exemplar-CNN fc layer (the ResNets have none and ignore it).
+    `dropout` is the rate after the Exemplar-CNN fc layer; `batch_norm` adds BatchNormalization before every
+    Exemplar-CNN ReLU (the ResNets always have it; they ignore both).
 
     Call it inside `strategy.scope()` to get mirrored variables.
     """
     if arch in ("resnet18", "resnet50"):
         encoder = ResNet(arch, input_size=input_size, mean_rgb=mean_rgb)
     elif arch in ("small", "medium", "large"):
-        encoder = ExemplarCNN(arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout)
+        encoder = ExemplarCNN(arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout, batch_norm=batch_norm)
     else:
         raise ValueError(f"unknown arch {arch!r}; use one of {ARCHS}")
     encoder(keras.ops.zeros((1, input_size, input_size, 3)))

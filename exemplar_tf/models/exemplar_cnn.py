@@ -7,6 +7,10 @@ convs and both are pooled too, as in the paper (pooling after the first and seco
 also sees an 8x8 map.
 The fully connected layer is a 'valid' conv whose kernel covers the whole last map at the training input size,
 followed by ReLU and dropout 0.5, so the network runs fully convolutionally on larger images.
+
+`batch_norm=True` (not in the 2014 paper) puts a BatchNormalization between every conv/fc and its ReLU (the convs
+then have no bias). The bank objectives need it: without it their large gradients (scaled by 1/tau) kill the
+fc ReLUs within a hundred steps and every image gets the same code (BUILD_NOTES.md).
 """
 from __future__ import annotations
 
@@ -47,23 +51,28 @@ class ExemplarCNN(Encoder):
     [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
     """
 
-    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5, **kwargs):
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
+                 batch_norm: bool = False, **kwargs):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown Exemplar-CNN arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         conv_widths, fc_width = ARCHITECTURES[arch]
         super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb, representation_dim=fc_width, **kwargs)
+        self.batch_norm = batch_norm
         self.conv_names = tuple(f"conv{i + 1}" for i in range(len(conv_widths)))
         set_layers(self, self.conv_names, [
-            keras.layers.Conv2D(width, 5, padding="same", activation="relu", kernel_initializer="he_normal",
+            keras.layers.Conv2D(width, 5, padding="same", use_bias=not batch_norm, kernel_initializer="he_normal",
                                 name=name)
             for name, width in zip(self.conv_names, conv_widths)
         ])
         self.pools = [keras.layers.MaxPooling2D(3, strides=2, padding="same") for _ in range(NUM_POOLED_CONVS)]
         fc_kernel = pooled_size(input_size)
-        self.fc = keras.layers.Conv2D(fc_width, fc_kernel, padding="valid", activation="relu",
+        self.fc = keras.layers.Conv2D(fc_width, fc_kernel, padding="valid", use_bias=not batch_norm,
                                       kernel_initializer="he_normal", name="fc")
+        # One BatchNormalization per conv and the fc, in that order (none without batch_norm).
+        self.norm_names = tuple(f"{name}_bn" for name in (*self.conv_names, "fc")) if batch_norm else ()
+        set_layers(self, self.norm_names, [keras.layers.BatchNormalization(name=name) for name in self.norm_names])
         self.dropout = keras.layers.Dropout(dropout)
 
     @property
@@ -71,16 +80,22 @@ class ExemplarCNN(Encoder):
         """The conv layers in order (each also an attribute conv1, conv2, ...)."""
         return [getattr(self, name) for name in self.conv_names]
 
+    def _activate(self, x, position: int, training):
+        """ReLU of a conv/fc output (position 0.. over convs then fc), batch-normalised first with batch_norm."""
+        if self.batch_norm:
+            x = getattr(self, self.norm_names[position])(x, training=training)
+        return keras.ops.relu(x)
+
     def feature_maps(self, images, training=False):
         """images float [B,H,W,3] in [0,1], H,W >= input_size -> [conv1, conv2, (conv3), fc] maps [B,h,w,C]."""
         x = self.mean_subtraction(images)
         maps = []
         for position, conv in enumerate(self.convs):
-            x = conv(x)
+            x = self._activate(conv(x), position, training)
             maps.append(x)
             if position < NUM_POOLED_CONVS:
                 x = self.pools[position](x)
-        maps.append(self.fc(x))
+        maps.append(self._activate(self.fc(x), len(self.convs), training))
         return maps
 
     def call(self, images, training=False):
@@ -89,11 +104,12 @@ class ExemplarCNN(Encoder):
         return self.dropout(tf.reduce_max(fc_map, axis=[1, 2]), training=training)
 
     def weight_decay_multipliers(self):
-        """conv kernels by position 0, 0, 0.25; fc kernel 1; biases 0."""
-        multipliers = {}
+        """conv kernels by position 0, 0, 0.25; fc kernel 1; biases and batch-norm scales/offsets 0."""
+        multipliers = {variable.path: 0.0 for variable in self.trainable_variables}
         for position, conv in enumerate(self.convs):
             multipliers[conv.kernel.path] = CONV_DECAY_MULTIPLIERS[position]
-            multipliers[conv.bias.path] = 0.0
         multipliers[self.fc.kernel.path] = FC_DECAY_MULTIPLIER
-        multipliers[self.fc.bias.path] = 0.0
         return multipliers
+
+    def get_config(self):
+        return {**super().get_config(), "batch_norm": self.batch_norm}

@@ -40,6 +40,7 @@ class TrainConfig:
     objective: str = "nce"
     embedding_dim: int = 128
     dropout: float = 0.5
+    batch_norm: bool = False
     tau: float = 0.07
     nce_m: int = 4096
     nce_noise: str = "per_example"

@@ -54,7 +54,8 @@ def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.Le
 def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
     input_size = config.patch_size if config.method == "exemplar" else config.image_size
-    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout)
+    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
+                                   batch_norm=config.batch_norm)
     if config.objective == "softmax":
         head = heads.SurrogateClassifier(num_instances)
     else:
