@@ -57,7 +57,8 @@ def epochs_per_step(flags: dict[str, str]) -> float:
 def describe(flags: dict[str, str]) -> str:
     if flags["method"] == "npid":
         return f"NPID ({flags['objective']}, m={flags['nce_m']})" if flags["objective"] == "nce" else "NPID"
-    return METHODS[flags["objective"]]
+    batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
+    return METHODS[flags["objective"]] + batch_norm
 
 
 def table_row(name: str) -> str:
@@ -69,7 +70,8 @@ def table_row(name: str) -> str:
     probe = json.load(open(os.path.join(out, "probe.json")))
     instances = f"{num_instances(flags)} " + ("seeds" if flags["method"] == "exemplar" else "images")
     epochs = int(flags["steps"]) * epochs_per_step(flags)
-    return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} | {seconds / 60:.0f} min, 2-core CPU "
+    return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
+            f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
             f"| {100 * knn['top1']:.1f} | {100 * probe['trained']['accuracy_mean']:.1f} "
             f"| {100 * knn_random['top1']:.1f} / {100 * probe['baseline']['accuracy_mean']:.1f} "
             f"| `bash experiments/run_cifar10.sh {name}` |")

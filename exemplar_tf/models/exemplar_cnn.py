@@ -47,8 +47,8 @@ class ExemplarCNN(Encoder):
 
     `call(x)` global-max-pools the fc map: at the training size that map is 1x1 (so this is just a flatten);
     on larger images it is the strongest response of the fc filters anywhere in the image.
-    Dropout (`dropout`, 0.5 in the paper) acts on that vector when `training=True`. `feature_maps(x)` returns the post-ReLU maps
-    [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
+    Dropout (`dropout`, 0.5 in the paper) acts on that vector when `training=True`. `feature_maps(x)` returns
+    the post-ReLU maps [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
     """
 
     def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
