@@ -73,7 +73,7 @@ def table_row(name: str) -> str:
     return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
             f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
             f"| {100 * knn['top1']:.1f} | {100 * probe['trained']['accuracy_mean']:.1f} "
-            f"| {100 * knn_random['top1']:.1f} / {100 * probe['baseline']['accuracy_mean']:.1f} "
+            f"| {100 * knn_random['top1']:.1f} / {100 * probe['random_baseline']['accuracy_mean']:.1f} "
             f"| `bash experiments/run_cifar10.sh {name}` |")
 
 
