@@ -1,10 +1,10 @@
 """Turns the CIFAR-10 experiment outputs into RESULTS.md's table rows and its kNN-vs-epoch plot.
 
-    python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce cifar10_npid
+    python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce cifar10_exemplar_nce_long
 
 Reads, for each run name: runs/<name>/flags.cfg and runs/<name>/tensorboard (kNN top-1 over training, logged
 on an evenly spread 2000/2000 train/test subset), and experiments/results/<name>/{time.json, knn_trained.json,
-knn_random.json, probe.json} written by experiments/run_cifar10.sh. Prints one markdown table row per run and
+knn_random.json, probe.json (optional)} written by experiments/run_cifar10.sh. Prints one markdown table row per run and
 writes experiments/results/knn_vs_epoch.png.
 """
 from __future__ import annotations
@@ -61,19 +61,25 @@ def describe(flags: dict[str, str]) -> str:
     return METHODS[flags["objective"]] + batch_norm
 
 
+def percent(probe: dict | None, encoder: str) -> str:
+    """The probe's accuracy for "trained" or "random_baseline" in %, or "not run" without a probe.json."""
+    return "not run" if probe is None else f"{100 * probe[encoder]['accuracy_mean']:.1f}"
+
+
 def table_row(name: str) -> str:
     flags = run_flags(name)
     out = os.path.join(RESULTS, name)
     seconds = json.load(open(os.path.join(out, "time.json")))["train_seconds"]
     knn = json.load(open(os.path.join(out, "knn_trained.json")))
     knn_random = json.load(open(os.path.join(out, "knn_random.json")))
-    probe = json.load(open(os.path.join(out, "probe.json")))
+    probe_path = os.path.join(out, "probe.json")
+    probe = json.load(open(probe_path)) if os.path.exists(probe_path) else None
     instances = f"{num_instances(flags)} " + ("seeds" if flags["method"] == "exemplar" else "images")
     epochs = int(flags["steps"]) * epochs_per_step(flags)
     return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
             f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
-            f"| {100 * knn['top1']:.1f} | {100 * probe['trained']['accuracy_mean']:.1f} "
-            f"| {100 * knn_random['top1']:.1f} / {100 * probe['random_baseline']['accuracy_mean']:.1f} "
+            f"| {100 * knn['top1']:.1f} | {percent(probe, 'trained')} "
+            f"| {100 * knn_random['top1']:.1f} / {percent(probe, 'random_baseline')} "
             f"| `bash experiments/run_cifar10.sh {name}` |")
 
 
