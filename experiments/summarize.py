@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from exemplar_tf.data import sources  # noqa: E402
+
 RESULTS = "experiments/results"
 NUM_TRAIN_IMAGES = 50_000
 METHODS = {"softmax": "Exemplar-CNN, parametric softmax", "nce": "Exemplar-CNN surrogate data, NCE bank",
@@ -46,8 +48,8 @@ def num_instances(flags: dict[str, str]) -> int:
     """Surrogate classes (exemplar) or training images (npid; --max_instances keeps an evenly spread subset)."""
     if flags["method"] == "exemplar":
         return int(flags["num_seeds"])
-    limit = int(flags.get("max_instances", "0"))
-    return NUM_TRAIN_IMAGES if limit <= 0 else -(-NUM_TRAIN_IMAGES // -(-NUM_TRAIN_IMAGES // limit))
+    stride = sources.spread_stride(NUM_TRAIN_IMAGES, int(flags.get("max_instances", "0")))
+    return -(-NUM_TRAIN_IMAGES // stride)
 
 
 def epochs_per_step(flags: dict[str, str]) -> float:
