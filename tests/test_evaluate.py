@@ -129,6 +129,33 @@ def test_linear_probe_separates_blobs_and_picks_c_from_the_grid():
     assert result.c in evaluate.C_GRID and sorted(result.validation) == sorted(evaluate.C_GRID)
 
 
+def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch):
+    # A stand-in SVM whose held-out accuracy is a known function of C: rises, then falls at the third C.
+    accuracy_at = dict(zip(evaluate.C_GRID, (0.5, 0.7, 0.6, 0.9, 0.9)))
+    fitted = []
+
+    class FractionCorrect:
+        def __init__(self, fraction):
+            self.fraction = fraction
+
+        def predict(self, features):  # column 0: true label, column 1: uniform in [0, 1)
+            labels = features[:, 0].astype(int)
+            return np.where(features[:, 1] < self.fraction, labels, (labels + 1) % 4)
+
+    def fake_fit(features, labels, c, seed):
+        fitted.append(c)
+        return FractionCorrect(accuracy_at[c])
+
+    monkeypatch.setattr(evaluate, "_fit_svm", fake_fit)
+    labels = np.repeat(np.arange(4), 250)
+    features = np.stack([labels, (np.arange(1000) % 250) / 250.0], axis=1).astype(np.float32)
+    data = evaluate.Extracted(features, labels, np.arange(1000))
+    result = evaluate.linear_probe(data, data, c_values=evaluate.C_GRID[::-1])  # any order: walked upwards
+    assert fitted == [*evaluate.C_GRID[:3], evaluate.C_GRID[1]]  # 3 on the grid, then the refit at the best
+    assert result.c == evaluate.C_GRID[1] and sorted(result.validation) == sorted(evaluate.C_GRID[:3])
+    assert result.validation[evaluate.C_GRID[1]] == pytest.approx(0.7, abs=0.02)
+
+
 def test_linear_probe_on_shuffled_labels_is_near_chance():
     train, test = _blobs(40, seed=2), _blobs(40, seed=2)
     train.labels = np.random.default_rng(3).permutation(train.labels)
