@@ -68,6 +68,11 @@ def percent(probe: dict | None, encoder: str) -> str:
     return "not run" if probe is None else f"{100 * probe[encoder]['accuracy_mean']:.1f}"
 
 
+def memory_note(knn: dict) -> str:
+    """Empty when kNN used all training images as its memory, else how many it used (KNN_MAX_TRAIN)."""
+    return "" if knn["train"] == NUM_TRAIN_IMAGES else f" ({knn['train']} train images as memory)"
+
+
 def table_row(name: str) -> str:
     flags = run_flags(name)
     out = os.path.join(RESULTS, name)
@@ -80,7 +85,7 @@ def table_row(name: str) -> str:
     epochs = int(flags["steps"]) * epochs_per_step(flags)
     return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
             f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
-            f"| {100 * knn['top1']:.1f} | {percent(probe, 'trained')} "
+            f"| {100 * knn['top1']:.1f}{memory_note(knn)} | {percent(probe, 'trained')} "
             f"| {100 * knn_random['top1']:.1f} / {percent(probe, 'random_baseline')} "
             f"| `bash experiments/run_cifar10.sh {name}` |")
 
@@ -93,7 +98,7 @@ def plot_curves(names: list[str], path: str) -> None:
         axis.plot([step * epochs_per_step(flags) for step, _ in curve], [100 * top1 for _, top1 in curve],
                   marker="o", label=f"{name} ({flags['arch']})")
     axis.set_xlabel("epochs over the training instances (seeds or images)")
-    axis.set_ylabel("weighted kNN top-1 (%), 2000/2000 subset")
+    axis.set_ylabel("weighted kNN top-1 (%), monitor subset")
     axis.set_title("CIFAR-10: kNN accuracy during unsupervised training")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)

@@ -20,12 +20,15 @@ def _parse(*args):
     return train.config_from_flags()
 
 
-@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))))
+@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg"))
+                                              + glob.glob(os.path.join(REPO, "experiments", "*.cfg"))))
 def test_every_flagfile_resolves_to_a_valid_config(flagfile):
     with flagsaver.flagsaver():
         config = _parse(f"--flagfile={flagfile}")
     assert config.name and config.steps > 0
     assert config.run_dir == os.path.join("runs", config.name)
+    if os.path.basename(os.path.dirname(flagfile)) == "experiments":  # run_cifar10.sh finds runs by file name
+        assert config.name == os.path.basename(flagfile)[:-len(".cfg")]
 
 
 def test_flags_after_the_flagfile_override_it():
