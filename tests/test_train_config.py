@@ -88,3 +88,13 @@ def test_program_rejects_an_unknown_enum_value(tmp_path):
     )
     assert result.returncode != 0
     assert "objective" in result.stderr and "svm" in result.stderr
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")])
+def test_importing_the_package_turns_onednn_on_unless_the_user_chose(user_value, expected):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if user_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = user_value
+    out = subprocess.run([sys.executable, "-c", "import os, exemplar_tf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == expected
