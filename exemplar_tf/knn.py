@@ -84,10 +84,18 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
 
 
 def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:
-    """int64 [num_rows]: the label of bank row i, i.e. of the training example whose `index` is i."""
+    """int64 [num_rows]: the label of bank row i, i.e. of the training example whose `index` is i.
+
+    The bank must have one row per example of the split: a run trained on a renumbered subset
+    (--max_instances) has a smaller bank whose row i is not example i of the split, so it is refused.
+    """
     missing = [i for i in range(num_rows) if i not in labels_by_index]
     if missing:
         raise ValueError(f"no training label for bank rows {missing[:10]} (of {len(missing)} missing)")
+    if len(labels_by_index) != num_rows:
+        raise ValueError(f"the memory bank has {num_rows} rows but the training split has {len(labels_by_index)} "
+                         "examples (was the run trained with --max_instances?); use the SavedModel's codes "
+                         "instead of --checkpoint")
     return np.array([labels_by_index[i] for i in range(num_rows)], np.int64)
 
 

@@ -98,9 +98,11 @@ def test_memory_bank_is_read_from_a_checkpoint_without_writing(tmp_path):
 
 
 def test_bank_labels_follow_the_instance_index():
-    np.testing.assert_array_equal(knn.bank_labels({2: 7, 0: 5, 1: 6, 9: 1}, 3), [5, 6, 7])
+    np.testing.assert_array_equal(knn.bank_labels({2: 7, 0: 5, 1: 6}, 3), [5, 6, 7])
     with pytest.raises(ValueError, match="bank rows"):
         knn.bank_labels({0: 1}, 2)
+    with pytest.raises(ValueError, match="3 rows but the training split has 4 examples"):
+        knn.bank_labels({2: 7, 0: 5, 1: 6, 9: 1}, 3)  # a bank of a --max_instances subset
 
 
 def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path):
