@@ -73,6 +73,11 @@ def memory_note(knn: dict) -> str:
     return "" if knn["train"] == NUM_TRAIN_IMAGES else f" ({knn['train']} train images as memory)"
 
 
+def knn_memory_variable(knn: dict) -> str:
+    """The KNN_MAX_TRAIN setting that reproduces a reduced kNN memory, as a command prefix ("" for all)."""
+    return "" if knn["train"] == NUM_TRAIN_IMAGES else f"KNN_MAX_TRAIN={knn['train']} "
+
+
 def table_row(name: str) -> str:
     flags = run_flags(name)
     out = os.path.join(RESULTS, name)
@@ -87,7 +92,7 @@ def table_row(name: str) -> str:
             f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
             f"| {100 * knn['top1']:.1f}{memory_note(knn)} | {percent(probe, 'trained')} "
             f"| {100 * knn_random['top1']:.1f} / {percent(probe, 'random_baseline')} "
-            f"| `bash experiments/run_cifar10.sh {name}` |")
+            f"| `{knn_memory_variable(knn)}bash experiments/run_cifar10.sh {name}` |")
 
 
 def plot_curves(names: list[str], path: str) -> None:
