@@ -68,14 +68,9 @@ def percent(probe: dict | None, encoder: str) -> str:
     return "not run" if probe is None else f"{100 * probe[encoder]['accuracy_mean']:.1f}"
 
 
-def memory_note(knn: dict) -> str:
-    """Empty when kNN used all training images as its memory, else how many it used (KNN_MAX_TRAIN)."""
-    return "" if knn["train"] == NUM_TRAIN_IMAGES else f" ({knn['train']} train images as memory)"
-
-
-def knn_memory_variable(knn: dict) -> str:
-    """The KNN_MAX_TRAIN setting that reproduces a reduced kNN memory, as a command prefix ("" for all)."""
-    return "" if knn["train"] == NUM_TRAIN_IMAGES else f"KNN_MAX_TRAIN={knn['train']} "
+def reduced_memory(knn: dict) -> int:
+    """How many training images kNN used as its memory when fewer than all (KNN_MAX_TRAIN), else 0."""
+    return 0 if knn["train"] == NUM_TRAIN_IMAGES else knn["train"]
 
 
 def table_row(name: str) -> str:
@@ -88,11 +83,14 @@ def table_row(name: str) -> str:
     probe = json.load(open(probe_path)) if os.path.exists(probe_path) else None
     instances = f"{num_instances(flags)} " + ("seeds" if flags["method"] == "exemplar" else "images")
     epochs = int(flags["steps"]) * epochs_per_step(flags)
+    memory = reduced_memory(knn)
+    memory_note = f" ({memory} train images as memory)" if memory else ""
+    command_prefix = f"KNN_MAX_TRAIN={memory} " if memory else ""
     return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
             f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
-            f"| {100 * knn['top1']:.1f}{memory_note(knn)} | {percent(probe, 'trained')} "
+            f"| {100 * knn['top1']:.1f}{memory_note} | {percent(probe, 'trained')} "
             f"| {100 * knn_random['top1']:.1f} / {percent(probe, 'random_baseline')} "
-            f"| `{knn_memory_variable(knn)}bash experiments/run_cifar10.sh {name}` |")
+            f"| `{command_prefix}bash experiments/run_cifar10.sh {name}` |")
 
 
 def plot_curves(names: list[str], path: str) -> None:
