@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from exemplar_tf import evaluate, knn
-from summarize import RESULTS, run_flags  # experiments/ is on the path when this file is run
+from common import RESULTS, run_flags  # experiments/ is on the path when this file is run
 
 
 def own_row_top1(codes: np.ndarray, bank: np.ndarray) -> float:

@@ -20,17 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import RESULTS, run_flags  # noqa: E402  (experiments/ is on the path when this file is run)
 from exemplar_tf.data import sources  # noqa: E402
 
-RESULTS = "experiments/results"
 NUM_TRAIN_IMAGES = 50_000
 METHODS = {"softmax": "Exemplar-CNN, parametric softmax", "nce": "Exemplar-CNN surrogate data, NCE bank",
            "nonparametric": "Exemplar-CNN surrogate data, exact non-parametric softmax"}
-
-
-def run_flags(name: str) -> dict[str, str]:
-    pairs = (line.strip()[2:].split("=", 1) for line in open(f"runs/{name}/flags.cfg") if line.startswith("--"))
-    return {key: value for key, value in pairs}
 
 
 def knn_curve(name: str) -> list[tuple[int, float]]:
@@ -58,7 +53,9 @@ def epochs_per_step(flags: dict[str, str]) -> float:
 
 def describe(flags: dict[str, str]) -> str:
     if flags["method"] == "npid":
-        return f"NPID ({flags['objective']}, m={flags['nce_m']})" if flags["objective"] == "nce" else "NPID"
+        if flags["objective"] == "nce":
+            return f"NPID (nce, m={flags['nce_m']})"
+        return f"NPID (exact non-parametric softmax, tau={flags['tau']})"
     batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
     return METHODS[flags["objective"]] + batch_norm
 
