@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import warnings
 from typing import Iterable, Iterator, Sequence
 
@@ -193,13 +194,23 @@ def linear_probe(train: Extracted, test: Extracted, c_values: Sequence[float] = 
     fit_rows, held_rows = holdout_split(train.labels, HOLDOUT_FRACTION, np.random.default_rng(seed))
     validation = {}
     for c in sorted(c_values):
+        started = time.monotonic()
         model = _fit_svm(train.features[fit_rows], train.labels[fit_rows], c, seed)
         validation[c] = float(np.mean(model.predict(train.features[held_rows]) == train.labels[held_rows]))
+        _log_fit(f"C={c:g} held-out accuracy {validation[c]:.4f}", train.features[fit_rows].shape, started)
         if validation[c] < max(validation.values()):
             break
     best_c = max(validation, key=lambda c: (validation[c], -c))  # ties: the smaller C (stronger regularisation)
+    started = time.monotonic()
     model = _fit_svm(train.features, train.labels, best_c, seed)
-    return ProbeResult(float(np.mean(model.predict(test.features) == test.labels)), best_c, validation)
+    accuracy = float(np.mean(model.predict(test.features) == test.labels))
+    _log_fit(f"refit with C={best_c:g}, test accuracy {accuracy:.4f}", train.features.shape, started)
+    return ProbeResult(accuracy, best_c, validation)
+
+
+def _log_fit(what: str, shape: tuple[int, int], started: float) -> None:
+    """One stderr line per SVM fit: on ResNet features each takes minutes without a progress bar."""
+    print(f"probe: {what} ({shape[0]} x {shape[1]} features, {time.monotonic() - started:.0f} s)", file=sys.stderr)
 
 
 @dataclasses.dataclass

@@ -129,7 +129,7 @@ def test_linear_probe_separates_blobs_and_picks_c_from_the_grid():
     assert result.c in evaluate.C_GRID and sorted(result.validation) == sorted(evaluate.C_GRID)
 
 
-def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch):
+def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch, capsys):
     # A stand-in SVM whose held-out accuracy is a known function of C: rises, then falls at the third C.
     accuracy_at = dict(zip(evaluate.C_GRID, (0.5, 0.7, 0.6, 0.9, 0.9)))
     fitted = []
@@ -154,6 +154,9 @@ def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch):
     assert fitted == [*evaluate.C_GRID[:3], evaluate.C_GRID[1]]  # 3 on the grid, then the refit at the best
     assert result.c == evaluate.C_GRID[1] and sorted(result.validation) == sorted(evaluate.C_GRID[:3])
     assert result.validation[evaluate.C_GRID[1]] == pytest.approx(0.7, abs=0.02)
+    log = capsys.readouterr().err.splitlines()  # one progress line per fit, naming its C and the feature size
+    assert len(log) == 4 and all(line.startswith("probe: ") and "800 x 2 features" in line for line in log[:3])
+    assert f"refit with C={evaluate.C_GRID[1]:g}" in log[3] and "1000 x 2 features" in log[3]
 
 
 def test_linear_probe_on_shuffled_labels_is_near_chance():
