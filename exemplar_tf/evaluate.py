@@ -197,7 +197,7 @@ def linear_probe(train: Extracted, test: Extracted, c_values: Sequence[float] = 
         started = time.monotonic()
         model = _fit_svm(train.features[fit_rows], train.labels[fit_rows], c, seed)
         validation[c] = float(np.mean(model.predict(train.features[held_rows]) == train.labels[held_rows]))
-        _log_fit(f"C={c:g} held-out accuracy {validation[c]:.4f}", train.features[fit_rows].shape, started)
+        _log_fit(f"C={c:g} held-out accuracy {validation[c]:.4f}", (len(fit_rows), train.features.shape[1]), started)
         if validation[c] < max(validation.values()):
             break
     best_c = max(validation, key=lambda c: (validation[c], -c))  # ties: the smaller C (stronger regularisation)
