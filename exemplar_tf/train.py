@@ -53,6 +53,10 @@ _NCE_NOISE = flags.DEFINE_enum("nce_noise", "per_example", cfg.NCE_NOISE,
 _NCE_Z_MOMENTUM = flags.DEFINE_float("nce_z_momentum", 0.99, "Moving average of NCE's Z (0 freezes it after "
                                      "the first batch, as NPID's release does).")
 _BANK_MOMENTUM = flags.DEFINE_float("bank_momentum", 0.5, "Memory-bank update: w <- norm(eta*w + (1-eta)*v).")
+_BANK_INIT = flags.DEFINE_enum("bank_init", "random", cfg.BANK_INITS,
+                               "Memory bank at step 0. random: random unit rows (NPID); features: row i is the "
+                               "randomly initialised encoder's code of instance i (not in the papers, see "
+                               "BUILD_NOTES.md).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
 _STEPS = flags.DEFINE_integer("steps", 10000, "Training steps.")
 _LR = flags.DEFINE_float("lr", 0.01, "Initial SGD learning rate.")

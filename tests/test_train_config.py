@@ -61,6 +61,9 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(knn_every=10), "--knn_every needs --knn_source"),
         (dict(arch="vgg"), "--arch='vgg' is not one of"),
         (dict(nce_noise="batch"), "--nce_noise='batch' is not one of per_example, shared"),
+        (dict(bank_init="zeros"), "--bank_init='zeros' is not one of random, features"),
+        (dict(bank_init="features", objective="softmax"), "--bank_init=features needs a memory bank"),
+        (dict(bank_init="features", strategy="multi_worker"), "not supported with --strategy=multi_worker"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):

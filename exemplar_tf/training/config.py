@@ -11,6 +11,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRESETS = ("paper", "release_code")
 AUGMENT_ON = ("host", "device")
 NCE_NOISE = ("per_example", "shared")
+BANK_INITS = ("random", "features")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,7 @@ class TrainConfig:
     nce_noise: str = "per_example"
     nce_z_momentum: float = 0.99
     bank_momentum: float = 0.5
+    bank_init: str = "random"
     # Optimisation.
     batch_size: int = 128
     steps: int = 10000
@@ -91,6 +93,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("preset", config.preset, PRESETS)
     problems += _check_choice("augment_on", config.augment_on, AUGMENT_ON)
     problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
+    problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
     unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
     if unknown:
         problems.append(f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}")
@@ -122,6 +125,12 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append("--patch_size must be >= 32 for ResNet encoders")
     if config.objective == "nce" and config.method == "exemplar" and config.nce_m >= config.num_seeds:
         problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
+    if config.bank_init == "features" and not config.uses_bank:
+        problems.append(f"--bank_init=features needs a memory bank: use --objective=nce or nonparametric, "
+                        f"not {config.objective}")
+    if config.bank_init == "features" and config.strategy == "multi_worker":
+        problems.append("--bank_init=features is not supported with --strategy=multi_worker (every worker would "
+                        "compute its own rows)")
     if config.strategy == "tpu" and not config.tpu:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
     if config.knn_every and not config.knn_source:

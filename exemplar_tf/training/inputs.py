@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -31,6 +32,8 @@ class TrainingData:
     chain: TransformChain | None  # the transformation chain (exemplar only)
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
+    instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
+    #                                             un-augmented input per bank row (for --bank_init=features)
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
@@ -50,6 +53,15 @@ def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
         lambda e: tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8)
     )
     return np.stack(list(resized.as_numpy_iterator()))
+
+
+def _as_instances(images: tf.data.Dataset, size: int) -> tf.data.Dataset:
+    """{"image": uint8/float [H,W,C], "index"} -> {"image": float32 [size,size,3] in [0,1], "index"}."""
+    def resize(element):
+        image = tf.image.resize(tf.cast(element["image"], tf.float32), (size, size)) / 255.0
+        return {"image": tf.clip_by_value(image, 0.0, 1.0), "index": tf.cast(element["index"], tf.int64)}
+
+    return images.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches.Seeds:
@@ -94,6 +106,8 @@ def exemplar_data(config: TrainConfig) -> TrainingData:
         chain=chain,
         preview_images=preview_images,
         eval_images=_whole_images(source, 64, max(config.patch_size * 3, 96)),
+        instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
+            {"image": seeds.central_patches(), "index": np.arange(len(seeds.windows))}), config.patch_size),
     )
 
 
@@ -128,6 +142,7 @@ def npid_data(config: TrainConfig) -> TrainingData:
         chain=None,
         preview_images=preview_images,
         eval_images=eval_images,
+        instances=lambda: _as_instances(source.dataset, config.image_size),
     )
 
 

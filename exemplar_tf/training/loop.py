@@ -20,7 +20,7 @@ from tqdm import tqdm
 from exemplar_tf import export, knn
 from exemplar_tf.training import distribute, inputs, summaries
 from exemplar_tf.training.config import TrainConfig, validate
-from exemplar_tf.training.step import ModelState, build_state, make_train_step
+from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,6 +115,11 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     elif chief:
         random_export = _export(config, state, data, f"{config.name}_random")
         print(f"Exported the randomly initialised encoder (baseline) to {random_export}")
+    if manager.latest_checkpoint is None and config.bank_init == "features":
+        started = time.perf_counter()
+        state.bank.bank.assign(encoder_bank_rows(state, data.instances(), progress=config.progress))
+        print(f"Memory bank: {state.bank.num_instances} rows from the initial encoder's codes "
+              f"({time.perf_counter() - started:.0f} s)")
 
     writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
     input_size = config.patch_size if config.method == "exemplar" else config.image_size

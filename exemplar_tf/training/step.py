@@ -12,6 +12,7 @@ import dataclasses
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from exemplar_tf import models
 from exemplar_tf.models import heads
@@ -68,6 +69,35 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, c
         bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
     z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     return ModelState(encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
+
+
+def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size: int = 256,
+                      progress: bool = False) -> np.ndarray:
+    """Bank rows float32 [N,D] from the current encoder: row i = normalise(head(encoder(image of index i))).
+
+    The forward pass runs in training mode, like the training step that produces v (BatchNorm on batch
+    statistics); the encoder's and head's non-trainable variables (BatchNorm moving statistics) are put back
+    afterwards, so only the bank changes. `instances`: unbatched {"image": float32 [P,P,3], "index": int64},
+    every bank row exactly once.
+    """
+    frozen = state.encoder.non_trainable_variables + state.head.non_trainable_variables
+    saved = [variable.numpy() for variable in frozen]
+    rows = np.zeros((state.bank.num_instances, state.bank.dim), np.float32)
+    filled = np.zeros(state.bank.num_instances, bool)
+    batches = tqdm(instances.batch(batch_size), total=-(-len(rows) // batch_size), disable=not progress,
+                   desc="memory bank from the encoder", unit="batch", dynamic_ncols=True)
+    for batch in batches:
+        index = batch["index"].numpy()
+        if index.min() < 0 or index.max() >= len(rows):
+            raise ValueError(f"instance indices must lie in [0, {len(rows)}), got {index.min()}..{index.max()}")
+        v = state.head(state.encoder(batch["image"], training=True), training=True)
+        rows[index] = tf.math.l2_normalize(tf.cast(v, tf.float32), axis=-1).numpy()
+        filled[index] = True
+    for variable, value in zip(frozen, saved):
+        variable.assign(value)
+    if not filled.all():
+        raise ValueError(f"{np.count_nonzero(~filled)} of {len(rows)} memory-bank rows have no instance image")
+    return rows
 
 
 def _decay_loss(state: ModelState, weight_decay: float) -> tf.Tensor:
