@@ -55,7 +55,8 @@ def describe(flags: dict[str, str]) -> str:
     if flags["method"] == "npid":
         if flags["objective"] == "nce":
             return f"NPID (nce, m={flags['nce_m']})"
-        return f"NPID (exact non-parametric softmax, tau={flags['tau']})"
+        bank_init = ", bank from the initial codes" if flags.get("bank_init") == "features" else ""
+        return f"NPID (exact non-parametric softmax, tau={flags['tau']}{bank_init})"
     batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
     return METHODS[flags["objective"]] + batch_norm
 
