@@ -53,9 +53,9 @@ def epochs_per_step(flags: dict[str, str]) -> float:
 
 def describe(flags: dict[str, str]) -> str:
     if flags["method"] == "npid":
-        if flags["objective"] == "nce":
-            return f"NPID (nce, m={flags['nce_m']})"
         bank_init = ", bank from the initial codes" if flags.get("bank_init") == "features" else ""
+        if flags["objective"] == "nce":
+            return f"NPID (nce, m={flags['nce_m']}{bank_init})"
         return f"NPID (exact non-parametric softmax, tau={flags['tau']}{bank_init})"
     batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
     return METHODS[flags["objective"]] + batch_norm
