@@ -80,3 +80,14 @@ def test_training_starts_from_the_initial_encoders_codes(tmp_path):
     state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     np.testing.assert_allclose(bank, encoder_bank_rows(state, data.instances()), atol=1e-5)
     assert not np.allclose(bank, state.bank.bank.numpy(), atol=0.1)  # not the random rows
+
+
+def test_batch_norm_statistics_are_put_back_when_a_bad_index_stops_the_pass():
+    state = _state(batch_norm=True)
+    before = [v.numpy() for v in state.encoder.non_trainable_variables]
+    _, instances = _instances(np.arange(NUM_INSTANCES))
+    shifted = instances.map(lambda e: {**e, "index": e["index"] + 1})  # the last batch holds index 12
+    with pytest.raises(ValueError, match="must lie in"):
+        encoder_bank_rows(state, shifted, batch_size=5)
+    for saved, variable in zip(before, state.encoder.non_trainable_variables):
+        np.testing.assert_array_equal(saved, variable.numpy())

@@ -86,15 +86,17 @@ def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size:
     filled = np.zeros(state.bank.num_instances, bool)
     batches = tqdm(instances.batch(batch_size), total=-(-len(rows) // batch_size), disable=not progress,
                    desc="memory bank from the encoder", unit="batch", dynamic_ncols=True)
-    for batch in batches:
-        index = batch["index"].numpy()
-        if index.min() < 0 or index.max() >= len(rows):
-            raise ValueError(f"instance indices must lie in [0, {len(rows)}), got {index.min()}..{index.max()}")
-        v = state.head(state.encoder(batch["image"], training=True), training=True)
-        rows[index] = tf.math.l2_normalize(tf.cast(v, tf.float32), axis=-1).numpy()
-        filled[index] = True
-    for variable, value in zip(frozen, saved):
-        variable.assign(value)
+    try:
+        for batch in batches:
+            index = batch["index"].numpy()
+            if index.min() < 0 or index.max() >= len(rows):
+                raise ValueError(f"instance indices must lie in [0, {len(rows)}), got {index.min()}..{index.max()}")
+            v = state.head(state.encoder(batch["image"], training=True), training=True)
+            rows[index] = tf.math.l2_normalize(tf.cast(v, tf.float32), axis=-1).numpy()
+            filled[index] = True
+    finally:  # also when a bad index stops the pass part-way
+        for variable, value in zip(frozen, saved):
+            variable.assign(value)
     if not filled.all():
         raise ValueError(f"{np.count_nonzero(~filled)} of {len(rows)} memory-bank rows have no instance image")
     return rows
