@@ -58,17 +58,16 @@ def open_collection(where: str, split: str, *, data_dir: str | None = None, limi
     evenly spread (folders and sources are often sorted by class)."""
     if os.path.isdir(where):
         files = image_files(where)
-        paths = files[::sources.spread_stride(len(files), limit)]
+        paths = [files[i] for i in sources.spread_positions(len(files), limit)]
         dataset = tf.data.Dataset.from_tensor_slices(paths).map(
             lambda path: {"image": _decode(path)}, num_parallel_calls=tf.data.AUTOTUNE)
         dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.range(len(paths))).map(
             lambda example, position: {**example, "index": position})
         return Collection(dataset, paths)
     source = sources.load_source(where, split, data_dir=data_dir)
-    stride = sources.spread_stride(source.num_examples, limit)
     subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
     dataset = subset.enumerate().map(lambda position, example: {"image": example["image"], "index": position})
-    return Collection(dataset, [f"{where}:{split}:{i}" for i in range(0, source.num_examples, stride)])
+    return Collection(dataset, [f"{where}:{split}:{i}" for i in sources.spread_positions(source.num_examples, limit)])
 
 
 def nearest(index_codes: np.ndarray, query_codes: np.ndarray, k: int, batch: int = 1024):

@@ -43,8 +43,7 @@ def num_instances(flags: dict[str, str]) -> int:
     """Surrogate classes (exemplar) or training images (npid; --max_instances keeps an evenly spread subset)."""
     if flags["method"] == "exemplar":
         return int(flags["num_seeds"])
-    stride = sources.spread_stride(NUM_TRAIN_IMAGES, int(flags.get("max_instances", "0")))
-    return -(-NUM_TRAIN_IMAGES // stride)
+    return len(sources.spread_positions(NUM_TRAIN_IMAGES, int(flags.get("max_instances", "0"))))
 
 
 def epochs_per_step(flags: dict[str, str]) -> float:

@@ -321,8 +321,16 @@ def test_bad_names_and_splits(name, split, message):
         load_source(name, split, fold=1 if name == "demo_labelled" else None)
 
 
-@pytest.mark.parametrize("total, limit, expected", [(10, 3, [0, 4, 8]), (10, 5, [0, 2, 4, 6, 8]), (10, 0, list(range(10))),
-                                                    (10, 12, list(range(10))), (9, 4, [0, 3, 6])])
+@pytest.mark.parametrize("total, limit, expected", [(10, 3, [0, 3, 6]), (10, 5, [0, 2, 4, 6, 8]), (10, 0, list(range(10))),
+                                                    (10, 12, list(range(10))), (9, 4, [0, 2, 4, 6])])
 def test_spread_subset_keeps_evenly_spaced_examples(total, limit, expected):
     subset, count = sources.spread_subset(tf.data.Dataset.range(total), total, limit)
     assert list(subset.as_numpy_iterator()) == expected and count == len(expected)
+
+
+@pytest.mark.parametrize("total, limit", [(50_000, 40_000), (50_000, 5_000), (7, 6), (1_281_167, 100_000)])
+def test_spread_positions_return_exactly_the_number_asked_evenly_spread(total, limit):
+    positions = sources.spread_positions(total, limit)
+    gaps = np.diff(positions)
+    assert len(positions) == limit and len(np.unique(positions)) == limit
+    assert positions[0] == 0 and positions[-1] < total and gaps.min() >= total // limit and gaps.max() <= -(-total // limit)

@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import glob
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import cv2
 import numpy as np
@@ -77,6 +77,8 @@ class Source:
     num_classes: int | None  # None: unlabelled
     name: str
     class_names: tuple[str, ...] | None = None
+    # Random access, when the source has it cheaply (an image folder): index int64 [] -> the element of that index.
+    read: Callable[[tf.Tensor], dict] | None = None
 
 
 def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int | None = None) -> Source:
@@ -133,19 +135,42 @@ def indexed(images: tf.data.Dataset, num_examples: int, labels: np.ndarray | Non
     return dataset.apply(tf.data.experimental.assert_cardinality(num_examples))
 
 
-def spread_stride(total: int, limit: int) -> int:
-    """Step that keeps at most `limit` of `total` examples evenly spread (1 when `limit` <= 0 or >= total)."""
-    return 1 if limit <= 0 or limit >= total else -(-total // limit)
+def spread_positions(total: int, limit: int) -> np.ndarray:
+    """int64 [min(limit, total)]: exactly `limit` of the positions 0..total-1, evenly spread (floor(i * total /
+    limit)), or all of them when `limit` <= 0 or >= total."""
+    if limit <= 0 or limit >= total:
+        return np.arange(total, dtype=np.int64)
+    return (np.arange(limit, dtype=np.int64) * total) // limit
 
 
 def spread_subset(dataset: tf.data.Dataset, total: int, limit: int) -> tuple[tf.data.Dataset, int]:
-    """At most `limit` examples of a `total`-long dataset, evenly spread: every `spread_stride`-th one.
+    """Exactly `limit` examples of a `total`-long dataset (all when `limit` <= 0 or >= total), evenly spread:
+    the `spread_positions`, in order.
 
     Sources are often sorted by class (image folders), so the first `limit` examples would miss most classes.
-    Returns (dataset, its length). `limit` <= 0 or >= total keeps everything.
+    Returns (dataset, its length).
     """
-    stride = spread_stride(total, limit)
-    return (dataset, total) if stride == 1 else (dataset.shard(stride, 0), -(-total // stride))
+    positions = spread_positions(total, limit)
+    if len(positions) == total:
+        return dataset, total
+    keep = tf.constant(np.isin(np.arange(total), positions))
+    subset = dataset.take(positions[-1] + 1).enumerate().filter(lambda position, _: keep[position]).map(lambda _, element: element)
+    return subset.apply(tf.data.experimental.assert_cardinality(len(positions))), len(positions)
+
+
+def spread_source(source: Source, limit: int) -> Source:
+    """The source cut to exactly `limit` images evenly spread over it (`spread_positions`; all when `limit` <= 0
+    or >= its size), `index` renumbered 0..n-1 so that it still names bank rows; `read` follows."""
+    positions = spread_positions(source.num_examples, limit)
+    if len(positions) == source.num_examples:
+        return source
+    subset, count = spread_subset(source.dataset, source.num_examples, limit)
+    renumbered = subset.enumerate().map(lambda position, element: {**element, "index": position})
+    read = None
+    if source.read is not None:
+        original_index, read_original = tf.constant(positions), source.read
+        read = lambda index: {**read_original(tf.gather(original_index, index)), "index": index}  # noqa: E731
+    return dataclasses.replace(source, dataset=renumbered, num_examples=count, read=read)
 
 
 # --- tensorflow-datasets -------------------------------------------------------------------------------------------
@@ -268,7 +293,21 @@ def folder_source(directory: str, split: str, title: str) -> Source:
     paths, labels = list_image_files(root, class_names)
     check_image_signatures(paths)
     return Source(decoded_image_files(paths, labels), len(paths), None if labels is None else len(class_names), title,
-                  None if labels is None else class_names)
+                  None if labels is None else class_names, read=image_file_reader(paths, labels))
+
+
+def image_file_reader(paths: list[str], labels: np.ndarray | None) -> Callable[[tf.Tensor], dict]:
+    """index int64 [] -> {"image": uint8 [H,W,3] decoded from paths[index], "index", "label"?}."""
+    path_table = tf.constant(paths)
+    label_table = None if labels is None else tf.constant(labels, tf.int64)
+
+    def read(index):
+        element = {"image": decode_image_file(tf.gather(path_table, index)), "index": index}
+        if label_table is not None:
+            element["label"] = tf.gather(label_table, index)
+        return element
+
+    return read
 
 
 def visible_subfolders(directory: str) -> list[str]:

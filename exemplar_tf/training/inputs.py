@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from exemplar_tf.augment import npid as npid_augment
 from exemplar_tf.augment.chain import TransformChain
+from exemplar_tf.data import instances as data_instances
 from exemplar_tf.data import patches, sources, surrogate
 from exemplar_tf.training.config import TrainConfig
 
@@ -37,20 +38,19 @@ class TrainingData:
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
-    """The training source; with --max_instances, an evenly spread subset whose "index" is renumbered 0..n-1
-    (bank rows), so a class-sorted folder still gives every class."""
+    """The training source; with --max_instances, exactly that many images evenly spread over it, "index"
+    renumbered 0..n-1 (bank rows), so a class-sorted folder still gives every class."""
     source = sources.load_source(config.source, config.split, data_dir=config.data_dir)
-    if not config.max_instances or config.max_instances >= source.num_examples:
-        return source
-    subset, count = sources.spread_subset(source.dataset, source.num_examples, config.max_instances)
-    renumbered = subset.enumerate().map(lambda position, element: {**element, "index": position})
-    return dataclasses.replace(source, dataset=renumbered, num_examples=count)
+    return sources.spread_source(source, config.max_instances)
 
 
 def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
-    """uint8 [count,size,size,3]: the first `count` source images resized to size×size."""
-    resized = source.dataset.take(count).map(
-        lambda e: tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8)
+    """uint8 [count,size,size,3]: `count` source images evenly spread over it, resized to size×size (the first
+    images of a class-sorted folder would all be one class)."""
+    subset, _ = sources.spread_subset(source.dataset, source.num_examples, count)
+    resized = subset.map(
+        lambda e: tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
     return np.stack(list(resized.as_numpy_iterator()))
 
@@ -122,12 +122,16 @@ def npid_data(config: TrainConfig) -> TrainingData:
             "label": element["index"],
         }
 
+    decoded = data_instances.in_memory(source)
+    if decoded is not None:
+        print(f"Decoded the {source.num_examples} training images into memory ({decoded.flat.nbytes / 2**20:.0f} MiB)")
+
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        shard = source.dataset.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
+                                                  shard=ctx.input_pipeline_id, decoded=decoded)
         seeds = tf.data.Dataset.random(seed=config.seed * 1000 + ctx.input_pipeline_id).batch(2)
         return (
-            tf.data.Dataset.zip(shard.shuffle(10_000, seed=config.seed, reshuffle_each_iteration=True).repeat(),
-                                seeds)
+            tf.data.Dataset.zip(elements, seeds)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(ctx.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE)
