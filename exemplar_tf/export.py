@@ -188,7 +188,8 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     exemplar = run.get("method", "exemplar") == "exemplar"
     input_size = int(run["patch_size"] if exemplar else run["image_size"])
     encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0),
-                                   batch_norm=run.get("batch_norm", "False").lower() == "true")
+                                   batch_norm=run.get("batch_norm", "False").lower() == "true",
+                                   resnet_stem=run.get("resnet_stem", "auto"))
     parts = {"encoder": encoder}
     head = None
     if run.get("objective", "nce") != "softmax":

@@ -8,6 +8,7 @@ Re-running the same command resumes from the last checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -27,7 +28,8 @@ _METHOD = flags.DEFINE_enum("method", "exemplar", cfg.METHODS,
 _MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use at most N source images, evenly spread "
                                      "over the source (0 = all).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8000, "Exemplar-CNN: number of seed patches (surrogate classes).")
-_SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 1, "Exemplar-CNN: seeds drawn from each chosen image.")
+_SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 0, "Exemplar-CNN: seeds drawn from each chosen image "
+                                        "(0: as few as reach --num_seeds, at least 1).")
 _PATCH_SIZE = flags.DEFINE_integer("patch_size", 32, "Exemplar-CNN: seed patch size in pixels.")
 _PRESET = flags.DEFINE_enum("preset", "paper", cfg.PRESETS, "Transformation ranges (METHOD.md section 1).")
 _TRANSFORMS = flags.DEFINE_list("transforms", "translate,scale,rotate,pca_color,saturation_value,hue",
@@ -37,13 +39,19 @@ _FIXED_COPIES = flags.DEFINE_integer("fixed_copies", 0, "K > 0: the paper's fixe
 _AUGMENT_ON = flags.DEFINE_enum("augment_on", "host", cfg.AUGMENT_ON,
                                 "Run the transformation chain in tf.data (host) or in the training step (device).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "NPID: crop size of the augmented images.")
-_ARCH = flags.DEFINE_enum("arch", "medium", cfg.ARCHS, "Encoder architecture.")
-_OBJECTIVE = flags.DEFINE_enum("objective", "nce", cfg.OBJECTIVES,
+_ARCH = flags.DEFINE_enum("arch", None, cfg.ARCHS, "Encoder architecture (default: small for exemplar, resnet18 "
+                          "for npid).")
+_RESNET_STEM = flags.DEFINE_enum("resnet_stem", "auto", cfg.RESNET_STEMS, "ResNet stem: auto (CIFAR 3x3 stem up to "
+                                 "64 px, ImageNet 7x7/2 + max-pool above), cifar or imagenet.")
+_OBJECTIVE = flags.DEFINE_enum("objective", None, cfg.OBJECTIVES,
                                "softmax: parametric N-way classifier; nonparametric: exact softmax over the "
-                               "memory bank; nce: NCE with --nce_m noise samples.")
+                               "memory bank; nce: NCE with --nce_m noise samples (default: softmax for exemplar, "
+                               "nce for npid).")
 _DROPOUT = flags.DEFINE_float("dropout", 0.5, "Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
 _BATCH_NORM = flags.DEFINE_boolean("batch_norm", False, "Exemplar-CNN: BatchNormalization before every ReLU (not in "
                                    "the paper; needed by the bank objectives, see BUILD_NOTES.md).")
+_ALLOW_UNNORMALISED_BANK = flags.DEFINE_boolean("allow_unnormalised_bank", False, "Run a bank objective on an "
+                                                "Exemplar-CNN without --batch_norm (it collapses; with a warning).")
 _EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 128, "Projection head / memory bank dimension.")
 _TAU = flags.DEFINE_float("tau", 0.07, "Temperature of the non-parametric softmax.")
 _NCE_M = flags.DEFINE_integer("nce_m", 4096, "NCE noise samples per example.")
@@ -59,19 +67,22 @@ _BANK_INIT = flags.DEFINE_enum("bank_init", "random", cfg.BANK_INITS,
                                "BUILD_NOTES.md).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
 _STEPS = flags.DEFINE_integer("steps", 10000, "Training steps.")
-_LR = flags.DEFINE_float("lr", 0.01, "Initial SGD learning rate.")
+_LR = flags.DEFINE_float("lr", None, "Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
 _LR_DECAY_AT = flags.DEFINE_list("lr_decay_at", "0.6,0.8", "Fractions of --steps where the lr is multiplied "
                                  "by --lr_decay_factor (empty: constant).")
-_LR_DECAY_FACTOR = flags.DEFINE_float("lr_decay_factor", 0.3, "Learning-rate drop factor.")
+_LR_DECAY_FACTOR = flags.DEFINE_float("lr_decay_factor", None, "Learning-rate drop factor (default: 0.3 exemplar, "
+                                      "0.1 npid).")
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 0.004, "L2 weight decay (times per-layer multipliers).")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", None, "L2 weight decay times per-layer multipliers (default: "
+                                    "0.004 exemplar, 5e-4 npid).")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", cfg.STRATEGIES, "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (seeds, transformations, noise, initialisation).")
 _LOG_EVERY = flags.DEFINE_integer("log_every", 50, "Steps between TensorBoard scalar summaries.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
 _KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
-_KNN_SOURCE = flags.DEFINE_string("knn_source", "", "Labelled source for kNN monitoring (e.g. demo_labelled).")
+_KNN_SOURCE = flags.DEFINE_string("knn_source", "auto", "Labelled source for kNN monitoring (e.g. demo_labelled); "
+                                   "auto: demo_labelled for --source=demo, none otherwise; empty: none.")
 _KNN_SPLIT = flags.DEFINE_string("knn_split", "test", "Query split of --knn_source.")
 _KNN_TRAIN_SPLIT = flags.DEFINE_string("knn_train_split", "train", "Memory split of --knn_source.")
 _KNN_EVERY = flags.DEFINE_integer("knn_every", 0, "Steps between kNN evaluations (0: only at the end).")
@@ -99,10 +110,16 @@ def config_from_flags() -> cfg.TrainConfig:
     return cfg.validate(cfg.TrainConfig(**values))
 
 
-def write_resolved_flagfile(path: str) -> None:
-    """Writes every training flag with its resolved value, one per line, usable as --flagfile."""
-    lines = [f"--{holder.name}={','.join(map(str, holder.value)) if isinstance(holder.value, list) else holder.value}"
-             for holder in _OUR_FLAGS if holder.value is not None]
+def flag_line(name: str, value) -> str:
+    """`--name=value` as a flagfile line (sequences comma-joined)."""
+    return f"--{name}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+
+
+def write_resolved_flagfile(config: cfg.TrainConfig, path: str) -> None:
+    """Writes every training setting as resolved in `config` (method defaults filled in), one per line, usable
+    as --flagfile."""
+    lines = [flag_line(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)
+             if getattr(config, field.name) is not None]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -123,7 +140,7 @@ def main(argv: list[str]) -> int:
         logging.set_verbosity(logging.WARNING)
 
     os.makedirs(config.run_dir, exist_ok=True)
-    write_resolved_flagfile(os.path.join(config.run_dir, "flags.cfg"))
+    write_resolved_flagfile(config, os.path.join(config.run_dir, "flags.cfg"))
     try:
         result = loop.run(config)
     except loop.TrainingDiverged as error:

@@ -125,6 +125,15 @@ def test_resnet_stages_and_stems(encoders, rng):
     assert [m.shape[1] for m in imagenet_stem.feature_maps(images(rng, 96, batch=1))] == [24, 12, 6, 3]
 
 
+@pytest.mark.parametrize("input_size, stem, first_stage_side", [
+    (224, "auto", 56), (96, "auto", 24), (64, "auto", 64), (32, "auto", 32), (96, "cifar", 96), (64, "imagenet", 16)])
+def test_resnet18_stem_follows_the_input_size_unless_forced(input_size, stem, first_stage_side, rng):
+    """NPID's ImageNet ResNet-18 at 224 px has the 7x7/2 + max-pool stem (56x56 after it); the CIFAR stem there
+    would cost ~16x the compute."""
+    encoder = build_encoder("resnet18", input_size=input_size, mean_rgb=MEAN, resnet_stem=stem)
+    assert encoder.feature_maps(images(rng, input_size, batch=1))[0].shape[1] == first_stage_side
+
+
 def test_resnet_batch_norm_updates_statistics_only_in_training(rng):
     encoder = build_encoder("resnet18", input_size=32, mean_rgb=MEAN)
     moving_mean = next(v for v in encoder.non_trainable_variables if v.path.endswith("stem_bn/moving_mean"))

@@ -42,7 +42,7 @@ def test_flags_after_the_flagfile_override_it():
 def test_resolved_flagfile_round_trips(tmp_path):
     with flagsaver.flagsaver():
         first = _parse(f"--flagfile={REPO}/flags/demo.cfg", "--lr_decay_at=0.5")
-        train.write_resolved_flagfile(str(tmp_path / "flags.cfg"))
+        train.write_resolved_flagfile(first, str(tmp_path / "flags.cfg"))
         second = _parse(f"--flagfile={tmp_path / 'flags.cfg'}")
     assert first == second
 
@@ -55,21 +55,58 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(tau=0.0), "--tau must be > 0"),
         (dict(batch_size=0), "--batch_size must be > 0"),
         (dict(bank_momentum=1.5), "--bank_momentum must be in [0, 1]"),
-        (dict(nce_m=9000, num_seeds=8000), "--nce_m=9000 must be smaller than --num_seeds=8000"),
+        (dict(nce_m=9000, num_seeds=8000, objective="nce", batch_norm=True),
+         "--nce_m=9000 must be smaller than --num_seeds=8000"),
         (dict(lr_decay_at=(0.5, 1.2)), "--lr_decay_at are fractions"),
         (dict(strategy="tpu"), "--strategy=tpu needs --tpu"),
-        (dict(knn_every=10), "--knn_every needs --knn_source"),
+        (dict(knn_every=10, source="stl10"), "--knn_every needs --knn_source"),
         (dict(arch="vgg"), "--arch='vgg' is not one of"),
         (dict(nce_noise="batch"), "--nce_noise='batch' is not one of per_example, shared"),
         (dict(bank_init="zeros"), "--bank_init='zeros' is not one of random, features"),
         (dict(bank_init="features", objective="softmax"), "--bank_init=features needs a memory bank"),
-        (dict(bank_init="features", strategy="multi_worker"), "not supported with --strategy=multi_worker"),
+        (dict(bank_init="features", strategy="multi_worker", method="npid"), "not supported with --strategy=multi_worker"),
+        (dict(objective="nce", arch="medium"), "on the medium Exemplar-CNN needs --batch_norm"),
+        (dict(objective="nonparametric", method="npid", arch="small"), "on the small Exemplar-CNN needs --batch_norm"),
+        (dict(resnet_stem="vgg"), "--resnet_stem='vgg' is not one of"),
+        (dict(seeds_per_image=-1), "--seeds_per_image must be >= 0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):
     with pytest.raises(ValueError, match="Bad training flags") as error:
         validate(TrainConfig(run_dir="/tmp/x", **change))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("exemplar", dict(arch="small", objective="softmax", lr=0.01, weight_decay=0.004, lr_decay_factor=0.3)),
+    ("npid", dict(arch="resnet18", objective="nce", lr=0.03, weight_decay=5e-4, lr_decay_factor=0.1)),
+])
+def test_each_method_gets_its_papers_recipe_unless_a_flag_says_otherwise(method, expected):
+    with flagsaver.flagsaver():
+        config = _parse(f"--method={method}")
+        overridden = _parse(f"--method={method}", "--lr=0.5", "--weight_decay=0", "--arch=medium", "--batch_norm")
+    assert {field: getattr(config, field) for field in expected} == expected
+    assert (overridden.lr, overridden.weight_decay, overridden.arch) == (0.5, 0.0, "medium")
+    assert overridden.lr_decay_factor == expected["lr_decay_factor"]
+
+
+def test_the_bare_command_resolves_to_a_recipe_that_fits_the_demo():
+    """No flags but --run_dir: the demo's 15 photographs give 8000 seeds (534 per photograph), the small network
+    with the parametric softmax (no bank: no collapse without batch norm), kNN on the demo's labelled crops."""
+    from exemplar_tf.training.config import seeds_per_image_for
+
+    with flagsaver.flagsaver():
+        config = _parse("--run_dir=/tmp/x")
+    assert (config.source, config.method, config.arch, config.objective) == ("demo", "exemplar", "small", "softmax")
+    assert seeds_per_image_for(config, 15) == 534 and seeds_per_image_for(config, 50_000) == 1
+    assert config.knn_source == "demo_labelled"
+    with flagsaver.flagsaver():
+        assert _parse("--run_dir=/tmp/x", "--source=stl10").knn_source == ""
+
+
+def test_an_unnormalised_bank_runs_only_when_allowed():
+    config = validate(TrainConfig(run_dir="/tmp/x", objective="nce", arch="medium", allow_unnormalised_bank=True))
+    assert not config.batch_norm
 
 
 def test_program_rejects_bad_flags_before_any_work(tmp_path):

@@ -1,8 +1,9 @@
 """ResNet-18 (basic blocks, CIFAR stem) and ResNet-50 (bottleneck blocks) encoders, as used by NPID.
 
-Stems: ResNet-18 always uses the CIFAR stem (3x3 conv, stride 1, no max-pool). ResNet-50 uses the ImageNet stem
-(7x7 conv stride 2 + 3x3 stride-2 max-pool) when `input_size >= 96` and the CIFAR stem below that, so a 32x32
-input still reaches the last stage as a 4x4 map instead of 1x1.
+Stems: `stem="auto"` picks the CIFAR stem (3x3 conv, stride 1, no max-pool) for inputs of at most
+CIFAR_STEM_MAX_SIZE (64) pixels, so a 32x32 input still reaches the last stage as a 4x4 map instead of 1x1, and the
+ImageNet stem (7x7 conv stride 2 + 3x3 stride-2 max-pool, 16x fewer positions after it) above that, as NPID's
+ImageNet ResNets; `stem="cifar" | "imagenet"` forces one.
 Convs have no bias and are followed by BatchNorm (momentum 0.9, epsilon 1e-5: PyTorch's defaults, which the
 NPID release trained with). The stride of a downsampling bottleneck is on its 3x3 conv. The representation is
 the global average of the last stage: [B,512] / [B,2048].
@@ -20,7 +21,8 @@ from exemplar_tf.models.layers import Encoder, set_layers
 ARCHITECTURES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 STAGE_WIDTHS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4
-IMAGENET_STEM_MIN_SIZE = 96
+CIFAR_STEM_MAX_SIZE = 64
+STEMS = ("auto", "cifar", "imagenet")
 
 
 def conv(filters: int, size: int, stride: int = 1, name: str | None = None):
@@ -78,14 +80,16 @@ class ResNet(Encoder):
     """ResNet encoder. `call(x)` -> [B, 512 | 2048] global average pool of the last stage;
     `feature_maps(x)` -> the four stage outputs [B,h,w,C]."""
 
-    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], **kwargs):
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], stem: str = "auto", **kwargs):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown ResNet arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
+        if stem not in STEMS:
+            raise ValueError(f"unknown ResNet stem {stem!r}; use one of {STEMS}")
         kind, depths = ARCHITECTURES[arch]
         expansion = 1 if kind == "basic" else BOTTLENECK_EXPANSION
         super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb,
                          representation_dim=STAGE_WIDTHS[-1] * expansion, **kwargs)
-        self.imagenet_stem = kind == "bottleneck" and input_size >= IMAGENET_STEM_MIN_SIZE
+        self.imagenet_stem = stem == "imagenet" or (stem == "auto" and input_size > CIFAR_STEM_MAX_SIZE)
         self.stem_conv = conv(64, 7, 2, name="stem_conv") if self.imagenet_stem else conv(64, 3, name="stem_conv")
         self.stem_norm = batch_norm(name="stem_bn")
         block_names = []  # [stage][block] attribute names

@@ -12,6 +12,18 @@ PRESETS = ("paper", "release_code")
 AUGMENT_ON = ("host", "device")
 NCE_NOISE = ("per_example", "shared")
 BANK_INITS = ("random", "features")
+RESNET_STEMS = ("auto", "cifar", "imagenet")
+EXEMPLAR_ARCHS = ("small", "medium", "large")
+
+# What a field left at None becomes, per method: each paper's own recipe. Exemplar-CNN (Dosovitskiy et al.'s
+# release): the small network, the parametric softmax over the surrogate classes, lr 0.01, weight decay 0.004,
+# lr x0.3 at each drop. NPID (Wu et al.): ResNet-18, NCE, lr 0.03, weight decay 5e-4, lr x0.1 at each drop.
+METHOD_DEFAULTS = {
+    "exemplar": {"arch": "small", "objective": "softmax", "lr": 0.01, "weight_decay": 0.004, "lr_decay_factor": 0.3},
+    "npid": {"arch": "resnet18", "objective": "nce", "lr": 0.03, "weight_decay": 5e-4, "lr_decay_factor": 0.1},
+}
+# --knn_source=auto: the labelled set that goes with a source, where there is one without asking.
+AUTO_KNN_SOURCES = {"demo": "demo_labelled"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +40,7 @@ class TrainConfig:
     max_instances: int = 0
     # Exemplar-CNN surrogate data.
     num_seeds: int = 8000
-    seeds_per_image: int = 1
+    seeds_per_image: int = 0  # 0: ceil(num_seeds / source images), at least 1 (see `seeds_per_image_for`)
     patch_size: int = 32
     preset: str = "paper"
     transforms: Sequence[str] = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")
@@ -37,11 +49,13 @@ class TrainConfig:
     # NPID whole-image instances.
     image_size: int = 32
     # Model and objective.
-    arch: str = "medium"
-    objective: str = "nce"
+    arch: str | None = None  # None: METHOD_DEFAULTS
+    resnet_stem: str = "auto"
+    objective: str | None = None  # None: METHOD_DEFAULTS
     embedding_dim: int = 128
     dropout: float = 0.5
     batch_norm: bool = False
+    allow_unnormalised_bank: bool = False
     tau: float = 0.07
     nce_m: int = 4096
     nce_noise: str = "per_example"
@@ -51,11 +65,11 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = 128
     steps: int = 10000
-    lr: float = 0.01
+    lr: float | None = None  # None: METHOD_DEFAULTS
     lr_decay_at: Sequence[float] = (0.6, 0.8)
-    lr_decay_factor: float = 0.3
+    lr_decay_factor: float | None = None  # None: METHOD_DEFAULTS
     momentum: float = 0.9
-    weight_decay: float = 0.004
+    weight_decay: float | None = None  # None: METHOD_DEFAULTS
     # Distribution.
     strategy: str = "default"
     tpu: str = ""
@@ -64,7 +78,7 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
-    knn_source: str = ""
+    knn_source: str = "auto"  # auto: AUTO_KNN_SOURCES[source], else none; "": none
     knn_split: str = "test"
     knn_train_split: str = "train"
     knn_every: int = 0
@@ -72,9 +86,27 @@ class TrainConfig:
     export_base: str = "savedmodels"
     progress: bool = True
 
+    def __post_init__(self):
+        """Fills the fields left at None (and knn_source=auto) from the method's defaults."""
+        for field, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["exemplar"]).items():
+            if getattr(self, field) is None:
+                object.__setattr__(self, field, value)
+        if self.knn_source == "auto":
+            object.__setattr__(self, "knn_source", AUTO_KNN_SOURCES.get(self.source, ""))
+
     @property
     def uses_bank(self) -> bool:
         return self.objective in ("nonparametric", "nce")
+
+    @property
+    def input_size(self) -> int:
+        """Side of the training images: the seed patch (exemplar) or the NPID crop."""
+        return self.patch_size if self.method == "exemplar" else self.image_size
+
+
+def seeds_per_image_for(config: TrainConfig, num_images: int) -> int:
+    """--seeds_per_image, or for 0 the fewest seeds per image that reach --num_seeds from `num_images` images."""
+    return config.seeds_per_image or max(1, -(-config.num_seeds // max(num_images, 1)))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> list[str]:
@@ -94,15 +126,16 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("augment_on", config.augment_on, AUGMENT_ON)
     problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
     problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
+    problems += _check_choice("resnet_stem", config.resnet_stem, RESNET_STEMS)
     unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
     if unknown:
         problems.append(f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}")
-    positive_ints = ("num_seeds", "seeds_per_image", "patch_size", "image_size", "embedding_dim", "batch_size",
+    positive_ints = ("num_seeds", "patch_size", "image_size", "embedding_dim", "batch_size",
                      "steps", "log_every", "checkpoint_every", "keep_checkpoints", "nce_m")
     for field in positive_ints:
         if getattr(config, field) <= 0:
             problems.append(f"--{field} must be > 0, got {getattr(config, field)}")
-    for field in ("max_instances", "fixed_copies", "knn_every", "knn_max_examples"):
+    for field in ("max_instances", "seeds_per_image", "fixed_copies", "knn_every", "knn_max_examples"):
         if getattr(config, field) < 0:
             problems.append(f"--{field} must be >= 0, got {getattr(config, field)}")
     if not config.tau > 0:
@@ -125,6 +158,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append("--patch_size must be >= 32 for ResNet encoders")
     if config.objective == "nce" and config.method == "exemplar" and config.nce_m >= config.num_seeds:
         problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
+    if (config.uses_bank and config.arch in EXEMPLAR_ARCHS and not config.batch_norm
+            and not config.allow_unnormalised_bank):
+        problems.append(f"--objective={config.objective} on the {config.arch} Exemplar-CNN needs --batch_norm: without "
+                        "it the bank objective kills the fc ReLUs and every image gets the same code (BUILD_NOTES.md); "
+                        "--allow_unnormalised_bank runs it anyway")
     if config.bank_init == "features" and not config.uses_bank:
         problems.append(f"--bank_init=features needs a memory bank: use --objective=nce or nonparametric, "
                         f"not {config.objective}")

@@ -20,7 +20,7 @@ from exemplar_tf.augment import npid as npid_augment
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.data import instances as data_instances
 from exemplar_tf.data import patches, sources, surrogate
-from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
 
 
 @dataclasses.dataclass
@@ -73,7 +73,7 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches
         source.dataset,
         num_seeds=config.num_seeds,
         patch_size=config.patch_size,
-        seeds_per_image=config.seeds_per_image,
+        seeds_per_image=seeds_per_image_for(config, source.num_examples),
         rng_seed=config.seed,
     )
     seeds.save(path)

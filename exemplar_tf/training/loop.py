@@ -96,7 +96,10 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
 
 def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
     """Trains (or resumes) the run described by `config` and exports the encoder at the end."""
-    validate(config)
+    config = validate(config)
+    if config.allow_unnormalised_bank and config.uses_bank and not config.batch_norm:
+        logging.warning("--objective=%s without --batch_norm on the %s Exemplar-CNN: expect the codes to collapse "
+                        "(BUILD_NOTES.md)", config.objective, config.arch)
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
     chief = distribute.is_chief(strategy)
     os.makedirs(config.run_dir, exist_ok=True)
@@ -122,8 +125,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
               f"({time.perf_counter() - started:.0f} s)")
 
     writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
-    input_size = config.patch_size if config.method == "exemplar" else config.image_size
-    knn_reading = _knn_monitor(config, input_size) if chief else None
+    knn_reading = _knn_monitor(config, config.input_size) if chief else None
     if state.step == 0:
         with writer.as_default(step=0):
             tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)

@@ -54,9 +54,9 @@ def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.Le
 
 def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
-    input_size = config.patch_size if config.method == "exemplar" else config.image_size
+    input_size = config.input_size
     encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
-                                   batch_norm=config.batch_norm)
+                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem)
     if config.objective == "softmax":
         head = heads.SurrogateClassifier(num_instances)
     else:
