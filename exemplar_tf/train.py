@@ -8,13 +8,13 @@ Re-running the same command resumes from the last checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 from absl import app, flags, logging
 
 from exemplar_tf.training import config as cfg
+from exemplar_tf.training import rundir
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Run directory (checkpoints, TensorBoard, resolved flags). "
                                "Default: runs/<name>.")
@@ -89,6 +89,9 @@ _KNN_EVERY = flags.DEFINE_integer("knn_every", 0, "Steps between kNN evaluations
 _KNN_MAX = flags.DEFINE_integer("knn_max_examples", 2000, "Images per kNN split.")
 _EXPORT_BASE = flags.DEFINE_string("export_base", "savedmodels", "Export directory base (TF Serving layout).")
 _PROGRESS = flags.DEFINE_boolean("progress", True, "Show a progress bar.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Start over when --run_dir holds a run with other training "
+                                  "settings (the old directory is kept as <run_dir>.old-<time>); without it such "
+                                  "a run directory is refused.")
 
 _OUR_FLAGS = [v for k, v in dict(globals()).items() if k.startswith("_") and isinstance(v, flags.FlagHolder)]
 
@@ -110,22 +113,6 @@ def config_from_flags() -> cfg.TrainConfig:
     return cfg.validate(cfg.TrainConfig(**values))
 
 
-def flag_line(name: str, value) -> str:
-    """`--name=value` as a flagfile line (sequences comma-joined)."""
-    return f"--{name}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
-
-
-def write_resolved_flagfile(config: cfg.TrainConfig, path: str) -> None:
-    """Writes every training setting as resolved in `config` (method defaults filled in), one per line, usable
-    as --flagfile."""
-    lines = [flag_line(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)
-             if getattr(config, field.name) is not None]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -139,11 +126,12 @@ def main(argv: list[str]) -> int:
     if not flags.FLAGS["verbosity"].present:  # keep TensorFlow's INFO lines (savers, exports) off the console
         logging.set_verbosity(logging.WARNING)
 
-    os.makedirs(config.run_dir, exist_ok=True)
-    write_resolved_flagfile(config, os.path.join(config.run_dir, "flags.cfg"))
     try:
         result = loop.run(config)
-    except loop.TrainingDiverged as error:
+    except rundir.RunDirMismatch as error:
+        print(error, file=sys.stderr)
+        return 2
+    except (loop.TrainingDiverged, loop.WriteFailed) as error:
         print(f"Training stopped: {error}", file=sys.stderr)
         return 3
     if result.export_dir:

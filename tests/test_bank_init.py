@@ -69,7 +69,8 @@ def test_rows_written_under_mirrored_strategy_are_equal_on_every_replica(two_cpu
 def test_training_starts_from_the_initial_encoders_codes(tmp_path):
     # bank_momentum=1 never moves a row, so the bank after training is the bank at step 0.
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="init", source="demo", method="exemplar",
-                         arch="small", objective="nonparametric", bank_init="features", bank_momentum=1.0,
+                         arch="small", objective="nonparametric", allow_unnormalised_bank=True, knn_source="",
+                         bank_init="features", bank_momentum=1.0,
                          dropout=0.0, num_seeds=48, seeds_per_image=8, batch_size=16, steps=2, progress=False,
                          export_base=str(tmp_path / "sm"))
     result = loop.run(config)

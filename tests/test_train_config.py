@@ -1,4 +1,5 @@
 """Flag handling of the training program: flagfiles resolve, bad values are rejected before any work."""
+import dataclasses
 import glob
 import os
 import subprocess
@@ -9,6 +10,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from exemplar_tf import train
+from exemplar_tf.training import rundir
 from exemplar_tf.training.config import TrainConfig, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +44,8 @@ def test_flags_after_the_flagfile_override_it():
 def test_resolved_flagfile_round_trips(tmp_path):
     with flagsaver.flagsaver():
         first = _parse(f"--flagfile={REPO}/flags/demo.cfg", "--lr_decay_at=0.5")
-        train.write_resolved_flagfile(first, str(tmp_path / "flags.cfg"))
-        second = _parse(f"--flagfile={tmp_path / 'flags.cfg'}")
+        path = rundir.write_flagfile(dataclasses.replace(first, run_dir=str(tmp_path)))
+        second = _parse(f"--flagfile={path}", f"--run_dir={first.run_dir}")
     assert first == second
 
 

@@ -28,7 +28,7 @@ def _tags(log_dir):
 
 def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="tiny", steps=6, export_base=str(tmp_path / "sm"),
-                         knn_source="demo_labelled", knn_every=3, knn_max_examples=40, **TINY)
+                         objective="nce", batch_norm=True, knn_source="demo_labelled", knn_every=3, knn_max_examples=40, **TINY)
     result = loop.run(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert result.export_dir == str(tmp_path / "sm" / "tiny" / "1")

@@ -18,13 +18,15 @@ that filter; reading stops after the last chosen image); otherwise a reservoir s
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-import os
 from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import tensorflow as tf
+
+from exemplar_tf.io.atomic import atomic_write
 
 DEFAULT_SCALES = (0.512, 0.64, 0.8, 1.0)  # 0.8 ** (3, 2, 1, 0)
 ENERGY_FLOOR = 1e-3  # gray levels², added to every valid cell; real texture has energy ~1e1..1e4
@@ -52,12 +54,11 @@ class Seeds:
         return self.windows[:, offset:offset + self.patch_size, offset:offset + self.patch_size]
 
     def save(self, path: str) -> None:
-        """Writes an .npz at `path` atomically (a temporary file, then rename)."""
-        temporary = f"{path}.tmp"
-        with open(temporary, "wb") as file:
-            np.savez(file, windows=self.windows, source_index=self.source_index, scale=self.scale,
-                     centre_yx=self.centre_yx, patch_size=np.int64(self.patch_size))
-        os.replace(temporary, path)
+        """Writes an .npz at `path` atomically (`io.atomic.atomic_write`)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, windows=self.windows, source_index=self.source_index, scale=self.scale,
+                 centre_yx=self.centre_yx, patch_size=np.int64(self.patch_size))
+        atomic_write(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str) -> Seeds:

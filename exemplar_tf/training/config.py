@@ -84,6 +84,7 @@ class TrainConfig:
     knn_every: int = 0
     knn_max_examples: int = 2000
     export_base: str = "savedmodels"
+    overwrite: bool = False  # an existing run directory with other training settings is moved aside
     progress: bool = True
 
     def __post_init__(self):

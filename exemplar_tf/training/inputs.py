@@ -20,6 +20,7 @@ from exemplar_tf.augment import npid as npid_augment
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.data import instances as data_instances
 from exemplar_tf.data import patches, sources, surrogate
+from exemplar_tf.training import rundir
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
 
 
@@ -64,9 +65,13 @@ def _as_instances(images: tf.data.Dataset, size: int) -> tf.data.Dataset:
     return images.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches.Seeds:
-    """The run's seeds: read from `<run_dir>/seeds.npz`, or sampled once and written atomically."""
+def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: bool = True) -> patches.Seeds:
+    """The run's seeds: read from `<run_dir>/seeds.npz`, or sampled once by the chief and written atomically
+    (other workers wait for the chief's file). A reused run directory's flags were checked against this run's
+    (`rundir.check_reuse`), so its seeds belong to the same settings."""
     path = os.path.join(config.run_dir, "seeds.npz")
+    if not chief:
+        rundir.wait_for_file(path)
     if os.path.exists(path):
         return patches.Seeds.load(path)
     seeds = patches.sample_seeds(
@@ -80,9 +85,9 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source) -> patches
     return seeds
 
 
-def exemplar_data(config: TrainConfig) -> TrainingData:
+def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
     source = _limited_source(config)
-    seeds = load_or_sample_seeds(config, source)
+    seeds = load_or_sample_seeds(config, source, chief)
     pca = surrogate.fit_color_pca(seeds)
     chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
     mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
@@ -150,5 +155,6 @@ def npid_data(config: TrainConfig) -> TrainingData:
     )
 
 
-def training_data(config: TrainConfig) -> TrainingData:
-    return exemplar_data(config) if config.method == "exemplar" else npid_data(config)
+def training_data(config: TrainConfig, chief: bool = True) -> TrainingData:
+    """The run's data; only the chief writes shared files (the seed cache)."""
+    return exemplar_data(config, chief) if config.method == "exemplar" else npid_data(config)

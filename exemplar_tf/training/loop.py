@@ -6,6 +6,7 @@ before anything is saved, so the last good checkpoint is kept.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import shutil
@@ -18,13 +19,17 @@ from absl import logging
 from tqdm import tqdm
 
 from exemplar_tf import export, knn
-from exemplar_tf.training import distribute, inputs, summaries
+from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
+
+
+class WriteFailed(RuntimeError):
+    """A checkpoint or export could not be written (disk full, permissions); the previous checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -38,11 +43,37 @@ class RunResult:
 
 def _checkpoint_dir(config: TrainConfig, strategy) -> str:
     """Chief writes the real checkpoints; other workers write throw-away copies (MultiWorker requires all
-    workers to save)."""
-    base = os.path.join(config.run_dir, "checkpoints")
+    workers to save). Every worker restores from the chief's (`_chief_checkpoint_dir`)."""
     if distribute.is_chief(strategy):
-        return base
+        return _chief_checkpoint_dir(config)
     return os.path.join(config.run_dir, f"tmp_worker_{strategy.cluster_resolver.task_id}")
+
+
+def _chief_checkpoint_dir(config: TrainConfig) -> str:
+    return os.path.join(config.run_dir, "checkpoints")
+
+
+def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> None:
+    """Refuses a run directory made with other training settings (or moves it aside with --overwrite), then the
+    chief records the resolved flags; every worker waits for that before reading the directory."""
+    if chief:
+        kept = rundir.check_reuse(config, config.overwrite)
+        if kept:
+            print(f"--overwrite: moved the earlier run to {kept}")
+        rundir.write_flagfile(config)
+    elif not config.overwrite:
+        rundir.check_reuse(config, overwrite=False)
+    distribute.barrier(strategy)
+
+
+def _save(manager: tf.train.CheckpointManager, step: int) -> None:
+    """manager.save, turning a failed write into WriteFailed (the previous checkpoint stays the latest)."""
+    previous = manager.latest_checkpoint
+    try:
+        manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as error:
+        raise WriteFailed(f"could not write the step-{step} checkpoint to {manager.directory} ({error}); the "
+                          f"previous checkpoint ({previous or 'none yet'}) is kept, rerun to resume from it") from None
 
 
 @dataclasses.dataclass
@@ -81,6 +112,22 @@ def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, n
                                  percentiles=percentiles)
 
 
+def state_fingerprint(state: ModelState) -> str:
+    """Bitwise state identity: "<all> (encoder weights, encoder statistics, head, optimizer, bank, z)", each a
+    SHA-256 prefix of those variables' bytes in a fixed order."""
+    parts = {"weights": state.encoder.trainable_variables, "statistics": state.encoder.non_trainable_variables,
+             "head": state.head.variables, "optimizer": state.optimizer.variables,
+             "bank": state.bank.variables if state.bank is not None else [], "z": [state.z]}
+    digests = {}
+    for name, variables in parts.items():
+        digest = hashlib.sha256()
+        for variable in variables:
+            digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+        digests[name] = digest.hexdigest()[:8]
+    whole = hashlib.sha256("".join(digests.values()).encode()).hexdigest()[:16]
+    return f"{whole} ({', '.join(f'{name} {value}' for name, value in digests.items())})"
+
+
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
@@ -102,23 +149,24 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
                         "(BUILD_NOTES.md)", config.objective, config.arch)
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
     chief = distribute.is_chief(strategy)
-    os.makedirs(config.run_dir, exist_ok=True)
+    _prepare_run_dir(config, strategy, chief)
     log_dir = os.path.join(config.run_dir, "tensorboard")
 
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
-    data = inputs.training_data(config)
+    data = inputs.training_data(config, chief=chief)
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     checkpoint_dir = _checkpoint_dir(config, strategy)
     manager = tf.train.CheckpointManager(state.checkpoint(), checkpoint_dir, max_to_keep=config.keep_checkpoints)
-    if manager.latest_checkpoint:
-        state.checkpoint().restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s (step %d)", manager.latest_checkpoint, state.step)
+    resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
+    if resume_from:
+        state.checkpoint().restore(resume_from).assert_existing_objects_matched()
+        logging.info("Resumed from %s (step %d)", resume_from, state.step)
         print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
     elif chief:
         random_export = _export(config, state, data, f"{config.name}_random")
         print(f"Exported the randomly initialised encoder (baseline) to {random_export}")
-    if manager.latest_checkpoint is None and config.bank_init == "features":
+    if resume_from is None and config.bank_init == "features":
         started = time.perf_counter()
         state.bank.bank.assign(encoder_bank_rows(state, data.instances(), progress=config.progress))
         print(f"Memory bank: {state.bank.num_instances} rows from the initial encoder's codes "
@@ -166,11 +214,13 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
         if knn_reading and config.knn_every and step % config.knn_every == 0 and step < config.steps:
             _log_knn(writer, step, knn_reading(state))
         if step % config.checkpoint_every == 0 and step < config.steps:
-            manager.save(checkpoint_number=step)
+            _save(manager, step)
     progress.close()
 
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{state.step}"):
-        manager.save(checkpoint_number=state.step)
+        _save(manager, state.step)
+    if config.strategy == "multi_worker":  # the workers' states must be bitwise equal (tests compare these)
+        logging.info("worker state at step %d: fingerprint %s", state.step, state_fingerprint(state))
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         return RunResult(state.step, loss, None, log_dir, checkpoint_dir)
@@ -183,5 +233,10 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
         rows = state.bank()[:2000].numpy()
         summaries.write_projector(log_dir, rows, [str(i) for i in range(len(rows))])
     writer.flush()
-    export_dir = _export(config, state, data, config.name)
+    try:
+        export_dir = _export(config, state, data, config.name)
+    except (OSError, tf.errors.OpError) as error:
+        raise WriteFailed(f"could not write the export under {config.export_base}/{config.name} ({error}); the "
+                          f"final checkpoint {manager.latest_checkpoint} is kept: python -m exemplar_tf.export "
+                          f"--run_dir={config.run_dir}") from None
     return RunResult(state.step, loss, export_dir, log_dir, checkpoint_dir)

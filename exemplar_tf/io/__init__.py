@@ -1,0 +1,1 @@
+"""Files the project writes: atomic replacement of shared files."""

@@ -1,0 +1,98 @@
+"""The run directory: its resolved flagfile, the rule for reusing it, and atomic writes of shared files.
+
+A run directory holds `flags.cfg` (the resolved TrainConfig, one `--flag=value` per line), `seeds.npz`
+(exemplar), `checkpoints/`, `tensorboard/` and, under multi-worker training, `tmp_worker_<id>/` while a run is
+going. Only the chief writes shared files. Re-running a command on an existing run directory resumes it when
+the settings that define what is trained are unchanged; `--overwrite` starts over and keeps the old directory
+as `<run_dir>.old-<time>`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.training.config import TrainConfig
+
+FLAGFILE = "flags.cfg"
+# Settings that may change when a run resumes: length, book-keeping, monitoring, where things go and how fast
+# the step runs. Every other setting defines what is trained (data, seeds, model, objective, N, optimiser).
+RESUME_SAFE = frozenset({
+    "run_dir", "name", "data_dir", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "knn_source",
+    "knn_split", "knn_train_split", "knn_every", "knn_max_examples", "export_base", "progress", "strategy", "tpu",
+    "overwrite", "precision", "steps_per_call", "jit_compile",
+})
+
+
+class RunDirMismatch(ValueError):
+    """An existing run directory was made with settings that change what is trained."""
+
+
+def flag_line(name: str, value) -> str:
+    """`--name=value` as a flagfile line (sequences comma-joined)."""
+    return f"--{name}={','.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+
+
+def config_lines(config: TrainConfig) -> list[str]:
+    """Every TrainConfig field as resolved (method defaults filled in), `None` fields left out."""
+    return [flag_line(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)
+            if getattr(config, field.name) is not None]
+
+
+def read_flagfile(path: str) -> dict[str, str]:
+    """`--key=value` lines of a resolved flagfile as {key: value string} (other lines ignored)."""
+    values = {}
+    with open(path) as file:
+        for line in file:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                key, value = line[2:].split("=", 1)
+                values[key] = value
+    return values
+
+
+def changed_settings(saved: dict[str, str], config: TrainConfig) -> list[tuple[str, str, str]]:
+    """(flag, old, new) for every setting outside RESUME_SAFE whose value differs from the saved flagfile's.
+
+    Settings the saved file does not name (flags added since it was written) are not compared.
+    """
+    current = dict(line[2:].split("=", 1) for line in config_lines(config))
+    return [(key, saved[key], value) for key, value in current.items()
+            if key not in RESUME_SAFE and key in saved and saved[key] != value]
+
+
+def check_reuse(config: TrainConfig, overwrite: bool) -> str | None:
+    """Before a run starts: raises RunDirMismatch if `config.run_dir` holds a run with other training settings
+    (unless `overwrite`); with `overwrite`, moves an existing run directory aside and returns where to."""
+    path = os.path.join(config.run_dir, FLAGFILE)
+    if not os.path.exists(path):
+        return None
+    if overwrite:
+        kept = f"{config.run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(config.run_dir, kept)
+        return kept
+    changes = changed_settings(read_flagfile(path), config)
+    if changes:
+        listed = "; ".join(f"--{key} was {old!r}, now {new!r}" for key, old, new in changes)
+        raise RunDirMismatch(f"{config.run_dir} holds a run trained with other settings ({listed}). Use another "
+                             f"--run_dir, or --overwrite to start over (the old directory is kept as "
+                             f"{config.run_dir.rstrip(os.sep)}.old-<time>)")
+    return None
+
+
+def write_flagfile(config: TrainConfig) -> str:
+    """Writes `<run_dir>/flags.cfg` (atomically) and returns its path. Only the chief calls it."""
+    os.makedirs(config.run_dir, exist_ok=True)
+    path = os.path.join(config.run_dir, FLAGFILE)
+    atomic_write(path, ("\n".join(config_lines(config)) + "\n").encode())
+    return path
+
+
+def wait_for_file(path: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
+    """Blocks until the chief has written `path` (non-chief workers read shared files only once they exist)."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path}: not written by the chief worker within {timeout_s:.0f} s")
+        time.sleep(poll_s)
