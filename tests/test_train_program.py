@@ -82,3 +82,33 @@ def test_sigkill_mid_run_then_rerun_resumes_and_finishes(tmp_path):
     assert f"Resuming {run_dir} from step {killed_at}/200" in second.stdout
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("-200")
     assert "Export:" in second.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_sigkill_at_random_points_never_leaves_a_broken_checkpoint_or_export(tmp_path):
+    """Kill the program a dozen times at random moments (during seed sampling, steps, checkpoint writes every
+    step, exports); after each kill the newest checkpoint reads back whole and every export version is complete;
+    the last rerun finishes at the asked step."""
+    run_dir, export_base = tmp_path / "run", tmp_path / "sm"
+    command = [sys.executable, "-m", "exemplar_tf.train", f"--flagfile={REPO}/flags/demo.cfg",
+               f"--run_dir={run_dir}", f"--export_base={export_base}", "--steps=60", "--checkpoint_every=1",
+               "--num_seeds=64", "--seeds_per_image=8", "--batch_size=16", "--knn_source=", "--knn_every=0",
+               "--noprogress"]
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            process.wait(timeout=float(rng.uniform(8, 30)))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+        if latest:
+            reader = tf.train.load_checkpoint(latest)
+            assert reader.get_variable_to_shape_map(), f"{latest} reads back empty"
+        for version in glob.glob(str(export_base / "*" / "[0-9]*")):
+            assert os.path.exists(os.path.join(version, "saved_model.pb")), f"half-written export {version}"
+    final = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith("-60")
