@@ -230,7 +230,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from exemplar_tf import errors
 
     _define_flags()
-    app.run(main)
+    errors.run(main)

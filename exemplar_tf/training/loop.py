@@ -23,6 +23,9 @@ from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
 
 
+SKIPPED_IMAGES_FILE = "skipped_images.txt"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
 
@@ -81,6 +84,14 @@ def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, n
                                  percentiles=percentiles)
 
 
+def write_skipped(path: str, skipped: tuple[tuple[str, str], ...]) -> None:
+    """One line per image file left out by --skip_bad_images: `<path>\t<reason>` (an empty file: none)."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as file:
+        file.writelines(f"{image_path}\t{reason}\n" for image_path, reason in skipped)
+    os.replace(temporary, path)
+
+
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
@@ -104,6 +115,11 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
 
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     data = inputs.training_data(config)
+    if config.skip_bad_images and chief:
+        skipped_path = os.path.join(config.run_dir, SKIPPED_IMAGES_FILE)
+        write_skipped(skipped_path, data.skipped)
+        print(f"Skipped {len(data.skipped)} unreadable or too-small image files"
+              + (f", listed in {skipped_path}" if data.skipped else ""))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     checkpoint_dir = _checkpoint_dir(config, strategy)
