@@ -84,12 +84,15 @@ def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, n
                                  percentiles=percentiles)
 
 
-def write_skipped(path: str, skipped: tuple[tuple[str, str], ...]) -> None:
-    """One line per image file left out by --skip_bad_images: `<path>\t<reason>` (an empty file: none)."""
+def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
+    """Writes `<run_dir>/skipped_images.txt`, one `<path>\t<reason>` line per image file --skip_bad_images left
+    out (empty: none), and returns the line that tells the user."""
+    path = os.path.join(run_dir, SKIPPED_IMAGES_FILE)
     temporary = f"{path}.tmp"
     with open(temporary, "w") as file:
         file.writelines(f"{image_path}\t{reason}\n" for image_path, reason in skipped)
     os.replace(temporary, path)
+    return f"Skipped {len(skipped)} unreadable or too-small image files" + (f", listed in {path}" if skipped else "")
 
 
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
@@ -116,10 +119,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     data = inputs.training_data(config)
     if config.skip_bad_images and chief:
-        skipped_path = os.path.join(config.run_dir, SKIPPED_IMAGES_FILE)
-        write_skipped(skipped_path, data.skipped)
-        print(f"Skipped {len(data.skipped)} unreadable or too-small image files"
-              + (f", listed in {skipped_path}" if data.skipped else ""))
+        print(record_skipped(config.run_dir, data.skipped))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     checkpoint_dir = _checkpoint_dir(config, strategy)
