@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from exemplar_tf import export
+from exemplar_tf import errors, export
 from exemplar_tf.data import sources
 
 PROTOCOLS = ("stl10", "cifar10", "cifar10_400", "caltech101", "folder")
@@ -106,15 +106,16 @@ class SavedModelFeatures:
     def __init__(self, path: str, batch_size: int = 128):
         self.path = path
         self.batch_size = batch_size
+        errors.check_savedmodel_folder(path)
         self.info = export.read_export_info(path)
         self._signatures = tf.saved_model.load(path).signatures
 
     def __call__(self, images: np.ndarray, key: str) -> np.ndarray:
         signature = FEATURE_SIGNATURES.get(key)
         if signature is None:
-            raise ValueError(f"feature {key!r} is not one of {sorted(FEATURE_SIGNATURES)}")
+            raise errors.InputError(f"feature {key!r} is not one of {sorted(FEATURE_SIGNATURES)}")
         if signature not in self._signatures:
-            raise ValueError(f"{self.path} has no {signature!r} signature (needed for feature {key!r})")
+            raise errors.InputError(f"{self.path} has no {signature!r} signature (needed for feature {key!r})")
         return self._signatures[signature](images=tf.constant(images, tf.uint8))[key].numpy()
 
     def extract_dataset(self, dataset: tf.data.Dataset, total: int, key: str, *, eval_size: int | None = None,
@@ -141,7 +142,7 @@ class SavedModelFeatures:
         if > 0, evenly spread over the split: `sources.spread_subset`)."""
         source = sources.load_source(spec, split, data_dir=data_dir, fold=fold)
         if source.num_classes is None:
-            raise ValueError(f"{spec} split {split!r} has no labels")
+            raise errors.InputError(f"{spec} split {split!r} has no labels")
         dataset, total = sources.spread_subset(source.dataset, source.num_examples, max_examples)
         return self.extract_dataset(dataset, total, key, eval_size=eval_size, desc=desc or f"{spec} {split}")
 
@@ -262,7 +263,7 @@ def run_protocol(savedmodel: str, protocol: str, spec: str, options: ProtocolOpt
                  batch_size: int = 128) -> ProtocolResult:
     """Extracts features through `savedmodel` and probes them with `protocol`'s trials."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+        raise errors.InputError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
     model = SavedModelFeatures(savedmodel, batch_size)
     test = model.extract(spec, "test", key=options.feature, eval_size=options.eval_size, data_dir=options.data_dir,
                          max_examples=options.max_test, desc="test")
@@ -376,7 +377,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    errors.run(main)

@@ -201,7 +201,8 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
         raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
 
-    source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None)
+    source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None,
+                                 skip_bad_images=run.get("skip_bad_images", "False").lower() == "true")
     num_images, size = (64, max(96, 3 * input_size)) if exemplar else (256, input_size)
     resized = source.dataset.take(num_images).map(
         lambda e: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(e["image"], (size, size))), 0, 255), tf.uint8))
@@ -231,7 +232,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from exemplar_tf import errors
 
     _define_flags()
-    app.run(main)
+    errors.run(main)

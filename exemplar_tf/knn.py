@@ -14,6 +14,8 @@ import json
 import numpy as np
 import tensorflow as tf
 
+from exemplar_tf import errors
+
 DEFAULT_K = 200
 DEFAULT_TAU = 0.07
 TOP = 5
@@ -75,11 +77,14 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
     Reads the checkpoint file with `tf.train.load_checkpoint`; no model is built and nothing is written.
     """
     prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
+    if not tf.io.gfile.glob(f"{prefix}.index"):
+        raise errors.InputError(f"{checkpoint}: no training checkpoint (neither a checkpoint folder nor a prefix "
+                                "with a .index file)")
     reader = tf.train.load_checkpoint(prefix)
     keys = [key for key, shape in reader.get_variable_to_shape_map().items()
             if key.startswith("bank/") and key.endswith("VARIABLE_VALUE") and len(shape) == 2]
     if len(keys) != 1:
-        raise ValueError(f"{prefix}: expected one memory bank variable under 'bank/', found {keys or 'none'}")
+        raise errors.InputError(f"{prefix}: expected one memory bank variable under 'bank/', found {keys or 'none'}")
     return reader.get_tensor(keys[0]).astype(np.float32)
 
 
@@ -91,9 +96,9 @@ def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:
     """
     missing = [i for i in range(num_rows) if i not in labels_by_index]
     if missing:
-        raise ValueError(f"no training label for bank rows {missing[:10]} (of {len(missing)} missing)")
+        raise errors.InputError(f"no training label for bank rows {missing[:10]} (of {len(missing)} missing)")
     if len(labels_by_index) != num_rows:
-        raise ValueError(f"the memory bank has {num_rows} rows but the training split has {len(labels_by_index)} "
+        raise errors.InputError(f"the memory bank has {num_rows} rows but the training split has {len(labels_by_index)} "
                          "examples (was the run trained with --max_instances?); use the SavedModel's codes "
                          "instead of --checkpoint")
     return np.array([labels_by_index[i] for i in range(num_rows)], np.int64)
@@ -105,7 +110,7 @@ def source_labels(spec: str, split: str, data_dir: str | None = None) -> dict[in
 
     source = sources.load_source(spec, split, data_dir=data_dir)
     if source.num_classes is None:
-        raise ValueError(f"{spec} split {split!r} has no labels")
+        raise errors.InputError(f"{spec} split {split!r} has no labels")
     pairs = source.dataset.map(lambda e: (e["index"], e["label"]), num_parallel_calls=tf.data.AUTOTUNE)
     return {int(index): int(label) for index, label in pairs.as_numpy_iterator()}
 
@@ -158,7 +163,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(main)
+    errors.run(main)

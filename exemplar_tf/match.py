@@ -87,7 +87,7 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from exemplar_tf import errors
 
     _define_flags()
-    app.run(main)
+    errors.run(main)

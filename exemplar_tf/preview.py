@@ -12,8 +12,9 @@ from typing import Sequence
 import matplotlib.image
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
+from exemplar_tf import errors
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS
 from exemplar_tf.data import patches, sources, surrogate
@@ -49,7 +50,7 @@ def write_preview(out: str, *, source: str = "demo", split: str = "train", num_s
                   preset: str = "paper", transforms: Sequence[str] = ALL_TRANSFORMS, patch_size: int = 32,
                   seed: int = 0, zoom: int = 2, data_dir: str | None = None) -> np.ndarray:
     """Samples `num_seeds` seeds (one per image) from the source, writes the grid PNG to `out`, returns it."""
-    images = sources.load_source(source, split, data_dir=data_dir).dataset
+    images = sources.load_source(source, split, data_dir=data_dir, min_size=patches.min_image_side(patch_size)).dataset
     seeds = patches.sample_seeds(images, num_seeds=num_seeds, patch_size=patch_size, rng_seed=seed)
     chain = TransformChain(preset, transforms, surrogate.fit_color_pca(seeds), patch_size)
     grid = grid_image(seed_rows(seeds, chain, copies, seed), zoom)
@@ -85,4 +86,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    errors.run(main)

@@ -26,7 +26,6 @@ import tensorflow as tf
 from exemplar_tf import evaluate
 from exemplar_tf.data import sources
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 THUMB_SIZE = 96
 GRID_CELL = 64
 GRID_GAP = 4
@@ -41,16 +40,11 @@ class Collection:
 
 
 def image_files(folder: str) -> list[str]:
-    """Sorted paths of the image files under `folder` (recursive)."""
-    paths = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
-             if name.lower().endswith(IMAGE_EXTENSIONS)]
+    """Sorted paths of the image files under `folder` (recursive, hidden files and folders skipped)."""
+    paths = sources.image_files_under(folder)
     if not paths:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
-    return sorted(paths)
-
-
-def _decode(path: tf.Tensor) -> tf.Tensor:
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        raise sources.SourceError(f"{folder}: no image files ({', '.join(sources.IMAGE_EXTENSIONS)})")
+    return paths
 
 
 def open_collection(where: str, split: str, *, data_dir: str | None = None, limit: int = 0) -> Collection:
@@ -59,11 +53,10 @@ def open_collection(where: str, split: str, *, data_dir: str | None = None, limi
     if os.path.isdir(where):
         files = image_files(where)
         paths = [files[i] for i in sources.spread_positions(len(files), limit)]
-        dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda path: {"image": _decode(path)}, num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.range(len(paths))).map(
-            lambda example, position: {**example, "index": position})
-        return Collection(dataset, paths)
+        problems = sources.header_problems(paths, 0)
+        if problems:
+            raise sources.SourceError(f"{paths[min(problems)]}: {problems[min(problems)]}")
+        return Collection(sources.decoded_image_files(paths, None), paths)  # a file that fails to decode is named
     source = sources.load_source(where, split, data_dir=data_dir)
     subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
     dataset = subset.enumerate().map(lambda position, example: {"image": example["image"], "index": position})
@@ -224,7 +217,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
+    from exemplar_tf import errors
 
     _define_flags()
-    app.run(main)
+    errors.run(main)

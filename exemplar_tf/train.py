@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags, logging
 
+from exemplar_tf import errors
 from exemplar_tf.training import config as cfg
 from exemplar_tf.training import rundir
 
@@ -27,6 +28,9 @@ _METHOD = flags.DEFINE_enum("method", "exemplar", cfg.METHODS,
                             "exemplar: surrogate classes from seed patches; npid: every image is an instance.")
 _MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use at most N source images, evenly spread "
                                      "over the source (0 = all).")
+_SKIP_BAD_IMAGES = flags.DEFINE_boolean("skip_bad_images", False, "folder:<dir> sources: leave out image files that "
+                                       "cannot be decoded or are smaller than the patch (each file is decoded once "
+                                       "up front), list them in <run_dir>/skipped_images.txt and train on the rest.")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8000, "Exemplar-CNN: number of seed patches (surrogate classes).")
 _SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 0, "Exemplar-CNN: seeds drawn from each chosen image "
                                         "(0: as few as reach --num_seeds, at least 1).")
@@ -100,7 +104,7 @@ def _floats(values: list[str], name: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in values if v.strip())
     except ValueError as error:
-        raise ValueError(f"--{name} must be a comma-separated list of numbers: {error}") from None
+        raise errors.InputError(f"--{name} must be a comma-separated list of numbers: {error}") from None
 
 
 def config_from_flags() -> cfg.TrainConfig:
@@ -116,11 +120,7 @@ def config_from_flags() -> cfg.TrainConfig:
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = config_from_flags()
-    except ValueError as error:
-        print(error, file=sys.stderr)
-        return 2
+    config = config_from_flags()
     from exemplar_tf.training import loop  # after flag validation: importing TensorFlow takes seconds
 
     if not flags.FLAGS["verbosity"].present:  # keep TensorFlow's INFO lines (savers, exports) off the console
@@ -143,4 +143,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

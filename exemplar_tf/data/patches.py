@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.errors import InputError
 
 DEFAULT_SCALES = (0.512, 0.64, 0.8, 1.0)  # 0.8 ** (3, 2, 1, 0)
 ENERGY_FLOOR = 1e-3  # gray levels², added to every valid cell; real texture has energy ~1e1..1e4
@@ -73,8 +74,9 @@ def sample_seeds(images, *, num_seeds: int, patch_size: int = 32, window_factor:
 
     images: a tf.data.Dataset of {"image": uint8 [H,W,3], "index": int64} (a `Source.dataset`), or an iterable of
       (index, uint8 [H,W,3]) pairs or of bare uint8 [H,W,3] arrays (index = position).
-    Raises ValueError if there are fewer than ceil(num_seeds / seeds_per_image) images, or an image is smaller
-    than the patch at every scale, or has fewer possible positions than the seeds asked of it (naming its index).
+    Raises InputError (a ValueError) if there are fewer than ceil(num_seeds / seeds_per_image) images, or an image
+    is smaller than the patch at every scale, or has fewer possible positions than the seeds asked of it (naming its
+    index; a folder source given `min_size=min_image_side(...)` names such files by path before this).
     """
     if num_seeds <= 0 or seeds_per_image <= 0:
         raise ValueError(f"num_seeds and seeds_per_image must be > 0, got {num_seeds} and {seeds_per_image}")
@@ -117,9 +119,14 @@ def choose_positions(total: int, count: int, rng: np.random.Generator) -> np.nda
     return np.sort(rng.choice(total, size=count, replace=False))
 
 
+def min_image_side(patch_size: int, scales: Sequence[float] = DEFAULT_SCALES) -> int:
+    """The shortest image side that holds a patch_size patch at the largest of `scales` (what image_seeds needs)."""
+    return math.ceil(patch_size / max(scales))
+
+
 def check_enough_images(total: int, count: int) -> None:
     if count > total:
-        raise ValueError(f"{count} images are needed (num_seeds / seeds_per_image, rounded up) but the source has "
+        raise InputError(f"{count} images are needed (num_seeds / seeds_per_image, rounded up) but the source has "
                          f"only {total}; raise seeds_per_image or lower num_seeds")
 
 
@@ -243,13 +250,13 @@ def image_seeds(image: np.ndarray, count: int, rng: np.random.Generator, *, patc
     resized = [resize_by(image, s) for s in scales]
     usable = [min(r.shape[:2]) >= patch_size for r in resized]
     if not any(usable):
-        raise ValueError(f"source index {where}: image {image.shape[0]}×{image.shape[1]} is smaller than the "
+        raise InputError(f"source index {where}: image {image.shape[0]}×{image.shape[1]} is smaller than the "
                          f"{patch_size}×{patch_size} patch at every scale {tuple(scales)}")
     maps = [energy_map(r, patch_size) if ok else np.zeros((0, 0), np.float32) for r, ok in zip(resized, usable)]
     try:
         cells = draw_cells(maps, count, rng)
     except ValueError as error:
-        raise ValueError(f"source index {where}: {error}") from None
+        raise InputError(f"source index {where}: {error}") from None
     seeds = []
     for number, y, x in cells:
         scaled = resized[number]

@@ -18,6 +18,9 @@ Names and splits:
   stl10_binary:<dir>      the original STL-10 binary files in <dir>; splits `unlabelled|train|test`.
   folder:<dir>            image files (PNG, JPEG, BMP, GIF) under <dir>/<split> if that folder exists, else <dir>.
                           Class sub-folders give labels (class names sorted); a flat folder is unlabelled.
+                          `min_size`: every image must be at least that many pixels on each side (read from the
+                          file headers up front). `skip_bad_images`: decode every file once up front and leave out
+                          those that fail or are too small (`Source.skipped`); `index` stays 0..n-1 over the rest.
 
 `fold=k` (0..9) selects the k-th predefined 1000-image fold of the STL-10 `train` split (listed in the original
 `fold_indices.txt`); indices are then positions within the fold. Problems are reported as `SourceError` naming the
@@ -25,6 +28,7 @@ file and what is wrong.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import glob
@@ -35,12 +39,15 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from exemplar_tf.errors import DECODE_FAILURE, InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # File signatures of the formats above; tf.io.decode_image picks the decoder from the content.
 IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                     b"BM": "BMP"}
 # A folder <dir> that has one of these sub-folders is read per split (<dir>/<split>).
 SPLIT_FOLDER_NAMES = ("train", "test", "unlabelled", "val", "validation")
+HEADER_THREADS = 8  # image-header reads (min_size) are mostly waiting on the file system
 
 TFDS_SPLITS = {"stl10": ("unlabelled", "train", "test"), "cifar10": ("train", "test"), "caltech101": ("train", "test")}
 
@@ -64,7 +71,7 @@ DEMO_CROPS_PER_PHOTO = {"train": 40, "test": 20}
 DEMO_CROP_SEED = {"train": 0, "test": 1}
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A source cannot be read; the message names the file or folder and the problem."""
 
 
@@ -79,10 +86,13 @@ class Source:
     class_names: tuple[str, ...] | None = None
     # Random access, when the source has it cheaply (an image folder): index int64 [] -> the element of that index.
     read: Callable[[tf.Tensor], dict] | None = None
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of image files left out (folder, skip_bad_images)
 
 
-def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int | None = None) -> Source:
-    """The `split` of source `name` (see the module docstring); `fold` only for the STL-10 train split."""
+def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int | None = None, min_size: int = 0,
+                skip_bad_images: bool = False) -> Source:
+    """The `split` of source `name` (see the module docstring); `fold` only for the STL-10 train split;
+    `min_size` and `skip_bad_images` only for folder sources (the others are decoded by their own readers)."""
     kind, _, location = name.partition(":")
     if fold is not None and not (kind in ("stl10", "stl10_binary") and split == "train"):
         raise SourceError(f"fold={fold} exists only for the STL-10 train split, not {name!r} split {split!r}")
@@ -95,7 +105,7 @@ def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int
             raise SourceError(f"{name!r}: {directory} is not a folder")
         if kind == "stl10_binary":
             return stl10_binary_source(directory, split, fold, title)
-        return folder_source(directory, split, title)
+        return folder_source(directory, split, title, min_size=min_size, skip_bad_images=skip_bad_images)
     if location or kind not in (*TFDS_SPLITS, "demo", "demo_labelled"):
         raise SourceError(f"unknown source {name!r}; expected demo, demo_labelled, {', '.join(TFDS_SPLITS)}, "
                           "stl10_binary:<dir> or folder:<dir>")
@@ -114,9 +124,17 @@ def check_min_size(image_hw: tuple[int, int], min_size: int, where: str) -> None
     For consumers that cut fixed-size windows (the seed-patch sampler calls it with its window side); `where` names
     the image (a path or `"<source> index <i>"`).
     """
+    problem = size_problem(image_hw, min_size)
+    if problem:
+        raise SourceError(f"{where}: {problem}")
+
+
+def size_problem(image_hw: tuple[int, int], min_size: int) -> str | None:
+    """None if an image of (height, width) `image_hw` is at least `min_size` on both sides; else what is wrong."""
     height, width = (int(v) for v in image_hw)
     if min(height, width) < min_size:
-        raise SourceError(f"{where}: image is {height}×{width}, smaller than the {min_size}×{min_size} needed")
+        return f"image is {height}×{width}, smaller than the {min_size}×{min_size} needed"
+    return None
 
 
 def check_split(name: str, split: str, splits: Collection[str]) -> None:
@@ -284,16 +302,33 @@ def read_stl10_fold(path: str, fold: int, num_train: int) -> np.ndarray:
 
 # --- image folders -------------------------------------------------------------------------------------------------
 
-def folder_source(directory: str, split: str, title: str) -> Source:
+def folder_source(directory: str, split: str, title: str, *, min_size: int = 0,
+                  skip_bad_images: bool = False) -> Source:
     """Image files under <directory>/<split> (or <directory>); class sub-folders give labels.
 
     With split sub-folders, class names are the union over all splits, so labels agree between splits.
+    Without `skip_bad_images`, a file that is not an image by its header, or (min_size > 0) is smaller than
+    `min_size` by its header, raises SourceError naming it (and counting the others); one that fails to decode later
+    stops the iteration naming it (`decoded_image_files`). With `skip_bad_images`, every file is decoded once here
+    and those that fail or are too small are left out (listed in `Source.skipped`), so `index` is 0..n-1 over the
+    files kept.
     """
     root, class_names = split_root_and_class_names(directory, split)
     paths, labels = list_image_files(root, class_names)
-    check_image_signatures(paths)
+    problems = decode_problems(paths, min_size) if skip_bad_images else header_problems(paths, min_size)
+    if problems and not skip_bad_images:
+        first = min(problems)
+        others = f" (and {len(problems) - 1} more bad image files)" if len(problems) > 1 else ""
+        raise SourceError(f"{paths[first]}: {problems[first]}{others}")
+    skipped = tuple((paths[position], problems[position]) for position in sorted(problems))
+    if skipped:
+        if len(skipped) == len(paths):
+            raise SourceError(f"{root}: none of its {len(paths)} image files can be used "
+                              f"(first: {skipped[0][0]}: {skipped[0][1]})")
+        keep = [position for position in range(len(paths)) if position not in problems]
+        paths, labels = [paths[position] for position in keep], None if labels is None else labels[keep]
     return Source(decoded_image_files(paths, labels), len(paths), None if labels is None else len(class_names), title,
-                  None if labels is None else class_names, read=image_file_reader(paths, labels))
+                  None if labels is None else class_names, read=image_file_reader(paths, labels), skipped=skipped)
 
 
 def image_file_reader(paths: list[str], labels: np.ndarray | None) -> Callable[[tf.Tensor], dict]:
@@ -365,20 +400,58 @@ def signature_problem(path: str) -> str | None:
         with open(path, "rb") as file:
             head = file.read(8)
     except OSError as error:
-        return f"{path}: cannot be read ({error.strerror})"
+        return f"cannot be read ({error.strerror})"
     if not head:
-        return f"{path}: empty file"
+        return "empty file"
     if not any(head.startswith(signature) for signature in IMAGE_SIGNATURES):
-        return f"{path}: not a PNG, JPEG, GIF or BMP image (unrecognised file header {head[:4]!r})"
+        return f"not a PNG, JPEG, GIF or BMP image (unrecognised file header {head[:4]!r})"
     return None
 
 
-def check_image_signatures(paths: list[str]) -> None:
-    """Raise SourceError for the first file that is not an image by its header (reads 8 bytes per file)."""
-    for path in paths:
-        problem = signature_problem(path)
-        if problem:
-            raise SourceError(problem)
+def header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from the image file's header (Pillow reads no pixels), or None if Pillow cannot parse it
+    (the decoder then decides)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 -- Pillow raises many types for odd headers; the decoder reports them
+        return None
+    return height, width
+
+
+def header_problems(paths: list[str], min_size: int) -> dict[int, str]:
+    """{position: problem} of the files that are not images by their first bytes or, if min_size > 0, whose header
+    gives a side below min_size (headers read in parallel threads)."""
+    problems = {position: problem for position, path in enumerate(paths) if (problem := signature_problem(path))}
+    if min_size > 0:
+        readable = [position for position in range(len(paths)) if position not in problems]
+        with concurrent.futures.ThreadPoolExecutor(HEADER_THREADS) as pool:
+            sizes = pool.map(header_size, [paths[position] for position in readable], chunksize=64)
+            for position, size in zip(readable, sizes):
+                if size is not None and (problem := size_problem(size, min_size)):
+                    problems[position] = problem
+    return problems
+
+
+def decode_problems(paths: list[str], min_size: int) -> dict[int, str]:
+    """{position: problem} of the files that are not images by their first bytes, fail to decode (decoded once, in
+    parallel, with the decoder the dataset uses) or have a side below min_size."""
+    problems = {position: problem for position, path in enumerate(paths) if (problem := signature_problem(path))}
+    candidates = [position for position in range(len(paths)) if position not in problems]
+    path_table = tf.constant([paths[position] for position in candidates] or [""])
+    shapes = (tf.data.Dataset.range(len(candidates))
+              .map(lambda i: (i, tf.shape(decode_image_file(tf.gather(path_table, i)))[:2]),
+                   num_parallel_calls=tf.data.AUTOTUNE)
+              .ignore_errors())
+    decoded = {int(i): size for i, size in shapes.as_numpy_iterator()}
+    for i, position in enumerate(candidates):
+        if i not in decoded:
+            problems[position] = "cannot be read or decoded (corrupt, truncated or unsupported image file)"
+        elif problem := size_problem(decoded[i], min_size):
+            problems[position] = problem
+    return problems
 
 
 def decode_image_file(path: tf.Tensor) -> tf.Tensor:
@@ -409,7 +482,7 @@ def decoded_image_files(paths: list[str], labels: np.ndarray | None) -> tf.data.
         position, image = decoded_pair
         missing = tf.gather(path_table, tf.minimum(expected, count - 1))
         check = tf.debugging.Assert(tf.equal(position, expected),
-                                    ["cannot read or decode image file (corrupt, truncated or unsupported):", missing])
+                                    [DECODE_FAILURE, missing])
         with tf.control_dependencies([check]):
             element = {"image": tf.identity(image), "index": tf.identity(position)}
         if label_table is not None:

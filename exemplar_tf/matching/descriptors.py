@@ -98,6 +98,9 @@ class SavedModelDescriptors:
     def __init__(self, path: str, *, output: str = "features", batch_size: int = 64):
         import tensorflow as tf
 
+        from exemplar_tf.errors import check_savedmodel_folder
+
+        check_savedmodel_folder(path)
         self._tf = tf
         self._loaded = tf.saved_model.load(path)  # owns the variables the signature reads: keep it alive
         self._serve = self._loaded.signatures["serving_default"]

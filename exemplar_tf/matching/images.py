@@ -12,6 +12,8 @@ import re
 import cv2
 import numpy as np
 
+from exemplar_tf.errors import InputError
+
 IMAGE_EXTENSIONS = (".ppm", ".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
@@ -28,7 +30,7 @@ def read_image(path: str) -> np.ndarray:
     """Any image file OpenCV reads -> uint8 [H,W,3] RGB (gray images are repeated over the 3 channels)."""
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise ValueError(f"{path}: not an image OpenCV can read")
+        raise InputError(f"{path}: not an image OpenCV can read")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -60,7 +62,7 @@ def folder_images(folder: str, num_images: int | None = None) -> list[np.ndarray
     """The image files directly in `folder`, in name order, uint8 [H,W,3] RGB."""
     names = sorted(name for name in os.listdir(folder) if name.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        raise InputError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
     return [read_image(os.path.join(folder, name)) for name in names[:num_images]]
 
 
@@ -69,7 +71,7 @@ def read_homography(path: str) -> np.ndarray:
     with open(path) as f:
         values = np.array(f.read().split(), np.float64)
     if values.size != 9:
-        raise ValueError(f"{path}: expected 9 numbers for a 3x3 homography, found {values.size}")
+        raise InputError(f"{path}: expected 9 numbers for a 3x3 homography, found {values.size}")
     return values.reshape(3, 3)
 
 
@@ -92,12 +94,12 @@ def load_sequence(folder: str) -> Sequence:
     both imgK and H1toKp, K = 2, 3, ... without gaps)."""
     images = _numbered_images(folder)
     if 1 not in images:
-        raise ValueError(f"{folder}: no img1.<{'|'.join(ext[1:] for ext in IMAGE_EXTENSIONS)}>")
+        raise InputError(f"{folder}: no img1.<{'|'.join(ext[1:] for ext in IMAGE_EXTENSIONS)}>")
     count = 1
     while count + 1 in images and os.path.exists(os.path.join(folder, f"H1to{count + 1}p")):
         count += 1
     if count == 1:
-        raise ValueError(f"{folder}: needs img2 and H1to2p next to img1")
+        raise InputError(f"{folder}: needs img2 and H1to2p next to img1")
     return Sequence(name=os.path.basename(os.path.normpath(folder)),
                     images=[read_image(images[k]) for k in range(1, count + 1)],
                     homographies=[read_homography(os.path.join(folder, f"H1to{k}p")) for k in range(2, count + 1)])
@@ -111,7 +113,7 @@ def load_sequences(root: str) -> list[Sequence]:
     folders = sorted(os.path.join(root, name) for name in os.listdir(root)
                      if os.path.isdir(os.path.join(root, name)) and is_oxford_folder(os.path.join(root, name)))
     if not folders:
-        raise ValueError(f"{root}: neither an Oxford-format folder (img1.*, H1to2p, ...) nor a folder of them")
+        raise InputError(f"{root}: neither an Oxford-format folder (img1.*, H1to2p, ...) nor a folder of them")
     return [load_sequence(folder) for folder in folders]
 
 

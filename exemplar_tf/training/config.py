@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from exemplar_tf.errors import InputError
+
 METHODS = ("exemplar", "npid")
 OBJECTIVES = ("softmax", "nonparametric", "nce")
 ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
@@ -38,6 +40,7 @@ class TrainConfig:
     data_dir: str | None = None
     method: str = "exemplar"
     max_instances: int = 0
+    skip_bad_images: bool = False  # folder sources: leave out unreadable / too-small files (run_dir/skipped_images.txt)
     # Exemplar-CNN surrogate data.
     num_seeds: int = 8000
     seeds_per_image: int = 0  # 0: ceil(num_seeds / source images), at least 1 (see `seeds_per_image_for`)
@@ -115,7 +118,7 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> list[str]:
 
 
 def validate(config: TrainConfig) -> TrainConfig:
-    """Raises ValueError listing every bad value, before any data is read or a model built."""
+    """Raises InputError (a ValueError) listing every bad value, before any data is read or a model built."""
     from exemplar_tf.augment.presets import ALL_TRANSFORMS
 
     problems: list[str] = []
@@ -174,8 +177,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
     if config.knn_every and not config.knn_source:
         problems.append("--knn_every needs --knn_source (a labelled source)")
+    if config.skip_bad_images and not config.source.startswith("folder:"):
+        problems.append(f"--skip_bad_images applies to folder:<dir> sources (their files are checked one by one), "
+                        f"not --source={config.source}")
     if not config.run_dir:
         problems.append("--run_dir must be set")
     if problems:
-        raise ValueError("Bad training flags:\n  " + "\n  ".join(problems))
+        raise InputError("Bad training flags:\n  " + "\n  ".join(problems))
     return config

@@ -36,12 +36,15 @@ class TrainingData:
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
     instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
     #                                             un-augmented input per bank row (for --bank_init=features)
+    skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files --skip_bad_images left out
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
     """The training source; with --max_instances, exactly that many images evenly spread over it, "index"
     renumbered 0..n-1 (bank rows), so a class-sorted folder still gives every class."""
-    source = sources.load_source(config.source, config.split, data_dir=config.data_dir)
+    min_size = patches.min_image_side(config.patch_size) if config.method == "exemplar" else 0
+    source = sources.load_source(config.source, config.split, data_dir=config.data_dir, min_size=min_size,
+                                 skip_bad_images=config.skip_bad_images)
     return sources.spread_source(source, config.max_instances)
 
 
@@ -113,6 +116,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
         eval_images=_whole_images(source, 64, max(config.patch_size * 3, 96)),
         instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
             {"image": seeds.central_patches(), "index": np.arange(len(seeds.windows))}), config.patch_size),
+        skipped=source.skipped,
     )
 
 
@@ -152,6 +156,7 @@ def npid_data(config: TrainConfig) -> TrainingData:
         preview_images=preview_images,
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.image_size),
+        skipped=source.skipped,
     )
 
 

@@ -19,9 +19,13 @@ from absl import logging
 from tqdm import tqdm
 
 from exemplar_tf import export, knn
+from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
+
+
+SKIPPED_IMAGES_FILE = "skipped_images.txt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -128,6 +132,14 @@ def state_fingerprint(state: ModelState) -> str:
     return f"{whole} ({', '.join(f'{name} {value}' for name, value in digests.items())})"
 
 
+def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
+    """Writes `<run_dir>/skipped_images.txt`, one `<path>\t<reason>` line per image file --skip_bad_images left
+    out (empty: none), and returns the line that tells the user."""
+    path = os.path.join(run_dir, SKIPPED_IMAGES_FILE)
+    atomic_write(path, "".join(f"{image_path}\t{reason}\n" for image_path, reason in skipped).encode())
+    return f"Skipped {len(skipped)} unreadable or too-small image files" + (f", listed in {path}" if skipped else "")
+
+
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
@@ -154,6 +166,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
 
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     data = inputs.training_data(config, chief=chief)
+    if config.skip_bad_images and chief:
+        print(record_skipped(config.run_dir, data.skipped))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
     checkpoint_dir = _checkpoint_dir(config, strategy)

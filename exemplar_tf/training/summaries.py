@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.data import sources
+from exemplar_tf.errors import InputError
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -60,7 +61,7 @@ def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str 
     spread over it (`sources.spread_subset`)."""
     source = sources.load_source(spec, split, data_dir=data_dir)
     if source.num_classes is None:
-        raise ValueError(f"--knn_source={spec!r} split {split!r} has no labels")
+        raise InputError(f"--knn_source={spec!r} split {split!r} has no labels")
     subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
     resized = subset.map(
         lambda e: (tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8),
