@@ -1,152 +1,148 @@
-"""Training-step throughput: plain softmax head vs NPID's NCE memory bank, per encoder, in one run.
+"""Training-step throughput per encoder, objective, precision and XLA setting, all measured in one run.
 
-    python benchmarks/train_step.py --archs=small,medium --steps=5
+    nice -n 19 python benchmarks/train_step.py --archs=resnet18 --objectives=nce
 
-For each arch it builds one compiled `tf.function` step per objective on synthetic 32x32 images (data loading
-and augmentation excluded), runs `--warmup` untimed steps, then times `--repeats` blocks of `--steps` steps,
-interleaving the objectives so that a busy machine slows them alike; a figure is the median block.
-  softmax      encoder -> SurrogateClassifier(--classes) -> softmax_loss
-  nce          encoder -> ProjectionHead(128) -> nce_loss against a MemoryBank(--instances) with --noise
-               per-example noise samples, then the bank update and the Z moving average
-  nce_shared   the same with one set of --noise samples shared by the batch (`sample_shared_noise`)
-All use SGD with momentum 0.9. Prints one JSON line per figure: images/s per (arch, objective), then
-nce/softmax step-time ratios.
-
-Per-example noise gathers B*m bank rows (128 x 4096 x 128 floats = 268 MB) in the forward pass and reads them
-again for the gradient: on a memory-bound CPU that is the whole difference between `nce` and `nce_shared`.
-`--jit_compile` is off by default: XLA's CPU convolutions were much slower than oneDNN's here.
+Times the project's own training step (`training.step.build_state` + `make_train_step`: forward, loss, backward,
+SGD update, memory-bank and Z updates, the in-graph NaN/Inf check), `--steps` steps per call as with
+`--steps_per_call`, on synthetic 32x32 batches from a tf.data pipeline that only draws random instance labels
+(decoding and augmentation excluded). By default every precision (float32, mixed_bfloat16, mixed_float16) and
+both `--jit_compile` settings are measured for each arch and objective:
+  softmax        encoder -> SurrogateClassifier(--classes) -> softmax cross-entropy
+  nce            encoder -> ProjectionHead(128) -> NCE with --noise per-example noise samples against a
+                 MemoryBank(--instances), then the bank update and Z's moving average
+  nonparametric  encoder -> ProjectionHead(128) -> exact softmax over all --instances bank rows
+After `--warmup` untimed calls (tracing, XLA compilation) it times `--repeats` calls of `--steps` steps for every
+setting, interleaved so that a busy machine slows them alike; a figure is the median call. A setting that fails
+to build or compile prints one line with "error" instead.
+One JSON line per figure (each names the CPU): images/s per setting, then the ratios bf16_over_float32 and
+fp16_over_float32 (images/s), nce_over_softmax_step_time and jit_over_no_jit (images/s), all from this run.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import platform
 import statistics
+import subprocess
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from exemplar_tf.models import ProjectionHead, SurrogateClassifier, build_encoder  # noqa: E402
-from exemplar_tf.objectives import losses  # noqa: E402
-from exemplar_tf.objectives.memory_bank import MemoryBank  # noqa: E402
+from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
+from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("archs", ["small", "medium", "large", "resnet18"], "encoders to time")
-flags.DEFINE_list("objectives", ["softmax", "nce", "nce_shared"], "softmax, nce, nce_shared")
-flags.DEFINE_integer("steps", 10, "timed steps per block")
-flags.DEFINE_integer("warmup", 3, "untimed steps first (tracing, compilation)")
-flags.DEFINE_integer("repeats", 3, "timed blocks per objective, interleaved")
+flags.DEFINE_list("archs", ["small", "medium", "resnet18"], "encoders to time")
+flags.DEFINE_list("objectives", ["softmax", "nce", "nonparametric"], "softmax, nce, nonparametric")
+flags.DEFINE_list("precisions", list(PRECISIONS), "dtype policies to time")
+flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to time")
+flags.DEFINE_integer("steps", 3, "steps per timed call")
+flags.DEFINE_integer("warmup", 1, "untimed calls first (tracing, compilation)")
+flags.DEFINE_integer("repeats", 2, "timed calls per setting, interleaved")
 flags.DEFINE_integer("batch_size", 128, "images per step")
 flags.DEFINE_integer("input_size", 32, "image side")
-flags.DEFINE_integer("classes", 8000, "surrogate classes of the softmax head")
-flags.DEFINE_integer("instances", 100_000, "memory-bank rows")
+flags.DEFINE_integer("instances", 50_000, "memory-bank rows (CIFAR-10's 50 000 images)")
+flags.DEFINE_integer("classes", 8000, "surrogate classes of the softmax head (Exemplar-CNN's 8000)")
 flags.DEFINE_integer("noise", 4096, "NCE noise samples m")
-flags.DEFINE_float("tau", 0.07, "NCE temperature")
-flags.DEFINE_bool("jit_compile", False, "XLA-compile the steps")
 
-MEAN_RGB = (0.45, 0.45, 0.45)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
 
 
-def softmax_step(encoder, *, jit_compile):
-    """Returns step(images [B,H,W,3], indices [B], step) -> loss for encoder + surrogate classifier."""
-    classifier = SurrogateClassifier(FLAGS.classes)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-
-    @tf.function(jit_compile=jit_compile)
-    def step(images, indices, step_number):
-        del step_number
-        labels = indices % FLAGS.classes
-        with tf.GradientTape() as tape:
-            loss = losses.softmax_loss(classifier(encoder(images, training=True)), labels)
-        variables = encoder.trainable_variables + classifier.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    return step
+def cpu_name() -> str:
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
 
 
-def nce_step(encoder, *, shared_noise, jit_compile):
-    """Returns step(images, indices, step) -> loss for encoder + projection head + NCE memory bank."""
-    head = ProjectionHead(128)
-    bank = MemoryBank(FLAGS.instances, 128)
-    z = tf.Variable(1.0, trainable=False)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    sample = losses.sample_shared_noise if shared_noise else losses.sample_noise
-
-    @tf.function(jit_compile=jit_compile)
-    def step(images, indices, step_number):
-        noise = sample(indices, FLAGS.instances, FLAGS.noise, tf.stack([step_number, 0]))
-        with tf.GradientTape() as tape:
-            v = head(encoder(images, training=True))
-            loss, z_batch = losses.nce_loss(v, bank(), indices, noise, FLAGS.tau, z)
-        variables = encoder.trainable_variables + head.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        bank.update(indices, v)
-        z.assign(losses.update_z(z, z_batch, 0.99, tf.equal(step_number, 0)))
-        return loss
-
-    return step
+def cpu_flags() -> list[str]:
+    with open("/proc/cpuinfo") as f:
+        present = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    return [name for name in CPU_FLAGS if name in present]
 
 
-def make_step(objective, arch):
-    encoder = build_encoder(arch, input_size=FLAGS.input_size, mean_rgb=MEAN_RGB)
-    if objective == "softmax":
-        return softmax_step(encoder, jit_compile=FLAGS.jit_compile)
-    if objective in ("nce", "nce_shared"):
-        return nce_step(encoder, shared_noise=objective == "nce_shared", jit_compile=FLAGS.jit_compile)
-    raise ValueError(f"unknown objective {objective!r}")
-
-
-def run_block(step, images, indices, first_step, count):
-    """Runs `count` steps, waits for the last result, returns seconds."""
-    start = time.perf_counter()
-    for i in range(count):
-        loss = step(images, indices[(first_step + i) % len(indices)], tf.constant(first_step + i, tf.int32))
-    loss.numpy()
-    return time.perf_counter() - start
-
-
-def benchmark_arch(arch):
-    """Yields the JSON records for one encoder."""
+def synthetic_batches(num_labels: int) -> tf.data.Dataset:
+    """Fixed random images with fresh random labels in [0, num_labels) every step."""
     images = tf.random.stateless_uniform([FLAGS.batch_size, FLAGS.input_size, FLAGS.input_size, 3], [1, 2])
-    indices = [
-        tf.random.stateless_uniform([FLAGS.batch_size], [3, i], 0, FLAGS.instances, dtype=tf.int64)
-        for i in range(8)
-    ]
-    steps = {objective: make_step(objective, arch) for objective in FLAGS.objectives}
-    for step in steps.values():
-        run_block(step, images, indices, 0, FLAGS.warmup)
-    blocks = {objective: [] for objective in steps}
-    for repeat in range(FLAGS.repeats):
-        for objective, step in steps.items():
-            first = FLAGS.warmup + repeat * FLAGS.steps
-            blocks[objective].append(run_block(step, images, indices, first, FLAGS.steps))
-    step_seconds = {objective: statistics.median(times) / FLAGS.steps for objective, times in blocks.items()}
-    common = {"arch": arch, "batch_size": FLAGS.batch_size, "input_size": FLAGS.input_size,
-              "jit_compile": FLAGS.jit_compile, "steps": FLAGS.steps, "repeats": FLAGS.repeats}
-    for objective, seconds in step_seconds.items():
-        yield {**common, "objective": objective, "images_per_s": round(FLAGS.batch_size / seconds, 1),
-               "step_ms": round(1000 * seconds, 1), **objective_settings(objective)}
-    for objective in ("nce", "nce_shared"):
-        if objective in step_seconds and "softmax" in step_seconds:
-            yield {**common, "figure": f"{objective}_over_softmax_step_time",
-                   "ratio": round(step_seconds[objective] / step_seconds["softmax"], 3)}
+    labels = lambda i: tf.random.stateless_uniform([FLAGS.batch_size], [3, i], 0, num_labels,  # noqa: E731
+                                                   dtype=tf.int64)
+    return tf.data.Dataset.range(1 << 40).map(lambda i: {"image": images, "label": labels(i)}).prefetch(2)
 
 
-def objective_settings(objective):
-    if objective == "softmax":
-        return {"classes": FLAGS.classes}
-    return {"instances": FLAGS.instances, "noise": FLAGS.noise, "dim": 128}
+def make_runner(arch, objective, precision, jit_compile):
+    """Returns run() -> seconds for one call of --steps steps of this setting's training step."""
+    config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, objective=objective, precision=precision,
+                         jit_compile=jit_compile, image_size=FLAGS.input_size, batch_size=FLAGS.batch_size,
+                         nce_m=FLAGS.noise, dropout=0.0, batch_norm=True, steps=1 << 30)
+    strategy = tf.distribute.get_strategy()
+    num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
+    state = build_state(config, num_labels, np.full(3, 0.45, np.float32))
+    train_steps = make_train_step(config, strategy, state)
+    iterator = iter(strategy.distribute_datasets_from_function(lambda context: synthetic_batches(num_labels)))
+    steps = tf.constant(FLAGS.steps, tf.int32)
+
+    def run():
+        start = time.perf_counter()
+        out = train_steps(iterator, steps)
+        if not bool(out["finite"]):
+            raise FloatingPointError(f"non-finite loss or weights ({float(out['loss'])})")
+        return time.perf_counter() - start
+
+    return run
+
+
+def benchmark_arch(arch, common):
+    """Yields the JSON records for one encoder."""
+    settings = list(itertools.product(FLAGS.objectives, FLAGS.precisions,
+                                      [value.lower() == "true" for value in FLAGS.jit_compile]))
+    runners = {}
+    for setting in settings:
+        objective, precision, jit = setting
+        try:
+            runner = make_runner(arch, objective, precision, jit)
+            for _ in range(FLAGS.warmup):
+                runner()
+            runners[setting] = runner
+        except Exception as error:  # noqa: BLE001 (reported, the other settings go on)
+            message = str(error).strip().splitlines()
+            yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
+                   "error": f"{type(error).__name__}: {message[0] if message else ''}"[:300]}
+    times = {setting: [] for setting in runners}
+    for _ in range(FLAGS.repeats):
+        for setting, runner in runners.items():
+            times[setting].append(runner())
+    step_s = {setting: statistics.median(values) / FLAGS.steps for setting, values in times.items()}
+    for (objective, precision, jit), seconds in step_s.items():
+        yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
+               "images_per_s": round(FLAGS.batch_size / seconds, 1), "step_ms": round(1000 * seconds, 1)}
+    for (objective, precision, jit), seconds in step_s.items():
+        where = {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit}
+        base = step_s.get((objective, "float32", jit))
+        if precision != "float32" and base:
+            name = {"mixed_bfloat16": "bf16_over_float32", "mixed_float16": "fp16_over_float32"}[precision]
+            yield {**where, "figure": name, "ratio": round(base / seconds, 3)}
+        softmax = step_s.get(("softmax", precision, jit))
+        if objective == "nce" and softmax:
+            yield {**where, "figure": "nce_over_softmax_step_time", "ratio": round(seconds / softmax, 3)}
+        no_jit = step_s.get((objective, precision, False))
+        if jit and no_jit:
+            yield {**where, "figure": "jit_over_no_jit", "ratio": round(no_jit / seconds, 3)}
 
 
 def main(argv):
     del argv
+    common = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "batch_size": FLAGS.batch_size,
+              "input_size": FLAGS.input_size, "instances": FLAGS.instances, "classes": FLAGS.classes,
+              "noise": FLAGS.noise,
+              "steps": FLAGS.steps, "repeats": FLAGS.repeats}
     for arch in FLAGS.archs:
-        for record in benchmark_arch(arch):
+        for record in benchmark_arch(arch, common):
             print(json.dumps(record), flush=True)
 
 

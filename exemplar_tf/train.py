@@ -79,6 +79,15 @@ _LR_DECAY_FACTOR = flags.DEFINE_float("lr_decay_factor", None, "Learning-rate dr
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", None, "L2 weight decay times per-layer multipliers (default: "
                                     "0.004 exemplar, 5e-4 npid).")
+_PRECISION = flags.DEFINE_enum("precision", "float32", cfg.PRECISIONS,
+                               "Keras dtype policy of the encoder: float32, or mixed_bfloat16 / mixed_float16 "
+                               "(float32 variables, 16-bit compute; mixed_float16 adds dynamic loss scaling). "
+                               "Heads, losses, the memory bank, kNN and exports stay float32.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 10, "Training steps per tf.function call (one host "
+                                       "round trip per call; calls end at every log, checkpoint and kNN step).")
+_JIT_COMPILE = flags.DEFINE_boolean("jit_compile", False, "XLA-compile each replica's forward/backward pass "
+                                    "(not the input pipeline, device-side augmentation or the updates). Off by "
+                                    "default: slower than oneDNN on CPU (BUILD_NOTES.md).")
 _STRATEGY = flags.DEFINE_enum("strategy", "default", cfg.STRATEGIES, "tf.distribute strategy.")
 _TPU = flags.DEFINE_string("tpu", "", "TPU name or grpc:// address for --strategy=tpu.")
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed (seeds, transformations, noise, initialisation).")

@@ -1,5 +1,5 @@
 """The training step under tf.distribute on two logical CPUs: replicas stay identical, and two replicas
-match one device on the same global batch."""
+(all steps in one call) match one device (one step per call) on the same global batches."""
 import keras
 import numpy as np
 import pytest
@@ -24,17 +24,17 @@ def _batches():
         yield {"image": images, "label": labels}
 
 
-def _split(strategy, batch):
-    half = GLOBAL_BATCH // strategy.num_replicas_in_sync
+def _distributed_iterator(strategy):
+    """Each global batch of `_batches()` split in order over the replicas (replica r gets the r-th part)."""
+    parts = strategy.num_replicas_in_sync
+    size = GLOBAL_BATCH // parts
+    pieces = [{k: v[r * size:(r + 1) * size] for k, v in batch.items()} for batch in _batches() for r in range(parts)]
+    dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([p[k] for p in pieces]) for k in pieces[0]})
+    return iter(strategy.distribute_datasets_from_function(lambda context: dataset))
 
-    def per_replica(ctx):
-        start = ctx.replica_id_in_sync_group * half
-        return {k: tf.constant(v[start:start + half]) for k, v in batch.items()}
 
-    return strategy.experimental_distribute_values_from_function(per_replica)
-
-
-def _train(strategy, config, initial=None):
+def _train(strategy, config, initial=None, steps_per_call=1):
+    """Trains STEPS steps, `steps_per_call` per call; returns (state, the loss after each call)."""
     with strategy.scope():
         state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
     if initial is not None:
@@ -42,8 +42,13 @@ def _train(strategy, config, initial=None):
         state.head.set_weights(initial.head.get_weights())
         if state.bank is not None:
             state.bank.bank.assign(initial.bank.bank.value)
-    step = make_train_step(config, strategy, state)
-    losses = [float(step(_split(strategy, batch))["loss"]) for batch in _batches()]
+    train_steps = make_train_step(config, strategy, state)
+    iterator = _distributed_iterator(strategy)
+    losses = []
+    for _ in range(STEPS // steps_per_call):
+        out = train_steps(iterator, tf.constant(steps_per_call))
+        assert int(out["steps"]) == steps_per_call and bool(out["finite"])
+        losses.append(float(out["loss"]))
     return state, losses
 
 
@@ -71,8 +76,8 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
     with one_device.scope():
         initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
     reference, reference_losses = _train(one_device, config, initial)
-    mirrored, mirrored_losses = _train(two_cpus, config, initial)
-    np.testing.assert_allclose(mirrored_losses, reference_losses, rtol=1e-5, atol=1e-6)
+    mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)  # all steps in one call
+    np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(_local(mirrored.bank.bank, two_cpus)[0], reference.bank.bank.numpy(), atol=1e-5)
     for got, want in zip(mirrored.encoder.get_weights(), reference.encoder.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5)

@@ -54,10 +54,35 @@ def test_device_side_augmentation_trains(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=40, objective="softmax", lr=1e12,
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **TINY)
-    with pytest.raises(loop.TrainingDiverged, match="loss became") as error:
+    with pytest.raises(loop.TrainingDiverged, match="became .* at step") as error:
         loop.run(config)
     assert "last good checkpoint" in str(error.value)
     assert not os.path.isdir(tmp_path / "sm" / "nan")
+
+
+def test_an_update_that_breaks_the_weights_stops_before_the_checkpoint_due_at_that_step(tmp_path):
+    # lr = inf: the first update turns the weights into Inf/NaN, while the loss it was computed from is finite.
+    # Checking only that loss would save step 1's checkpoint and stop at step 2 on the loss.
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=8, objective="softmax", lr=float("inf"),
+                         lr_decay_at=(), export_base=str(tmp_path / "sm"), **{**TINY, "checkpoint_every": 1})
+    with pytest.raises(loop.TrainingDiverged, match="weights became NaN/Inf at step 1;"):
+        loop.run(config)
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")) is None
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 3, 100])
+def test_calls_of_several_steps_stop_exactly_at_every_log_checkpoint_and_knn_step(steps_per_call):
+    config = TrainConfig(run_dir="/tmp/unused", steps=23, log_every=5, checkpoint_every=7, knn_every=4,
+                         knn_source="demo_labelled", steps_per_call=steps_per_call)
+    step, stops = 0, []
+    while step < config.steps:
+        step += loop.steps_this_call(config, step)
+        stops.append(step)
+    events = {s for s in range(1, 24) if s % 5 == 0 or s % 7 == 0 or s % 4 == 0} | {23}
+    assert events <= set(stops)
+    assert all(b - a <= steps_per_call for a, b in zip([0] + stops, stops))
+    if steps_per_call == 100:
+        assert stops == sorted(events)
 
 
 def test_sigkill_mid_run_then_rerun_resumes_and_finishes(tmp_path):

@@ -26,6 +26,7 @@ METHOD_DEFAULTS = {
 }
 # --knn_source=auto: the labelled set that goes with a source, where there is one without asking.
 AUTO_KNN_SOURCES = {"demo": "demo_labelled"}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # = models.PRECISIONS (no TensorFlow import here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,10 @@ class TrainConfig:
     lr_decay_factor: float | None = None  # None: METHOD_DEFAULTS
     momentum: float = 0.9
     weight_decay: float | None = None  # None: METHOD_DEFAULTS
+    # Speed.
+    precision: str = "float32"
+    steps_per_call: int = 10
+    jit_compile: bool = False
     # Distribution.
     strategy: str = "default"
     tpu: str = ""
@@ -131,11 +136,13 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
     problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
     problems += _check_choice("resnet_stem", config.resnet_stem, RESNET_STEMS)
+    problems += _check_choice("precision", config.precision, PRECISIONS)
     unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
     if unknown:
         problems.append(f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}")
     positive_ints = ("num_seeds", "patch_size", "image_size", "embedding_dim", "batch_size",
-                     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "nce_m")
+                     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "nce_m",
+                     "steps_per_call")
     for field in positive_ints:
         if getattr(config, field) <= 0:
             problems.append(f"--{field} must be > 0, got {getattr(config, field)}")

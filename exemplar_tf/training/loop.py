@@ -1,7 +1,9 @@
 """The training loop: data -> model state -> distributed steps, with checkpoints, TensorBoard and export.
 
-Re-running with the same run directory resumes from the newest checkpoint. A NaN/Inf loss stops the run
-before anything is saved, so the last good checkpoint is kept.
+Re-running with the same run directory resumes from the newest checkpoint. A NaN/Inf loss, or a NaN/Inf weight
+after an update, stops the run before anything is saved, so the last good checkpoint is kept. The steps run
+--steps_per_call at a time in one tf.function; the host reads values (loss, learning rate, Z) only at log
+points and the "finite" flag once per call.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from exemplar_tf import export, knn
+from exemplar_tf import export, knn, models
 from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
@@ -29,7 +31,7 @@ SKIPPED_IMAGES_FILE = "skipped_images.txt"
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf."""
+    """The loss or the weights became NaN or Inf."""
 
 
 class WriteFailed(RuntimeError):
@@ -100,8 +102,9 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 
     def read(state: ModelState) -> KnnReading:
         head = state.head if state.bank is not None else None
-        train_codes, _ = summaries.embed(state.encoder, head, train[0])
-        test_codes, test_representations = summaries.embed(state.encoder, head, test[0])
+        encoder = models.float32_copy(state.encoder)
+        train_codes, _ = summaries.embed(encoder, head, train[0])
+        test_codes, test_representations = summaries.embed(encoder, head, test[0])
         accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
         health = summaries.representation_health(test_representations, test_codes)
         return KnnReading(accuracy["top1"], test_codes, test[1], health)
@@ -110,9 +113,11 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 
 
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
+    """Exports the float32 reading of the encoder (and the projection head), whatever the training precision."""
     head = state.head if state.bank is not None else None
-    percentiles = export.measure_percentiles(state.encoder, data.eval_images)
-    return export.export_encoder(state.encoder, head, export_dir_base=config.export_base, name=name,
+    encoder = models.float32_copy(state.encoder)
+    percentiles = export.measure_percentiles(encoder, data.eval_images)
+    return export.export_encoder(encoder, head, export_dir_base=config.export_base, name=name,
                                  percentiles=percentiles)
 
 
@@ -151,6 +156,14 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
     tqdm.write(f"step {step}: kNN top-1 {reading.top1:.4f} (active units "
                f"{reading.health['representation/active_units']:.2f}, mean code cosine "
                f"{reading.health['representation/code_mean_cosine']:.2f})")
+
+
+def steps_this_call(config: TrainConfig, step: int) -> int:
+    """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step
+    (and the last step), so the loop stops exactly on each of them."""
+    periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
+    next_event = min([config.steps] + [(step // period + 1) * period for period in periods])
+    return min(config.steps_per_call, next_event - step)
 
 
 def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
@@ -194,25 +207,29 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
         if knn_reading:  # the random-initialisation point of the kNN curve
             _log_knn(writer, 0, knn_reading(state))
 
-    train_step = make_train_step(config, strategy, state)
+    train_steps = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
     progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and chief),
                     desc=config.name, unit="step", dynamic_ncols=True)
     loss = float("nan")
     window_start, window_steps = time.perf_counter(), 0
-    while state.step < config.steps:
-        out = train_step(next(iterator))
-        loss = float(out["loss"])
-        step = state.step
-        if not math.isfinite(loss):
+    step = state.step
+    while step < config.steps:
+        before = step
+        out = train_steps(iterator, tf.constant(steps_this_call(config, before), tf.int32))
+        step = state.step  # optimizer.iterations: mixed_float16's loss scaling does not count the steps it skips
+        if not bool(out["finite"]):
             progress.close()
+            loss = float(out["loss"])
+            what = f"loss became {loss}" if not math.isfinite(loss) else "weights became NaN/Inf"
             raise TrainingDiverged(
-                f"loss became {loss} at step {step}; stopped without saving. The last good checkpoint "
+                f"{what} at step {step}; stopped without saving. The last good checkpoint "
                 f"({manager.latest_checkpoint or 'none yet'}) is kept. Try a lower --lr or a higher --tau.")
-        window_steps += 1
-        progress.update(1)
-        progress.set_postfix(loss=f"{loss:.4f}")
+        window_steps += step - before
+        progress.update(step - before)
         if step % config.log_every == 0 or step == config.steps:
+            loss = float(out["loss"])
+            progress.set_postfix(loss=f"{loss:.4f}")
             elapsed = time.perf_counter() - window_start
             scalars = {
                 "loss": loss,

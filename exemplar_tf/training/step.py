@@ -56,13 +56,16 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, c
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
     input_size = config.input_size
     encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
-                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem)
+                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
+                                   precision=config.precision)
     if config.objective == "softmax":
         head = heads.SurrogateClassifier(num_instances)
     else:
         head = heads.ProjectionHead(config.embedding_dim)
     head(encoder(tf.zeros([1, input_size, input_size, 3])))
     optimizer = keras.optimizers.SGD(learning_rate_schedule(config), momentum=config.momentum)
+    if models.needs_loss_scaling(config.precision):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
     optimizer.build(encoder.trainable_variables + head.trainable_variables)
     bank = None
     if config.uses_bank:
@@ -130,10 +133,34 @@ def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_se
     return losses.nce_loss(outputs, bank, labels, noise, config.tau, z)
 
 
+def _all_finite(tensors) -> tf.Tensor:
+    """True when no element of any tensor is NaN or Inf (bool scalar)."""
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+
 def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState):
-    """Returns a tf.function `step(distributed_batch) -> {"loss", "z"}` (cross-replica means)."""
+    """Returns a tf.function `train_steps(distributed_iterator, num_steps) -> dict` that runs up to `num_steps`
+    (int32 scalar tensor) training steps in one call.
+
+    It stops early, right after the first step whose summed loss or updated weights hold a NaN or Inf (checked in
+    the graph after every update, so such weights are never taken for good ones). Returns "loss" (the last
+    step's cross-replica loss), "z" (NCE's Z after it), "steps" (steps run, int32) and "finite" (False when it
+    stopped on a non-finite loss or weight). With `config.jit_compile` each replica's forward and backward pass
+    is XLA-compiled; the input, device-side augmentation (ImageProjectiveTransformV3 has no CPU XLA kernel), the
+    optimizer update (it all-reduces across replicas) and the bank/Z updates run outside XLA.
+    """
     num_replicas = strategy.num_replicas_in_sync
     variables = state.encoder.trainable_variables + state.head.trainable_variables
+    loss_scaled = isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    @tf.function(jit_compile=config.jit_compile)
+    def forward_backward(images, labels, noise_seed):
+        with tf.GradientTape() as tape:
+            outputs = state.head(state.encoder(images, training=True), training=True)
+            loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
+            scaled = (loss + _decay_loss(state, config.weight_decay)) / num_replicas
+            differentiated = state.optimizer.scale_loss(scaled) if loss_scaled else scaled
+        return scaled, z_batch, outputs, tape.gradient(differentiated, variables)
 
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
@@ -141,27 +168,29 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         noise_seed = tf.stack([tf.cast(config.seed, tf.int64),
                                state.optimizer.iterations * num_replicas + tf.cast(ctx.replica_id_in_sync_group,
                                                                                    tf.int64)])
-        images = _images(state, batch)
-        with tf.GradientTape() as tape:
-            outputs = state.head(state.encoder(images, training=True), training=True)
-            loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
-            total = loss + _decay_loss(state, config.weight_decay)
-            scaled = total / num_replicas
-        grads = tape.gradient(scaled, variables)
+        scaled, z_batch, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed)
         state.optimizer.apply_gradients(zip(grads, variables))
         if state.bank is not None:
             state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
         if config.objective == "nce":
             z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
             state.z.assign(losses.update_z(state.z, z_mean, config.nce_z_momentum, state.z <= 0))
-        return {"loss": scaled, "z": state.z.read_value()}
+        bad_weights = 1.0 - tf.cast(_all_finite([tf.convert_to_tensor(v) for v in variables]), tf.float32)
+        return {"loss": scaled, "z": state.z.read_value(), "bad_weights": bad_weights}
+
+    def one_step(distributed_batch):
+        per_replica = strategy.run(replica_step, args=(distributed_batch,))
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None)
+        bad_weights = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["bad_weights"], axis=None)
+        return (loss, strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["z"], axis=None),
+                tf.logical_and(tf.math.is_finite(loss), tf.equal(bad_weights, 0.0)))
 
     @tf.function
-    def step(distributed_batch):
-        per_replica = strategy.run(replica_step, args=(distributed_batch,))
-        return {
-            "loss": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None),
-            "z": strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["z"], axis=None),
-        }
+    def train_steps(iterator, num_steps):
+        loss, z, finite, done = tf.constant(0.0), tf.constant(0.0), tf.constant(True), tf.constant(0)
+        while tf.logical_and(finite, done < num_steps):
+            loss, z, finite = one_step(next(iterator))
+            done += 1
+        return {"loss": loss, "z": z, "steps": done, "finite": finite}
 
-    return step
+    return train_steps
