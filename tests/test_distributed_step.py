@@ -1,5 +1,7 @@
 """The training step under tf.distribute on two logical CPUs: replicas stay identical, and two replicas
 match one device on the same global batch."""
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -83,3 +85,25 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
     initial_bank = initial.bank.bank.numpy()
     assert not np.allclose(reference.bank.bank.numpy()[seen], initial_bank[seen])
     np.testing.assert_array_equal(reference.bank.bank.numpy()[unseen], initial_bank[unseen])
+
+
+def _bank_consumers(config, num_instances):
+    """Op types in the traced training step (outer graph) that take the memory-bank variable as input."""
+    strategy = tf.distribute.get_strategy()
+    state = build_state(config, num_instances, np.full(3, 0.5, np.float32))
+    step = make_train_step(config, strategy, state)
+    batch = {"image": tf.zeros([GLOBAL_BATCH, 32, 32, 3]), "label": tf.range(GLOBAL_BATCH, dtype=tf.int64)}
+    graph = step.get_concrete_function(batch).graph
+    handles = [inner for outer, inner in graph.captures if outer is state.bank.variable.handle]
+    assert len(handles) == 1
+    return {op.type for op in graph.get_operations() if any(x is handles[0] for x in op.inputs)}
+
+
+@pytest.mark.parametrize("noise", ["per_example", "shared"])
+def test_nce_step_reads_the_bank_in_place_unless_scores_are_dense(noise):
+    """After a scatter, a whole read (ReadVariableOp) copies N x D values; gathers and the scatter do not."""
+    config = _config("nce", nce_noise=noise)
+    gathered = _bank_consumers(dataclasses.replace(config, nce_m=2), NUM_INSTANCES)  # N > 16 m: gather
+    assert "ReadVariableOp" not in gathered and {"ResourceGather", "ResourceScatterUpdate"} <= gathered
+    if noise == "per_example":  # N <= 16 m: dense scores read the bank whole
+        assert "ReadVariableOp" in _bank_consumers(config, NUM_INSTANCES)
