@@ -103,7 +103,7 @@ def _bank_consumers(config, num_instances):
 def test_nce_step_reads_the_bank_in_place_unless_scores_are_dense(noise):
     """After a scatter, a whole read (ReadVariableOp) copies N x D values; gathers and the scatter do not."""
     config = _config("nce", nce_noise=noise)
-    gathered = _bank_consumers(dataclasses.replace(config, nce_m=2), NUM_INSTANCES)  # N > 16 m: gather
+    gathered = _bank_consumers(dataclasses.replace(config, nce_m=1), NUM_INSTANCES)  # N > 20 m: gather
     assert "ReadVariableOp" not in gathered and {"ResourceGather", "ResourceScatterUpdate"} <= gathered
-    if noise == "per_example":  # N <= 16 m: dense scores read the bank whole
+    if noise == "per_example":  # N <= 20 m: dense scores read the bank whole
         assert "ReadVariableOp" in _bank_consumers(config, NUM_INSTANCES)

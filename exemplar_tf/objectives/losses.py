@@ -62,8 +62,9 @@ def sample_shared_noise(indices, num_instances, m, seed):
 
 NCE_SCORES = ("auto", "dense", "gather")
 # Dense NCE scores pay off while N <= DENSE_SCORES_MAX_N_PER_NOISE * m (per-example noise); measured with
-# benchmarks/nce_step.py on a 2-core AMD EPYC (AVX2), B = 128, D = 128, m = 4096 (BUILD_NOTES.md).
-DENSE_SCORES_MAX_N_PER_NOISE = 16
+# benchmarks/nce_step.py on a 2-core AMD EPYC (AVX2), B = 128, D = 128, m = 4096: crossover near N = 24 m
+# (dense/gather step time 0.54 at N = 12 m, 1.07 at 24 m, 2.4 at 49 m; BUILD_NOTES.md).
+DENSE_SCORES_MAX_N_PER_NOISE = 20
 
 
 def uses_dense_scores(num_instances, m: int, scores: str = "auto") -> bool:
@@ -72,7 +73,7 @@ def uses_dense_scores(num_instances, m: int, scores: str = "auto") -> bool:
     Dense: one [B,D] x [D,N] matmul (B*N*D multiply-adds, compute-bound) and a pick of the noise columns.
     Gather: B*m bank rows copied ([B,m,D], memory-bound) and contracted. Both costs grow with B, so the rule
     depends on N and m only: "auto" is dense when N <= DENSE_SCORES_MAX_N_PER_NOISE * m. The dense
-    intermediate [B,N] is then never larger than the gather's [B,m,D] (16 <= D). An unknown (dynamic) N
+    intermediate [B,N] is then never larger than the gather's [B,m,D] (D >= 20). An unknown (dynamic) N
     or m gathers.
     """
     if scores not in NCE_SCORES:
