@@ -1,11 +1,14 @@
 """The training step under tf.distribute on two logical CPUs: replicas stay identical, and two replicas
 (all steps in one call) match one device (one step per call) on the same global batches."""
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.training import step as step_module
 from exemplar_tf.training.step import build_state, make_train_step
 
 NUM_INSTANCES, GLOBAL_BATCH, STEPS = 40, 8, 3
@@ -88,3 +91,32 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
     initial_bank = initial.bank.bank.numpy()
     assert not np.allclose(reference.bank.bank.numpy()[seen], initial_bank[seen])
     np.testing.assert_array_equal(reference.bank.bank.numpy()[unseen], initial_bank[unseen])
+
+
+def _bank_consumers(config, num_instances):
+    """Op types, in a traced objective + bank update as the training step runs them, that take the memory-bank
+    variable as input."""
+    state = build_state(config, num_instances, np.full(3, 0.5, np.float32))
+    labels = tf.range(GLOBAL_BATCH, dtype=tf.int64)
+
+    @tf.function
+    def objective_and_update(outputs):
+        loss, _ = step_module._objective(config, state, outputs, labels, tf.constant([0, 1], tf.int64))  # noqa: SLF001
+        state.bank.gather_and_update(labels, outputs)
+        return loss
+
+    outputs = tf.math.l2_normalize(tf.random.stateless_normal([GLOBAL_BATCH, config.embedding_dim], [1, 2]), -1)
+    graph = objective_and_update.get_concrete_function(outputs).graph
+    handles = [inner for outer, inner in graph.captures if outer is state.bank.variable.handle]
+    assert len(handles) == 1
+    return {op.type for op in graph.get_operations() if any(x is handles[0] for x in op.inputs)}
+
+
+@pytest.mark.parametrize("noise", ["per_example", "shared"])
+def test_nce_step_reads_the_bank_in_place_unless_scores_are_dense(noise):
+    """After a scatter, a whole read (ReadVariableOp) copies N x D values; gathers and the scatter do not."""
+    config = _config("nce", nce_noise=noise)
+    gathered = _bank_consumers(dataclasses.replace(config, nce_m=1), NUM_INSTANCES)  # N > 20 m: gather
+    assert "ReadVariableOp" not in gathered and {"ResourceGather", "ResourceScatterUpdate"} <= gathered
+    if noise == "per_example":  # N <= 20 m: dense scores read the bank whole
+        assert "ReadVariableOp" in _bank_consumers(config, NUM_INSTANCES)

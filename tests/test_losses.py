@@ -164,3 +164,45 @@ def test_sgd_lowers_nce_loss(tiny_encoder_problem):
 
     first, last = descend(loss, weights, lr=0.05)
     assert last < first
+
+
+def test_uses_dense_scores_rule_and_overrides():
+    limit = losses.DENSE_SCORES_MAX_N_PER_NOISE
+    assert losses.uses_dense_scores(limit * 100, 100)
+    assert not losses.uses_dense_scores(limit * 100 + 1, 100)
+    assert not losses.uses_dense_scores(None, 100)
+    assert losses.uses_dense_scores(10**7, 1, "dense")
+    assert not losses.uses_dense_scores(10, 100, "gather")
+    with pytest.raises(ValueError, match="scores='rows'"):
+        losses.uses_dense_scores(10, 100, "rows")
+
+
+def _score_ops(scores, v, bank, noise):
+    """Output shapes of the score ops in a traced noise_scores: MatMul [B,N] (dense) / gathered rows [B,m,D]."""
+    graph = tf.function(lambda: losses.noise_scores(v, bank, noise, scores)).get_concrete_function().graph
+    return {(op.type, tuple(op.outputs[0].shape)) for op in graph.get_operations() if op.outputs}
+
+
+@pytest.mark.parametrize("as_variable", [False, True])
+def test_dense_and_gather_scores_give_the_same_loss_gradient_and_z(rng, as_variable):
+    b, n, d, m = 6, 300, 16, 40
+    v = tf.constant(unit_rows(rng, b, d), tf.float32)
+    bank_rows = unit_rows(rng, n, d).astype(np.float32)
+    bank = tf.Variable(bank_rows, trainable=False) if as_variable else tf.constant(bank_rows)
+    indices = tf.constant(rng.integers(0, n, b))
+    noise = losses.sample_noise(indices, n, m, tf.constant([1, 2]))
+    # The two paths really differ: dense multiplies v by the whole bank, gather copies B*m rows.
+    dense_ops, gather_ops = _score_ops("dense", v, bank, noise), _score_ops("gather", v, bank, noise)
+    assert ("MatMul", (b, n)) in dense_ops and not any(shape == (b, m, d) for _, shape in dense_ops)
+    assert any(shape == (b, m, d) for _, shape in gather_ops) and ("MatMul", (b, n)) not in gather_ops
+    results = {}
+    for scores in ("dense", "gather"):
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            loss, z_estimate = losses.nce_loss(v, bank, indices, noise, TAU, 40.0, scores=scores)
+        results[scores] = (loss.numpy(), z_estimate.numpy(), tape.gradient(loss, v).numpy())
+    want_loss, want_z = nce_reference(v.numpy(), bank_rows, indices.numpy(), noise.numpy(), TAU, 40.0)
+    np.testing.assert_allclose(results["dense"][0], want_loss, rtol=1e-5)
+    for got, want in zip(results["dense"], results["gather"]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(results["dense"][2]).max() > 1e-3  # a real gradient, not zeros on both sides

@@ -1,7 +1,9 @@
 """Training objectives as pure functions: parametric softmax, NPID's non-parametric softmax and NCE.
 
 Shapes: B batch, N classes or instances, D embedding size, m noise samples per example.
-The memory bank enters as a plain tensor (the caller reads `MemoryBank`); no gradient flows into it.
+The memory bank enters as a tensor or as the bank variable itself (`MemoryBank.variable`); no gradient flows
+into it. With the variable, row gathers read it in place (ResourceGather); only the dense paths (the exact
+softmax, NCE's dense scores) read it whole, and after a sparse update such a read copies all N x D values.
 """
 from __future__ import annotations
 
@@ -24,8 +26,7 @@ def nonparametric_softmax_loss(v, bank, indices, tau):
     v: float [B,D] unit rows; bank: float [N,D] unit rows; indices: int [B] (each example's own row);
     tau: temperature. Returns float32 scalar.
     """
-    v = tf.cast(v, tf.float32)
-    logits = tf.matmul(v, tf.stop_gradient(bank), transpose_b=True) / tau
+    logits = all_scores(tf.cast(v, tf.float32), bank) / tau
     return softmax_loss(logits, indices)
 
 
@@ -59,37 +60,81 @@ def sample_shared_noise(indices, num_instances, m, seed):
     return draws + tf.searchsorted(gaps, draws, side="right", out_type=tf.int64)
 
 
-def noise_scores(v, bank, noise):
+NCE_SCORES = ("auto", "dense", "gather")
+# Dense NCE scores pay off while N <= DENSE_SCORES_MAX_N_PER_NOISE * m (per-example noise); measured with
+# benchmarks/nce_step.py on a 2-core AMD EPYC (AVX2), B = 128, D = 128, m = 4096: crossover near N = 24 m
+# (dense/gather step time 0.54 at N = 12 m, 1.07 at 24 m, 2.4 at 49 m; BUILD_NOTES.md).
+DENSE_SCORES_MAX_N_PER_NOISE = 20
+
+
+def uses_dense_scores(num_instances, m: int, scores: str = "auto") -> bool:
+    """Whether `noise_scores` computes per-example noise scores densely (`scores`: "auto", "dense", "gather").
+
+    Dense: one [B,D] x [D,N] matmul (B*N*D multiply-adds, compute-bound) and a pick of the noise columns.
+    Gather: B*m bank rows copied ([B,m,D], memory-bound) and contracted. Both costs grow with B, so the rule
+    depends on N and m only: "auto" is dense when N <= DENSE_SCORES_MAX_N_PER_NOISE * m. The dense
+    intermediate [B,N] is then never larger than the gather's [B,m,D] (D >= 20). An unknown (dynamic) N
+    or m gathers.
+    """
+    if scores not in NCE_SCORES:
+        raise ValueError(f"scores={scores!r} is not one of {NCE_SCORES}")
+    if scores != "auto":
+        return scores == "dense"
+    if num_instances is None or m is None:
+        return False
+    return num_instances <= DENSE_SCORES_MAX_N_PER_NOISE * m
+
+
+def num_rows(bank):
+    """N of a bank tensor or variable [N,D]: the static size when known (no read of a variable), else dynamic."""
+    return bank.shape[0] if bank.shape[0] is not None else tf.shape(bank)[0]
+
+
+def gather_rows(bank, indices):
+    """Bank rows at `indices` (int [...]) -> [..., D], without gradient; a bank variable is read in place."""
+    return tf.stop_gradient(tf.gather(bank, indices))
+
+
+def all_scores(v, bank):
+    """v [B,D] . bank [N,D]^T -> float32 [B,N], without gradient into the bank (reads a variable whole)."""
+    return tf.matmul(v, tf.stop_gradient(tf.convert_to_tensor(bank)), transpose_b=True)
+
+
+def noise_scores(v, bank, noise, scores: str = "auto"):
     """Dot products between each example and its noise rows.
 
-    v: float32 [B,D]; bank: [N,D]; noise: int [B,m] per-example, or int [m] shared by the batch.
-    Returns float32 [B,m]. Per-example noise gathers B*m rows once and contracts them in one batched matmul;
-    shared noise gathers m rows and uses one plain matmul.
+    v: float32 [B,D]; bank: [N,D] tensor or variable; noise: int [B,m] per-example, or int [m] shared by the
+    batch; scores: "auto", "dense" or "gather" for per-example noise (see `uses_dense_scores`).
+    Returns float32 [B,m]. Per-example noise either gathers B*m rows and contracts them in one batched matmul,
+    or computes all B*N scores and picks each example's m columns. Shared noise gathers m rows and uses one
+    plain matmul.
     """
     noise = tf.convert_to_tensor(noise)
-    rows = tf.gather(tf.stop_gradient(bank), noise)
     if noise.shape.rank == 1:
-        return tf.matmul(v, rows, transpose_b=True)
-    return tf.einsum("bd,bmd->bm", v, rows)
+        return tf.matmul(v, gather_rows(bank, noise), transpose_b=True)
+    if uses_dense_scores(bank.shape[0], noise.shape[-1], scores):
+        return tf.gather(all_scores(v, bank), noise, batch_dims=1)
+    return tf.einsum("bd,bmd->bm", v, gather_rows(bank, noise))
 
 
-def nce_loss(v, bank, indices, noise, tau, z):
+def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto"):
     """NPID's NCE loss with uniform noise Pn = 1/N and m noise samples per example.
 
     P(i|v) = exp(w_i . v / tau) / Z. Per example:
       -log(P_pos / (P_pos + m Pn)) - sum_noise log(m Pn / (P_noise + m Pn)),
     computed in log space as softplus(log(m Pn) - log P_pos) + sum softplus(log P_noise - log(m Pn)).
-    v: float [B,D] unit rows; bank: float [N,D]; indices: int [B]; noise: int [B,m] (or [m], shared);
-    tau: temperature; z: scalar normaliser estimate (the caller keeps it, see `update_z`).
+    v: float [B,D] unit rows; bank: float [N,D] tensor or variable; indices: int [B]; noise: int [B,m] (or [m],
+    shared); tau: temperature; z: scalar normaliser estimate (the caller keeps it, see `update_z`);
+    scores: how per-example noise scores are computed (`uses_dense_scores`; the same loss either way).
     Returns (loss: float32 scalar, batch mean, and z_estimate: float32 scalar = N * mean exp(w_noise . v / tau),
     the Monte-Carlo estimate of Z from this batch's noise, without gradient; it is finite while
     max score / tau + log N < 88, e.g. tau >= 0.02 for N = 1.28M unit rows).
     """
     v = tf.cast(v, tf.float32)
-    num_instances = tf.cast(tf.shape(bank)[0], tf.float32)
+    num_instances = tf.cast(num_rows(bank), tf.float32)
     num_noise = tf.cast(tf.shape(noise)[-1], tf.float32)
-    positive_scores = tf.reduce_sum(v * tf.gather(tf.stop_gradient(bank), indices), axis=-1)
-    negative_scores = noise_scores(v, bank, noise)
+    positive_scores = tf.reduce_sum(v * gather_rows(bank, indices), axis=-1)
+    negative_scores = noise_scores(v, bank, noise, scores)
 
     log_z = tf.math.log(tf.cast(z, tf.float32))
     log_m_pn = tf.math.log(num_noise / num_instances)

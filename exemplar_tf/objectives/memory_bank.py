@@ -57,7 +57,9 @@ def all_gather_by_sum(context: tf.distribute.ReplicaContext, x):
 class MemoryBank(keras.layers.Layer):
     """Holds the non-trainable bank `[num_instances, dim]` (variable name "memory_bank").
 
-    `bank()` reads the whole bank `[N,D]`; `bank(indices)` reads rows `[B,D]`.
+    `bank()` reads the whole bank `[N,D]`; `bank(indices)` reads rows `[B,D]`; `variable` is the bank variable
+    itself, for losses that only gather rows (a gather reads it in place; after the first `update`, every whole
+    read copies all N x D values, so the training step passes `variable`).
     `update(indices, v)` applies w_i <- normalise(momentum * w_i + (1 - momentum) * v_i) to the given rows.
     An index repeated within one batch gets one update with the mean of its v rows (deterministic, unlike a
     scatter with duplicate indices, whose winner is unspecified).
@@ -81,6 +83,11 @@ class MemoryBank(keras.layers.Layer):
             name="memory_bank",
         )
         self.built = True
+
+    @property
+    def variable(self) -> tf.Variable:
+        """The bank's tf.Variable [N,D] (a MirroredVariable under a strategy); `tf.gather` on it reads in place."""
+        return self.bank.value
 
     def call(self, indices=None):
         """Returns the bank [N,D], or the rows at `indices` (int [B]) as [B,D]."""

@@ -119,10 +119,14 @@ def _images(state: ModelState, batch: dict) -> tf.Tensor:
 
 
 def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_seed):
-    """Returns (loss, z_batch): the replica's mean loss and NCE's Monte-Carlo Z estimate (0 otherwise)."""
+    """Returns (loss, z_batch): the replica's mean loss and NCE's Monte-Carlo Z estimate (0 otherwise).
+
+    NCE passes the bank variable itself: its gathers read it in place, and only dense scores
+    (`losses.uses_dense_scores`) read it whole, once per step; the exact softmax reads it whole.
+    """
     if config.objective == "softmax":
         return losses.softmax_loss(outputs, labels), tf.constant(0.0)
-    bank = state.bank()
+    bank = state.bank.variable
     if config.objective == "nonparametric":
         return losses.nonparametric_softmax_loss(outputs, bank, labels, config.tau), tf.constant(0.0)
     sample = losses.sample_shared_noise if config.nce_noise == "shared" else losses.sample_noise
