@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Sequence
 
 METHODS = ("exemplar", "npid")
@@ -140,3 +141,32 @@ def validate(config: TrainConfig) -> TrainConfig:
     if problems:
         raise ValueError("Bad training flags:\n  " + "\n  ".join(problems))
     return config
+
+
+def config_from_flagfile(path: str) -> TrainConfig:
+    """The TrainConfig of a run from its resolved `flags.cfg` (`--key=value` lines written by train.py); values
+    are typed like the fields' defaults, keys that are not fields are ignored, missing ones keep the default
+    (run_dir: the flagfile's folder). Not validated: a run trained under older rules can still be exported."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("--") and "=" in line:
+                key, value = line[2:].split("=", 1)
+                values[key] = value
+    typed = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in values:
+            continue
+        raw, default = values[field.name], field.default
+        if isinstance(default, bool):
+            typed[field.name] = raw.lower() == "true"
+        elif isinstance(default, (int, float)):
+            typed[field.name] = type(default)(raw)
+        elif isinstance(default, tuple):
+            items = [item.strip() for item in raw.split(",") if item.strip()]
+            typed[field.name] = tuple(float(item) for item in items) if default and isinstance(default[0], float) \
+                else tuple(items)
+        else:
+            typed[field.name] = (raw or None) if default is None else raw
+    return TrainConfig(**{"run_dir": os.path.dirname(os.path.abspath(path)), **typed})

@@ -76,9 +76,7 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
     head = state.head if state.bank is not None else None
-    percentiles = export.measure_percentiles(state.encoder, data.eval_images)
-    return export.export_encoder(state.encoder, head, export_dir_base=config.export_base, name=name,
-                                 percentiles=percentiles)
+    return export.export_training_run(config, state.encoder, head, data.eval_images, name=name, step=state.step)
 
 
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
