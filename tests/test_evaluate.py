@@ -237,7 +237,7 @@ def test_protocol_defaults_and_random_baseline_lookup(tmp_path):
                                                "demo_labelled")] == ["stl10", "stl10", "cifar10", "caltech101",
                                                                      "folder", "folder"]
     assert evaluate.random_baseline_path(str(tmp_path / "m" / "3")) is None
-    assert f"{tmp_path / 'm_random'}/<version> does not exist" in evaluate.missing_baseline_message(
+    assert f"no {tmp_path / 'm_random'}/<version> exists" in evaluate.missing_baseline_message(
         str(tmp_path / "m" / "3"))
     for version in ("1", "4", "tmp"):
         os.makedirs(tmp_path / "m_random" / version)
