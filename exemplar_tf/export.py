@@ -14,7 +14,8 @@ mean subtraction is the encoder's first layer):
       the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
       1+4+16 pyramid, the other protocols quadrants).
 Only the encoder and the head are exported: no memory bank, no optimizer.
-`assets.extra/export_info.json` records arch, sizes, pooling and percentiles (TF Serving ignores it).
+`assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling and
+percentiles (TF Serving ignores it).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from typing import Sequence
 
 import keras
@@ -92,8 +94,13 @@ def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, pa
     archive.write_out(path, verbose=False)
 
 
-def _export_info(encoder, head, percentiles: Sequence[float], pooling: str) -> dict:
+def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, name: str,
+                 origin: dict | None) -> dict:
     return {
+        "name": name,
+        "run_dir": os.path.abspath(origin["run_dir"]) if origin and origin.get("run_dir") else None,
+        "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "arch": getattr(encoder, "arch", type(encoder).__name__),
         "input_size": int(encoder.input_size),
         "representation_dim": int(encoder.representation_dim),
@@ -106,7 +113,8 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str) -> d
 
 
 def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,
-                   version: int | None = None, percentiles: Sequence[float], pooling: str = "quadrants") -> str:
+                   version: int | None = None, percentiles: Sequence[float], pooling: str = "quadrants",
+                   origin: dict | None = None) -> str:
     """Writes encoder (+ projection head) to `<export_dir_base>/<name>/<version>` and returns that path.
 
     encoder: the `Encoder` contract (input_size, representation_dim, feature_maps, call).
@@ -114,6 +122,8 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
       classifier is not part of the representation and is not exported).
     percentiles: one scale per `encoder.feature_maps` layer (see `measure_percentiles`).
     version: None picks the next integer; an existing explicit version raises FileExistsError.
+    origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
+      the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
     The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
     TF Serving never sees a half-written version.
     """
@@ -135,7 +145,7 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
         info_path = os.path.join(tmp, "model", INFO_PATH)
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
-            json.dump(_export_info(encoder, head, percentiles, pooling), f, indent=2)
+            json.dump(_export_info(encoder, head, percentiles, pooling, name, origin), f, indent=2)
         while True:
             chosen = version if version is not None else next_version(model_dir)
             target = os.path.join(model_dir, str(chosen))
@@ -158,58 +168,48 @@ def read_export_info(path: str) -> dict:
         return json.load(f)
 
 
-def _read_run_flags(run_dir: str) -> dict[str, str]:
-    """`--key=value` lines of `<run_dir>/flags.cfg` as {key: value}."""
-    path = os.path.join(run_dir, "flags.cfg")
-    values = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("--") and "=" in line:
-                key, value = line[2:].split("=", 1)
-                values[key] = value
-    return values
+def export_training_run(config, encoder, head, images, *, name: str, step: int, version: int | None = None,
+                        export_dir_base: str | None = None) -> str:
+    """The one export path of a training run (the loop's exports at step 0 and at the end, and `export_run`):
+    percentiles measured on `images` (`training.inputs.percentile_images(config)`), origin run_dir and step
+    recorded. config: the run's `TrainConfig`."""
+    return export_encoder(encoder, head, export_dir_base=export_dir_base or config.export_base, name=name,
+                          version=version, percentiles=measure_percentiles(encoder, images),
+                          origin={"run_dir": config.run_dir, "step": step})
 
 
 def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
                export_dir_base: str | None = None) -> str:
-    """Restores the newest checkpoint of a training run (encoder + head only) and exports it.
+    """Restores the newest checkpoint of a training run (encoder + head only) and exports it as training did.
 
-    Reads the run's resolved `flags.cfg` (arch, method, objective, sizes, source). Percentiles are measured on
-    the first training images as the training loop does: exemplar 64 images at max(96, 3 * patch_size),
-    npid 256 images at image_size.
+    The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source,
+    --max_instances); the percentile images come from the same function as in training, so re-exporting the
+    final checkpoint reproduces the training-time export's `features`.
     """
-    import numpy as np
+    import dataclasses
 
     from exemplar_tf import models
-    from exemplar_tf.data import sources
+    from exemplar_tf.training import rundir
+    from exemplar_tf.training import inputs
 
-    run = _read_run_flags(run_dir)
-    exemplar = run.get("method", "exemplar") == "exemplar"
-    input_size = int(run["patch_size"] if exemplar else run["image_size"])
-    encoder = models.build_encoder(run["arch"], input_size=input_size, mean_rgb=(0.0, 0.0, 0.0),
-                                   batch_norm=run.get("batch_norm", "False").lower() == "true",
-                                   resnet_stem=run.get("resnet_stem", "auto"))
+    config = dataclasses.replace(rundir.config_from_flagfile(os.path.join(run_dir, "flags.cfg")),
+                                 run_dir=run_dir)
+    input_size = config.input_size
+    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=(0.0, 0.0, 0.0),
+                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem)
     parts = {"encoder": encoder}
     head = None
-    if run.get("objective", "nce") != "softmax":
-        head = ProjectionHead(int(run.get("embedding_dim", 128)))
+    if config.uses_bank:
+        head = ProjectionHead(config.embedding_dim)
         head.build((None, encoder.representation_dim))
         parts["head"] = head
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
-
-    source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None,
-                                 skip_bad_images=run.get("skip_bad_images", "False").lower() == "true")
-    num_images, size = (64, max(96, 3 * input_size)) if exemplar else (256, input_size)
-    resized = source.dataset.take(num_images).map(
-        lambda e: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(e["image"], (size, size))), 0, 255), tf.uint8))
-    images = np.stack(list(resized.as_numpy_iterator()))
-    return export_encoder(encoder, head, export_dir_base=export_dir_base or run.get("export_base", "savedmodels"),
-                          name=name or run.get("name", os.path.basename(os.path.normpath(run_dir))),
-                          version=version, percentiles=measure_percentiles(encoder, images))
+    return export_training_run(config, encoder, head, inputs.percentile_images(config),
+                               name=name or config.name, step=int(latest.rsplit("-", 1)[1]), version=version,
+                               export_dir_base=export_dir_base)
 
 
 def _define_flags() -> None:

@@ -125,38 +125,104 @@ def test_linear_probe_separates_blobs_and_picks_c_from_the_grid():
     train, test = _blobs(30, seed=0), _blobs(30, seed=0)
     test.features = test.features + np.random.default_rng(1).normal(size=test.features.shape).astype(np.float32)
     result = evaluate.linear_probe(train, test)
-    assert result.accuracy >= 0.95
-    assert result.c in evaluate.C_GRID and sorted(result.validation) == sorted(evaluate.C_GRID)
+    assert result.accuracy >= 0.95 and result.converged
+    assert result.c in result.validation and set(evaluate.C_GRID[:2]) <= set(result.validation)
+    assert result.fits[-1].held_out_accuracy is None and result.fits[-1].c == result.c
+
+
+class FractionCorrect:
+    """Stand-in SVM: on features [true label, u ~ U(0,1)] it is right where u < fraction."""
+
+    def __init__(self, fraction, converged=True):
+        self.fraction, self.converged = fraction, converged
+        self.newton_iterations, self.cg_iterations = 3, 17
+
+    def predict(self, features):
+        labels = features[:, 0].astype(int)
+        return np.where(features[:, 1] < self.fraction, labels, (labels + 1) % 4)
+
+
+def _known_accuracy_problem():
+    labels = np.repeat(np.arange(4), 250)
+    features = np.stack([labels, (np.arange(1000) % 250) / 250.0], axis=1).astype(np.float32)
+    return evaluate.Extracted(features, labels, np.arange(1000))
+
+
+def _fake_fit(monkeypatch, accuracy_of, fitted, converged=True):
+    def fake_fit(features, labels, c, init, num_classes):
+        fitted.append((c, init))
+        return FractionCorrect(accuracy_of(c), converged)
+
+    monkeypatch.setattr(evaluate, "_fit_svm", fake_fit)
 
 
 def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch, capsys):
-    # A stand-in SVM whose held-out accuracy is a known function of C: rises, then falls at the third C.
+    # Held-out accuracy is a known function of C: rises, then falls at the third C.
     accuracy_at = dict(zip(evaluate.C_GRID, (0.5, 0.7, 0.6, 0.9, 0.9)))
     fitted = []
-
-    class FractionCorrect:
-        def __init__(self, fraction):
-            self.fraction = fraction
-
-        def predict(self, features):  # column 0: true label, column 1: uniform in [0, 1)
-            labels = features[:, 0].astype(int)
-            return np.where(features[:, 1] < self.fraction, labels, (labels + 1) % 4)
-
-    def fake_fit(features, labels, c, seed):
-        fitted.append(c)
-        return FractionCorrect(accuracy_at[c])
-
-    monkeypatch.setattr(evaluate, "_fit_svm", fake_fit)
-    labels = np.repeat(np.arange(4), 250)
-    features = np.stack([labels, (np.arange(1000) % 250) / 250.0], axis=1).astype(np.float32)
-    data = evaluate.Extracted(features, labels, np.arange(1000))
+    _fake_fit(monkeypatch, accuracy_at.get, fitted)
+    data = _known_accuracy_problem()
     result = evaluate.linear_probe(data, data, c_values=evaluate.C_GRID[::-1])  # any order: walked upwards
-    assert fitted == [*evaluate.C_GRID[:3], evaluate.C_GRID[1]]  # 3 on the grid, then the refit at the best
+    assert [c for c, _ in fitted] == [*evaluate.C_GRID[:3], evaluate.C_GRID[1]]  # 3 on the grid, then the refit
+    assert fitted[0][1] is None and all(init is not None for _, init in fitted[1:])  # warm starts
     assert result.c == evaluate.C_GRID[1] and sorted(result.validation) == sorted(evaluate.C_GRID[:3])
-    assert result.validation[evaluate.C_GRID[1]] == pytest.approx(0.7, abs=0.02)
+    assert result.validation[evaluate.C_GRID[1]] == pytest.approx(0.7, abs=0.02) and result.edge is None
     log = capsys.readouterr().err.splitlines()  # one progress line per fit, naming its C and the feature size
     assert len(log) == 4 and all(line.startswith("probe: ") and "800 x 2 features" in line for line in log[:3])
+    assert all("3 Newton / 17 CG iterations, converged" in line for line in log)
     assert f"refit with C={evaluate.C_GRID[1]:g}" in log[3] and "1000 x 2 features" in log[3]
+
+
+def test_best_c_on_the_lower_edge_extends_the_grid_downwards_a_bounded_number_of_times(monkeypatch, capsys):
+    fitted = []
+    _fake_fit(monkeypatch, lambda c: 0.9 - 0.1 * np.log10(c / 1e-7), fitted)  # smaller C is always better
+    data = _known_accuracy_problem()
+    result = evaluate.linear_probe(data, data, c_values=(0.001, 0.01, 0.1), max_extension=2)
+    assert sorted(result.validation) == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])  # 0.1 fell: the walk stopped
+    assert result.c == pytest.approx(1e-5) and result.edge == "smallest"
+    err = capsys.readouterr().err
+    assert err.count("WARNING: the best held-out C=") == 2 and "extending the grid to C=0.0001" in err
+    assert "still the smallest C tried after extending the grid 2 times" in err
+
+
+def test_extension_stops_once_the_edge_no_longer_wins_and_extends_upwards_too(monkeypatch, capsys):
+    peak = 0.3  # held-out accuracy peaks at C = 0.3, above the grid
+    fitted = []
+    _fake_fit(monkeypatch, lambda c: 0.9 - 0.1 * abs(np.log10(c / peak)), fitted)
+    data = _known_accuracy_problem()
+    result = evaluate.linear_probe(data, data, c_values=(0.001, 0.01, 0.1))
+    assert sorted(result.validation) == pytest.approx([0.001, 0.01, 0.1, 1.0])
+    assert result.c == pytest.approx(0.1) and result.edge is None
+    assert "the best held-out C=0.1 is the largest C tried; extending the grid to C=1" in capsys.readouterr().err
+
+
+def test_unconverged_fits_are_reported_not_hidden(monkeypatch, capsys):
+    _fake_fit(monkeypatch, lambda c: 0.5, [], converged=False)
+    data = _known_accuracy_problem()
+    result = evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0)
+    assert not result.converged and not any(fit.converged for fit in result.fits)
+    assert "NOT CONVERGED" in capsys.readouterr().err
+    report = evaluate.results_json("x", "folder", evaluate.ProtocolOptions(),
+                                   evaluate.ProtocolResult("m", [0.5], [0.01], [1000], 1000, [result]), None)
+    assert report["trained"]["converged"] is False and report["trained"]["fits"][0][0]["converged"] is False
+
+
+def test_features_reach_the_svm_as_exported_unless_standardize(monkeypatch):
+    seen = []
+
+    def recording_fit(features, labels, c, init, num_classes):
+        seen.append(features.copy())
+        return FractionCorrect(0.5)
+
+    monkeypatch.setattr(evaluate, "_fit_svm", recording_fit)
+    data = _known_accuracy_problem()
+    data.features = data.features * np.array([5.0, 0.01], np.float32)  # percentile-scaled columns, say
+    evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0)
+    np.testing.assert_array_equal(seen[-1], data.features)  # the refit sees the exported features unchanged
+    seen.clear()
+    evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0, standardize=True)
+    np.testing.assert_allclose(seen[-1].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(seen[-1].std(axis=0), 1.0, atol=1e-4)
 
 
 def test_linear_probe_on_shuffled_labels_is_near_chance():
@@ -171,7 +237,7 @@ def test_protocol_defaults_and_random_baseline_lookup(tmp_path):
                                                "demo_labelled")] == ["stl10", "stl10", "cifar10", "caltech101",
                                                                      "folder", "folder"]
     assert evaluate.random_baseline_path(str(tmp_path / "m" / "3")) is None
-    assert f"{tmp_path / 'm_random'}/<version> does not exist" in evaluate.missing_baseline_message(
+    assert f"no {tmp_path / 'm_random'}/<version> exists" in evaluate.missing_baseline_message(
         str(tmp_path / "m" / "3"))
     for version in ("1", "4", "tmp"):
         os.makedirs(tmp_path / "m_random" / version)
@@ -257,3 +323,36 @@ def test_program_finds_the_random_sibling_and_writes_table_and_json(exports, tmp
     assert report["trained"]["accuracy_mean"] > 0.9
     assert report["gain_over_random"] == pytest.approx(report["trained"]["accuracy_mean"]
                                                        - report["random_baseline"]["accuracy_mean"])
+
+
+def _fake_export(path, **info):
+    """A folder with only assets.extra/export_info.json: enough for the baseline lookup and the mismatch check."""
+    os.makedirs(os.path.join(path, "assets.extra"))
+    with open(os.path.join(path, export.INFO_PATH), "w") as f:
+        json.dump(info, f)
+    return str(path)
+
+
+def test_the_random_baseline_is_the_one_of_the_same_run(tmp_path):
+    trained = _fake_export(tmp_path / "m" / "3", run_dir="/runs/a", step=100, arch="small", input_size=32)
+    own = _fake_export(tmp_path / "m_random" / "1", run_dir="/runs/a", step=0, arch="small", input_size=32)
+    _fake_export(tmp_path / "m_random" / "2", run_dir="/runs/b", step=0, arch="small", input_size=32)  # newest
+    assert evaluate.random_baseline_path(trained) == own
+    other_run = _fake_export(tmp_path / "m" / "4", run_dir="/runs/c", step=5, arch="small", input_size=32)
+    assert evaluate.random_baseline_path(other_run) is None
+    assert "from run /runs/c" in evaluate.missing_baseline_message(other_run)
+
+
+def test_a_baseline_of_another_architecture_or_input_size_is_refused(tmp_path):
+    trained = _fake_export(tmp_path / "m" / "1", run_dir="/r", arch="medium", input_size=32)
+    same = _fake_export(tmp_path / "same" / "1", run_dir="/r", arch="medium", input_size=32)
+    arch = _fake_export(tmp_path / "arch" / "1", run_dir="/r", arch="small", input_size=32)
+    size = _fake_export(tmp_path / "size" / "1", run_dir="/r", arch="medium", input_size=64)
+    assert evaluate.baseline_mismatch(trained, same) is None
+    assert "has arch=small but" in evaluate.baseline_mismatch(trained, arch)
+    assert "has input_size=64 but" in evaluate.baseline_mismatch(trained, size)
+    result = subprocess.run([sys.executable, "-m", "exemplar_tf.evaluate", f"--savedmodel={trained}",
+                             f"--baseline_savedmodel={arch}", "--dataset=demo_labelled"],
+                            cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == evaluate.baseline_mismatch(trained, arch)

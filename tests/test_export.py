@@ -272,3 +272,15 @@ def test_program_exports_the_latest_checkpoint_of_a_run(tmp_path):
     expected, _ = _reference(encoder, head, [1.0, 1.0, 1.0], images)
     np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-5)
     assert len(export.read_export_info(path)["percentiles"]) == 3
+
+
+def test_export_info_records_name_origin_and_creation_time(model, tmp_path):
+    encoder, head, percentiles = model
+    path = export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="run7", percentiles=percentiles,
+                                 origin={"run_dir": "runs/r7", "step": 1234})
+    info = export.read_export_info(path)
+    assert info["name"] == "run7" and info["run_dir"] == os.path.abspath("runs/r7") and info["step"] == 1234
+    assert info["arch"] == "small" and info["input_size"] == 32 and info["created"][:2] == "20"
+    plain = export.read_export_info(export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="p",
+                                                          percentiles=percentiles))
+    assert plain["run_dir"] is None and plain["step"] is None

@@ -59,6 +59,16 @@ def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
     return np.stack(list(resized.as_numpy_iterator()))
 
 
+def percentile_images(config: TrainConfig, source: sources.Source | None = None) -> np.ndarray:
+    """uint8 [n,H,W,3]: the whole training images the export's feature percentiles are measured on (exemplar:
+    64 at max(96, 3 * patch_size), npid: 256 at image_size), from `source` (default: the run's source limited by
+    --max_instances). The training loop and `export.export_run` both take them from here."""
+    source = source or _limited_source(config)
+    if config.method == "exemplar":
+        return _whole_images(source, 64, max(config.patch_size * 3, 96))
+    return _whole_images(source, 256, config.image_size)
+
+
 def _as_instances(images: tf.data.Dataset, size: int) -> tf.data.Dataset:
     """{"image": uint8/float [H,W,C], "index"} -> {"image": float32 [size,size,3] in [0,1], "index"}."""
     def resize(element):
@@ -113,7 +123,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
         dataset_fn=dataset_fn,
         chain=chain,
         preview_images=preview_images,
-        eval_images=_whole_images(source, 64, max(config.patch_size * 3, 96)),
+        eval_images=percentile_images(config, source),
         instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
             {"image": seeds.central_patches(), "index": np.arange(len(seeds.windows))}), config.patch_size),
         skipped=source.skipped,
@@ -122,7 +132,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
 
 def npid_data(config: TrainConfig) -> TrainingData:
     source = _limited_source(config)
-    eval_images = _whole_images(source, 256, config.image_size)
+    eval_images = percentile_images(config, source)
     mean_rgb = (eval_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
 
     def augment(element, seed):

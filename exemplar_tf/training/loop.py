@@ -115,10 +115,8 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
     """Exports the float32 reading of the encoder (and the projection head), whatever the training precision."""
     head = state.head if state.bank is not None else None
-    encoder = models.float32_copy(state.encoder)
-    percentiles = export.measure_percentiles(encoder, data.eval_images)
-    return export.export_encoder(encoder, head, export_dir_base=config.export_base, name=name,
-                                 percentiles=percentiles)
+    return export.export_training_run(config, models.float32_copy(state.encoder), head, data.eval_images, name=name,
+                                      step=state.step)
 
 
 def state_fingerprint(state: ModelState) -> str:

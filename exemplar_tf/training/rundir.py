@@ -96,3 +96,28 @@ def wait_for_file(path: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path}: not written by the chief worker within {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def config_from_flagfile(path: str) -> TrainConfig:
+    """The TrainConfig of a run from its resolved `flags.cfg` (`--key=value` lines written by train.py); values
+    are typed like the fields' defaults, keys that are not fields are ignored, missing ones keep the default
+    (run_dir: the flagfile's folder). Not validated: a run trained under older rules can still be exported."""
+    values = read_flagfile(path)
+    typed = {}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in values:
+            continue
+        raw, default = values[field.name], field.default
+        if isinstance(default, bool):
+            typed[field.name] = raw.lower() == "true"
+        elif isinstance(default, (int, float)):
+            typed[field.name] = type(default)(raw)
+        elif isinstance(default, tuple):
+            items = [item.strip() for item in raw.split(",") if item.strip()]
+            typed[field.name] = tuple(float(item) for item in items) if default and isinstance(default[0], float) \
+                else tuple(items)
+        elif default is None and "float" in str(field.type):
+            typed[field.name] = float(raw) if raw else None
+        else:
+            typed[field.name] = (raw or None) if default is None else raw
+    return TrainConfig(**{"run_dir": os.path.dirname(os.path.abspath(path)), **typed})
