@@ -48,6 +48,7 @@ class TrainConfig:
     nce_z_momentum: float = 0.99
     bank_momentum: float = 0.5
     bank_init: str = "random"
+    proximal_lambda: float = 0.0
     # Optimisation.
     batch_size: int = 128
     steps: int = 10000
@@ -125,6 +126,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append("--patch_size must be >= 32 for ResNet encoders")
     if config.objective == "nce" and config.method == "exemplar" and config.nce_m >= config.num_seeds:
         problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
+    if config.proximal_lambda < 0:
+        problems.append(f"--proximal_lambda must be >= 0, got {config.proximal_lambda}")
+    if config.proximal_lambda > 0 and not config.uses_bank:
+        problems.append(f"--proximal_lambda needs a memory bank: use --objective=nce or nonparametric, "
+                        f"not {config.objective}")
     if config.bank_init == "features" and not config.uses_bank:
         problems.append(f"--bank_init=features needs a memory bank: use --objective=nce or nonparametric, "
                         f"not {config.objective}")

@@ -131,7 +131,8 @@ def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_se
 
 
 def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState):
-    """Returns a tf.function `step(distributed_batch) -> {"loss", "z"}` (cross-replica means)."""
+    """Returns a tf.function `step(distributed_batch) -> {"loss", "z", "proximal"}` (cross-replica means; "loss"
+    includes weight decay and the proximal term, "proximal" is that term alone)."""
     num_replicas = strategy.num_replicas_in_sync
     variables = state.encoder.trainable_variables + state.head.trainable_variables
 
@@ -145,7 +146,10 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         with tf.GradientTape() as tape:
             outputs = state.head(state.encoder(images, training=True), training=True)
             loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
-            total = loss + _decay_loss(state, config.weight_decay)
+            proximal = tf.constant(0.0)
+            if config.proximal_lambda:  # v_i^(t-1): the bank row before this step's update
+                proximal = losses.proximal_loss(outputs, state.bank(), labels, config.proximal_lambda)
+            total = loss + proximal + _decay_loss(state, config.weight_decay)
             scaled = total / num_replicas
         grads = tape.gradient(scaled, variables)
         state.optimizer.apply_gradients(zip(grads, variables))
@@ -154,7 +158,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         if config.objective == "nce":
             z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
             state.z.assign(losses.update_z(state.z, z_mean, config.nce_z_momentum, state.z <= 0))
-        return {"loss": scaled, "z": state.z.read_value()}
+        return {"loss": scaled, "z": state.z.read_value(), "proximal": proximal / num_replicas}
 
     @tf.function
     def step(distributed_batch):
@@ -162,6 +166,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         return {
             "loss": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None),
             "z": strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["z"], axis=None),
+            "proximal": strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["proximal"], axis=None),
         }
 
     return step
