@@ -171,18 +171,12 @@ def _read_run_flags(run_dir: str) -> dict[str, str]:
     return values
 
 
-def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
-               export_dir_base: str | None = None) -> str:
-    """Restores the newest checkpoint of a training run (encoder + head only) and exports it.
+def restore_run(run_dir: str):
+    """(encoder, head or None, run flags {key: value}) of a training run's newest checkpoint (encoder + head only).
 
-    Reads the run's resolved `flags.cfg` (arch, method, objective, sizes, source). Percentiles are measured on
-    the first training images as the training loop does: exemplar 64 images at max(96, 3 * patch_size),
-    npid 256 images at image_size.
+    Reads the run's resolved `flags.cfg` (arch, method, objective, sizes).
     """
-    import numpy as np
-
     from exemplar_tf import models
-    from exemplar_tf.data import sources
 
     run = _read_run_flags(run_dir)
     exemplar = run.get("method", "exemplar") == "exemplar"
@@ -199,7 +193,23 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+    return encoder, head, run
 
+
+def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
+               export_dir_base: str | None = None) -> str:
+    """Restores the newest checkpoint of a training run (`restore_run`) and exports it.
+
+    Percentiles are measured on the first training images as the training loop does: exemplar 64 images at
+    max(96, 3 * patch_size), npid 256 images at image_size.
+    """
+    import numpy as np
+
+    from exemplar_tf.data import sources
+
+    encoder, head, run = restore_run(run_dir)
+    exemplar = run.get("method", "exemplar") == "exemplar"
+    input_size = int(encoder.input_size)
     source = sources.load_source(run["source"], run.get("split", "train"), data_dir=run.get("data_dir") or None)
     num_images, size = (64, max(96, 3 * input_size)) if exemplar else (256, input_size)
     resized = source.dataset.take(num_images).map(
