@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from exemplar_tf import export, models
 from exemplar_tf.data import sources
-from exemplar_tf.finetuning import encoders, labels, loop, run
+from exemplar_tf.finetuning import encoders, labels, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
