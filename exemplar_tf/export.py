@@ -178,24 +178,19 @@ def export_training_run(config, encoder, head, images, *, name: str, step: int, 
                           origin={"run_dir": config.run_dir, "step": step})
 
 
-def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
-               export_dir_base: str | None = None) -> str:
-    """Restores the newest checkpoint of a training run (encoder + head only) and exports it as training did.
+def restore_run(run_dir: str):
+    """(encoder, head or None, the run's TrainConfig) of a training run's newest checkpoint (encoder + head only,
+    float32 whatever the training precision).
 
-    The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source,
-    --max_instances); the percentile images come from the same function as in training, so re-exporting the
-    final checkpoint reproduces the training-time export's `features`.
+    The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source, --max_instances).
     """
     import dataclasses
 
     from exemplar_tf import models
     from exemplar_tf.training import rundir
-    from exemplar_tf.training import inputs
 
-    config = dataclasses.replace(rundir.config_from_flagfile(os.path.join(run_dir, "flags.cfg")),
-                                 run_dir=run_dir)
-    input_size = config.input_size
-    encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=(0.0, 0.0, 0.0),
+    config = dataclasses.replace(rundir.config_from_flagfile(os.path.join(run_dir, "flags.cfg")), run_dir=run_dir)
+    encoder = models.build_encoder(config.arch, input_size=config.input_size, mean_rgb=(0.0, 0.0, 0.0),
                                    batch_norm=config.batch_norm, resnet_stem=config.resnet_stem)
     parts = {"encoder": encoder}
     head = None
@@ -207,9 +202,20 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
     tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
-    return export_training_run(config, encoder, head, inputs.percentile_images(config),
-                               name=name or config.name, step=int(latest.rsplit("-", 1)[1]), version=version,
-                               export_dir_base=export_dir_base)
+    return encoder, head, config
+
+
+def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
+               export_dir_base: str | None = None) -> str:
+    """Restores the newest checkpoint of a training run (`restore_run`) and exports it as training did: the
+    percentile images come from the same function as in training, so re-exporting the final checkpoint
+    reproduces the training-time export's `features`."""
+    from exemplar_tf.training import inputs
+
+    encoder, head, config = restore_run(run_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    return export_training_run(config, encoder, head, inputs.percentile_images(config), name=name or config.name,
+                               step=int(latest.rsplit("-", 1)[1]), version=version, export_dir_base=export_dir_base)
 
 
 def _define_flags() -> None:

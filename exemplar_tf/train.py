@@ -69,6 +69,8 @@ _BANK_INIT = flags.DEFINE_enum("bank_init", "random", cfg.BANK_INITS,
                                "Memory bank at step 0. random: random unit rows (NPID); features: row i is the "
                                "randomly initialised encoder's code of instance i (not in the papers, see "
                                "BUILD_NOTES.md).")
+_PROXIMAL_LAMBDA = flags.DEFINE_float("proximal_lambda", 0.0, "NPID's proximal regulariser: adds lambda * "
+                                      "||v_i - w_i||^2, w_i the bank row before this step's update (0: off).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size (split across replicas).")
 _STEPS = flags.DEFINE_integer("steps", 10000, "Training steps.")
 _LR = flags.DEFINE_float("lr", None, "Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")

@@ -206,3 +206,22 @@ def test_dense_and_gather_scores_give_the_same_loss_gradient_and_z(rng, as_varia
     for got, want in zip(results["dense"], results["gather"]):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.abs(results["dense"][2]).max() > 1e-3  # a real gradient, not zeros on both sides
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.7, 50.0])
+def test_proximal_loss_matches_numpy(problem, strength):
+    v, bank, indices, _ = problem
+    expected = strength * np.mean(np.sum((v - bank[indices]) ** 2, axis=1))
+    got = losses.proximal_loss(tf.constant(v, tf.float32), tf.constant(bank, tf.float32), indices, strength)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_proximal_loss_pulls_v_towards_the_old_row_and_leaves_the_bank_alone(problem):
+    v, bank, indices, _ = problem
+    v_var = tf.Variable(v, dtype=tf.float32)
+    bank_var = tf.Variable(bank, dtype=tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        loss = losses.proximal_loss(v_var, bank_var, indices, 3.0)
+    np.testing.assert_allclose(tape.gradient(loss, v_var).numpy(), 3.0 * 2 * (v - bank[indices]) / B,
+                               rtol=1e-5, atol=1e-6)
+    assert tape.gradient(loss, bank_var) is None

@@ -23,6 +23,7 @@ SHORTER = {  # module -> flags appended to keep the smoke run short
     "exemplar_tf.evaluate": ["--max_train=150", "--max_test=60", "--c_values=1.0"],
     "exemplar_tf.knn": ["--max_train=150", "--max_test=60"],
     "exemplar_tf.retrieve": ["--max_index=40", "--max_queries=3"],
+    "exemplar_tf.finetune": ["--steps=4", "--batch_size=8"],
     "exemplar_tf.match": ["--num_images=1", "--families=rotation", "--strengths=1", "--max_regions=40"],
 }
 

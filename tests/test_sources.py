@@ -22,6 +22,7 @@ def elements(source):
 @pytest.mark.parametrize("name, split, num_classes", [
     ("stl10", "unlabelled", None), ("stl10", "train", 10), ("stl10", "test", 10),
     ("cifar10", "train", 10), ("cifar10", "test", 10), ("caltech101", "train", 102),
+    ("imagenet2012", "train", 1000), ("imagenet2012", "validation", 1000),
 ])
 def test_tfds_elements_are_the_tfds_examples_with_an_index(name, split, num_classes, tmp_path):
     with tfds.testing.mock_data(num_examples=7):

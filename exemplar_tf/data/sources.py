@@ -12,9 +12,11 @@ Names and splits:
                           (`unlabelled` is the same set). Longer side scaled down to `DEMO_MAX_SIDE`.
   demo_labelled           64×64 crops of the same photographs, labelled by photograph; `train` crops lie in the left
                           half of each photograph, `test` crops in the right half (no shared pixels).
-  stl10, cifar10, caltech101
+  stl10, cifar10, caltech101, imagenet2012
                           tensorflow-datasets, `data_dir` as in `tfds.load`; index = reading order (files unshuffled).
-                          stl10 splits `unlabelled|train|test`; the others `train|test`.
+                          stl10 splits `unlabelled|train|test`; imagenet2012 `train|validation` (tfds prepares it
+                          from the manually downloaded archives in `<data_dir>/downloads/manual`); the others
+                          `train|test`.
   stl10_binary:<dir>      the original STL-10 binary files in <dir>; splits `unlabelled|train|test`.
   folder:<dir>            image files (PNG, JPEG, BMP, GIF) under <dir>/<split> if that folder exists, else <dir>.
                           Class sub-folders give labels (class names sorted); a flat folder is unlabelled.
@@ -49,7 +51,8 @@ IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8
 SPLIT_FOLDER_NAMES = ("train", "test", "unlabelled", "val", "validation")
 HEADER_THREADS = 8  # image-header reads (min_size) are mostly waiting on the file system
 
-TFDS_SPLITS = {"stl10": ("unlabelled", "train", "test"), "cifar10": ("train", "test"), "caltech101": ("train", "test")}
+TFDS_SPLITS = {"stl10": ("unlabelled", "train", "test"), "cifar10": ("train", "test"), "caltech101": ("train", "test"),
+               "imagenet2012": ("train", "validation")}
 
 STL10_SIDE = 96
 STL10_IMAGE_BYTES = 3 * STL10_SIDE * STL10_SIDE  # 27648: uint8 planes R, G, B, each column-major

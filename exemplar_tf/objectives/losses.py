@@ -158,3 +158,15 @@ def update_z(z_old, z_batch, momentum, is_first):
     moving = momentum * z_old + (1.0 - momentum) * z_batch
     after_first = tf.where(tf.equal(momentum, 0.0), z_old, moving)
     return tf.where(tf.cast(is_first, tf.bool), z_batch, after_first)
+
+
+def proximal_loss(v, bank, indices, strength):
+    """NPID's proximal regulariser: strength * mean over the batch of ||v_i - w_i||^2.
+
+    w_i is the bank row of instance i *before* this step's update (v_i^(t-1)); it gets no gradient, so the term
+    only pulls the new code towards the old one and fades as training converges. v: float [B,D];
+    bank: float [N,D]; indices: int [B]; strength: lambda >= 0. Returns float32 scalar.
+    """
+    v = tf.cast(v, tf.float32)
+    previous = tf.gather(tf.stop_gradient(tf.cast(bank, tf.float32)), indices)
+    return tf.cast(strength, tf.float32) * tf.reduce_mean(tf.reduce_sum(tf.square(v - previous), axis=-1))

@@ -66,6 +66,7 @@ class TrainConfig:
     nce_z_momentum: float = 0.99
     bank_momentum: float = 0.5
     bank_init: str = "random"
+    proximal_lambda: float = 0.0
     # Optimisation.
     batch_size: int = 128
     steps: int = 10000
@@ -174,6 +175,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append(f"--objective={config.objective} on the {config.arch} Exemplar-CNN needs --batch_norm: without "
                         "it the bank objective kills the fc ReLUs and every image gets the same code (BUILD_NOTES.md); "
                         "--allow_unnormalised_bank runs it anyway")
+    if config.proximal_lambda < 0:
+        problems.append(f"--proximal_lambda must be >= 0, got {config.proximal_lambda}")
+    if config.proximal_lambda > 0 and not config.uses_bank:
+        problems.append(f"--proximal_lambda needs a memory bank: use --objective=nce or nonparametric, "
+                        f"not {config.objective}")
     if config.bank_init == "features" and not config.uses_bank:
         problems.append(f"--bank_init=features needs a memory bank: use --objective=nce or nonparametric, "
                         f"not {config.objective}")

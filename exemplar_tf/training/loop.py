@@ -236,6 +236,8 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
             }
             if config.objective == "nce":
                 scalars["nce_z"] = float(out["z"])
+            if config.proximal_lambda:
+                scalars["proximal_loss"] = float(out["proximal"])
             if state.bank is not None:
                 scalars.update(summaries.bank_statistics(state.bank(), seed=step))
             _log_scalars(writer, step, scalars)

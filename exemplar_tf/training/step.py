@@ -149,7 +149,8 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     It stops early, right after the first step whose summed loss or updated weights hold a NaN or Inf (checked in
     the graph after every update, so such weights are never taken for good ones). Returns "loss" (the last
     step's cross-replica loss), "z" (NCE's Z after it), "steps" (steps run, int32) and "finite" (False when it
-    stopped on a non-finite loss or weight). With `config.jit_compile` each replica's forward and backward pass
+    stopped on a non-finite loss or weight) and "proximal" (the last step's proximal term, cross-replica sum;
+    "loss" includes it and weight decay). With `config.jit_compile` each replica's forward and backward pass
     is XLA-compiled; the input, device-side augmentation (ImageProjectiveTransformV3 has no CPU XLA kernel), the
     optimizer update (it all-reduces across replicas) and the bank/Z updates run outside XLA.
     """
@@ -162,9 +163,12 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         with tf.GradientTape() as tape:
             outputs = state.head(state.encoder(images, training=True), training=True)
             loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
-            scaled = (loss + _decay_loss(state, config.weight_decay)) / num_replicas
+            proximal = tf.constant(0.0)
+            if config.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
+                proximal = losses.proximal_loss(outputs, state.bank.variable, labels, config.proximal_lambda)
+            scaled = (loss + proximal + _decay_loss(state, config.weight_decay)) / num_replicas
             differentiated = state.optimizer.scale_loss(scaled) if loss_scaled else scaled
-        return scaled, z_batch, outputs, tape.gradient(differentiated, variables)
+        return scaled, z_batch, proximal / num_replicas, outputs, tape.gradient(differentiated, variables)
 
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
@@ -172,7 +176,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         noise_seed = tf.stack([tf.cast(config.seed, tf.int64),
                                state.optimizer.iterations * num_replicas + tf.cast(ctx.replica_id_in_sync_group,
                                                                                    tf.int64)])
-        scaled, z_batch, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed)
+        scaled, z_batch, proximal, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed)
         state.optimizer.apply_gradients(zip(grads, variables))
         if state.bank is not None:
             state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
@@ -180,21 +184,23 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
             z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
             state.z.assign(losses.update_z(state.z, z_mean, config.nce_z_momentum, state.z <= 0))
         bad_weights = 1.0 - tf.cast(_all_finite([tf.convert_to_tensor(v) for v in variables]), tf.float32)
-        return {"loss": scaled, "z": state.z.read_value(), "bad_weights": bad_weights}
+        return {"loss": scaled, "z": state.z.read_value(), "bad_weights": bad_weights, "proximal": proximal}
 
     def one_step(distributed_batch):
         per_replica = strategy.run(replica_step, args=(distributed_batch,))
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None)
         bad_weights = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["bad_weights"], axis=None)
         return (loss, strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica["z"], axis=None),
-                tf.logical_and(tf.math.is_finite(loss), tf.equal(bad_weights, 0.0)))
+                tf.logical_and(tf.math.is_finite(loss), tf.equal(bad_weights, 0.0)),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["proximal"], axis=None))
 
     @tf.function
     def train_steps(iterator, num_steps):
-        loss, z, finite, done = tf.constant(0.0), tf.constant(0.0), tf.constant(True), tf.constant(0)
+        loss, z, proximal = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
+        finite, done = tf.constant(True), tf.constant(0)
         while tf.logical_and(finite, done < num_steps):
-            loss, z, finite = one_step(next(iterator))
+            loss, z, finite, proximal = one_step(next(iterator))
             done += 1
-        return {"loss": loss, "z": z, "steps": done, "finite": finite}
+        return {"loss": loss, "z": z, "steps": done, "finite": finite, "proximal": proximal}
 
     return train_steps

@@ -1,0 +1,157 @@
+"""Fine-tuning an encoder with a linear classifier: data, step, checkpoints/resume, test accuracy, export.
+
+The classifier is `Dense(num_classes)` on the encoder's representation. Encoder and head have their own SGD
+optimizer and learning rate (both dropped by `lr_decay_factor` at the `lr_decay_at` fractions of `steps`).
+Training images get NPID's augmentation at the encoder's input size; test images are resized to that size, by
+the same function the export's `classify` signature runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from exemplar_tf import export
+from exemplar_tf.augment.npid import npid_augment
+
+CLASSIFY_SIGNATURE = "classify"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    out_dir: str  # checkpoints/ of this fine-tuning
+    steps: int = 1000
+    batch_size: int = 64
+    encoder_lr: float = 0.01
+    head_lr: float = 0.1
+    lr_decay_at: tuple[float, ...] = (0.6, 0.8)
+    lr_decay_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    checkpoint_every: int = 500
+
+
+def _schedule(lr: float, config: FinetuneConfig):
+    boundaries = [int(f * config.steps) for f in sorted(config.lr_decay_at)]
+    if not boundaries:
+        return lr
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)])
+
+
+def training_batches(dataset: tf.data.Dataset, rows: np.ndarray, total: int, size: int, config: FinetuneConfig):
+    """Endless augmented batches {"image": float32 [B,size,size,3], "label"} of the examples whose "index" is in
+    `rows` (the labelled subset; `total` = number of examples in `dataset`)."""
+    keep = np.zeros(total, bool)
+    keep[rows] = True
+    keep = tf.constant(keep)
+    seeds = tf.data.Dataset.random(seed=config.seed).batch(2)
+    labelled = dataset.filter(lambda e: tf.gather(keep, e["index"])).cache()
+    return (tf.data.Dataset.zip(labelled.shuffle(len(rows), seed=config.seed).repeat(), seeds)
+            .map(lambda e, s: {"image": npid_augment(e["image"], size, s), "label": e["label"]},
+                 num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(config.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
+
+
+def classify_fn(encoder, head):
+    """uint8 images [B,H,W,3] -> float32 probabilities [B,C] (resized to encoder.input_size, bilinear)."""
+    size = int(encoder.input_size)
+
+    def classify(images):
+        x = tf.cast(tf.ensure_shape(images, [None, None, None, 3]), tf.float32) / 255.0
+        x = tf.image.resize(x, (size, size), method="bilinear", antialias=True)
+        return {"probabilities": tf.nn.softmax(tf.cast(head(encoder(x, training=False)), tf.float32), axis=-1)}
+
+    return classify
+
+
+def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128) -> float:
+    """Top-1 accuracy of `classify_fn` over {"image": uint8 [H,W,3], "label"} (one image at a time if sizes differ)."""
+    classify = tf.function(classify_fn(encoder, head))
+    correct = count = 0
+    batches = {}  # images of one size share batches
+    for image, label in dataset.map(lambda e: (e["image"], e["label"])).as_numpy_iterator():
+        batches.setdefault(image.shape, []).append((image, label))
+    for group in batches.values():
+        for start in range(0, len(group), batch_size):
+            images, labels = zip(*group[start:start + batch_size])
+            predicted = np.argmax(classify(tf.constant(np.stack(images)))["probabilities"].numpy(), axis=1)
+            correct += int(np.sum(predicted == np.array(labels)))
+            count += len(labels)
+    if not count:
+        raise ValueError("no test images")
+    return correct / count
+
+
+def finetune(encoder, num_classes: int, batches: tf.data.Dataset, config: FinetuneConfig):
+    """Trains encoder + a new linear head for `config.steps` steps, resuming from `out_dir/checkpoints`.
+    Returns (head, final loss)."""
+    head = keras.layers.Dense(num_classes, name="classifier")
+    head.build((None, encoder.representation_dim))
+    encoder_opt = keras.optimizers.SGD(_schedule(config.encoder_lr, config), momentum=config.momentum)
+    head_opt = keras.optimizers.SGD(_schedule(config.head_lr, config), momentum=config.momentum)
+    encoder_opt.build(encoder.trainable_variables)
+    head_opt.build(head.trainable_variables)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(encoder=encoder, head=head, encoder_opt=encoder_opt, head_opt=head_opt,
+                                     step=step_var)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.out_dir, "checkpoints"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        print(f"Resuming {config.out_dir} from step {int(step_var)}/{config.steps}")
+    decayed = [v for v in encoder.trainable_variables + head.trainable_variables if len(v.shape) > 1]
+
+    @tf.function
+    def train_step(batch):
+        with tf.GradientTape() as tape:
+            logits = tf.cast(head(encoder(batch["image"], training=True)), tf.float32)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits))
+            total = loss + config.weight_decay * 0.5 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
+        grads = tape.gradient(total, encoder.trainable_variables + head.trainable_variables)
+        n = len(encoder.trainable_variables)
+        encoder_opt.apply_gradients(zip(grads[:n], encoder.trainable_variables))
+        head_opt.apply_gradients(zip(grads[n:], head.trainable_variables))
+        step_var.assign_add(1)
+        return loss
+
+    loss = float("nan")
+    iterator = iter(batches)
+    while int(step_var) < config.steps:
+        loss = float(train_step(next(iterator)))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"fine-tuning loss became {loss} at step {int(step_var)}; try lower lrs")
+        if int(step_var) % config.checkpoint_every == 0:
+            manager.save(checkpoint_number=int(step_var))
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{int(step_var)}"):
+        manager.save(checkpoint_number=int(step_var))
+    return head, loss
+
+
+def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_names=None) -> str:
+    """SavedModel `<base>/<name>/<next version>` with signature `classify`: `images` uint8 [B,H,W,3] ->
+    {"probabilities": float32 [B,C]}, written to a temporary folder and renamed into place."""
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.track(head)
+    archive.add_endpoint(CLASSIFY_SIGNATURE, classify_fn(encoder, head),
+                         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    model_dir = os.path.join(export_dir_base, name)
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
+    try:
+        archive.write_out(os.path.join(tmp, "model"), verbose=False)
+        if class_names:
+            os.makedirs(os.path.join(tmp, "model", "assets.extra"), exist_ok=True)
+            with open(os.path.join(tmp, "model", "assets.extra", "class_names.txt"), "w") as f:
+                f.write("\n".join(class_names) + "\n")
+        target = os.path.join(model_dir, str(export.next_version(model_dir)))
+        os.rename(os.path.join(tmp, "model"), target)
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
