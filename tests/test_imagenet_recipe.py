@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 from PIL import Image

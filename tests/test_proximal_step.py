@@ -24,13 +24,18 @@ def _batch():
             "label": tf.constant(rng.choice(NUM_INSTANCES, BATCH, replace=False), tf.int64)}
 
 
+def _run_one_step(step, batch):
+    """One training step on `batch` through the step's iterator interface."""
+    return step(iter(tf.data.Dataset.from_tensors(batch).repeat()), tf.constant(1))
+
+
 @pytest.mark.parametrize("objective", ["nce", "nonparametric"])
 def test_step_reports_lambda_times_distance_to_the_pre_update_rows(objective):
     state, step = _state_and_step(30.0, objective)
     batch = _batch()
     v = state.head(state.encoder(batch["image"], training=True), training=True).numpy()
     before = state.bank().numpy()[batch["label"].numpy()]
-    out = step(batch)
+    out = _run_one_step(step, batch)
     expected = 30.0 * np.mean(np.sum((v - before) ** 2, axis=1))
     np.testing.assert_allclose(float(out["proximal"]), expected, rtol=1e-4)
     after = state.bank().numpy()[batch["label"].numpy()]
@@ -42,7 +47,7 @@ def test_lambda_changes_the_update_and_zero_leaves_it_as_before():
     weights = {}
     for strength in (0.0, 30.0):
         state, step = _state_and_step(strength)
-        out = step(batch)
+        out = _run_one_step(step, batch)
         weights[strength] = state.encoder.get_weights()
         if strength == 0.0:
             assert float(out["proximal"]) == 0.0
