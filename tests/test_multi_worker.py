@@ -22,6 +22,7 @@ def _free_ports(count):
             s.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_two_workers_train_a_few_steps(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
