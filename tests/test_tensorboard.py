@@ -93,7 +93,7 @@ def test_projector_lists_the_run_with_codes_labels_and_sprite(run, where):
     assert json.loads(_get(plugin, "/runs")) == [run_name]
     (embedding,) = json.loads(_get(plugin, "/info", run=run_name))["embeddings"]
     assert embedding["tensorName"] == "knn_test_codes/.ATTRIBUTES/VARIABLE_VALUE"
-    assert embedding["tensorShape"] == [str(KNN_EXAMPLES), str(config.embedding_dim)]
+    assert [int(d) for d in embedding["tensorShape"]] == [KNN_EXAMPLES, config.embedding_dim]
 
     tensor = np.frombuffer(_get(plugin, "/tensor", run=run_name, name=embedding["tensorName"]), np.float32)
     codes = tensor.reshape(KNN_EXAMPLES, config.embedding_dim)
@@ -105,7 +105,7 @@ def test_projector_lists_the_run_with_codes_labels_and_sprite(run, where):
     assert metadata == ["label\tclass"] + [f"{label}\t{names[label]}" for label in test.labels]
     assert len(set(test.labels)) > 1
 
-    assert embedding["sprite"]["singleImageDim"] == [config.input_size, config.input_size]
+    assert [int(d) for d in embedding["sprite"]["singleImageDim"]] == [config.input_size, config.input_size]
     sprite = np.asarray(Image.open(io.BytesIO(_get(plugin, "/sprite_image", run=run_name, name=embedding["tensorName"]))))
     side = config.input_size
     columns = int(np.ceil(np.sqrt(KNN_EXAMPLES)))
@@ -138,5 +138,5 @@ def test_hparams_lists_the_run_with_its_config_and_final_knn(run):
     assert session["name"] == "tiny/tensorboard"
     knn_metric = next(m for m in session["metricValues"] if m["name"]["tag"] == "knn_top1")
     final_knn = context.multiplexer.Tensors("tiny/tensorboard", "knn_top1")[-1]
-    assert knn_metric["trainingStep"] == "4" or knn_metric["trainingStep"] == 4
+    assert int(knn_metric["trainingStep"]) == config.steps
     assert knn_metric["value"] == pytest.approx(float(tf.make_ndarray(final_knn.tensor_proto)))

@@ -1,4 +1,5 @@
 """End-to-end training: the run directory, resume after SIGKILL, NaN handling, device-side augmentation."""
+import dataclasses
 import glob
 import os
 import signal
@@ -43,6 +44,15 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
                 "representation/code_mean_cosine"):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
     assert os.path.exists(os.path.join(result.log_dir, "projector_config.pbtxt"))  # beside the event file
+
+
+def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(tmp_path, capsys):
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="resume", steps=4, objective="softmax",
+                         export_base=str(tmp_path / "sm"), **TINY)
+    assert loop.run(config).step == 4
+    result = loop.run(dataclasses.replace(config, steps=6))
+    assert f"Resuming {tmp_path / 'run'} from step 4/6" in capsys.readouterr().out
+    assert result.step == 6 and tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-6")
 
 
 def test_device_side_augmentation_trains(tmp_path):
