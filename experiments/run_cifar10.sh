@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One CIFAR-10 experiment of RESULTS.md: train without labels, then weighted kNN (k=200) and the linear probe on
-# the test images, each beside the randomly initialised encoder exported at step 0. The probe trains on 10 000
-# training images (1000 per class, evenly spread) to fit the CPU budget; kNN uses all 50 000.
+# the test images, each beside the randomly initialised encoder exported at step 0. kNN and the probe use all
+# 50 000 training images (PROBE_MAX_TRAIN=N: N evenly spread, as the rows before the fast probe did); the probe
+# sees the export's percentile-scaled features unstandardised, C on the paper's grid (extended at an edge).
+# EVAL_ONLY=1 skips training and evaluates the run's newest exports.
 #   bash experiments/run_cifar10.sh cifar10_exemplar_softmax   (or cifar10_exemplar_nce, cifar10_npid)
 # KNN_MAX_TRAIN=N uses N evenly spread training images as the kNN memory instead of all 50 000 (RESULTS.md says
 # where; set for ResNet-18, whose 2 x 55 000 forward passes alone take longer than training on a 2-core CPU).
@@ -13,10 +15,12 @@ out=experiments/results/$name
 mkdir -p "$out"
 [ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR)" >&2; exit 2; }
 
+if [ -z "${EVAL_ONLY:-}" ]; then
 start=$(date +%s)
 python -m exemplar_tf.train --flagfile="experiments/$name.cfg" --source="folder:$data" \
   --knn_source="folder:$data" --run_dir="runs/$name" --noprogress 2>&1 | tee "$out/train.log"
 echo "{\"train_seconds\": $(( $(date +%s) - start ))}" > "$out/time.json"
+fi
 
 export_dir=$(ls -d savedmodels/$name/* | sort -t/ -k3 -n | tail -1)
 random_dir=$(ls -d savedmodels/${name}_random/* | sort -t/ -k3 -n | tail -1)
@@ -27,5 +31,5 @@ for model in "$export_dir" "$random_dir"; do
       2> "$out/knn_$tag.log" > "$out/knn_$tag.json"
 done
 python -m exemplar_tf.evaluate --savedmodel="$export_dir" --baseline_savedmodel="$random_dir" \
-  --dataset="folder:$data" --protocol=cifar10 --eval_size=32 --c_values=0.002,0.02,0.2 --max_train=10000 \
+  --dataset="folder:$data" --protocol=cifar10 --eval_size=32 --max_train="${PROBE_MAX_TRAIN:-0}" \
   --out_json="$out/probe.json" | tee "$out/probe.txt"

@@ -28,3 +28,13 @@ def test_collapsed_network_reads_as_dead_and_identical():
     codes = np.tile([[0.0, 1.0, 0.0]], (6, 1)).astype(np.float32)
     assert summaries.representation_health(representations, codes) == pytest.approx(
         {"representation/active_units": 0.0, "representation/code_mean_cosine": 1.0})
+
+
+def test_sprite_tiles_images_row_major_in_a_square_and_shrinks_past_8192_px():
+    images = np.arange(1, 6, dtype=np.uint8)[:, None, None, None] * np.ones((5, 2, 2, 3), np.uint8)
+    sprite = summaries.sprite(images)
+    assert sprite.shape == (6, 6, 3)  # ceil(sqrt(5)) = 3 cells of 2 px a side
+    cells = sprite[::2, ::2, 0]
+    np.testing.assert_array_equal(cells, [[1, 2, 3], [4, 5, 0], [0, 0, 0]])
+    assert summaries.sprite_thumb_side(10000, 96) == 81  # 100 columns: 8192 // 100
+    assert summaries.sprite_thumb_side(2000, 96) == 96  # 45 columns of 96 px fit

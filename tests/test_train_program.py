@@ -1,4 +1,5 @@
 """End-to-end training: the run directory, resume after SIGKILL, NaN handling, device-side augmentation."""
+import dataclasses
 import glob
 import os
 import signal
@@ -28,7 +29,8 @@ def _tags(log_dir):
 
 def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="tiny", steps=6, export_base=str(tmp_path / "sm"),
-                         objective="nce", batch_norm=True, knn_source="demo_labelled", knn_every=3, knn_max_examples=40, **TINY)
+                         objective="nce", batch_norm=True, knn_source="demo_labelled", knn_every=3,
+                         knn_max_examples=40, **TINY)
     result = loop.run(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert result.export_dir == str(tmp_path / "sm" / "tiny" / "1")
@@ -41,7 +43,16 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
                 "surrogate_samples", "knn_top1", "representation/active_units",
                 "representation/code_mean_cosine"):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
-    assert os.path.exists(os.path.join(result.log_dir, "projector", "projector_config.pbtxt"))
+    assert os.path.exists(os.path.join(result.log_dir, "projector_config.pbtxt"))  # beside the event file
+
+
+def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(tmp_path, capsys):
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="resume", steps=4, objective="softmax",
+                         export_base=str(tmp_path / "sm"), **TINY)
+    assert loop.run(config).step == 4
+    result = loop.run(dataclasses.replace(config, steps=6))
+    assert f"Resuming {tmp_path / 'run'} from step 4/6" in capsys.readouterr().out
+    assert result.step == 6 and tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-6")
 
 
 def test_device_side_augmentation_trains(tmp_path):
@@ -85,6 +96,7 @@ def test_calls_of_several_steps_stop_exactly_at_every_log_checkpoint_and_knn_ste
         assert stops == sorted(events)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_resumes_and_finishes(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "exemplar_tf.train", f"--flagfile={REPO}/flags/demo.cfg",

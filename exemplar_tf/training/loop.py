@@ -86,7 +86,7 @@ def _save(manager: tf.train.CheckpointManager, step: int) -> None:
 class KnnReading:
     top1: float
     codes: np.ndarray  # [n,D] test codes (for the projector)
-    labels: np.ndarray  # [n]
+    test: summaries.LabelledImages  # the n test images, labels and class names
     health: dict[str, float]  # summaries.representation_health on the test images
 
 
@@ -107,7 +107,7 @@ def _knn_monitor(config: TrainConfig, input_size: int):
         test_codes, test_representations = summaries.embed(encoder, head, test[0])
         accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
         health = summaries.representation_health(test_representations, test_codes)
-        return KnnReading(accuracy["top1"], test_codes, test[1], health)
+        return KnnReading(accuracy["top1"], test_codes, test, health)
 
     return read
 
@@ -202,6 +202,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     if state.step == 0:
         with writer.as_default(step=0):
             tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
+        summaries.write_config(writer, config)
         if knn_reading:  # the random-initialisation point of the kNN curve
             _log_knn(writer, 0, knn_reading(state))
 
@@ -259,10 +260,9 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     if knn_reading:
         reading = knn_reading(state)
         _log_knn(writer, state.step, reading)
-        summaries.write_projector(log_dir, reading.codes, [str(label) for label in reading.labels])
+        summaries.write_projector(log_dir, "knn_test_codes", reading.codes, reading.test)
     elif state.bank is not None:
-        rows = state.bank()[:2000].numpy()
-        summaries.write_projector(log_dir, rows, [str(i) for i in range(len(rows))])
+        summaries.write_projector(log_dir, "bank_rows", state.bank()[:2000].numpy())
     writer.flush()
     try:
         export_dir = _export(config, state, data, config.name)

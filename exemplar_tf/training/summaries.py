@@ -1,13 +1,16 @@
 """TensorBoard content beyond scalars: sample grids, bank statistics, kNN monitoring, the projector."""
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.data import sources
 from exemplar_tf.errors import InputError
+from exemplar_tf.training import config as cfg
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
@@ -56,9 +59,18 @@ def representation_health(representations: np.ndarray, codes: np.ndarray) -> dic
         "representation/active_units": float(np.mean(np.any(representations > 0, axis=0))),
         "representation/code_mean_cosine": float(tf.reduce_mean(distinct_pair_cosines(codes))),
     }
-def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str | None = None):
-    """(images uint8 [n,size,size,3], labels int64 [n]): at most `limit` examples of a labelled source, evenly
-    spread over it (`sources.spread_subset`)."""
+
+
+class LabelledImages(NamedTuple):
+    """A labelled monitoring set: images uint8 [n,size,size,3], labels int64 [n], the source's class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...] | None
+
+
+def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str | None = None) -> LabelledImages:
+    """At most `limit` examples of a labelled source, evenly spread over it (`sources.spread_subset`)."""
     source = sources.load_source(spec, split, data_dir=data_dir)
     if source.num_classes is None:
         raise InputError(f"--knn_source={spec!r} split {split!r} has no labels")
@@ -69,7 +81,7 @@ def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str 
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     images, labels = zip(*resized.as_numpy_iterator())
-    return np.stack(images), np.asarray(labels, np.int64)
+    return LabelledImages(np.stack(images), np.asarray(labels, np.int64), source.class_names)
 
 
 def embed(encoder, head, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -85,18 +97,102 @@ def embed(encoder, head, images: np.ndarray, batch_size: int = 256) -> tuple[np.
     return np.concatenate(codes), np.concatenate(representations)
 
 
-def write_projector(log_dir: str, embeddings: np.ndarray, labels: list[str]) -> None:
-    """Writes a TensorBoard projector view of `embeddings` [n,D] with one metadata label per row."""
+PROJECTOR_CHECKPOINT = "projector_embedding"  # prefix of the projector's checkpoint inside the log dir
+MAX_SPRITE_SIDE = 8192  # the projector's limit on the sprite image
+
+
+def sprite_thumb_side(n: int, side: int) -> int:
+    """Side of each of n thumbnails in the sprite: the image side, smaller where ceil(sqrt(n)) of them would pass
+    the projector's 8192 px."""
+    return min(side, MAX_SPRITE_SIDE // int(np.ceil(np.sqrt(n))))
+
+
+def sprite(images: np.ndarray) -> np.ndarray:
+    """uint8 images [n,s,s,3] tiled row-major into the projector's square sprite [k*t, k*t, 3], k = ceil(sqrt(n)),
+    t = `sprite_thumb_side`; empty cells black."""
+    n, side = images.shape[0], images.shape[1]
+    columns = int(np.ceil(np.sqrt(n)))
+    thumb = sprite_thumb_side(n, side)
+    if thumb != side:
+        images = tf.cast(tf.round(tf.image.resize(images, (thumb, thumb), antialias=True)), tf.uint8).numpy()
+    canvas = np.zeros((columns * thumb, columns * thumb, 3), np.uint8)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = image
+    return canvas
+
+
+def write_projector(log_dir: str, name: str, embeddings: np.ndarray, labelled: LabelledImages | None = None) -> None:
+    """A TensorBoard projector view of `embeddings` [n,D] in the run folder `log_dir` (where the event file is,
+    so TensorBoard lists it under --logdir of that folder or of any folder above it).
+
+    With `labelled` (n images, labels, class names) the points get a sprite of the images as thumbnails and
+    tab-separated metadata with columns label and class. Files: projector_config.pbtxt, a checkpoint
+    `projector_embedding-*` holding the variable `name`, projector_metadata.tsv, projector_sprite.png.
+    """
     from tensorboard.plugins import projector
 
-    projector_dir = os.path.join(log_dir, "projector")
-    os.makedirs(projector_dir, exist_ok=True)
-    with open(os.path.join(projector_dir, "metadata.tsv"), "w") as f:
-        f.writelines(f"{label}\n" for label in labels)
-    variable = tf.Variable(embeddings, name="embedding")
-    tf.train.Checkpoint(embedding=variable).save(os.path.join(projector_dir, "embedding.ckpt"))
+    os.makedirs(log_dir, exist_ok=True)
+    variable = tf.Variable(np.asarray(embeddings, np.float32), name=name)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**{name: variable}), log_dir, max_to_keep=1,
+                                         checkpoint_name=PROJECTOR_CHECKPOINT)
+    manager.save()
     config = projector.ProjectorConfig()
     entry = config.embeddings.add()
-    entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
-    entry.metadata_path = "metadata.tsv"
-    projector.visualize_embeddings(projector_dir, config)
+    entry.tensor_name = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+    if labelled is not None:
+        if len(labelled.labels) != len(embeddings):
+            raise ValueError(f"{len(labelled.labels)} labels for {len(embeddings)} embeddings")
+        names = labelled.class_names or ()
+        with open(os.path.join(log_dir, "projector_metadata.tsv"), "w") as f:
+            f.write("label\tclass\n")
+            f.writelines(f"{label}\t{names[label] if label < len(names) else label}\n" for label in labelled.labels)
+        entry.metadata_path = "projector_metadata.tsv"
+        tf.io.write_file(os.path.join(log_dir, "projector_sprite.png"), tf.io.encode_png(sprite(labelled.images)))
+        entry.sprite.image_path = "projector_sprite.png"
+        thumb = sprite_thumb_side(*labelled.images.shape[:2])
+        entry.sprite.single_image_dim.extend([thumb, thumb])
+    projector.visualize_embeddings(log_dir, config)
+
+
+def _hparam_value(value) -> bool | int | float | str:
+    """A TrainConfig value as an HParams value: sequences comma-joined, None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
+
+
+def config_hparams(config: cfg.TrainConfig) -> dict[str, bool | int | float | str]:
+    """Every field of the resolved TrainConfig as an HParams value, by field name."""
+    return {field.name: _hparam_value(getattr(config, field.name)) for field in dataclasses.fields(config)}
+
+
+_CHOICES = {"method": cfg.METHODS, "objective": cfg.OBJECTIVES, "arch": cfg.ARCHS, "strategy": cfg.STRATEGIES,
+            "preset": cfg.PRESETS, "augment_on": cfg.AUGMENT_ON, "nce_noise": cfg.NCE_NOISE,
+            "bank_init": cfg.BANK_INITS, "resnet_stem": cfg.RESNET_STEMS}
+
+
+def write_config(writer, config: cfg.TrainConfig) -> None:
+    """Writes the resolved config at step 0 as TensorBoard hparams (an experiment listing every field, choice
+    fields with their domains, and the metrics knn_top1 = the last kNN top-1 and loss) and as a text table
+    `config`."""
+    from tensorboard.plugins.hparams import api as hp
+
+    values = config_hparams(config)
+    hparams = []
+    for key, value in values.items():
+        if key in _CHOICES:
+            domain = hp.Discrete(list(_CHOICES[key]))
+        elif isinstance(value, bool):
+            domain = hp.Discrete([False, True])
+        else:
+            domain = None
+        hparams.append(hp.HParam(key, domain))
+    metrics = [hp.Metric("knn_top1", display_name="kNN top-1 (last reading)"), hp.Metric("loss")]
+    table = "| flag | value |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in values.items())
+    with writer.as_default(step=0):
+        hp.hparams_config(hparams=hparams, metrics=metrics)
+        hp.hparams(values)
+        tf.summary.text("config", table, step=0)
