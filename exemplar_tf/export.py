@@ -14,7 +14,8 @@ mean subtraction is the encoder's first layer):
       the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
       1+4+16 pyramid, the other protocols quadrants).
 Only the encoder and the head are exported: no memory bank, no optimizer.
-`assets.extra/export_info.json` records arch, sizes, pooling and percentiles (TF Serving ignores it).
+`assets.extra/export_info.json` records arch, sizes, pooling, percentiles and feature_channels (C_l per layer, so
+a user can split `features` into its layer blocks of cells * C_l; TF Serving ignores the file).
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, pa
     archive.write_out(path, verbose=False)
 
 
-def _export_info(encoder, head, percentiles: Sequence[float], pooling: str) -> dict:
+def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, channels: Sequence[int]) -> dict:
     return {
         "arch": getattr(encoder, "arch", type(encoder).__name__),
         "input_size": int(encoder.input_size),
@@ -102,6 +103,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str) -> d
         "pooling": pooling,
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],
+        "feature_channels": [int(c) for c in channels],
     }
 
 
@@ -135,7 +137,8 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
         info_path = os.path.join(tmp, "model", INFO_PATH)
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
-            json.dump(_export_info(encoder, head, percentiles, pooling), f, indent=2)
+            json.dump(_export_info(encoder, head, percentiles, pooling, [int(m.shape[-1]) for m in probe]), f,
+                      indent=2)
         while True:
             chosen = version if version is not None else next_version(model_dir)
             target = os.path.join(model_dir, str(chosen))
