@@ -4,6 +4,7 @@ matching, area under precision-recall; CNN (a SavedModel's `features`) against S
     python -m exemplar_tf.match [--savedmodel=savedmodels/<name>/<v>] [--images=<dir>] [--num_images=16]
         [--strengths=1,2,3,4] [--families=rotation,zoom,...] [--oxford=<dir>] [--nosynthetic]
         [--orientation=upright,dominant] [--cnn_normalisation=none|l2|l2_layer|clip]
+        [--cnn_patch_contrast=none|standardise]
         [--max_regions=300] [--region_mode=cap|fixed] [--mser_delta=5 ...]
         [--cnn_patch_size=113] [--sift_patch_size=157] [--out_dir=runs/match] [--seed=0]
 
@@ -59,7 +60,8 @@ def main(argv) -> None:
     described = descriptors.standard_descriptors(savedmodel=values.savedmodel, cnn_patch_size=values.cnn_patch_size,
                                                  sift_patch_size=values.sift_patch_size,
                                                  cnn_output=values.cnn_output,
-                                                 cnn_normalisation=values.cnn_normalisation)
+                                                 cnn_normalisation=values.cnn_normalisation,
+                                                 cnn_patch_contrast=values.cnn_patch_contrast)
     results = []
     if values.synthetic:
         base = (images.folder_images(values.images, values.num_images) if values.images
@@ -76,7 +78,7 @@ def main(argv) -> None:
     print(report.format_table(rows))
     os.makedirs(values.out_dir, exist_ok=True)
     config = {name: values[name].value for name in (
-        "savedmodel", "cnn_output", "cnn_normalisation", "images", "oxford", "num_images", "strengths", "families",
+        "savedmodel", "cnn_output", "cnn_normalisation", "cnn_patch_contrast", "images", "oxford", "num_images", "strengths", "families",
         "orientation", "max_regions", "region_mode", "mser_delta", "mser_min_area", "mser_max_area",
         "mser_max_variation", "mser_min_diversity", "context", "iou_threshold", "max_side", "cnn_patch_size",
         "sift_patch_size", "seed")}
@@ -92,7 +94,8 @@ def main(argv) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    from exemplar_tf.matching.descriptors import DEFAULT_CNN_NORMALISATION, NORMALISATIONS
+    from exemplar_tf.matching.descriptors import (DEFAULT_CNN_NORMALISATION, DEFAULT_CNN_PATCH_CONTRAST,
+                                                  NORMALISATIONS, PATCH_CONTRASTS)
     from exemplar_tf.matching.ellipses import REGION_MODES, MserParameters
     from exemplar_tf.matching.warps import FAMILIES
 
@@ -106,6 +109,9 @@ def _define_flags() -> None:
                       "CNN descriptor normalisation before Euclidean matching: none, l2 (whole descriptor), "
                       "l2_layer (each layer's block; needs feature_channels in export_info.json), clip (SIFT's "
                       "unit norm, clip at 0.2, unit norm).")
+    flags.DEFINE_enum("cnn_patch_contrast", DEFAULT_CNN_PATCH_CONTRAST, list(PATCH_CONTRASTS),
+                      "standardise: each patch shifted and scaled to one mean and standard deviation before the CNN "
+                      "(gain/offset invariance the network's own mean subtraction prevents); none: as cut.")
     flags.DEFINE_string("orientation", "", "Comma-separated patch orientations to score, of upright, dominant "
                         "(each region turned to its dominant gradient orientation). Empty: upright on synthetic "
                         "pairs, dominant,upright on --oxford pairs.")

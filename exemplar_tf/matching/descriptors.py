@@ -12,6 +12,7 @@ with, which is what the rotation family measures; theta = the region's dominant 
 (`orientation.dominant_orientations`, the Oxford protocol) turns that direction onto the patch's +x axis.
 Large ellipses are sampled from a Gaussian pyramid level so that the sampling step stays below 2 pixels.
 
+CNN input: optionally each patch's contrast standardised (`standardise_patch_contrast`).
 Descriptor normalisation (`normalise_descriptors`, used on the CNN's features): none, l2 (whole descriptor),
 l2_layer (each layer's block to unit norm) or clip (SIFT's: unit norm with no component above 0.2).
 """
@@ -28,7 +29,8 @@ from exemplar_tf.matching.ellipses import Ellipses, symmetric_sqrt
 # OpenCV's SIFT: the 4 x 4 histogram grid spans 4 * 3 * (size / 2) = 6 * size pixels for a keypoint of `size`.
 SIFT_GRID_WIDTH_PER_SIZE = 6.0
 PIXELS_SIZE = 16  # the raw-pixel floor describes a 16 x 16 thumbnail of the patch
-DEFAULT_CNN_NORMALISATION = "l2"  # chosen on the synthetic benchmark (BUILD_NOTES.md, matching)
+DEFAULT_CNN_NORMALISATION = "l2"  # both chosen on the synthetic benchmark (BUILD_NOTES.md, matching)
+DEFAULT_CNN_PATCH_CONTRAST = "standardise"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,20 @@ def pixel_descriptors(patches: np.ndarray, size: int = PIXELS_SIZE) -> np.ndarra
 
 
 NORMALISATIONS = ("none", "l2", "l2_layer", "clip")
+PATCH_CONTRASTS = ("none", "standardise")
+PATCH_MEAN, PATCH_STD = 127.5, 48.0  # what `standardise_patch_contrast` brings every patch to
+
+
+def standardise_patch_contrast(patches: np.ndarray, mean: float = PATCH_MEAN, std: float = PATCH_STD) -> np.ndarray:
+    """uint8 [B,P,P,3] -> uint8: each patch shifted and scaled (over all its pixels and channels) to the given
+    mean and standard deviation, then rounded and clipped to 0..255 (flat patches: std taken as 1). A CNN that
+    subtracts a mean image inside is not made gain-invariant by normalising its output; this is done on its
+    input, as learned patch descriptors do."""
+    values = patches.astype(np.float32)
+    centre = values.mean(axis=(1, 2, 3), keepdims=True)
+    spread = np.maximum(values.std(axis=(1, 2, 3), keepdims=True), 1.0)
+    return np.clip(np.round(mean + (values - centre) * (std / spread)), 0, 255).astype(np.uint8)
+
 SIFT_CLIP = 0.2  # Lowe 2004: no component of the unit descriptor above 0.2, then renormalised
 
 
@@ -178,9 +194,13 @@ class SavedModelDescriptors:
     and returns a dict holding `output` float [B,D] (this project's exports: `features`, the pooled evaluation
     features, or `embedding`). TensorFlow is imported here, so SIFT-only runs never load it."""
 
-    def __init__(self, path: str, *, output: str = "features", batch_size: int = 64, normalisation: str = "none"):
+    def __init__(self, path: str, *, output: str = "features", batch_size: int = 64, normalisation: str = "none",
+                 patch_contrast: str = "none"):
         import tensorflow as tf
 
+        if patch_contrast not in PATCH_CONTRASTS:
+            raise ValueError(f"patch contrast {patch_contrast!r} is not one of {PATCH_CONTRASTS}")
+        self.patch_contrast = patch_contrast
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation {normalisation!r} is not one of {NORMALISATIONS}")
         if normalisation == "l2_layer" and output != "features":
@@ -201,20 +221,25 @@ class SavedModelDescriptors:
         return np.concatenate([batch.numpy() for batch in batches]).astype(np.float32)
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
-        """uint8 [B,P,P,3] -> float32 [B,D]: `raw`, then `normalise_descriptors` with the chosen mode."""
+        """uint8 [B,P,P,3] -> float32 [B,D]: the patches' contrast standardised (patch_contrast "standardise"),
+        `raw`, then `normalise_descriptors` with the chosen mode."""
+        if self.patch_contrast == "standardise":
+            patches = standardise_patch_contrast(patches)
         return normalise_descriptors(self.raw(patches), self.normalisation, blocks=self._blocks)
 
 
 def standard_descriptors(*, savedmodel: str | None = None, cnn_patch_size: int = 113,
                          sift_patch_size: int = 157, cnn_output: str = "features",
-                         cnn_normalisation: str = DEFAULT_CNN_NORMALISATION) -> list[Descriptor]:
-    """The benchmark's descriptors: cnn (the SavedModel's `cnn_output` normalised by `cnn_normalisation`, when
-    a path is given), sift, and pixels (raw pixels of the CNN-sized patch)."""
+                         cnn_normalisation: str = DEFAULT_CNN_NORMALISATION,
+                         cnn_patch_contrast: str = DEFAULT_CNN_PATCH_CONTRAST) -> list[Descriptor]:
+    """The benchmark's descriptors: cnn (the SavedModel's `cnn_output` on patches with `cnn_patch_contrast`,
+    normalised by `cnn_normalisation`, when a path is given), sift, and pixels (raw pixels of the CNN-sized
+    patch)."""
     described = [Descriptor("sift", sift_patch_size, sift_descriptors),
                  Descriptor("pixels", cnn_patch_size, pixel_descriptors)]
     if savedmodel:
         described.insert(0, Descriptor("cnn", cnn_patch_size, SavedModelDescriptors(
-            savedmodel, output=cnn_output, normalisation=cnn_normalisation)))
+            savedmodel, output=cnn_output, normalisation=cnn_normalisation, patch_contrast=cnn_patch_contrast)))
     return described
 
 
