@@ -78,7 +78,8 @@ def main(argv) -> None:
     print(report.format_table(rows))
     os.makedirs(values.out_dir, exist_ok=True)
     config = {name: values[name].value for name in (
-        "savedmodel", "cnn_output", "cnn_normalisation", "cnn_patch_contrast", "images", "oxford", "num_images", "strengths", "families",
+        "savedmodel", "cnn_output", "cnn_normalisation", "cnn_patch_contrast", "images", "oxford", "num_images",
+        "strengths", "families",
         "orientation", "max_regions", "region_mode", "mser_delta", "mser_min_area", "mser_max_area",
         "mser_max_variation", "mser_min_diversity", "context", "iou_threshold", "max_side", "cnn_patch_size",
         "sift_patch_size", "seed")}
