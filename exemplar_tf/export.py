@@ -14,8 +14,9 @@ mean subtraction is the encoder's first layer):
       the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
       1+4+16 pyramid, the other protocols quadrants).
 Only the encoder and the head are exported: no memory bank, no optimizer.
-`assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling and
-percentiles (TF Serving ignores it).
+`assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling,
+percentiles and feature_channels (C_l per layer, so a user can split `features` into its layer blocks of
+cells * C_l; TF Serving ignores the file).
 """
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, pa
     archive.write_out(path, verbose=False)
 
 
-def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, name: str,
+def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, channels: Sequence[int], name: str,
                  origin: dict | None) -> dict:
     return {
         "name": name,
@@ -109,6 +110,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, name
         "pooling": pooling,
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],
+        "feature_channels": [int(c) for c in channels],
     }
 
 
@@ -145,7 +147,8 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
         info_path = os.path.join(tmp, "model", INFO_PATH)
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
-            json.dump(_export_info(encoder, head, percentiles, pooling, name, origin), f, indent=2)
+            json.dump(_export_info(encoder, head, percentiles, pooling, [int(m.shape[-1]) for m in probe], name,
+                                   origin), f, indent=2)
         while True:
             chosen = version if version is not None else next_version(model_dir)
             target = os.path.join(model_dir, str(chosen))

@@ -3,27 +3,42 @@ matching, area under precision-recall; CNN (a SavedModel's `features`) against S
 
     python -m exemplar_tf.match [--savedmodel=savedmodels/<name>/<v>] [--images=<dir>] [--num_images=16]
         [--strengths=1,2,3,4] [--families=rotation,zoom,...] [--oxford=<dir>] [--nosynthetic]
-        [--max_regions=300] [--cnn_patch_size=113] [--sift_patch_size=157] [--out_dir=runs/match] [--seed=0]
+        [--orientation=upright,dominant] [--cnn_normalisation=none|l2|l2_layer|clip]
+        [--cnn_patch_contrast=none|standardise]
+        [--max_regions=300] [--region_mode=cap|fixed] [--mser_delta=5 ...]
+        [--cnn_patch_size=113] [--sift_patch_size=157] [--out_dir=runs/match] [--seed=0]
 
 Base images: the embedded demo photographs, or every image in --images; each is shrunk to --max_side and
 transformed by six families (rotation, zoom, perspective, nonlinear warp, lighting, blur) at the chosen strength
 levels (4 by default: 24 pairs per image). --oxford adds real pairs with known homographies (a folder with
-img1..imgN + H1to2p..H1toNp, or a folder of such folders). Writes <out_dir>/match.json, synthetic.png and
-oxford.png, and prints the table of mean AP per family, strength and descriptor.
+img1..imgN + H1to2p..H1toNp, or a folder of such folders). Patches are upright on the synthetic pairs (the rotation
+family measures each descriptor's own invariance) and both dominant-orientation and upright on the Oxford pairs
+(their protocol turns each region to its dominant gradient orientation), unless --orientation names them.
+Writes <out_dir>/match.json, synthetic.png and oxford.png, and prints the table of mean AP per family, strength
+and orientation, with each row's regions and true correspondences.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+
+
+SYNTHETIC_ORIENTATIONS = ("upright",)
+OXFORD_ORIENTATIONS = ("dominant", "upright")
 
 
 def _levels(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def _orientations(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def main(argv) -> None:
     from absl import app, flags
 
-    from exemplar_tf.matching import benchmark, descriptors, images, report, warps
+    from exemplar_tf.matching import benchmark, descriptors, ellipses, images, orientation, report, warps
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -32,26 +47,42 @@ def main(argv) -> None:
     unknown = sorted(set(families) - set(warps.FAMILIES))
     if unknown:
         raise app.UsageError(f"unknown families {unknown}; known: {list(warps.FAMILIES)}")
+    chosen = _orientations(values.orientation)
+    unknown = sorted(set(chosen) - set(orientation.ORIENTATIONS))
+    if unknown:
+        raise app.UsageError(f"unknown orientations {unknown}; known: {list(orientation.ORIENTATIONS)}")
+    mser = ellipses.MserParameters(delta=values.mser_delta, min_area=values.mser_min_area,
+                                   max_area_fraction=values.mser_max_area, max_variation=values.mser_max_variation,
+                                   min_diversity=values.mser_min_diversity)
     settings = benchmark.Settings(max_regions=values.max_regions, context=values.context,
-                                  iou_threshold=values.iou_threshold, max_side=values.max_side or None)
+                                  iou_threshold=values.iou_threshold, max_side=values.max_side or None,
+                                  region_mode=values.region_mode, mser=mser)
     described = descriptors.standard_descriptors(savedmodel=values.savedmodel, cnn_patch_size=values.cnn_patch_size,
                                                  sift_patch_size=values.sift_patch_size,
-                                                 cnn_output=values.cnn_output)
+                                                 cnn_output=values.cnn_output,
+                                                 cnn_normalisation=values.cnn_normalisation,
+                                                 cnn_patch_contrast=values.cnn_patch_contrast)
     results = []
     if values.synthetic:
         base = (images.folder_images(values.images, values.num_images) if values.images
                 else images.demo_images(values.num_images))
         results += benchmark.run_synthetic(base, described, families=families, levels=_levels(values.strengths),
-                                           settings=settings, seed=values.seed)
+                                           settings=dataclasses.replace(
+                                               settings, orientations=chosen or SYNTHETIC_ORIENTATIONS),
+                                           seed=values.seed)
     if values.oxford:
-        results += benchmark.run_oxford(images.load_sequences(values.oxford), described, settings=settings)
+        results += benchmark.run_oxford(images.load_sequences(values.oxford), described, settings=dataclasses.replace(
+            settings, orientations=chosen or OXFORD_ORIENTATIONS))
 
     rows = report.summarise(results)
     print(report.format_table(rows))
     os.makedirs(values.out_dir, exist_ok=True)
     config = {name: values[name].value for name in (
-        "savedmodel", "cnn_output", "images", "oxford", "num_images", "strengths", "families", "max_regions",
-        "context", "iou_threshold", "max_side", "cnn_patch_size", "sift_patch_size", "seed")}
+        "savedmodel", "cnn_output", "cnn_normalisation", "cnn_patch_contrast", "images", "oxford", "num_images",
+        "strengths", "families",
+        "orientation", "max_regions", "region_mode", "mser_delta", "mser_min_area", "mser_max_area",
+        "mser_max_variation", "mser_min_diversity", "context", "iou_threshold", "max_side", "cnn_patch_size",
+        "sift_patch_size", "seed")}
     report.write_json(os.path.join(values.out_dir, "match.json"), results, rows, config)
     written = [os.path.join(values.out_dir, "match.json")]
     for name in ("synthetic", "oxford"):
@@ -64,19 +95,43 @@ def main(argv) -> None:
 def _define_flags() -> None:
     from absl import flags
 
+    from exemplar_tf.matching.descriptors import (DEFAULT_CNN_NORMALISATION, DEFAULT_CNN_PATCH_CONTRAST,
+                                                  NORMALISATIONS, PATCH_CONTRASTS)
+    from exemplar_tf.matching.ellipses import REGION_MODES, MserParameters
     from exemplar_tf.matching.warps import FAMILIES
+
+    mser = MserParameters()
 
     flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<v> (serving_default: images -> "
                         "features); without it only SIFT and raw pixels are compared.")
     flags.DEFINE_enum("cnn_output", "features", ["features", "embedding"], "Which output of the export is the "
                       "CNN descriptor.")
+    flags.DEFINE_enum("cnn_normalisation", DEFAULT_CNN_NORMALISATION, list(NORMALISATIONS),
+                      "CNN descriptor normalisation before Euclidean matching: none, l2 (whole descriptor), "
+                      "l2_layer (each layer's block; needs feature_channels in export_info.json), clip (SIFT's "
+                      "unit norm, clip at 0.2, unit norm).")
+    flags.DEFINE_enum("cnn_patch_contrast", DEFAULT_CNN_PATCH_CONTRAST, list(PATCH_CONTRASTS),
+                      "standardise: each patch shifted and scaled to one mean and standard deviation before the CNN "
+                      "(gain/offset invariance the network's own mean subtraction prevents); none: as cut.")
+    flags.DEFINE_string("orientation", "", "Comma-separated patch orientations to score, of upright, dominant "
+                        "(each region turned to its dominant gradient orientation). Empty: upright on synthetic "
+                        "pairs, dominant,upright on --oxford pairs.")
     flags.DEFINE_string("images", None, "Folder of base images (default: the embedded demo photographs).")
     flags.DEFINE_integer("num_images", 16, "Use at most this many base images.")
     flags.DEFINE_bool("synthetic", True, "Run the synthetic transformations on the base images.")
     flags.DEFINE_string("families", ",".join(FAMILIES), "Comma-separated transformation families.")
     flags.DEFINE_string("strengths", "1,2,3,4", "Comma-separated 1-based strength levels of each family.")
     flags.DEFINE_string("oxford", None, "Oxford-format folder (img1..imgN, H1to2p..H1toNp) or a folder of them.")
-    flags.DEFINE_integer("max_regions", 300, "MSER regions kept per image (the most stable).")
+    flags.DEFINE_integer("max_regions", 300, "MSER regions kept per image (the most stable): at most this many, "
+                         "or exactly this many with --region_mode=fixed.")
+    flags.DEFINE_enum("region_mode", "cap", list(REGION_MODES), "cap: at most --max_regions of the regions the "
+                      "detector finds; fixed: the same number in every image, relaxing the detector (lower delta, "
+                      "higher max_variation) on images that yield fewer.")
+    flags.DEFINE_integer("mser_delta", mser.delta, "MSER threshold step.")
+    flags.DEFINE_integer("mser_min_area", mser.min_area, "MSER smallest region (pixels).")
+    flags.DEFINE_float("mser_max_area", mser.max_area_fraction, "MSER largest region (fraction of the image).")
+    flags.DEFINE_float("mser_max_variation", mser.max_variation, "MSER largest accepted area variation.")
+    flags.DEFINE_float("mser_min_diversity", mser.min_diversity, "MSER pruning of similar nested regions.")
     flags.DEFINE_float("context", 3.0, "Patch = region ellipse enlarged this many times.")
     flags.DEFINE_float("iou_threshold", 0.5, "Ellipse IoU above which two regions correspond.")
     flags.DEFINE_integer("max_side", 480, "Shrink images to this longer side (0: keep their size).")

@@ -50,6 +50,7 @@ def test_an_image_matched_against_itself_is_perfect(base_images):
     first = benchmark.make_view(image, descriptors, FAST)
     scores = benchmark.evaluate_pair(first, image, identity, descriptors, FAST)
     for name in ("sift", "pixels"):
+        name = ("upright", name)
         assert scores[name]["regions1"] == scores[name]["regions2"] == scores[name]["correspondences"] > 50
         assert scores[name]["average_precision"] > 0.99
 
@@ -92,14 +93,18 @@ def test_the_same_seed_gives_the_same_numbers(base_images, synthetic_results):
 
 
 def write_oxford_folder(folder, image: np.ndarray) -> list[np.ndarray]:
-    """img1.ppm, img2.ppm, img3.pgm (gray) and H1to2p, H1to3p made from known homographies; returns them."""
+    """An Oxford-layout sequence of the photograph: img1.ppm .. img6 (img3 gray .pgm) and H1to2p .. H1to6p from
+    known homographies (small turn, zoom + tilt, 50 degree turn, zoom, tilt); returns the homographies."""
     height, width = image.shape[:2]
-    turn = warps.rotation(8.0, (height, width), None).matrix
-    tilt = warps.perspective(0.04, (height, width), np.random.default_rng(5)).matrix
-    homographies = [turn, warps.zoom(1.3, (height, width), None).matrix @ tilt]
+    shape = (height, width)
+    tilt = warps.perspective(0.04, shape, np.random.default_rng(5)).matrix
+    homographies = [warps.rotation(8.0, shape, None).matrix, warps.zoom(1.3, shape, None).matrix @ tilt,
+                    warps.rotation(50.0, shape, None).matrix, warps.zoom(1.15, shape, None).matrix,
+                    warps.perspective(0.06, shape, np.random.default_rng(6)).matrix]
     os.makedirs(folder, exist_ok=True)
     cv2.imwrite(os.path.join(folder, "img1.ppm"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    for k, (matrix, extension) in enumerate(zip(homographies, (".ppm", ".pgm")), start=2):
+    extensions = (".ppm", ".pgm", ".ppm", ".png", ".ppm")
+    for k, (matrix, extension) in enumerate(zip(homographies, extensions), start=2):
         warped = cv2.warpPerspective(image, matrix, (width, height))
         if extension == ".pgm":
             warped = cv2.cvtColor(warped, cv2.COLOR_RGB2GRAY)
@@ -123,7 +128,7 @@ def test_oxford_folders_are_parsed_with_their_homographies(oxford_root):
     for location in (root / "scene", root):  # the sequence itself, or a folder of sequences
         (sequence,) = images.load_sequences(str(location))
         assert sequence.name == "scene"
-        assert [image.shape for image in sequence.images] == [(320, 320, 3)] * 3
+        assert [image.shape for image in sequence.images] == [(320, 320, 3)] * 6
         for parsed, written in zip(sequence.homographies, homographies):
             np.testing.assert_allclose(parsed, written, rtol=1e-12)
     gray = sequence.images[2]
@@ -151,23 +156,27 @@ def test_oxford_pairs_are_scored(oxford_root):
     results = benchmark.run_oxford(images.load_sequences(str(root / "scene")), standard_descriptors(),
                                    settings=FAST, progress=False)
     assert [(r.family, r.level, r.descriptor) for r in results] == [
-        ("oxford:scene", 2, "sift"), ("oxford:scene", 2, "pixels"),
-        ("oxford:scene", 3, "sift"), ("oxford:scene", 3, "pixels")]
-    assert all(r.correspondences > 20 for r in results)
+        ("oxford:scene", k, name) for k in range(2, 7) for name in ("sift", "pixels")]
+    assert all(r.correspondences > 20 and r.orientation == "upright" for r in results)
     assert results[0].average_precision > 0.5
 
 
 def test_summary_averages_over_images_and_skips_pairs_without_correspondences():
     def result(image, descriptor, ap):
-        return benchmark.PairResult("synthetic", image, "blur", 1, 1.0, descriptor, ap, 10, 10, 5, 3)
+        return benchmark.PairResult("synthetic", image, "blur", 1, 1.0, descriptor, "upright", ap, 10, 12 + int(image),
+                                    5, 3)
 
     rows = report.summarise([result("0", "sift", 0.5), result("1", "sift", 0.7), result("2", "sift", float("nan")),
                              result("0", "pixels", 0.2), result("1", "pixels", 0.4),
                              result("2", "pixels", float("nan"))])
     assert len(rows) == 1 and rows[0]["pairs"] == 2
     assert rows[0]["mean_ap"] == pytest.approx({"sift": 0.6, "pixels": 0.3})
+    assert (rows[0]["regions1"], rows[0]["regions2"], rows[0]["correspondences"]) == (10, 13, 5)  # mean of 12, 13, 14
     table = report.format_table(rows)
     assert "blur" in table and "0.600" in table and "mean synthetic" in table
+    header, _, line = table.splitlines()[:3]
+    assert header.split()[:8] == ["family", "level", "strength", "orient", "pairs", "regions1", "regions2", "corr"]
+    assert line.split()[:8] == ["blur", "1", "1", "upright", "2", "10", "13", "5"]
 
 
 def test_the_program_prints_the_table_and_writes_json_and_plots(tmp_path, oxford_root):
@@ -181,7 +190,12 @@ def test_the_program_prints_the_table_and_writes_json_and_plots(tmp_path, oxford
     assert "family" in completed.stdout and "rotation" in completed.stdout and "oxford:scene" in completed.stdout
     document = json.loads((out_dir / "match.json").read_text())
     assert {row["family"] for row in document["summary"]} == {"rotation", "blur", "oxford:scene"}
-    assert set(document["means"]) == {"synthetic", "oxford"}
-    assert len(document["pairs"]) == (2 + 2) * 2 and document["config"]["max_regions"] == 100
+    assert document["means"].keys() == {"synthetic", "oxford"}
+    assert document["means"]["synthetic"].keys() == {"upright"}  # synthetic: upright only
+    assert document["means"]["oxford"].keys() == {"dominant", "upright"}  # oxford: both by default
+    assert len(document["pairs"]) == 2 * 2 + 5 * 2 * 2 and document["config"]["max_regions"] == 100
+    turned = {(p["level"], p["orientation"]): p["average_precision"] for p in document["pairs"]
+              if p["benchmark"] == "oxford" and p["descriptor"] == "sift"}
+    assert turned[4, "dominant"] > 0.5 > turned[4, "upright"] + 0.2  # img4 is turned by 50 degrees
     for name in ("synthetic.png", "oxford.png"):
         assert cv2.imread(str(out_dir / name)) is not None

@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.matching import benchmark, images, warps
-from exemplar_tf.matching.descriptors import (SavedModelDescriptors, normalised_patches, pixel_descriptors,
-                                              sift_descriptors, standard_descriptors)
+from exemplar_tf.matching.descriptors import (PATCH_MEAN, PATCH_STD, SIFT_CLIP, Descriptor, SavedModelDescriptors,
+                                              feature_layer_blocks, normalise_descriptors, normalised_patches,
+                                              pixel_descriptors, sift_descriptors, standard_descriptors,
+                                              standardise_patch_contrast)
 from exemplar_tf.matching.ellipses import Ellipses, map_ellipses
 
 
@@ -123,3 +125,88 @@ def test_the_benchmark_runs_the_cnn_descriptor_from_an_export(tmp_path):
     assert [r.descriptor for r in results] == ["cnn", "sift", "pixels"]
     cnn = results[0]
     assert cnn.correspondences > 10 and 0.0 < cnn.average_precision <= 1.0
+
+
+def test_clip_and_renormalise_gives_unit_rows_with_no_component_above_the_clip(rng):
+    values = rng.exponential(size=(50, 64)) ** 3 * rng.choice([-1.0, 1.0], size=(50, 64))  # heavy-tailed
+    values[0] = 0.0
+    values[1] = 1e-3
+    values[1, 0] = 1.0  # one huge component: a single clip-and-renormalise pass would put it back near 1
+    clipped = normalise_descriptors(values, "clip")
+    assert np.all(clipped[0] == 0.0)
+    np.testing.assert_allclose(np.linalg.norm(clipped[1:], axis=1), 1.0, rtol=1e-5)
+    assert np.abs(clipped).max() <= SIFT_CLIP + 1e-6
+    assert np.mean(np.isclose(np.abs(clipped[2:]), SIFT_CLIP, atol=1e-6).any(axis=1)) > 0.9  # the clip acts
+    assert clipped[1, 0] == pytest.approx(SIFT_CLIP)
+    np.testing.assert_array_equal(np.sign(clipped[1:]), np.sign(values[1:]))
+    small = np.abs(values[2]) * (np.abs(clipped[2]) < SIFT_CLIP - 1e-6)  # unclipped components keep their ratios
+    kept = np.nonzero(small)[0]
+    np.testing.assert_allclose(np.abs(clipped[2, kept]) / small[kept], np.abs(clipped[2, kept[0]]) / small[kept[0]],
+                               rtol=1e-4)
+    with pytest.raises(ValueError, match="cannot give unit norm"):
+        normalise_descriptors(values[:, :20], "clip")
+
+
+def test_l2_and_per_layer_l2_normalise_the_whole_row_or_each_block(rng):
+    values = rng.normal(size=(6, 10)) * np.array([1.0] * 4 + [100.0] * 6)
+    np.testing.assert_allclose(np.linalg.norm(normalise_descriptors(values, "l2"), axis=1), 1.0, rtol=1e-6)
+    layered = normalise_descriptors(values, "l2_layer", blocks=[4, 6])
+    np.testing.assert_allclose(np.linalg.norm(layered[:, :4], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(layered[:, 4:], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(normalise_descriptors(values, "none"), values.astype(np.float32))
+    with pytest.raises(ValueError, match="summing to the descriptor size 10"):
+        normalise_descriptors(values, "l2_layer", blocks=[4, 5])
+
+
+def test_patch_contrast_standardisation_undoes_gain_and_offset(rng):
+    patches = cv2.GaussianBlur(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), (0, 0), 1.5)[None]
+    standard = standardise_patch_contrast(patches).astype(float)
+    assert standard.mean() == pytest.approx(PATCH_MEAN, abs=0.5) and standard.std() == pytest.approx(PATCH_STD, abs=0.5)
+    dimmed = np.round(patches * 0.5 + 10).astype(np.uint8)  # (rounding to uint8 keeps a ~1 level error)
+    assert np.abs(standardise_patch_contrast(dimmed).astype(float) - standard).mean() < 2.0
+
+
+@pytest.fixture(scope="module")
+def encoder_export(tmp_path_factory):
+    """The project's small Exemplar-CNN at initialisation (mean subtraction inside), exported as training does."""
+    from exemplar_tf import export
+    from exemplar_tf.models import build_encoder
+
+    keras.utils.set_random_seed(0)
+    encoder = build_encoder("small", input_size=32, mean_rgb=(120.0, 115.0, 105.0))
+    calibration = np.random.default_rng(4).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
+    base = str(tmp_path_factory.mktemp("savedmodels"))
+    return export.export_encoder(encoder, export_dir_base=base, name="small",
+                                 percentiles=export.measure_percentiles(encoder, calibration))
+
+
+def test_per_layer_blocks_come_from_the_export_info(encoder_export, rng):
+    blocks = feature_layer_blocks(encoder_export)
+    described = SavedModelDescriptors(encoder_export, normalisation="l2_layer")(
+        rng.integers(0, 256, (3, 49, 49, 3), dtype=np.uint8))
+    assert described.shape[1] == sum(blocks) and len(blocks) == 3
+    edges = np.cumsum([0, *blocks])
+    for start, end in zip(edges[:-1], edges[1:]):
+        np.testing.assert_allclose(np.linalg.norm(described[:, start:end], axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_pair_that_only_differs_by_contrast_keeps_its_cnn_ap_with_normalisation(encoder_export):
+    image, _ = images.shrink(images.demo_images(1)[0], 240)
+    settings = benchmark.Settings(max_regions=80, max_side=240)
+
+    def cnn(patch_contrast, normalisation):
+        return Descriptor(f"{patch_contrast}/{normalisation}", 65, SavedModelDescriptors(
+            encoder_export, normalisation=normalisation, patch_contrast=patch_contrast))
+
+    described = [cnn("none", "none"), cnn("none", "l2"), cnn("standardise", "l2")]
+    dimmer = warps.Photometric(lambda frame: np.round(frame * 0.35).astype(np.uint8))
+    first = benchmark.make_view(image, described, settings)
+    same = benchmark.evaluate_pair(first, image, warps.lighting(1.0, image.shape[:2], None), described, settings)
+    dim = benchmark.evaluate_pair(first, dimmer.warp(image), dimmer, described, settings)
+    ap = {name: dim["upright", name]["average_precision"] for _, name in dim}
+    assert dim["upright", "standardise/l2"]["correspondences"] > 15
+    assert same["upright", "standardise/l2"]["average_precision"] > 0.95
+    assert ap["standardise/l2"] > 0.9  # kept
+    assert ap["none/none"] < 0.2  # raw features scale with contrast
+    # output normalisation alone cannot undo a gain the network's own mean subtraction has mixed in
+    assert ap["none/l2"] < 0.2

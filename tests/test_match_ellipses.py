@@ -136,3 +136,28 @@ def test_mser_finds_blurred_discs_and_caps_the_count():
         radii = np.sqrt(found.areas()[distances < 0.5] / np.pi)
         assert np.all((radii > 0.4 * radius) & (radii < 1.3 * radius))
     assert len(detect_mser_ellipses(image, max_regions=2)) == 2
+
+
+def test_the_fixed_count_mode_returns_exactly_k_regions_sorted_by_stability():
+    from exemplar_tf.matching import images
+    from exemplar_tf.matching.ellipses import MserParameters, detect_mser_regions
+
+    image, _ = images.shrink(images.demo_images(1)[0], 240)
+    faint = np.round(120 + (image.astype(float) - 120) * 0.12).astype(np.uint8)  # low contrast: few MSERs
+    k = 120
+    capped, _ = detect_mser_regions(faint, max_regions=k, mode="cap")
+    assert len(capped) < k  # the case the mode exists for
+    fixed, stability = detect_mser_regions(faint, max_regions=k, mode="fixed")
+    assert len(fixed) == k and len(stability) == k
+    assert np.all(np.diff(stability) <= 0) and stability[-1] > 0
+    # where the detector already finds k, both modes keep the same k most stable regions
+    rich_cap, rich_stability = detect_mser_regions(image, max_regions=40, mode="cap")
+    rich_fixed, _ = detect_mser_regions(image, max_regions=40, mode="fixed")
+    np.testing.assert_array_equal(rich_cap.centres, rich_fixed.centres)
+    assert np.all(np.diff(rich_stability) <= 0)
+    # regions are counted inside the mask only
+    mask = np.zeros(image.shape[:2], bool)
+    mask[:, :120] = True
+    inside, _ = detect_mser_regions(faint, max_regions=60, mode="fixed", keep_mask=mask)
+    assert len(inside) == 60 and np.all(inside.centres[:, 0] < 120)
+    assert MserParameters().relaxed(9).delta == 1

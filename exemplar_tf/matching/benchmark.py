@@ -2,13 +2,15 @@
 images related by a known transformation, nearest-neighbour matching, area under the precision-recall curve.
 
 For one pair (image 1, image 2 = T(image 1) or a real pair with a known homography):
-  1. MSER ellipses in both images (at most `max_regions` each, the most stable).
+  1. MSER ellipses in both images (the most stable: at most `max_regions` each, or exactly that many with
+     region_mode "fixed"; image 2's among those in its common part with image 1).
   2. Only the common part counts: image-2 ellipses must lie on pixels of image 2 that show image 1, and
      image-1 ellipses, mapped by T, must land there too (T's local affine map at the centre: c -> T(c),
      S -> J S J^T with J = dT/dx(c)).
   3. IoU of every mapped image-1 ellipse with every image-2 ellipse; region i of image 1 has a ground-truth
      correspondence when some IoU > iou_threshold (0.5).
-  4. Per descriptor: each image-1 region's nearest image-2 region by Euclidean distance; the match is correct
+  4. Per orientation (upright patches, or turned to each region's dominant gradient orientation) and
+     descriptor: each image-1 region's nearest image-2 region by Euclidean distance; the match is correct
      when their IoU > iou_threshold. Matches ranked by distance give the precision-recall curve (recall =
      correct matches / regions with a correspondence); its area is the pair's average precision (AP).
 """
@@ -22,19 +24,31 @@ from tqdm import tqdm
 
 from exemplar_tf.matching import images as image_sources
 from exemplar_tf.matching.descriptors import Descriptor, describe_regions
-from exemplar_tf.matching.ellipses import Ellipses, detect_mser_ellipses, inside_mask, map_ellipses, pairwise_iou
+from exemplar_tf.matching.ellipses import (Ellipses, MserParameters, detect_mser_ellipses, inside_mask, map_ellipses,
+                                           pairwise_iou)
+from exemplar_tf.matching.orientation import ORIENTATIONS, dominant_orientations
 from exemplar_tf.matching.warps import FAMILIES, Homography, Transformation
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """max_regions per image; context: patch = ellipse enlarged this many times; iou_threshold for a
-    correspondence; max_side: base images are shrunk to this longer side (None keeps them)."""
+    """max_regions per image (region_mode "cap": at most, "fixed": exactly, see `detect_mser_regions`); mser:
+    the detector's parameters; context: patch = ellipse enlarged this many times; iou_threshold for a
+    correspondence; max_side: base images are shrunk to this longer side (None keeps them); orientations:
+    which patch orientations are scored ("upright", "dominant"; each pair is scored once per entry)."""
 
     max_regions: int = 300
     context: float = 3.0
     iou_threshold: float = 0.5
     max_side: int | None = 480
+    region_mode: str = "cap"
+    mser: MserParameters = MserParameters()
+    orientations: tuple[str, ...] = ("upright",)
+
+    def __post_init__(self):
+        unknown = set(self.orientations) - set(ORIENTATIONS)
+        if unknown or not self.orientations:
+            raise ValueError(f"orientations {list(self.orientations)}: each must be one of {ORIENTATIONS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +63,7 @@ class PairResult:
     level: int
     strength: float
     descriptor: str
+    orientation: str  # "upright" or "dominant"
     average_precision: float  # nan when no region has a correspondence
     regions1: int  # image-1 regions in the common part
     regions2: int
@@ -87,25 +102,34 @@ def average_precision(distances: np.ndarray, correct: np.ndarray, num_positives:
 
 @dataclasses.dataclass(frozen=True)
 class View:
-    """An image with its MSER ellipses and their descriptors {name: [N,D]}."""
+    """An image with its MSER ellipses and their descriptors {orientation: {name: [N,D]}}."""
 
     image: np.ndarray
     ellipses: Ellipses
-    described: dict[str, np.ndarray]
+    described: dict[str, dict[str, np.ndarray]]
+
+
+def region_angles(image: np.ndarray, ellipses: Ellipses, orientation: str, context: float) -> np.ndarray | None:
+    """None for upright patches, else [N] radians: each region's dominant gradient orientation."""
+    return None if orientation == "upright" else dominant_orientations(image, ellipses, context)
 
 
 def make_view(image: np.ndarray, descriptors: Sequence[Descriptor], settings: Settings,
               keep_mask: np.ndarray | None = None) -> View:
-    """Detects, keeps the ellipses lying inside keep_mask (bool [H,W]; None keeps all) and describes them."""
-    ellipses = detect_mser_ellipses(image, max_regions=settings.max_regions)
-    if keep_mask is not None:
-        ellipses = ellipses.select(inside_mask(ellipses, keep_mask))
-    return View(image, ellipses, describe_regions(image, ellipses, descriptors, settings.context))
+    """Detects the most stable ellipses lying inside keep_mask (bool [H,W]; None: anywhere) and describes them
+    in every orientation of settings.orientations."""
+    ellipses = detect_mser_ellipses(image, max_regions=settings.max_regions, parameters=settings.mser,
+                                    mode=settings.region_mode, keep_mask=keep_mask)
+    described = {orientation: describe_regions(image, ellipses, descriptors, settings.context,
+                                                region_angles(image, ellipses, orientation, settings.context))
+                 for orientation in settings.orientations}
+    return View(image, ellipses, described)
 
 
 def score_pair(first: View, second: View, transformation: Transformation, common: np.ndarray,
-               descriptors: Sequence[Descriptor], settings: Settings) -> dict[str, dict]:
-    """{descriptor name: {average_precision, regions1, regions2, correspondences, correct}} for one pair.
+               descriptors: Sequence[Descriptor], settings: Settings) -> dict[tuple[str, str], dict]:
+    """{(orientation, descriptor name): {average_precision, regions1, regions2, correspondences, correct}} for
+    one pair.
 
     first: image 1's view (all its regions); second: image 2's view, already restricted to the common part;
     transformation: image 1 -> image 2; common: bool [H2,W2], the pixels of image 2 that show image 1.
@@ -117,25 +141,32 @@ def score_pair(first: View, second: View, transformation: Transformation, common
     matched = iou > settings.iou_threshold
     positives = int(np.count_nonzero(matched.any(axis=1))) if matched.size else 0
     scores = {}
-    for descriptor in descriptors:
-        queries = first.described[descriptor.name][keep]
-        if len(queries) and len(second.ellipses):
-            nearest, distances = nearest_neighbours(queries, second.described[descriptor.name])
-            correct = matched[np.arange(len(queries)), nearest]
-        else:
-            distances, correct = np.zeros(0), np.zeros(0, bool)
-        scores[descriptor.name] = {
-            "average_precision": average_precision(distances, correct, positives),
-            "regions1": int(np.count_nonzero(keep)),
-            "regions2": len(second.ellipses),
-            "correspondences": positives,
-            "correct": int(np.count_nonzero(correct)),
-        }
+    for orientation in settings.orientations:
+        for descriptor in descriptors:
+            scores[orientation, descriptor.name] = _descriptor_score(
+                first.described[orientation][descriptor.name][keep], second.described[orientation][descriptor.name],
+                matched, positives)
     return scores
 
 
+def _descriptor_score(queries: np.ndarray, candidates: np.ndarray, matched: np.ndarray, positives: int) -> dict:
+    """One descriptor's nearest-neighbour matches scored against the correspondences matched bool [N,M]."""
+    if len(queries) and len(candidates):
+        nearest, distances = nearest_neighbours(queries, candidates)
+        correct = matched[np.arange(len(queries)), nearest]
+    else:
+        distances, correct = np.zeros(0), np.zeros(0, bool)
+    return {
+        "average_precision": average_precision(distances, correct, positives),
+        "regions1": len(queries),
+        "regions2": len(candidates),
+        "correspondences": positives,
+        "correct": int(np.count_nonzero(correct)),
+    }
+
+
 def evaluate_pair(first: View, image2: np.ndarray, transformation: Transformation,
-                  descriptors: Sequence[Descriptor], settings: Settings) -> dict[str, dict]:
+                  descriptors: Sequence[Descriptor], settings: Settings) -> dict[tuple[str, str], dict]:
     """score_pair after detecting and describing image 2's regions in its common part with image 1."""
     common = transformation.valid_mask(first.image.shape, image2.shape)
     second = make_view(image2, descriptors, settings, keep_mask=common)
@@ -172,8 +203,8 @@ def run_synthetic(base_images: Sequence[np.ndarray], descriptors: Sequence[Descr
                 rng = np.random.default_rng([seed, image_index, list(FAMILIES).index(family), level])
                 transformation = FAMILIES[family].build(strength, image1.shape[:2], rng)
                 scores = evaluate_pair(first, transformation.warp(image1), transformation, descriptors, settings)
-                results += [PairResult("synthetic", str(image_index), family, level, strength, name, **score)
-                            for name, score in scores.items()]
+                results += [PairResult("synthetic", str(image_index), family, level, strength, name, orientation,
+                                       **score) for (orientation, name), score in scores.items()]
                 bar.update()
     return results
 
@@ -189,6 +220,6 @@ def run_oxford(sequences: Sequence[image_sources.Sequence], descriptors: Sequenc
             for k, (image2, matrix) in enumerate(zip(sequence.images[1:], sequence.homographies), start=2):
                 scores = evaluate_pair(first, image2, Homography(matrix), descriptors, settings)
                 results += [PairResult("oxford", sequence.name, f"oxford:{sequence.name}", k, float(k), name,
-                                       **score) for name, score in scores.items()]
+                                       orientation, **score) for (orientation, name), score in scores.items()]
                 bar.update()
     return results

@@ -83,20 +83,76 @@ def boundary_contrast(gray: np.ndarray, regions: list[np.ndarray]) -> np.ndarray
     return contrasts
 
 
-def detect_mser_ellipses(image: np.ndarray, *, max_regions: int = 300, delta: int = 5, min_area: int = 30,
-                         max_area_fraction: float = 0.05, max_variation: float = 0.5) -> Ellipses:
-    """image uint8 [H,W,3] (RGB) or [H,W] -> Ellipses of its MSER regions (dark and bright, on the gray image).
+@dataclasses.dataclass(frozen=True)
+class MserParameters:
+    """OpenCV MSER settings: delta (threshold step over which a region's area variation is measured),
+    min_area pixels, max_area_fraction of the image, max_variation (largest accepted area variation),
+    min_diversity (nested regions more alike than this are pruned)."""
 
-    At most `max_regions` are kept: those with the largest `boundary_contrast` (the most stable), in that
-    order. Regions cover min_area .. max_area_fraction * H * W pixels.
-    """
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    max_area = max(min_area + 1, int(max_area_fraction * gray.size))
-    mser = cv2.MSER_create(delta=delta, min_area=min_area, max_area=max_area, max_variation=max_variation)
+    delta: int = 5
+    min_area: int = 30
+    max_area_fraction: float = 0.05
+    max_variation: float = 0.5
+    min_diversity: float = 0.2
+
+    def relaxed(self, step: int) -> "MserParameters":
+        """Rung `step` of the fixed-count ladder: delta lowered by `step` (down to 1), max_variation raised by
+        0.25 per step, so low-contrast images yield more regions."""
+        return dataclasses.replace(self, delta=max(1, self.delta - step),
+                                   max_variation=self.max_variation + 0.25 * step)
+
+
+REGION_MODES = ("cap", "fixed")
+RELAXATION_STEPS = 6  # rungs 0..5 of MserParameters.relaxed
+
+
+def mser_regions(gray: np.ndarray, parameters: MserParameters) -> list[np.ndarray]:
+    """gray uint8 [H,W] -> pixel lists [[n_i,2] int (x, y)] of its dark and bright MSER regions."""
+    max_area = max(parameters.min_area + 1, int(parameters.max_area_fraction * gray.size))
+    mser = cv2.MSER_create(delta=parameters.delta, min_area=parameters.min_area, max_area=max_area,
+                           max_variation=parameters.max_variation, min_diversity=parameters.min_diversity)
     regions, _ = mser.detectRegions(gray)
-    regions = [np.asarray(pixels).reshape(-1, 2) for pixels in regions]
-    order = np.argsort(-boundary_contrast(gray, regions), kind="stable")[:max_regions]
-    return ellipses_from_regions([regions[i] for i in order])
+    return [np.asarray(pixels).reshape(-1, 2) for pixels in regions]
+
+
+def _stable_inside(gray: np.ndarray, parameters: MserParameters, keep_mask: np.ndarray | None
+                   ) -> tuple[Ellipses, np.ndarray]:
+    """All regions of one detector setting lying inside keep_mask, ordered by decreasing boundary contrast:
+    (ellipses, contrasts [N])."""
+    regions = mser_regions(gray, parameters)
+    ellipses, contrasts = ellipses_from_regions(regions), boundary_contrast(gray, regions)
+    if keep_mask is not None:
+        inside = inside_mask(ellipses, keep_mask)
+        ellipses, contrasts = ellipses.select(inside), contrasts[inside]
+    order = np.argsort(-contrasts, kind="stable")
+    return ellipses.select(order), contrasts[order]
+
+
+def detect_mser_regions(image: np.ndarray, *, max_regions: int = 300, parameters: MserParameters = MserParameters(),
+                        mode: str = "cap", keep_mask: np.ndarray | None = None) -> tuple[Ellipses, np.ndarray]:
+    """image uint8 [H,W,3] (RGB) or [H,W] -> (Ellipses of its MSER regions, their stability [N]), most stable
+    first. Stability is `boundary_contrast`; only regions inside keep_mask (bool [H,W], None: everywhere) count.
+
+    mode "cap": at most `max_regions` of the regions found with `parameters`. mode "fixed": exactly
+    `max_regions` whenever the detector can find that many: the first rung of `parameters.relaxed(0..5)` that
+    yields enough regions, cut to the most stable `max_regions` (fewer only when even the last rung finds fewer).
+    """
+    if mode not in REGION_MODES:
+        raise ValueError(f"region mode {mode!r} is not one of {REGION_MODES}")
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    ellipses, stability = _stable_inside(gray, parameters, keep_mask)
+    step = 1
+    while mode == "fixed" and len(ellipses) < max_regions and step < RELAXATION_STEPS:
+        ellipses, stability = _stable_inside(gray, parameters.relaxed(step), keep_mask)
+        step += 1
+    return ellipses.select(np.arange(min(max_regions, len(ellipses)))), stability[:max_regions]
+
+
+def detect_mser_ellipses(image: np.ndarray, *, max_regions: int = 300, parameters: MserParameters = MserParameters(),
+                         mode: str = "cap", keep_mask: np.ndarray | None = None) -> Ellipses:
+    """The ellipses of `detect_mser_regions` (most stable first)."""
+    return detect_mser_regions(image, max_regions=max_regions, parameters=parameters, mode=mode,
+                               keep_mask=keep_mask)[0]
 
 
 def map_ellipses(ellipses: Ellipses, centres: np.ndarray, jacobians: np.ndarray) -> Ellipses:
