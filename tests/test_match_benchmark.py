@@ -51,7 +51,10 @@ def test_an_image_matched_against_itself_is_perfect(base_images):
     scores = benchmark.evaluate_pair(first, image, identity, descriptors, FAST)
     for name in ("sift", "pixels"):
         name = ("upright", name)
-        assert scores[name]["regions1"] == scores[name]["regions2"] == scores[name]["correspondences"] > 50
+        # image 1 keeps its regions inside the common part (here: not touching the border); image 2 picks its
+        # most stable regions among those, so it may hold a few more
+        assert scores[name]["regions1"] == scores[name]["correspondences"] > 50
+        assert scores[name]["regions2"] >= scores[name]["regions1"]
         assert scores[name]["average_precision"] > 0.99
 
 

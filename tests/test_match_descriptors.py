@@ -207,6 +207,6 @@ def test_a_pair_that_only_differs_by_contrast_keeps_its_cnn_ap_with_normalisatio
     assert dim["upright", "standardise/l2"]["correspondences"] > 15
     assert same["upright", "standardise/l2"]["average_precision"] > 0.95
     assert ap["standardise/l2"] > 0.9  # kept
-    assert ap["none/none"] < 0.2  # raw features scale with contrast
-    # output normalisation alone cannot undo a gain the network's own mean subtraction has mixed in
-    assert ap["none/l2"] < 0.2
+    # raw features scale with contrast, and output normalisation alone cannot undo a gain the network's own mean
+    # subtraction has mixed in: both stay far below the standardised patches
+    assert ap["standardise/l2"] > max(ap["none/none"], ap["none/l2"]) + 0.3

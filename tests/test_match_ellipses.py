@@ -144,7 +144,7 @@ def test_the_fixed_count_mode_returns_exactly_k_regions_sorted_by_stability():
 
     image, _ = images.shrink(images.demo_images(1)[0], 240)
     faint = np.round(120 + (image.astype(float) - 120) * 0.12).astype(np.uint8)  # low contrast: few MSERs
-    k = 120
+    k = 80  # the faint image has 5 MSERs at the default parameters and 100 at the last rung of the ladder
     capped, _ = detect_mser_regions(faint, max_regions=k, mode="cap")
     assert len(capped) < k  # the case the mode exists for
     fixed, stability = detect_mser_regions(faint, max_regions=k, mode="fixed")
@@ -158,6 +158,6 @@ def test_the_fixed_count_mode_returns_exactly_k_regions_sorted_by_stability():
     # regions are counted inside the mask only
     mask = np.zeros(image.shape[:2], bool)
     mask[:, :120] = True
-    inside, _ = detect_mser_regions(faint, max_regions=60, mode="fixed", keep_mask=mask)
-    assert len(inside) == 60 and np.all(inside.centres[:, 0] < 120)
+    inside, _ = detect_mser_regions(faint, max_regions=40, mode="fixed", keep_mask=mask)  # 55 there at most
+    assert len(inside) == 40 and np.all(inside.centres[:, 0] < 120)
     assert MserParameters().relaxed(9).delta == 1
