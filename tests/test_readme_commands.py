@@ -79,4 +79,12 @@ def workdir(tmp_path_factory):
 @pytest.mark.parametrize("command", readme_commands()[1:])
 def test_readme_command_runs(workdir, command):
     command = command.replace("runs/<name>", "runs/demo")
+    if "--oxford=/data/oxford" in command:  # the README's example folder: a small Oxford-layout sequence here
+        from test_match_benchmark import write_oxford_folder
+
+        from exemplar_tf.matching import images
+
+        image, _ = images.shrink(images.demo_images(1)[0], 160)
+        write_oxford_folder(str(workdir / "oxford" / "scene"), image)
+        command = command.replace("--oxford=/data/oxford", f"--oxford={workdir / 'oxford'}")
     _run(command, workdir)
