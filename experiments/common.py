@@ -6,5 +6,6 @@ RESULTS = "experiments/results"
 
 def run_flags(name: str) -> dict[str, str]:
     """The flags a training run saved to runs/<name>/flags.cfg, as {flag name: value string}."""
-    pairs = (line.strip()[2:].split("=", 1) for line in open(f"runs/{name}/flags.cfg") if line.startswith("--"))
-    return {key: value for key, value in pairs}
+    from exemplar_tf.training.rundir import read_flagfile
+
+    return read_flagfile(f"runs/{name}/flags.cfg")
