@@ -38,7 +38,8 @@ from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("archs", ["small", "medium", "resnet18"], "encoders to time")
+flags.DEFINE_list("archs", ["small", "medium", "resnet18"], "encoders to time; resnet18:32 is a ResNet-18 of base "
+                  "width 32 (--resnet_width)")
 flags.DEFINE_list("objectives", ["softmax", "nce", "nonparametric"], "softmax, nce, nonparametric")
 flags.DEFINE_list("precisions", list(PRECISIONS), "dtype policies to time")
 flags.DEFINE_list("jit_compile", ["false", "true"], "XLA settings to time")
@@ -77,7 +78,9 @@ def synthetic_batches(num_labels: int) -> tf.data.Dataset:
 
 def make_runner(arch, objective, precision, jit_compile):
     """Returns run() -> seconds for one call of --steps steps of this setting's training step."""
-    config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, objective=objective, precision=precision,
+    arch, _, width = arch.partition(":")
+    config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, resnet_width=int(width or 64),
+                         objective=objective, precision=precision,
                          jit_compile=jit_compile, image_size=FLAGS.input_size, batch_size=FLAGS.batch_size,
                          nce_m=FLAGS.noise, dropout=0.0, batch_norm=True, steps=1 << 30)
     strategy = tf.distribute.get_strategy()

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from exemplar_tf import features
 from exemplar_tf.models.heads import ProjectionHead
+from exemplar_tf.models.resnet import resnet_options
 
 SERVING_SIGNATURE = "serving_default"
 POOLED_SIGNATURE = "pooled_features"
@@ -111,6 +112,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],
         "feature_channels": [int(c) for c in channels],
+        **resnet_options(encoder),
     }
 
 
@@ -194,7 +196,8 @@ def restore_run(run_dir: str):
 
     config = dataclasses.replace(rundir.config_from_flagfile(os.path.join(run_dir, "flags.cfg")), run_dir=run_dir)
     encoder = models.build_encoder(config.arch, input_size=config.input_size, mean_rgb=(0.0, 0.0, 0.0),
-                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem)
+                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
+                                   resnet_width=config.resnet_width)
     parts = {"encoder": encoder}
     head = None
     if config.uses_bank:

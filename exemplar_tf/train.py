@@ -47,6 +47,8 @@ _ARCH = flags.DEFINE_enum("arch", None, cfg.ARCHS, "Encoder architecture (defaul
                           "for npid).")
 _RESNET_STEM = flags.DEFINE_enum("resnet_stem", "auto", cfg.RESNET_STEMS, "ResNet stem: auto (CIFAR 3x3 stem up to "
                                  "64 px, ImageNet 7x7/2 + max-pool above), cifar or imagenet.")
+_RESNET_WIDTH = flags.DEFINE_integer("resnet_width", 64, "ResNet base width: channels of the stem and stage 1, "
+                                     "doubled per stage (64 in the papers; 32 costs ~1/4 of the compute).")
 _OBJECTIVE = flags.DEFINE_enum("objective", None, cfg.OBJECTIVES,
                                "softmax: parametric N-way classifier; nonparametric: exact softmax over the "
                                "memory bank; nce: NCE with --nce_m noise samples (default: softmax for exemplar, "

@@ -90,3 +90,23 @@ def test_program_refuses_both_sources_and_both_label_counts():
         done = subprocess.run([sys.executable, "-m", "exemplar_tf.finetune", "--dataset=demo_labelled", *args],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "exactly one" in done.stderr
+
+
+def test_narrow_resnet_comes_back_from_its_export_and_as_a_float32_copy(tmp_path):
+    """A ResNet of --resnet_width 16 with a forced ImageNet stem: the export records both, and the rebuilt encoder
+    (fine-tuning, float32 copies) has the same shape and outputs."""
+    encoder = models.build_encoder("resnet18", input_size=32, mean_rgb=(0.4, 0.5, 0.6), resnet_stem="imagenet",
+                                   resnet_width=16)
+    scales = [1.0] * len(encoder.feature_maps(tf.zeros([1, 32, 32, 3])))
+    path = export.export_encoder(encoder, export_dir_base=str(tmp_path), name="narrow", percentiles=scales)
+    info = export.read_export_info(path)
+    assert (info["resnet_width"], info["resnet_stem"], info["representation_dim"]) == (16, "imagenet", 128)
+    loaded, spec = encoders.from_savedmodel(path)
+    assert spec.resnet == {"resnet_stem": "imagenet", "resnet_width": 16}
+    x = tf.random.uniform([2, 32, 32, 3], seed=2)
+    np.testing.assert_allclose(loaded(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert encoders.fresh(spec, (0.4, 0.5, 0.6), seed=0).representation_dim == 128
+    bf16 = models.build_encoder("resnet18", input_size=32, mean_rgb=(0.4, 0.5, 0.6), resnet_stem="imagenet",
+                                resnet_width=16, precision="mixed_bfloat16")
+    copy = models.float32_copy(bf16)
+    assert (copy.width, copy.imagenet_stem, copy.compute_dtype) == (16, True, "float32")

@@ -134,6 +134,17 @@ def test_resnet18_stem_follows_the_input_size_unless_forced(input_size, stem, fi
     assert encoder.feature_maps(images(rng, input_size, batch=1))[0].shape[1] == first_stage_side
 
 
+@pytest.mark.parametrize("arch, width, channels", [("resnet18", 16, [16, 32, 64, 128]),
+                                                   ("resnet50", 8, [32, 64, 128, 256])])
+def test_resnet_width_scales_every_stage(arch, width, channels, rng):
+    encoder = build_encoder(arch, input_size=32, mean_rgb=MEAN, resnet_width=width)
+    assert [m.shape[-1] for m in encoder.feature_maps(images(rng, 32))] == channels
+    assert encoder.representation_dim == channels[-1] == encoder(images(rng, 32)).shape[-1]
+    assert encoder.stem_conv.filters == width
+    with pytest.raises(ValueError, match="width"):
+        build_encoder(arch, input_size=32, mean_rgb=MEAN, resnet_width=0)
+
+
 def test_resnet_batch_norm_updates_statistics_only_in_training(rng):
     encoder = build_encoder("resnet18", input_size=32, mean_rgb=MEAN)
     moving_mean = next(v for v in encoder.non_trainable_variables if v.path.endswith("stem_bn/moving_mean"))

@@ -70,6 +70,7 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(objective="nce", arch="medium"), "on the medium Exemplar-CNN needs --batch_norm"),
         (dict(objective="nonparametric", method="npid", arch="small"), "on the small Exemplar-CNN needs --batch_norm"),
         (dict(resnet_stem="vgg"), "--resnet_stem='vgg' is not one of"),
+        (dict(resnet_width=0), "--resnet_width must be a positive"),
         (dict(seeds_per_image=-1), "--seeds_per_image must be >= 0"),
     ],
 )

@@ -16,6 +16,7 @@ class EncoderSpec:
     arch: str
     input_size: int
     batch_norm: bool
+    resnet: dict = dataclasses.field(default_factory=dict)  # models.resnet_options of a ResNet
 
 
 def _short_name(variable_name: str) -> str:
@@ -32,22 +33,23 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, EncoderSpec]:
     if not info.get("arch") or not info.get("input_size"):
         raise ValueError(f"{path}: no {export.INFO_PATH} with arch and input_size (not an exemplar_tf export)")
     saved = tf.saved_model.load(path).variables
+    resnet = {key: info[key] for key in ("resnet_stem", "resnet_width") if key in info}
     for batch_norm in (False, True):
         encoder = models.build_encoder(info["arch"], input_size=int(info["input_size"]), mean_rgb=(0.0, 0.0, 0.0),
-                                       batch_norm=batch_norm)
+                                       batch_norm=batch_norm, **resnet)
         own = encoder.variables
         if len(own) <= len(saved) and all(_short_name(s.name) == _short_name(o.path) and s.shape == o.shape
                                           for s, o in zip(saved, own)):
             for s, o in zip(saved, own):
                 o.assign(s)
-            return encoder, EncoderSpec(info["arch"], int(info["input_size"]), batch_norm)
+            return encoder, EncoderSpec(info["arch"], int(info["input_size"]), batch_norm, resnet)
     raise ValueError(f"{path}: its variables do not match a {info['arch']} encoder (with or without batch norm)")
 
 
 def from_run(run_dir: str) -> tuple[models.Encoder, EncoderSpec]:
     """The newest checkpoint of a training run (see `export.restore_run`)."""
     encoder, _, run = export.restore_run(run_dir)
-    return encoder, EncoderSpec(run.arch, int(encoder.input_size), run.batch_norm)
+    return encoder, EncoderSpec(run.arch, int(encoder.input_size), run.batch_norm, models.resnet_options(encoder))
 
 
 def random_export(savedmodel: str | None, run_dir: str | None) -> str | None:
@@ -66,4 +68,4 @@ def fresh(spec: EncoderSpec, mean_rgb: Sequence[float], seed: int) -> models.Enc
 
     keras.utils.set_random_seed(seed)
     return models.build_encoder(spec.arch, input_size=spec.input_size, mean_rgb=mean_rgb,
-                                batch_norm=spec.batch_norm)
+                                batch_norm=spec.batch_norm, **spec.resnet)

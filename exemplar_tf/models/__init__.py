@@ -9,25 +9,27 @@ from exemplar_tf.models.exemplar_cnn import ExemplarCNN
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
 from exemplar_tf.models.layers import Encoder, MeanSubtraction, weight_decay_loss
 from exemplar_tf.models.precision import PRECISIONS, dtype_policy, needs_loss_scaling
-from exemplar_tf.models.resnet import ResNet
+from exemplar_tf.models.resnet import ResNet, resnet_options
 
 ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
 
 
 def build_encoder(arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
-                  batch_norm: bool = False, resnet_stem: str = "auto", precision: str = "float32") -> Encoder:
+                  batch_norm: bool = False, resnet_stem: str = "auto", resnet_width: int = 64,
+                  precision: str = "float32") -> Encoder:
     """Creates the encoder `arch` and its variables (one forward pass on a zero batch at `input_size`).
 
     `dropout` is the rate after the Exemplar-CNN fc layer; `batch_norm` adds BatchNormalization before every
     Exemplar-CNN ReLU (the ResNets always have it; they ignore both). `resnet_stem`: auto | cifar | imagenet
-    (`ResNet`; auto = the CIFAR stem up to 64 px, the ImageNet stem above). `precision` is the Keras dtype policy of
+    (`ResNet`; auto = the CIFAR stem up to 64 px, the ImageNet stem above); `resnet_width`: the ResNet's base
+    width (64 in the papers; stage s has width * 2^(s-1) channels). `precision` is the Keras dtype policy of
     its layers (`PRECISIONS`; variables stay float32), set for this construction only.
 
     Call it inside `strategy.scope()` to get mirrored variables.
     """
     with dtype_policy(precision):
         if arch in ("resnet18", "resnet50"):
-            encoder = ResNet(arch, input_size=input_size, mean_rgb=mean_rgb, stem=resnet_stem)
+            encoder = ResNet(arch, input_size=input_size, mean_rgb=mean_rgb, stem=resnet_stem, width=resnet_width)
         elif arch in ("small", "medium", "large"):
             encoder = ExemplarCNN(arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout,
                                   batch_norm=batch_norm)
@@ -44,7 +46,8 @@ def float32_copy(encoder: Encoder) -> Encoder:
         return encoder
     dropout = encoder.dropout.rate if isinstance(encoder, ExemplarCNN) else 0.0
     copy = build_encoder(encoder.arch, input_size=encoder.input_size, mean_rgb=encoder.mean_subtraction.mean_rgb,
-                         dropout=dropout, batch_norm=getattr(encoder, "batch_norm", False))
+                         dropout=dropout, batch_norm=getattr(encoder, "batch_norm", False),
+                         **resnet_options(encoder))
     copy.set_weights(encoder.get_weights())
     return copy
 
@@ -62,5 +65,6 @@ __all__ = [
     "dtype_policy",
     "float32_copy",
     "needs_loss_scaling",
+    "resnet_options",
     "weight_decay_loss",
 ]

@@ -6,7 +6,9 @@ ImageNet stem (7x7 conv stride 2 + 3x3 stride-2 max-pool, 16x fewer positions af
 ImageNet ResNets; `stem="cifar" | "imagenet"` forces one.
 Convs have no bias and are followed by BatchNorm (momentum 0.9, epsilon 1e-5: PyTorch's defaults, which the
 NPID release trained with). The stride of a downsampling bottleneck is on its 3x3 conv. The representation is
-the global average of the last stage: [B,512] / [B,2048].
+the global average of the last stage: [B,512] / [B,2048] at the papers' base width 64. `width` scales every
+layer (stem and stage 1 get `width` channels, stage s gets width * 2^(s-1)): width 32 costs about a quarter of the
+multiply-adds, for CPU budgets.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ import tensorflow as tf
 
 from exemplar_tf.models.layers import Encoder, set_layers
 
-# arch -> (block kind, blocks per stage); stage widths are 64, 128, 256, 512 (x4 at the output of a bottleneck)
+# arch -> (block kind, blocks per stage); stage widths are w, 2w, 4w, 8w for base width w (64 in the papers;
+# x4 at the output of a bottleneck)
 ARCHITECTURES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
-STAGE_WIDTHS = (64, 128, 256, 512)
+DEFAULT_WIDTH = 64
+STAGE_MULTIPLIERS = (1, 2, 4, 8)
 BOTTLENECK_EXPANSION = 4
 CIFAR_STEM_MAX_SIZE = 64
 STEMS = ("auto", "cifar", "imagenet")
@@ -77,29 +81,35 @@ class ResidualBlock(keras.layers.Layer):
 
 
 class ResNet(Encoder):
-    """ResNet encoder. `call(x)` -> [B, 512 | 2048] global average pool of the last stage;
+    """ResNet encoder. `call(x)` -> [B, 8 * width (x4 for bottlenecks)] global average pool of the last stage;
     `feature_maps(x)` -> the four stage outputs [B,h,w,C]."""
 
-    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], stem: str = "auto", **kwargs):
+    def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], stem: str = "auto",
+                 width: int = DEFAULT_WIDTH, **kwargs):
         if arch not in ARCHITECTURES:
             raise ValueError(f"unknown ResNet arch {arch!r}; use one of {sorted(ARCHITECTURES)}")
         if stem not in STEMS:
             raise ValueError(f"unknown ResNet stem {stem!r}; use one of {STEMS}")
+        if width < 1:
+            raise ValueError(f"ResNet width must be a positive number of channels, got {width}")
         kind, depths = ARCHITECTURES[arch]
         expansion = 1 if kind == "basic" else BOTTLENECK_EXPANSION
+        stage_widths = [width * multiplier for multiplier in STAGE_MULTIPLIERS]
         super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb,
-                         representation_dim=STAGE_WIDTHS[-1] * expansion, **kwargs)
+                         representation_dim=stage_widths[-1] * expansion, **kwargs)
+        self.width = width
         self.imagenet_stem = stem == "imagenet" or (stem == "auto" and input_size > CIFAR_STEM_MAX_SIZE)
-        self.stem_conv = conv(64, 7, 2, name="stem_conv") if self.imagenet_stem else conv(64, 3, name="stem_conv")
+        self.stem_conv = (conv(width, 7, 2, name="stem_conv") if self.imagenet_stem
+                          else conv(width, 3, name="stem_conv"))
         self.stem_norm = batch_norm(name="stem_bn")
         block_names = []  # [stage][block] attribute names
-        channels = 64
-        for stage, (width, depth) in enumerate(zip(STAGE_WIDTHS, depths)):
+        channels = width
+        for stage, (stage_width, depth) in enumerate(zip(stage_widths, depths)):
             names = [f"stage{stage + 1}_block{index + 1}" for index in range(depth)]
             blocks = []
             for index, name in enumerate(names):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(ResidualBlock(kind, width, stride, channels, name=name))
+                blocks.append(ResidualBlock(kind, stage_width, stride, channels, name=name))
                 channels = blocks[-1].out_channels
             set_layers(self, names, blocks)
             block_names.append(tuple(names))
@@ -129,3 +139,11 @@ class ResNet(Encoder):
     def weight_decay_multipliers(self):
         """1 for conv kernels, 0 for BatchNorm scales and offsets."""
         return {v.path: 1.0 if v.path.endswith("kernel") else 0.0 for v in self.trainable_variables}
+
+
+def resnet_options(encoder) -> dict:
+    """`build_encoder` keywords that rebuild a ResNet's shape: its resolved stem ("cifar" | "imagenet") and base
+    width; {} for other encoders."""
+    if not isinstance(encoder, ResNet):
+        return {}
+    return {"resnet_stem": "imagenet" if encoder.imagenet_stem else "cifar", "resnet_width": encoder.width}

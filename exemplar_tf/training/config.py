@@ -55,6 +55,7 @@ class TrainConfig:
     # Model and objective.
     arch: str | None = None  # None: METHOD_DEFAULTS
     resnet_stem: str = "auto"
+    resnet_width: int = 64
     objective: str | None = None  # None: METHOD_DEFAULTS
     embedding_dim: int = 128
     dropout: float = 0.5
@@ -137,6 +138,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
     problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
     problems += _check_choice("resnet_stem", config.resnet_stem, RESNET_STEMS)
+    if config.resnet_width < 1:
+        problems.append(f"--resnet_width must be a positive number of channels, got {config.resnet_width}")
     problems += _check_choice("precision", config.precision, PRECISIONS)
     unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
     if unknown:

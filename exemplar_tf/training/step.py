@@ -57,7 +57,7 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, c
     input_size = config.input_size
     encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
                                    batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
-                                   precision=config.precision)
+                                   resnet_width=config.resnet_width, precision=config.precision)
     if config.objective == "softmax":
         head = heads.SurrogateClassifier(num_instances)
     else:
