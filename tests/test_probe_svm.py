@@ -46,6 +46,24 @@ def test_warm_start_from_the_solution_needs_no_iterations_and_from_a_neighbour_r
     np.testing.assert_allclose(warm.weights, cold.weights, atol=1e-2 * np.abs(cold.weights).max())
 
 
+def test_warm_start_at_a_larger_c_on_many_rows_moves_to_that_c_solution():
+    """Many rows of positive features with a large common part (like percentile-scaled ReLU features) and a weak
+    class signal: |grad f(0)| ~ C n |mean row| is so large that the C = 0.01 solution already has |grad| <=
+    1e-3 |grad f(0)| at C = 0.1 (the bug: the fit stopped there after 0 iterations); the warm fit must still
+    reach the C = 0.1 solution."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 20_000)
+    centres = rng.normal(size=(10, 400)) * 0.2
+    features = ((np.abs(centres[labels] + rng.normal(size=(20_000, 400))) + 5.0) * 0.05).astype(np.float32)
+    small_c = svm.fit_ovr_squared_hinge(features, labels, 0.01)
+    cold = svm.fit_ovr_squared_hinge(features, labels, 0.1)
+    warm = svm.fit_ovr_squared_hinge(features, labels, 0.1, init=small_c)
+    scale = np.abs(cold.weights).max()
+    assert np.abs(small_c.weights - cold.weights).max() > 0.3 * scale  # the two C really differ
+    assert warm.converged and warm.newton_iterations >= 1 and warm.c == 0.1
+    np.testing.assert_allclose(warm.weights, cold.weights, atol=1e-2 * scale)
+
+
 def test_missing_classes_still_get_a_column():
     features, labels = _problem(classes=3)
     model = svm.fit_ovr_squared_hinge(features, labels, 0.1, num_classes=5)

@@ -18,10 +18,11 @@ import tensorflow as tf
 
 @dataclasses.dataclass
 class SvmModel:
-    """weights float32 [D,K], bias float32 [K]; how the solver ended."""
+    """weights float32 [D,K], bias float32 [K] fitted at `c`; how the solver ended."""
 
     weights: np.ndarray
     bias: np.ndarray
+    c: float
     newton_iterations: int
     cg_iterations: int  # summed over Newton iterations
     converged: bool  # every class reached |grad f_k| <= tol * |grad f_k(0)|
@@ -110,7 +111,9 @@ def fit_ovr_squared_hinge(features: np.ndarray, labels: np.ndarray, c: float, *,
     """Fits the K one-vs-rest squared-hinge SVMs of `labels` (int [n], classes 0..K-1) on features [n,D].
 
     init: a model of the same D and K to start from (warm start along a C grid). Stops when every class has
-    |grad f_k| <= tol * |grad f_k(0)| (reported as converged) or after max_iter Newton iterations (not).
+    |grad f_k| <= tol * |grad f_k(0)| (reported as converged) or after max_iter Newton iterations (not). A warm
+    start from a model of another C takes at least one Newton step: |grad f_k(0)| grows with C and n, so on many
+    rows the previous C's solution can pass the test at a larger C while far from its minimum.
     """
     x = tf.convert_to_tensor(np.asarray(features, np.float32))
     labels = np.asarray(labels, np.int64)
@@ -129,7 +132,8 @@ def fit_ovr_squared_hinge(features: np.ndarray, labels: np.ndarray, c: float, *,
     for iteration in range(max_iter + 1):
         gw, gb, active = _gradient(x, y, w, b, z, c32)
         relative = float(np.max(np.sqrt(np.sum(gw.numpy() ** 2, 0) + gb.numpy() ** 2) / g0_norm))
-        if relative <= tol or iteration == max_iter:
+        must_step = iteration == 0 and init is not None and init.c != c
+        if (relative <= tol and not must_step) or iteration == max_iter:
             break
         # Inexact Newton: CG to a relative residual that tightens as the gradient falls.
         dw, db, steps = _conjugate_gradients(x, active, c32, gw, gb, min(0.1, np.sqrt(relative)), max_cg)
@@ -139,4 +143,4 @@ def fit_ovr_squared_hinge(features: np.ndarray, labels: np.ndarray, c: float, *,
         d_dot_d = (tf.reduce_sum(dw * dw, 0) + db * db).numpy()
         t = tf.constant(_line_search(y_np, z.numpy(), u, w_dot_d, d_dot_d, c), tf.float32)
         w, b, z = w + t * dw, b + t * db, z + t * u
-    return SvmModel(w.numpy(), b.numpy(), iteration, cg_total, relative <= tol, relative)
+    return SvmModel(w.numpy(), b.numpy(), float(c), iteration, cg_total, relative <= tol, relative)
