@@ -5,7 +5,11 @@ RESULTS = "experiments/results"
 
 
 def run_flags(name: str) -> dict[str, str]:
-    """The flags a training run saved to runs/<name>/flags.cfg, as {flag name: value string}."""
+    """The flags a training run saved (experiments/results/<name>/flags.cfg, a copy of runs/<name>/flags.cfg; the
+    run directory itself for runs from before the copy), as {flag name: value string}."""
+    import os
+
     from exemplar_tf.training.rundir import read_flagfile
 
-    return read_flagfile(f"runs/{name}/flags.cfg")
+    saved = os.path.join(RESULTS, name, "flags.cfg")
+    return read_flagfile(saved if os.path.exists(saved) else f"runs/{name}/flags.cfg")

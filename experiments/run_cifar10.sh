@@ -19,7 +19,12 @@ if [ -z "${EVAL_ONLY:-}" ]; then
 start=$(date +%s)
 python -m exemplar_tf.train --flagfile="experiments/$name.cfg" --source="folder:$data" \
   --knn_source="folder:$data" --run_dir="runs/$name" --noprogress 2>&1 | tee "$out/train.log"
-echo "{\"train_seconds\": $(( $(date +%s) - start ))}" > "$out/time.json"
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+echo "{\"train_seconds\": $(( $(date +%s) - start )), \"cpu\": \"$cpu\", \"cores\": $(nproc)}" > "$out/time.json"
+# Keep what the plot and table need beside the results (runs/ is not committed): the resolved flags and the
+# kNN monitor and throughput read from TensorBoard.
+cp "runs/$name/flags.cfg" "$out/flags.cfg"
+python experiments/summarize.py --save_curves "$name"
 fi
 
 export_dir=$(ls -d savedmodels/$name/* | sort -t/ -k3 -n | tail -1)

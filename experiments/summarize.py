@@ -2,10 +2,14 @@
 
     python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce cifar10_exemplar_nce_long
 
-Reads, for each run name: runs/<name>/flags.cfg and runs/<name>/tensorboard (kNN top-1 over training, logged
-on an evenly spread 2000/2000 train/test subset), and experiments/results/<name>/{time.json, knn_trained.json,
-knn_random.json, probe.json (optional)} written by experiments/run_cifar10.sh. Prints one markdown table row per run and
-writes experiments/results/knn_vs_epoch.png.
+Reads, for each run name, from experiments/results/<name>/ (written by experiments/run_cifar10.sh): flags.cfg
+(the run's resolved flags), curves.json (the kNN monitor over training, on the evenly spread train/test subset of
+--knn_max_examples, and the logged examples/s), time.json, knn_trained.json, knn_random.json and probe.json
+(optional). Runs from before curves.json existed are read from runs/<name>/. Prints one markdown table row per
+run and writes experiments/results/knn_vs_epoch.png.
+
+    python experiments/summarize.py --save_curves <name>   (run_cifar10.sh does this after training)
+reads runs/<name>/tensorboard and writes experiments/results/<name>/curves.json.
 """
 from __future__ import annotations
 
@@ -28,15 +32,31 @@ METHODS = {"softmax": "Exemplar-CNN, parametric softmax", "nce": "Exemplar-CNN s
            "nonparametric": "Exemplar-CNN surrogate data, exact non-parametric softmax"}
 
 
-def knn_curve(name: str) -> list[tuple[int, float]]:
-    """(step, kNN top-1) pairs from the run's TensorBoard events, sorted by step, one per step."""
-    points = {}
+CURVE_TAGS = {"knn_top1": "knn_top1", "examples_per_second": "examples_per_second"}
+
+
+def tensorboard_curves(name: str) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...] sorted by step} for CURVE_TAGS from runs/<name>/tensorboard's event file."""
+    points = {tag: {} for tag in CURVE_TAGS}
     for path in glob.glob(f"runs/{name}/tensorboard/events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                if value.tag == "knn_top1":
-                    points[event.step] = float(tf.make_ndarray(value.tensor))
-    return sorted(points.items())
+                if value.tag in points:
+                    points[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+    return {tag: sorted(values.items()) for tag, values in points.items()}
+
+
+def curves(name: str) -> dict[str, list[tuple[int, float]]]:
+    """The run's saved curves.json, else its TensorBoard events."""
+    path = os.path.join(RESULTS, name, "curves.json")
+    if os.path.exists(path):
+        return {tag: [tuple(point) for point in values] for tag, values in json.load(open(path)).items()}
+    return tensorboard_curves(name)
+
+
+def save_curves(name: str) -> None:
+    with open(os.path.join(RESULTS, name, "curves.json"), "w") as f:
+        json.dump(tensorboard_curves(name), f)
 
 
 def num_instances(flags: dict[str, str]) -> int:
@@ -60,6 +80,14 @@ def describe(flags: dict[str, str]) -> str:
     return METHODS[flags["objective"]] + batch_norm
 
 
+def encoder_name(flags: dict[str, str]) -> str:
+    """resnet18 width 32, small + batch norm, ...: the arch with what changes its shape."""
+    if flags["arch"].startswith("resnet"):
+        width = flags.get("resnet_width", "64")
+        return flags["arch"] + ("" if width == "64" else f" width {width}")
+    return flags["arch"] + (" + batch norm" if flags.get("batch_norm", "False").lower() == "true" else "")
+
+
 def percent(probe: dict | None, encoder: str) -> str:
     """The probe's accuracy for "trained" or "random_baseline" in %, or "not run" without a probe.json."""
     return "not run" if probe is None else f"{100 * probe[encoder]['accuracy_mean']:.1f}"
@@ -73,7 +101,11 @@ def reduced_memory(knn: dict) -> int:
 def table_row(name: str) -> str:
     flags = run_flags(name)
     out = os.path.join(RESULTS, name)
-    seconds = json.load(open(os.path.join(out, "time.json")))["train_seconds"]
+    timing = json.load(open(os.path.join(out, "time.json")))
+    seconds = timing["train_seconds"]
+    machine = f"{timing['cores']}-core {timing['cpu']}" if "cpu" in timing else "2-core AMD EPYC"
+    rates = [rate for _, rate in curves(name)["examples_per_second"]]
+    rate = f", {sorted(rates)[len(rates) // 2]:.0f} images/s" if rates else ""
     knn = json.load(open(os.path.join(out, "knn_trained.json")))
     knn_random = json.load(open(os.path.join(out, "knn_random.json")))
     probe_path = os.path.join(out, "probe.json")
@@ -83,8 +115,8 @@ def table_row(name: str) -> str:
     memory = reduced_memory(knn)
     memory_note = f" ({memory} train images as memory)" if memory else ""
     command_prefix = f"KNN_MAX_TRAIN={memory} " if memory else ""
-    return (f"| {describe(flags)} | {flags['arch']} | {instances} | {epochs:.1f} "
-            f"| {seconds / 60:.0f} min, 2-core AMD EPYC "
+    return (f"| {describe(flags)} | {encoder_name(flags)} | {instances} | {epochs:.1f} "
+            f"| {seconds / 60:.0f} min{rate}, {machine} "
             f"| {100 * knn['top1']:.1f}{memory_note} | {percent(probe, 'trained')} "
             f"| {100 * knn_random['top1']:.1f} / {percent(probe, 'random_baseline')} "
             f"| `{command_prefix}bash experiments/run_cifar10.sh {name}` |")
@@ -94,9 +126,9 @@ def plot_curves(names: list[str], path: str) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for name in names:
         flags = run_flags(name)
-        curve = knn_curve(name)
+        curve = curves(name)["knn_top1"]
         axis.plot([step * epochs_per_step(flags) for step, _ in curve], [100 * top1 for _, top1 in curve],
-                  marker="o", label=f"{name} ({flags['arch']})")
+                  marker="o", label=f"{name} ({encoder_name(flags)})")
     axis.set_xlabel("epochs over the training instances (seeds or images)")
     axis.set_ylabel("weighted kNN top-1 (%), monitor subset")
     axis.set_title("CIFAR-10: kNN accuracy during unsupervised training")
@@ -107,6 +139,10 @@ def plot_curves(names: list[str], path: str) -> None:
 
 
 def main(names: list[str]) -> None:
+    if names[:1] == ["--save_curves"]:
+        for name in names[1:]:
+            save_curves(name)
+        return
     print("| method | encoder | training instances | epochs | wall time | kNN top-1 | linear top-1 "
           "| random init kNN / linear | command |")
     print("|---|---|---|---|---|---|---|---|---|")
