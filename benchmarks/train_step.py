@@ -16,6 +16,10 @@ setting, interleaved so that a busy machine slows them alike; a figure is the me
 to build or compile prints one line with "error" instead.
 One JSON line per figure (each names the CPU): images/s per setting, then the ratios bf16_over_float32 and
 fp16_over_float32 (images/s), nce_over_softmax_step_time and jit_over_no_jit (images/s), all from this run.
+With --data=<image folder> (the CIFAR-10 JPEG training folder) every objective is also timed at float32 without
+XLA on the real NPID input pipeline (`training.inputs.training_data`: images decoded once into memory, a fresh
+permutation per epoch, NPID's augmentation in `Dataset.map`, sharing the cores with the step), interleaved with
+the synthetic settings, with `"input": "folder"` and the ratio end_to_end_over_synthetic (images/s).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
+from exemplar_tf.training.inputs import training_data  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,6 +56,8 @@ flags.DEFINE_integer("input_size", 32, "image side")
 flags.DEFINE_integer("instances", 50_000, "memory-bank rows (CIFAR-10's 50 000 images)")
 flags.DEFINE_integer("classes", 8000, "surrogate classes of the softmax head (Exemplar-CNN's 8000)")
 flags.DEFINE_integer("noise", 4096, "NCE noise samples m")
+flags.DEFINE_string("data", "", "image folder for the end-to-end figures (e.g. /tmp/cifar10/..: the folder with "
+                    "train/); empty: synthetic input only")
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
 
@@ -76,18 +83,25 @@ def synthetic_batches(num_labels: int) -> tf.data.Dataset:
     return tf.data.Dataset.range(1 << 40).map(lambda i: {"image": images, "label": labels(i)}).prefetch(2)
 
 
-def make_runner(arch, objective, precision, jit_compile):
-    """Returns run() -> seconds for one call of --steps steps of this setting's training step."""
+def make_runner(arch, objective, precision, jit_compile, folder=False):
+    """Returns run() -> seconds for one call of --steps steps of this setting's training step; `folder`: on the
+    real input pipeline of --data instead of synthetic batches."""
     arch, _, width = arch.partition(":")
     config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, resnet_width=int(width or 64),
                          objective=objective, precision=precision,
                          jit_compile=jit_compile, image_size=FLAGS.input_size, batch_size=FLAGS.batch_size,
-                         nce_m=FLAGS.noise, dropout=0.0, batch_norm=True, steps=1 << 30)
+                         nce_m=FLAGS.noise, dropout=0.0, batch_norm=True, steps=1 << 30,
+                         **({"source": f"folder:{FLAGS.data}", "split": "train"} if folder else {}))
     strategy = tf.distribute.get_strategy()
-    num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
+    if folder:
+        data = training_data(config)
+        num_labels, dataset_fn = data.num_instances, data.dataset_fn
+    else:
+        num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
+        dataset_fn = lambda context: synthetic_batches(num_labels)  # noqa: E731
     state = build_state(config, num_labels, np.full(3, 0.45, np.float32))
     train_steps = make_train_step(config, strategy, state)
-    iterator = iter(strategy.distribute_datasets_from_function(lambda context: synthetic_batches(num_labels)))
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     steps = tf.constant(FLAGS.steps, tf.int32)
 
     def run():
@@ -102,38 +116,47 @@ def make_runner(arch, objective, precision, jit_compile):
 
 def benchmark_arch(arch, common):
     """Yields the JSON records for one encoder."""
-    settings = list(itertools.product(FLAGS.objectives, FLAGS.precisions,
-                                      [value.lower() == "true" for value in FLAGS.jit_compile]))
+    settings = [(*setting, False) for setting in itertools.product(
+        FLAGS.objectives, FLAGS.precisions, [value.lower() == "true" for value in FLAGS.jit_compile])]
+    if FLAGS.data:
+        settings += [(objective, "float32", False, True) for objective in FLAGS.objectives]
     runners = {}
     for setting in settings:
-        objective, precision, jit = setting
+        objective, precision, jit, folder = setting
         try:
-            runner = make_runner(arch, objective, precision, jit)
+            runner = make_runner(arch, objective, precision, jit, folder)
             for _ in range(FLAGS.warmup):
                 runner()
             runners[setting] = runner
         except Exception as error:  # noqa: BLE001 (reported, the other settings go on)
             message = str(error).strip().splitlines()
             yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
+                   "input": "folder" if folder else "synthetic",
                    "error": f"{type(error).__name__}: {message[0] if message else ''}"[:300]}
     times = {setting: [] for setting in runners}
     for _ in range(FLAGS.repeats):
         for setting, runner in runners.items():
             times[setting].append(runner())
     step_s = {setting: statistics.median(values) / FLAGS.steps for setting, values in times.items()}
-    for (objective, precision, jit), seconds in step_s.items():
+    for (objective, precision, jit, folder), seconds in step_s.items():
         yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
+               "input": "folder" if folder else "synthetic",
                "images_per_s": round(FLAGS.batch_size / seconds, 1), "step_ms": round(1000 * seconds, 1)}
-    for (objective, precision, jit), seconds in step_s.items():
+    for (objective, precision, jit, folder), seconds in step_s.items():
         where = {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit}
-        base = step_s.get((objective, "float32", jit))
+        if folder:
+            synthetic = step_s.get((objective, precision, jit, False))
+            if synthetic:
+                yield {**where, "figure": "end_to_end_over_synthetic", "ratio": round(synthetic / seconds, 3)}
+            continue
+        base = step_s.get((objective, "float32", jit, False))
         if precision != "float32" and base:
             name = {"mixed_bfloat16": "bf16_over_float32", "mixed_float16": "fp16_over_float32"}[precision]
             yield {**where, "figure": name, "ratio": round(base / seconds, 3)}
-        softmax = step_s.get(("softmax", precision, jit))
+        softmax = step_s.get(("softmax", precision, jit, False))
         if objective == "nce" and softmax:
             yield {**where, "figure": "nce_over_softmax_step_time", "ratio": round(seconds / softmax, 3)}
-        no_jit = step_s.get((objective, precision, False))
+        no_jit = step_s.get((objective, precision, False, False))
         if jit and no_jit:
             yield {**where, "figure": "jit_over_no_jit", "ratio": round(no_jit / seconds, 3)}
 
@@ -143,7 +166,7 @@ def main(argv):
     common = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "batch_size": FLAGS.batch_size,
               "input_size": FLAGS.input_size, "instances": FLAGS.instances, "classes": FLAGS.classes,
               "noise": FLAGS.noise,
-              "steps": FLAGS.steps, "repeats": FLAGS.repeats}
+              "steps": FLAGS.steps, "repeats": FLAGS.repeats, "data": FLAGS.data or None}
     for arch in FLAGS.archs:
         for record in benchmark_arch(arch, common):
             print(json.dumps(record), flush=True)
