@@ -62,7 +62,7 @@ def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
 def percentile_images(config: TrainConfig, source: sources.Source | None = None) -> np.ndarray:
     """uint8 [n,H,W,3]: the whole training images the export's feature percentiles are measured on (exemplar:
     64 at max(96, 3 * patch_size), npid: 256 at image_size), from `source` (default: the run's source limited by
-    --max_instances). The training loop and `export.export_run` both take them from here."""
+    --max_instances). The training loop and `serving.runs.export_run` both take them from here."""
     source = source or _limited_source(config)
     if config.method == "exemplar":
         return _whole_images(source, 64, max(config.patch_size * 3, 96))

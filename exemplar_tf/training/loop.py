@@ -20,8 +20,10 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from exemplar_tf import export, knn, models
+from exemplar_tf import models
+from exemplar_tf.evaluation import knn
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.serving import runs
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
@@ -115,7 +117,7 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
     """Exports the float32 reading of the encoder (and the projection head), whatever the training precision."""
     head = state.head if state.bank is not None else None
-    return export.export_training_run(config, models.float32_copy(state.encoder), head, data.eval_images, name=name,
+    return runs.export_training_run(config, models.float32_copy(state.encoder), head, data.eval_images, name=name,
                                       step=state.step)
 
 
