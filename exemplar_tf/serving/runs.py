@@ -7,9 +7,9 @@ import os
 import tensorflow as tf
 
 from exemplar_tf import models
-from exemplar_tf.models.heads import ProjectionHead
 from exemplar_tf.serving.export import export_encoder, measure_percentiles
 from exemplar_tf.training import rundir
+from exemplar_tf.training.step import objective_of
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.inputs import percentile_images
 
@@ -35,9 +35,10 @@ def restore_run(run_dir: str):
                                    batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
                                    resnet_width=config.resnet_width)
     parts = {"encoder": encoder}
+    objective = objective_of(config)
     head = None
-    if config.uses_bank:
-        head = ProjectionHead(config.embedding_dim)
+    if objective.exports_head:  # the softmax's classifier is not part of the representation: left in the checkpoint
+        head = objective.head()
         head.build((None, encoder.representation_dim))
         parts["head"] = head
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
