@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import os
 
-from exemplar_tf.data.sources import demo, folder, stl10_binary, tfds
 from exemplar_tf.data.sources.base import (Source, SourceError, check_min_size, check_split, indexed, size_problem,
                                            spread_positions, spread_source, spread_subset)
 from exemplar_tf.data.sources.demo import DEMO_PHOTOGRAPHS, demo_crops, demo_photographs
-from exemplar_tf.data.sources.folder import (IMAGE_EXTENSIONS, decoded_image_files, header_problems,
-                                             image_files_under)
+from exemplar_tf.choices import IMAGE_EXTENSIONS
+from exemplar_tf.data.sources import demo, folder, stl10_binary, tfds
+from exemplar_tf.data.sources.folder import decoded_image_files, header_problems, image_files_under
 from exemplar_tf.data.sources.stl10_binary import STL10_CLASS_NAMES
 from exemplar_tf.data.sources.tfds import TFDS_SPLITS
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from exemplar_tf.choices import IMAGE_EXTENSIONS
 from exemplar_tf.data.sources.base import Source, SourceError, size_problem
 from exemplar_tf.errors import DECODE_FAILURE
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 # File signatures of the formats above; tf.io.decode_image picks the decoder from the content.
 IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
                     b"BM": "BMP"}
