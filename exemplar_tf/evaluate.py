@@ -6,12 +6,13 @@
 
 Features come only through the SavedModel's signatures (`exemplar_tf.evaluation.savedmodel`; any export of
 `exemplar_tf.export` works), so nothing here can change the encoder. Labels are touched only by the probe (and by
-the protocols' per-class splits). Probe (`exemplar_tf.evaluation.probe`, the paper's): the export's percentile-scaled features as they are (`--standardize` rescales columns
-first), one-vs-rest squared-hinge linear SVM with bias (LinearSVC's objective, solved by `probe.svm`); C chosen
-on a stratified held-out 20% of the training images from a log-uniform grid in [2e-4, 0.2] (walked upwards,
-warm-started, stopping once the held-out accuracy falls; a winning edge C extends the grid that way, at most
-`--max_grid_extension` steps, with a warning), then refit on all of them. Every fit logs its Newton/CG
-iterations and whether it converged; the JSON carries them too.
+the protocols' per-class splits). Probe (`exemplar_tf.evaluation.probe`, the paper's): the export's
+percentile-scaled features as they are (`--standardize` rescales columns first), one-vs-rest squared-hinge linear
+SVM with bias (LinearSVC's objective, solved by `probe.svm`); C chosen on a stratified held-out 20% of the
+training images from a log-uniform grid in [2e-4, 0.2] (walked upwards, warm-started, stopping once the held-out
+accuracy falls; a winning edge C extends the grid that way, at most `--max_grid_extension` steps, with a
+warning), then refit on all of them. Every fit logs its Newton/CG iterations and whether it converged; the JSON
+carries them too.
 
 Protocols (`exemplar_tf.evaluation.protocols`; each run on the trained and on the random encoder, with the same splits):
   stl10        train on each of the 10 predefined 1000-image folds, test on the 8000 test images; mean ± std

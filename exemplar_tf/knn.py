@@ -16,6 +16,7 @@ from absl import app, flags
 
 from exemplar_tf import errors
 from exemplar_tf.evaluation import knn, savedmodel
+from exemplar_tf.evaluation.knn import DEFAULT_K, DEFAULT_TAU
 
 flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
 flags.DEFINE_string("train", None, "Labelled source spec for the neighbours (and the bank's labels).",
@@ -26,8 +27,8 @@ flags.DEFINE_string("test_split", "test", "Split of --test.")
 flags.DEFINE_string("checkpoint", "", "Training checkpoint (file prefix or folder): use its memory bank as "
                     "the training features (read only).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
-flags.DEFINE_integer("k", knn.DEFAULT_K, "Neighbours.")
-flags.DEFINE_float("tau", knn.DEFAULT_TAU, "Vote temperature: weight exp(cos / tau).")
+flags.DEFINE_integer("k", DEFAULT_K, "Neighbours.")
+flags.DEFINE_float("tau", DEFAULT_TAU, "Vote temperature: weight exp(cos / tau).")
 flags.DEFINE_integer("eval_size", 0, "Resize images to this square size before the SavedModel (0: as stored).")
 flags.DEFINE_integer("max_train", 0, "Use at most this many training images (0: all).")
 flags.DEFINE_integer("max_test", 0, "Use at most this many test images (0: all).")

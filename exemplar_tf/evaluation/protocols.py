@@ -1,14 +1,8 @@
 """Evaluation protocols: a labelled source's training sets and test set, features through an export, the linear
 probe, and the random-network baseline the trained export is reported against.
 
-Protocols (each run on the trained and on the random encoder, with the same splits):
-  stl10        train on each of the 10 predefined 1000-image folds, test on the 8000 test images; mean ± std
-  cifar10      full training set, test set (images upsampled to 64x64 by default)
-  cifar10_400  10 random draws of 400 training images per class; mean ± std
-  caltech101   30 training images per class drawn from the train split (1 draw), test on the test split;
-               1+4+16 pyramid pooling (the export's `pooled_features` signature), 150x150 images
-  folder       any labelled source with train/test splits (e.g. folder:<dir> with <dir>/train/<class>/...)
-
+`PROTOCOLS` (stl10 folds, cifar10, cifar10_400 draws, caltech101 with pyramid pooling, folder) are described in the
+`exemplar_tf.evaluate` program's help; each runs on the trained and on the random encoder with the same splits.
 Labels are touched only by the probe (and by the protocols' per-class splits).
 """
 from __future__ import annotations

@@ -3,21 +3,12 @@
 The writer of the format `exemplar_tf.evaluation.savedmodel` reads; `serving.runs` exports training runs with it
 (the program is `exemplar_tf.export`).
 
-Signatures (both take `images`: uint8 [batch, height, width, 3], any height/width; /255 happens inside, the
-mean subtraction is the encoder's first layer):
-  serving_default -> {"embedding": float32 [B,D] unit rows, "features": float32 [B, 4*sum(C_l)] (or 21*sum(C_l))}
-      embedding: images resized (bilinear, antialiased) to encoder.input_size, then the 128-d projection head
-      (NPID-style models) or the L2-normalised representation (models exported without a head).
-      features: Exemplar-CNN evaluation features at the size given (sides below input_size are upsampled):
-      every `encoder.feature_maps` layer max-pooled over the stored grid ("quadrants" or "pyramid"), divided by
-      the layer's 99.99th-percentile activation on training data, concatenated.
-  pooled_features -> {"quadrants": [B, 4*sum(C_l)], "pyramid": [B, 21*sum(C_l)]}
-      the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
-      1+4+16 pyramid, the other protocols quadrants).
-Only the encoder and the head are exported: no memory bank, no optimizer.
-`assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling,
-percentiles and feature_channels (C_l per layer, so a user can split `features` into its layer blocks of
-cells * C_l; TF Serving ignores the file).
+Two signatures over uint8 images of any size: `serving_default` (the `embedding` at the training size: projection
+head or normalised representation; and the Exemplar-CNN evaluation `features` with the stored pooling, scaled by
+per-layer activation percentiles) and `pooled_features` (both poolings); their shapes and the fields of
+`assets.extra/export_info.json` are listed in the program's docstring (`exemplar_tf/export.py`) and in
+BUILD_NOTES.md. The encoder and the head only: no bank, no optimizer. The version folder appears by a rename,
+never half-written.
 """
 from __future__ import annotations
 
