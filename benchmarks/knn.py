@@ -24,8 +24,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from exemplar_tf import export, knn  # noqa: E402
+from exemplar_tf.evaluation import knn  # noqa: E402
 from exemplar_tf.models import ProjectionHead, build_encoder  # noqa: E402
+from exemplar_tf.serving import export  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("queries", 10_000, "kNN queries")

@@ -27,9 +27,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from exemplar_tf import evaluate, export  # noqa: E402
+from exemplar_tf.evaluation import probe, savedmodel  # noqa: E402
 from exemplar_tf.models import ProjectionHead, build_encoder  # noqa: E402
 from exemplar_tf.probe import svm  # noqa: E402
+from exemplar_tf.serving import export  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("features", "synthetic", ["synthetic", "cifar10"], "synthetic: `synthetic` rows (no "
@@ -41,7 +42,7 @@ flags.DEFINE_string("arch", "medium", "encoder whose random-initialisation featu
 flags.DEFINE_string("cache", "/tmp/probe_features.npz", "feature cache (written on the first run)")
 flags.DEFINE_integer("stride", 1, "extract every stride-th training image (1: all 50 000)")
 flags.DEFINE_integer("svc_train", 10_000, "training rows for the per-C comparison with LinearSVC")
-flags.DEFINE_list("c_values", [f"{c:g}" for c in evaluate.C_GRID], "C values of the comparison")
+flags.DEFINE_list("c_values", [f"{c:g}" for c in probe.C_GRID], "C values of the comparison")
 
 
 def cpu_name() -> str:
@@ -51,7 +52,7 @@ def cpu_name() -> str:
     return "unknown"
 
 
-def synthetic(n: int, seed: int, dim: int = 3840, latent: int = 64, classes: int = 10) -> evaluate.Extracted:
+def synthetic(n: int, seed: int, dim: int = 3840, latent: int = 64, classes: int = 10) -> savedmodel.Extracted:
     """ReLU features of a class-dependent 64-d latent through a fixed random map (overlapping classes), all
     columns divided by one 99.99th percentile: shaped like an export's `features`, without an encoder."""
     fixed = np.random.default_rng(1234)
@@ -62,16 +63,16 @@ def synthetic(n: int, seed: int, dim: int = 3840, latent: int = 64, classes: int
     labels = rng.integers(0, classes, n)
     latent_rows = (means[labels] + rng.normal(size=(n, latent))).astype(np.float32)
     x = np.maximum(latent_rows @ mix + offset + 0.5 * rng.normal(size=(n, dim)).astype(np.float32), 0.0)
-    return evaluate.Extracted(x / np.float32(8.0), labels, np.arange(n))
+    return savedmodel.Extracted(x / np.float32(8.0), labels, np.arange(n))
 
 
-def features() -> tuple[evaluate.Extracted, evaluate.Extracted]:
+def features() -> tuple[savedmodel.Extracted, savedmodel.Extracted]:
     if FLAGS.features == "synthetic":
         return synthetic(FLAGS.synthetic_train, 0), synthetic(5000, 1)
     if os.path.exists(FLAGS.cache):
         saved = np.load(FLAGS.cache)
-        return (evaluate.Extracted(saved["train_x"], saved["train_y"], np.arange(len(saved["train_y"]))),
-                evaluate.Extracted(saved["test_x"], saved["test_y"], np.arange(len(saved["test_y"]))))
+        return (savedmodel.Extracted(saved["train_x"], saved["train_y"], np.arange(len(saved["train_y"]))),
+                savedmodel.Extracted(saved["test_x"], saved["test_y"], np.arange(len(saved["test_y"]))))
     from exemplar_tf.data import sources
 
     tf.keras.utils.set_random_seed(0)
@@ -85,7 +86,7 @@ def features() -> tuple[evaluate.Extracted, evaluate.Extracted]:
     with tempfile.TemporaryDirectory() as base:
         path = export.export_encoder(encoder, head, export_dir_base=base, name="random",
                                      percentiles=export.measure_percentiles(encoder, images))
-        model = evaluate.SavedModelFeatures(path, batch_size=256)
+        model = savedmodel.SavedModelFeatures(path, batch_size=256)
         train = model.extract(spec, "train", "features", max_examples=-(-source.num_examples // FLAGS.stride))
         test = model.extract(spec, "test", "features")
     np.savez(FLAGS.cache, train_x=train.features, train_y=train.labels, test_x=test.features, test_y=test.labels)
@@ -103,7 +104,7 @@ def main(argv) -> None:
     train, test = features()
     shape = list(train.features.shape)
     started = time.perf_counter()
-    result = evaluate.linear_probe(train, test)
+    result = probe.linear_probe(train, test)
     emit("protocol", train_shape=shape, num_test=len(test.labels), seconds=round(time.perf_counter() - started, 1),
          accuracy=result.accuracy, chosen_c=result.c,
          fits=[dict(c=f.c, seconds=round(f.seconds, 1), newton=f.newton_iterations, cg=f.cg_iterations,

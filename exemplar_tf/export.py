@@ -13,238 +13,31 @@ mean subtraction is the encoder's first layer):
   pooled_features -> {"quadrants": [B, 4*sum(C_l)], "pyramid": [B, 21*sum(C_l)]}
       the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
       1+4+16 pyramid, the other protocols quadrants).
-Only the encoder and the head are exported: no memory bank, no optimizer.
+Library: `exemplar_tf.serving.export` (the writer), `exemplar_tf.serving.runs` (runs); the reader is
+`exemplar_tf.evaluation.savedmodel`. Only the encoder and the head are exported: no memory bank, no optimizer.
 `assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling,
 percentiles and feature_channels (C_l per layer, so a user can split `features` into its layer blocks of
 cells * C_l; TF Serving ignores the file).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-import time
-from typing import Sequence
+from absl import app, flags
 
-import keras
-import tensorflow as tf
+from exemplar_tf import errors
+from exemplar_tf.serving import runs
 
-from exemplar_tf import features
-from exemplar_tf.models.heads import ProjectionHead
-from exemplar_tf.models.resnet import resnet_options
-
-SERVING_SIGNATURE = "serving_default"
-POOLED_SIGNATURE = "pooled_features"
-INFO_PATH = os.path.join("assets.extra", "export_info.json")
-PERCENTILE = 99.99
-
-# The training loop's name for measuring the per-layer scales on training images.
-measure_percentiles = features.activation_percentiles
-
-
-def next_version(model_dir: str) -> int:
-    """1 + the largest integer-named entry of `model_dir` (1 when there is none or the folder is missing)."""
-    if not os.path.isdir(model_dir):
-        return 1
-    versions = [int(entry) for entry in os.listdir(model_dir) if entry.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str):
-    """(serve, pooled): the two endpoint functions of uint8 images [B,H,W,3]."""
-    scales = tf.Variable(list(percentiles), dtype=tf.float32, trainable=False, name="feature_percentiles")
-    input_size = int(encoder.input_size)
-
-    def embedding(images):
-        small = tf.image.resize(images, (input_size, input_size), method="bilinear", antialias=True)
-        representation = encoder(small, training=False)
-        projected = head(representation, training=False) if head is not None else representation
-        return tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1)
-
-    def maps(images):
-        return encoder.feature_maps(features.at_least_size(images, input_size), training=False)
-
-    def as_float(images):
-        # Loaded signatures check the dtype but not the shape; without this a 1-channel batch would broadcast
-        # against the 3-channel mean and pass silently.
-        return tf.cast(tf.ensure_shape(images, [None, None, None, 3]), tf.float32) / 255.0
-
-    def serve(images):
-        x = as_float(images)
-        layer_scales = tf.unstack(scales)
-        return {"embedding": embedding(x), "features": features.evaluation_features(maps(x), layer_scales, pooling)}
-
-    def pooled(images):
-        layer_maps = maps(as_float(images))
-        layer_scales = tf.unstack(scales)
-        return {pool: features.evaluation_features(layer_maps, layer_scales, pool) for pool in features.POOLINGS}
-
-    return serve, pooled, scales
-
-
-def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, path: str) -> None:
-    serve, pooled, scales = _serving_functions(encoder, head, percentiles, pooling)
-    archive = keras.export.ExportArchive()
-    archive.track(encoder)
-    if head is not None:
-        archive.track(head)
-    signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
-    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=signature)
-    archive.add_endpoint(POOLED_SIGNATURE, pooled, input_signature=signature)
-    archive.add_variable_collection("feature_percentiles", [scales])
-    archive.write_out(path, verbose=False)
-
-
-def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, channels: Sequence[int], name: str,
-                 origin: dict | None) -> dict:
-    return {
-        "name": name,
-        "run_dir": os.path.abspath(origin["run_dir"]) if origin and origin.get("run_dir") else None,
-        "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "arch": getattr(encoder, "arch", type(encoder).__name__),
-        "input_size": int(encoder.input_size),
-        "representation_dim": int(encoder.representation_dim),
-        "embedding": "projection_head" if head is not None else "representation",
-        "embedding_dim": int(head.dim) if head is not None else int(encoder.representation_dim),
-        "pooling": pooling,
-        "percentile": PERCENTILE,
-        "percentiles": [float(p) for p in percentiles],
-        "feature_channels": [int(c) for c in channels],
-        **resnet_options(encoder),
-    }
-
-
-def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,
-                   version: int | None = None, percentiles: Sequence[float], pooling: str = "quadrants",
-                   origin: dict | None = None) -> str:
-    """Writes encoder (+ projection head) to `<export_dir_base>/<name>/<version>` and returns that path.
-
-    encoder: the `Encoder` contract (input_size, representation_dim, feature_maps, call).
-    head: a `ProjectionHead`, or None for models trained without one (softmax over surrogate classes; the
-      classifier is not part of the representation and is not exported).
-    percentiles: one scale per `encoder.feature_maps` layer (see `measure_percentiles`).
-    version: None picks the next integer; an existing explicit version raises FileExistsError.
-    origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
-      the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
-    The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
-    TF Serving never sees a half-written version.
-    """
-    if head is not None and not isinstance(head, ProjectionHead):
-        raise TypeError(f"head must be a ProjectionHead or None, got {type(head).__name__}")
-    if pooling not in features.POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not one of {features.POOLINGS}")
-    probe = encoder.feature_maps(tf.zeros([1, encoder.input_size, encoder.input_size, 3]), training=False)
-    if len(percentiles) != len(probe):
-        raise ValueError(f"{len(percentiles)} percentiles for {len(probe)} feature maps")
-    model_dir = os.path.join(export_dir_base, name)
-    os.makedirs(model_dir, exist_ok=True)
-    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
-        raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
-
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
-    try:
-        _write_archive(encoder, head, percentiles, pooling, os.path.join(tmp, "model"))
-        info_path = os.path.join(tmp, "model", INFO_PATH)
-        os.makedirs(os.path.dirname(info_path), exist_ok=True)
-        with open(info_path, "w") as f:
-            json.dump(_export_info(encoder, head, percentiles, pooling, [int(m.shape[-1]) for m in probe], name,
-                                   origin), f, indent=2)
-        while True:
-            chosen = version if version is not None else next_version(model_dir)
-            target = os.path.join(model_dir, str(chosen))
-            try:
-                os.rename(os.path.join(tmp, "model"), target)
-                return target
-            except OSError:
-                if version is not None or not os.path.exists(target):
-                    raise  # explicit version taken meanwhile, or a real error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_export_info(path: str) -> dict:
-    """The export's `export_info.json`, or {} for a SavedModel written by something else."""
-    info_path = os.path.join(path, INFO_PATH)
-    if not os.path.exists(info_path):
-        return {}
-    with open(info_path) as f:
-        return json.load(f)
-
-
-def export_training_run(config, encoder, head, images, *, name: str, step: int, version: int | None = None,
-                        export_dir_base: str | None = None) -> str:
-    """The one export path of a training run (the loop's exports at step 0 and at the end, and `export_run`):
-    percentiles measured on `images` (`training.inputs.percentile_images(config)`), origin run_dir and step
-    recorded. config: the run's `TrainConfig`."""
-    return export_encoder(encoder, head, export_dir_base=export_dir_base or config.export_base, name=name,
-                          version=version, percentiles=measure_percentiles(encoder, images),
-                          origin={"run_dir": config.run_dir, "step": step})
-
-
-def restore_run(run_dir: str):
-    """(encoder, head or None, the run's TrainConfig) of a training run's newest checkpoint (encoder + head only,
-    float32 whatever the training precision).
-
-    The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source, --max_instances).
-    """
-    import dataclasses
-
-    from exemplar_tf import models
-    from exemplar_tf.training import rundir
-
-    config = dataclasses.replace(rundir.config_from_flagfile(os.path.join(run_dir, "flags.cfg")), run_dir=run_dir)
-    encoder = models.build_encoder(config.arch, input_size=config.input_size, mean_rgb=(0.0, 0.0, 0.0),
-                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
-                                   resnet_width=config.resnet_width)
-    parts = {"encoder": encoder}
-    head = None
-    if config.uses_bank:
-        head = ProjectionHead(config.embedding_dim)
-        head.build((None, encoder.representation_dim))
-        parts["head"] = head
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
-    return encoder, head, config
-
-
-def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
-               export_dir_base: str | None = None) -> str:
-    """Restores the newest checkpoint of a training run (`restore_run`) and exports it as training did: the
-    percentile images come from the same function as in training, so re-exporting the final checkpoint
-    reproduces the training-time export's `features`."""
-    from exemplar_tf.training import inputs
-
-    encoder, head, config = restore_run(run_dir)
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    return export_training_run(config, encoder, head, inputs.percentile_images(config), name=name or config.name,
-                               step=int(latest.rsplit("-", 1)[1]), version=version, export_dir_base=export_dir_base)
-
-
-def _define_flags() -> None:
-    """The CLI's flags, defined only when run as a program (train.py imports this module and has its own)."""
-    from absl import flags
-
-    flags.DEFINE_string("run_dir", None, "Training run directory (checkpoints/, flags.cfg).", required=True)
-    flags.DEFINE_string("name", None, "Export name (default: the run's --name).")
-    flags.DEFINE_integer("version", None, "Integer version (default: the next free one).")
-    flags.DEFINE_string("export_base", None, "Export base directory (default: the run's --export_base).")
+flags.DEFINE_string("run_dir", None, "Training run directory (checkpoints/, flags.cfg).", required=True)
+flags.DEFINE_string("name", None, "Export name (default: the run's --name).")
+flags.DEFINE_integer("version", None, "Integer version (default: the next free one).")
+flags.DEFINE_string("export_base", None, "Export base directory (default: the run's --export_base).")
 
 
 def main(argv) -> None:
-    from absl import app, flags
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     values = flags.FLAGS
-    print(export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))
+    print(runs.export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))
 
 
 if __name__ == "__main__":
-    from exemplar_tf import errors
-
-    _define_flags()
     errors.run(main)

@@ -22,9 +22,54 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from absl import app, flags
+
+from exemplar_tf import errors
+from exemplar_tf.matching import benchmark, descriptors, ellipses, images, orientation, report, warps
+
 
 SYNTHETIC_ORIENTATIONS = ("upright",)
 OXFORD_ORIENTATIONS = ("dominant", "upright")
+
+_MSER = ellipses.MserParameters()
+
+flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<v> (serving_default: images -> "
+                    "features); without it only SIFT and raw pixels are compared.")
+flags.DEFINE_enum("cnn_output", "features", ["features", "embedding"], "Which output of the export is the "
+                  "CNN descriptor.")
+flags.DEFINE_enum("cnn_normalisation", descriptors.DEFAULT_CNN_NORMALISATION, list(descriptors.NORMALISATIONS),
+                  "CNN descriptor normalisation before Euclidean matching: none, l2 (whole descriptor), "
+                  "l2_layer (each layer's block; needs feature_channels in export_info.json), clip (SIFT's "
+                  "unit norm, clip at 0.2, unit norm).")
+flags.DEFINE_enum("cnn_patch_contrast", descriptors.DEFAULT_CNN_PATCH_CONTRAST, list(descriptors.PATCH_CONTRASTS),
+                  "standardise: each patch shifted and scaled to one mean and standard deviation before the CNN "
+                  "(gain/offset invariance the network's own mean subtraction prevents); none: as cut.")
+flags.DEFINE_string("orientation", "", "Comma-separated patch orientations to score, of upright, dominant "
+                    "(each region turned to its dominant gradient orientation). Empty: upright on synthetic "
+                    "pairs, dominant,upright on --oxford pairs.")
+flags.DEFINE_string("images", None, "Folder of base images (default: the embedded demo photographs).")
+flags.DEFINE_integer("num_images", 16, "Use at most this many base images.")
+flags.DEFINE_bool("synthetic", True, "Run the synthetic transformations on the base images.")
+flags.DEFINE_string("families", ",".join(warps.FAMILIES), "Comma-separated transformation families.")
+flags.DEFINE_string("strengths", "1,2,3,4", "Comma-separated 1-based strength levels of each family.")
+flags.DEFINE_string("oxford", None, "Oxford-format folder (img1..imgN, H1to2p..H1toNp) or a folder of them.")
+flags.DEFINE_integer("max_regions", 300, "MSER regions kept per image (the most stable): at most this many, "
+                     "or exactly this many with --region_mode=fixed.")
+flags.DEFINE_enum("region_mode", "cap", list(ellipses.REGION_MODES), "cap: at most --max_regions of the regions the "
+                  "detector finds; fixed: the same number in every image, relaxing the detector (lower delta, "
+                  "higher max_variation) on images that yield fewer.")
+flags.DEFINE_integer("mser_delta", _MSER.delta, "MSER threshold step.")
+flags.DEFINE_integer("mser_min_area", _MSER.min_area, "MSER smallest region (pixels).")
+flags.DEFINE_float("mser_max_area", _MSER.max_area_fraction, "MSER largest region (fraction of the image).")
+flags.DEFINE_float("mser_max_variation", _MSER.max_variation, "MSER largest accepted area variation.")
+flags.DEFINE_float("mser_min_diversity", _MSER.min_diversity, "MSER pruning of similar nested regions.")
+flags.DEFINE_float("context", 3.0, "Patch = region ellipse enlarged this many times.")
+flags.DEFINE_float("iou_threshold", 0.5, "Ellipse IoU above which two regions correspond.")
+flags.DEFINE_integer("max_side", 480, "Shrink images to this longer side (0: keep their size).")
+flags.DEFINE_integer("cnn_patch_size", 113, "Patch side for the CNN and raw-pixel descriptors.")
+flags.DEFINE_integer("sift_patch_size", 157, "Patch side for SIFT.")
+flags.DEFINE_string("out_dir", "runs/match", "Where match.json and the PNG plots go.")
+flags.DEFINE_integer("seed", 0, "Seed of the random transformation parameters.")
 
 
 def _levels(text: str) -> list[int]:
@@ -36,10 +81,6 @@ def _orientations(text: str) -> tuple[str, ...]:
 
 
 def main(argv) -> None:
-    from absl import app, flags
-
-    from exemplar_tf.matching import benchmark, descriptors, ellipses, images, orientation, report, warps
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     values = flags.FLAGS
@@ -92,57 +133,5 @@ def main(argv) -> None:
     print("wrote " + ", ".join(written))
 
 
-def _define_flags() -> None:
-    from absl import flags
-
-    from exemplar_tf.matching.descriptors import (DEFAULT_CNN_NORMALISATION, DEFAULT_CNN_PATCH_CONTRAST,
-                                                  NORMALISATIONS, PATCH_CONTRASTS)
-    from exemplar_tf.matching.ellipses import REGION_MODES, MserParameters
-    from exemplar_tf.matching.warps import FAMILIES
-
-    mser = MserParameters()
-
-    flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<v> (serving_default: images -> "
-                        "features); without it only SIFT and raw pixels are compared.")
-    flags.DEFINE_enum("cnn_output", "features", ["features", "embedding"], "Which output of the export is the "
-                      "CNN descriptor.")
-    flags.DEFINE_enum("cnn_normalisation", DEFAULT_CNN_NORMALISATION, list(NORMALISATIONS),
-                      "CNN descriptor normalisation before Euclidean matching: none, l2 (whole descriptor), "
-                      "l2_layer (each layer's block; needs feature_channels in export_info.json), clip (SIFT's "
-                      "unit norm, clip at 0.2, unit norm).")
-    flags.DEFINE_enum("cnn_patch_contrast", DEFAULT_CNN_PATCH_CONTRAST, list(PATCH_CONTRASTS),
-                      "standardise: each patch shifted and scaled to one mean and standard deviation before the CNN "
-                      "(gain/offset invariance the network's own mean subtraction prevents); none: as cut.")
-    flags.DEFINE_string("orientation", "", "Comma-separated patch orientations to score, of upright, dominant "
-                        "(each region turned to its dominant gradient orientation). Empty: upright on synthetic "
-                        "pairs, dominant,upright on --oxford pairs.")
-    flags.DEFINE_string("images", None, "Folder of base images (default: the embedded demo photographs).")
-    flags.DEFINE_integer("num_images", 16, "Use at most this many base images.")
-    flags.DEFINE_bool("synthetic", True, "Run the synthetic transformations on the base images.")
-    flags.DEFINE_string("families", ",".join(FAMILIES), "Comma-separated transformation families.")
-    flags.DEFINE_string("strengths", "1,2,3,4", "Comma-separated 1-based strength levels of each family.")
-    flags.DEFINE_string("oxford", None, "Oxford-format folder (img1..imgN, H1to2p..H1toNp) or a folder of them.")
-    flags.DEFINE_integer("max_regions", 300, "MSER regions kept per image (the most stable): at most this many, "
-                         "or exactly this many with --region_mode=fixed.")
-    flags.DEFINE_enum("region_mode", "cap", list(REGION_MODES), "cap: at most --max_regions of the regions the "
-                      "detector finds; fixed: the same number in every image, relaxing the detector (lower delta, "
-                      "higher max_variation) on images that yield fewer.")
-    flags.DEFINE_integer("mser_delta", mser.delta, "MSER threshold step.")
-    flags.DEFINE_integer("mser_min_area", mser.min_area, "MSER smallest region (pixels).")
-    flags.DEFINE_float("mser_max_area", mser.max_area_fraction, "MSER largest region (fraction of the image).")
-    flags.DEFINE_float("mser_max_variation", mser.max_variation, "MSER largest accepted area variation.")
-    flags.DEFINE_float("mser_min_diversity", mser.min_diversity, "MSER pruning of similar nested regions.")
-    flags.DEFINE_float("context", 3.0, "Patch = region ellipse enlarged this many times.")
-    flags.DEFINE_float("iou_threshold", 0.5, "Ellipse IoU above which two regions correspond.")
-    flags.DEFINE_integer("max_side", 480, "Shrink images to this longer side (0: keep their size).")
-    flags.DEFINE_integer("cnn_patch_size", 113, "Patch side for the CNN and raw-pixel descriptors.")
-    flags.DEFINE_integer("sift_patch_size", 157, "Patch side for SIFT.")
-    flags.DEFINE_string("out_dir", "runs/match", "Where match.json and the PNG plots go.")
-    flags.DEFINE_integer("seed", 0, "Seed of the random transformation parameters.")
-
-
 if __name__ == "__main__":
-    from exemplar_tf import errors
-
-    _define_flags()
     errors.run(main)

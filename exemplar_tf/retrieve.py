@@ -10,203 +10,40 @@ Writes to --out:
   thumbs/*.png    thumbnails of every query and every retrieved image
   results.html    one row per query: the query, then its k neighbours (cosine similarity), relative img links
   neighbours.png  the same as a grid: one row per query, query in the first column
-Prints the indexing speed (codes per second) and the code size (bytes per image).
+(`exemplar_tf.evaluation.retrieval`). Prints the indexing speed (codes per second) and the code size (bytes per image).
 """
 from __future__ import annotations
 
-import dataclasses
-import html
 import os
 import sys
-import time
 
-import numpy as np
-import tensorflow as tf
+from absl import app, flags
 
-from exemplar_tf import evaluate
-from exemplar_tf.data import sources
+from exemplar_tf import errors
+from exemplar_tf.evaluation import retrieval
 
-THUMB_SIZE = 96
-GRID_CELL = 64
-GRID_GAP = 4
-
-
-@dataclasses.dataclass
-class Collection:
-    """Images to embed: dataset of {"image": uint8 [H,W,3], "index": int64 position}, and one id per image."""
-
-    dataset: tf.data.Dataset
-    ids: list[str]
-
-
-def image_files(folder: str) -> list[str]:
-    """Sorted paths of the image files under `folder` (recursive, hidden files and folders skipped)."""
-    paths = sources.image_files_under(folder)
-    if not paths:
-        raise sources.SourceError(f"{folder}: no image files ({', '.join(sources.IMAGE_EXTENSIONS)})")
-    return paths
-
-
-def open_collection(where: str, split: str, *, data_dir: str | None = None, limit: int = 0) -> Collection:
-    """A folder of image files (ids: paths), or a source spec (ids: spec:split:index); at most `limit` if > 0,
-    evenly spread (folders and sources are often sorted by class)."""
-    if os.path.isdir(where):
-        files = image_files(where)
-        paths = [files[i] for i in sources.spread_positions(len(files), limit)]
-        problems = sources.header_problems(paths, 0)
-        if problems:
-            raise sources.SourceError(f"{paths[min(problems)]}: {problems[min(problems)]}")
-        return Collection(sources.decoded_image_files(paths, None), paths)  # a file that fails to decode is named
-    source = sources.load_source(where, split, data_dir=data_dir)
-    subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
-    dataset = subset.enumerate().map(lambda position, example: {"image": example["image"], "index": position})
-    return Collection(dataset, [f"{where}:{split}:{i}" for i in sources.spread_positions(source.num_examples, limit)])
-
-
-def nearest(index_codes: np.ndarray, query_codes: np.ndarray, k: int, batch: int = 1024):
-    """Cosine top-k: (rows int32 [Q,k'], similarities float32 [Q,k']) best first, k' = min(k, N)."""
-    index_unit = tf.math.l2_normalize(tf.constant(index_codes, tf.float32), axis=-1)
-    k = min(k, len(index_codes))
-    rows, similarities = [], []
-    for start in range(0, len(query_codes), batch):
-        queries = tf.math.l2_normalize(tf.constant(query_codes[start:start + batch], tf.float32), axis=-1)
-        top = tf.math.top_k(tf.matmul(queries, index_unit, transpose_b=True), k=k)
-        rows.append(top.indices.numpy())
-        similarities.append(top.values.numpy())
-    return np.concatenate(rows), np.concatenate(similarities)
-
-
-def save_index(path: str, codes: np.ndarray, ids: list[str], dtype: str = "float16") -> None:
-    """index.npz with codes [N,D] in `dtype` and ids [N] (str)."""
-    np.savez(path, codes=codes.astype(dtype), ids=np.array(ids))
-
-
-def load_index(path: str) -> tuple[np.ndarray, list[str]]:
-    with np.load(path) as index:
-        return index["codes"].astype(np.float32), index["ids"].tolist()
-
-
-def thumbnail(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H,W,3] -> uint8 image fitting in size x size, aspect kept (never enlarged)."""
-    scale = min(1.0, size / max(image.shape[:2]))
-    target = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
-    resized = tf.image.resize(image, target, method="bilinear", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
-
-
-def grid_cell(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H,W,3] -> uint8 [size,size,3], aspect kept, padded with black."""
-    padded = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(padded), 0, 255), tf.uint8).numpy()
-
-
-def write_thumbnails(collection: Collection, positions: set[int], folder: str, prefix: str) -> dict[int, tuple]:
-    """Writes `<folder>/<prefix><position>.png` for the wanted positions (one more pass over the images, no
-    model). Returns {position: (file name, grid cell uint8 [GRID_CELL,GRID_CELL,3])}."""
-    written = {}
-    for example in collection.dataset.as_numpy_iterator():
-        position = int(example["index"])
-        if position in positions:
-            name = f"{prefix}{position}.png"
-            tf.io.write_file(os.path.join(folder, name), tf.io.encode_png(thumbnail(example["image"], THUMB_SIZE)))
-            written[position] = (name, grid_cell(example["image"], GRID_CELL))
-    return written
-
-
-def results_html(query_ids, query_thumbs, index_ids, index_thumbs, rows, similarities) -> str:
-    """The results page: per query a row of <img> with paths relative to the page (thumbs/...)."""
-    parts = ["<!doctype html><meta charset='utf-8'><title>retrieval</title>",
-             "<style>td{vertical-align:top;font:11px sans-serif;max-width:110px;word-wrap:break-word}"
-             " .q{border-right:3px solid #444}</style><table>"]
-    for q, (neighbours, scores) in enumerate(zip(rows, similarities)):
-        cells = [f"<td class=q><img src='thumbs/{query_thumbs[q]}'><br>query: {html.escape(query_ids[q])}</td>"]
-        cells += [f"<td><img src='thumbs/{index_thumbs[r]}'><br>{s:.3f} {html.escape(index_ids[r])}</td>"
-                  for r, s in zip(neighbours, scores)]
-        parts.append("<tr>" + "".join(cells) + "</tr>")
-    parts.append("</table>")
-    return "\n".join(parts)
-
-
-def results_grid(query_cells: list[np.ndarray], neighbour_cells: list[list[np.ndarray]]) -> np.ndarray:
-    """uint8 [Q*(c+g), (1+k)*(c+g)+g, 3]: query column, a gap, then the neighbours; white background."""
-    step = GRID_CELL + GRID_GAP
-    k = max(len(cells) for cells in neighbour_cells)
-    canvas = np.full((len(query_cells) * step, (1 + k) * step + GRID_GAP, 3), 255, np.uint8)
-    for q, (query, cells) in enumerate(zip(query_cells, neighbour_cells)):
-        top = q * step
-        canvas[top:top + GRID_CELL, :GRID_CELL] = query
-        for j, cell in enumerate(cells):
-            left = (j + 1) * step + GRID_GAP
-            canvas[top:top + GRID_CELL, left:left + GRID_CELL] = cell
-    return canvas
-
-
-def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8, index_split: str = "train",
-             query_split: str = "test", data_dir: str | None = None, eval_size: int | None = None,
-             codes_dtype: str = "float16", max_index: int = 0, max_queries: int = 0, batch_size: int = 128) -> dict:
-    """Indexes, queries and writes everything listed in the module docstring; returns a summary dict."""
-    model = evaluate.SavedModelFeatures(savedmodel, batch_size)
-    index_collection = open_collection(index, index_split, data_dir=data_dir, limit=max_index)
-    start = time.perf_counter()
-    index_codes = model.extract_dataset(index_collection.dataset, len(index_collection.ids), "embedding",
-                                        eval_size=eval_size, desc="index")
-    codes_per_second = len(index_codes.features) / (time.perf_counter() - start)
-    os.makedirs(os.path.join(out, "thumbs"), exist_ok=True)
-    save_index(os.path.join(out, "index.npz"), index_codes.features, index_collection.ids, codes_dtype)
-    codes, ids = load_index(os.path.join(out, "index.npz"))  # search what was saved (float16 if so)
-
-    query_collection = open_collection(queries, query_split, data_dir=data_dir, limit=max_queries)
-    query_codes = model.extract_dataset(query_collection.dataset, len(query_collection.ids), "embedding",
-                                        eval_size=eval_size, desc="queries")
-    rows, similarities = nearest(codes, query_codes.features, k)
-
-    thumbs_dir = os.path.join(out, "thumbs")
-    query_thumbs = write_thumbnails(query_collection, set(range(len(query_collection.ids))), thumbs_dir, "q")
-    index_thumbs = write_thumbnails(index_collection, set(rows.ravel().tolist()), thumbs_dir, "i")
-    page = results_html(query_collection.ids, {q: name for q, (name, _) in query_thumbs.items()}, ids,
-                        {r: name for r, (name, _) in index_thumbs.items()}, rows, similarities)
-    with open(os.path.join(out, "results.html"), "w") as f:
-        f.write(page)
-    grid = results_grid([query_thumbs[q][1] for q in range(len(rows))],
-                        [[index_thumbs[r][1] for r in neighbours] for neighbours in rows])
-    tf.io.write_file(os.path.join(out, "neighbours.png"), tf.io.encode_png(grid))
-    return {
-        "index_images": len(ids),
-        "queries": len(rows),
-        "codes_per_second": codes_per_second,
-        "bytes_per_image": int(codes.shape[1] * np.dtype(codes_dtype).itemsize),
-        "neighbours": rows.tolist(),
-        "similarities": similarities.tolist(),
-    }
-
-
-def _define_flags() -> None:
-    from absl import flags
-
-    flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
-    flags.DEFINE_string("index", None, "Folder of images, or a source spec, to index.", required=True)
-    flags.DEFINE_string("queries", None, "Folder of images, or a source spec, to query with.", required=True)
-    flags.DEFINE_string("out", None, "Output folder (index.npz, results.html, neighbours.png, thumbs/).",
-                        required=True)
-    flags.DEFINE_integer("k", 8, "Neighbours per query.")
-    flags.DEFINE_string("index_split", "train", "Split of --index when it is a source spec.")
-    flags.DEFINE_string("query_split", "test", "Split of --queries when it is a source spec.")
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
-    flags.DEFINE_integer("eval_size", 0, "Resize images to this square size before the SavedModel (0: as stored; "
-                         "the embedding resizes to the encoder's input size inside).")
-    flags.DEFINE_enum("codes", "float16", ["float16", "float32"], "Stored code precision.")
-    flags.DEFINE_integer("max_index", 0, "Index at most this many images (0: all).")
-    flags.DEFINE_integer("max_queries", 0, "Use at most this many queries (0: all).")
-    flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
+flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
+flags.DEFINE_string("index", None, "Folder of images, or a source spec, to index.", required=True)
+flags.DEFINE_string("queries", None, "Folder of images, or a source spec, to query with.", required=True)
+flags.DEFINE_string("out", None, "Output folder (index.npz, results.html, neighbours.png, thumbs/).",
+                    required=True)
+flags.DEFINE_integer("k", 8, "Neighbours per query.")
+flags.DEFINE_string("index_split", "train", "Split of --index when it is a source spec.")
+flags.DEFINE_string("query_split", "test", "Split of --queries when it is a source spec.")
+flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
+flags.DEFINE_integer("eval_size", 0, "Resize images to this square size before the SavedModel (0: as stored; "
+                     "the embedding resizes to the encoder's input size inside).")
+flags.DEFINE_enum("codes", "float16", ["float16", "float32"], "Stored code precision.")
+flags.DEFINE_integer("max_index", 0, "Index at most this many images (0: all).")
+flags.DEFINE_integer("max_queries", 0, "Use at most this many queries (0: all).")
+flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
 
 
 def main(argv) -> None:
-    from absl import app, flags
-
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     values = flags.FLAGS
-    summary = retrieve(values.savedmodel, values.index, values.queries, values.out, k=values.k,
+    summary = retrieval.retrieve(values.savedmodel, values.index, values.queries, values.out, k=values.k,
                        index_split=values.index_split, query_split=values.query_split, data_dir=values.data_dir,
                        eval_size=values.eval_size or None, codes_dtype=values.codes, max_index=values.max_index,
                        max_queries=values.max_queries, batch_size=values.batch_size)
@@ -217,7 +54,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    from exemplar_tf import errors
-
-    _define_flags()
     errors.run(main)

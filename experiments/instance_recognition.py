@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from exemplar_tf import evaluate, knn
+from exemplar_tf.evaluation import knn, savedmodel
 from common import RESULTS, run_flags  # experiments/ is on the path when this file is run
 
 
@@ -36,7 +36,7 @@ def main(name: str) -> None:
         raise SystemExit(f"{name}: instance recognition needs an image-instance run (--method=npid)")
     export_dir = max(glob.glob(f"savedmodels/{name}/*"), key=lambda path: int(os.path.basename(path)))
     bank = knn.read_memory_bank(f"runs/{name}/checkpoints")
-    model = evaluate.SavedModelFeatures(export_dir)
+    model = savedmodel.SavedModelFeatures(export_dir)
     codes = model.extract(flags["source"], flags["split"], "embedding",
                           max_examples=int(flags.get("max_instances", "0")), desc="instances").features
     if len(codes) != len(bank):

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.training.config import TrainConfig
-from exemplar_tf.training import step as step_module
 from exemplar_tf.training.step import build_state, make_train_step
 
 NUM_INSTANCES, GLOBAL_BATCH, STEPS = 40, 8, 3
@@ -101,7 +100,7 @@ def _bank_consumers(config, num_instances):
 
     @tf.function
     def objective_and_update(outputs):
-        loss, _ = step_module._objective(config, state, outputs, labels, tf.constant([0, 1], tf.int64))  # noqa: SLF001
+        loss, _ = state.objective.loss(outputs, labels, state.bank, state.z, tf.constant([0, 1], tf.int64))
         state.bank.gather_and_update(labels, outputs)
         return loss
 

@@ -9,9 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from exemplar_tf import errors, evaluate, export, knn, preview, retrieve
+from exemplar_tf import errors
+from exemplar_tf.augment import preview
 from exemplar_tf.data.sources import SourceError, load_source
+from exemplar_tf.evaluation import knn, retrieval, savedmodel
 from exemplar_tf.matching import images as match_images
+from exemplar_tf.serving import runs
 from exemplar_tf.training import inputs, loop
 from exemplar_tf.training.config import TrainConfig
 
@@ -136,16 +139,16 @@ def test_call_main_keeps_tracebacks_for_bugs_and_when_verbose(capsys):
 def test_program_entry_points_name_the_bad_path(tmp_path, bad_folder):
     folder, paths = bad_folder
     with pytest.raises(errors.InputError, match=f"{tmp_path / 'nothing'}: no such SavedModel folder"):
-        evaluate.SavedModelFeatures(str(tmp_path / "nothing"))
+        savedmodel.SavedModelFeatures(str(tmp_path / "nothing"))
     with pytest.raises(errors.InputError, match=f"{tmp_path}: not a SavedModel folder"):
-        evaluate.SavedModelFeatures(str(tmp_path))
+        savedmodel.SavedModelFeatures(str(tmp_path))
     with pytest.raises(errors.InputError, match=f"{tmp_path / 'ckpt'}: no training checkpoint"):
         knn.read_memory_bank(str(tmp_path / "ckpt"))
     with pytest.raises(FileNotFoundError) as error:
-        export.export_run(str(tmp_path / "run"))
+        runs.export_run(str(tmp_path / "run"))
     assert errors.user_error_message(error.value) == f"{tmp_path / 'run' / 'flags.cfg'}: No such file or directory"
     with pytest.raises(SourceError, match=f"^{paths['b3']}: {NOT_AN_IMAGE}"):
-        retrieve.open_collection(str(folder), "train")
+        retrieval.open_collection(str(folder), "train")
     (tmp_path / "flat").mkdir()
     (tmp_path / "flat" / "x.jpg").write_text("not a jpeg")
     with pytest.raises(errors.InputError, match=f"{tmp_path / 'flat' / 'x.jpg'}: not an image OpenCV can read"):

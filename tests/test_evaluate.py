@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import evaluate, export
+from exemplar_tf.evaluation import probe, protocols, savedmodel
 from exemplar_tf.models import ProjectionHead, build_encoder
+from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 220]], np.uint8)  # class -> dominant colour
@@ -42,7 +43,7 @@ def fake_sources(monkeypatch):
             return fake_source(np.arange(24) % 3, 40, seed=99)
         return fake_source(np.arange(18) % 3, 40, seed=0 if fold is None else fold + 1)
 
-    monkeypatch.setattr(evaluate.sources, "load_source", load_source)
+    monkeypatch.setattr(savedmodel.sources, "load_source", load_source)
     return calls
 
 
@@ -80,7 +81,7 @@ def _snapshot(path):
 def test_same_size_batches_split_on_size_changes_and_batch_size():
     shapes = [(4, 4)] * 5 + [(6, 5)] + [(4, 4)] * 2
     examples = [{"image": np.full((*s, 3), i, np.uint8), "label": i, "index": i} for i, s in enumerate(shapes)]
-    batches = list(evaluate.same_size_batches(examples, batch_size=2))
+    batches = list(savedmodel.same_size_batches(examples, batch_size=2))
     assert [b["image"].shape for b in batches] == [(2, 4, 4, 3), (2, 4, 4, 3), (1, 4, 4, 3), (1, 6, 5, 3),
                                                    (2, 4, 4, 3)]
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), np.arange(8))
@@ -90,25 +91,25 @@ def test_resize_images_makes_every_image_the_eval_size():
     dataset = tf.data.Dataset.from_generator(
         lambda: iter([{"image": np.zeros((20, 30, 3), np.uint8)}, {"image": np.full((50, 10, 3), 255, np.uint8)}]),
         output_signature={"image": tf.TensorSpec([None, None, 3], tf.uint8)})
-    images = [e["image"] for e in evaluate.resize_images(dataset, 16).as_numpy_iterator()]
+    images = [e["image"] for e in savedmodel.resize_images(dataset, 16).as_numpy_iterator()]
     assert [i.shape for i in images] == [(16, 16, 3), (16, 16, 3)] and images[1].min() == 255
-    assert evaluate.resize_images(dataset, 0) is dataset
+    assert savedmodel.resize_images(dataset, 0) is dataset
 
 
 def test_per_class_subset_draws_the_requested_count_per_class():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    rows = evaluate.per_class_subset(labels, 5, np.random.default_rng(0))
+    rows = protocols.per_class_subset(labels, 5, np.random.default_rng(0))
     assert np.bincount(labels[rows]).tolist() == [5, 3, 5]
     assert len(set(rows)) == len(rows)
-    again = evaluate.per_class_subset(labels, 5, np.random.default_rng(0))
-    other = evaluate.per_class_subset(labels, 5, np.random.default_rng(1))
+    again = protocols.per_class_subset(labels, 5, np.random.default_rng(0))
+    other = protocols.per_class_subset(labels, 5, np.random.default_rng(1))
     np.testing.assert_array_equal(rows, again)
     assert not np.array_equal(rows, other)
 
 
 def test_holdout_split_is_stratified_and_disjoint():
     labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
-    fit, held = evaluate.holdout_split(labels, 0.2, np.random.default_rng(0))
+    fit, held = probe.holdout_split(labels, 0.2, np.random.default_rng(0))
     assert set(fit).isdisjoint(held) and sorted(np.concatenate([fit, held])) == list(range(16))
     assert np.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # a lone image stays in fit
 
@@ -117,16 +118,16 @@ def _blobs(n_per_class, seed, shift=3.0):
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(4), n_per_class)
     centres = rng.normal(size=(4, 20)) * shift
-    return evaluate.Extracted((centres[labels] + rng.normal(size=(len(labels), 20))).astype(np.float32), labels,
+    return savedmodel.Extracted((centres[labels] + rng.normal(size=(len(labels), 20))).astype(np.float32), labels,
                               np.arange(len(labels)))
 
 
 def test_linear_probe_separates_blobs_and_picks_c_from_the_grid():
     train, test = _blobs(30, seed=0), _blobs(30, seed=0)
     test.features = test.features + np.random.default_rng(1).normal(size=test.features.shape).astype(np.float32)
-    result = evaluate.linear_probe(train, test)
+    result = probe.linear_probe(train, test)
     assert result.accuracy >= 0.95 and result.converged
-    assert result.c in result.validation and set(evaluate.C_GRID[:2]) <= set(result.validation)
+    assert result.c in result.validation and set(probe.C_GRID[:2]) <= set(result.validation)
     assert result.fits[-1].held_out_accuracy is None and result.fits[-1].c == result.c
 
 
@@ -145,7 +146,7 @@ class FractionCorrect:
 def _known_accuracy_problem():
     labels = np.repeat(np.arange(4), 250)
     features = np.stack([labels, (np.arange(1000) % 250) / 250.0], axis=1).astype(np.float32)
-    return evaluate.Extracted(features, labels, np.arange(1000))
+    return savedmodel.Extracted(features, labels, np.arange(1000))
 
 
 def _fake_fit(monkeypatch, accuracy_of, fitted, converged=True):
@@ -153,31 +154,31 @@ def _fake_fit(monkeypatch, accuracy_of, fitted, converged=True):
         fitted.append((c, init))
         return FractionCorrect(accuracy_of(c), converged)
 
-    monkeypatch.setattr(evaluate, "_fit_svm", fake_fit)
+    monkeypatch.setattr(probe, "_fit_svm", fake_fit)
 
 
 def test_linear_probe_stops_the_grid_once_held_out_accuracy_falls(monkeypatch, capsys):
     # Held-out accuracy is a known function of C: rises, then falls at the third C.
-    accuracy_at = dict(zip(evaluate.C_GRID, (0.5, 0.7, 0.6, 0.9, 0.9)))
+    accuracy_at = dict(zip(probe.C_GRID, (0.5, 0.7, 0.6, 0.9, 0.9)))
     fitted = []
     _fake_fit(monkeypatch, accuracy_at.get, fitted)
     data = _known_accuracy_problem()
-    result = evaluate.linear_probe(data, data, c_values=evaluate.C_GRID[::-1])  # any order: walked upwards
-    assert [c for c, _ in fitted] == [*evaluate.C_GRID[:3], evaluate.C_GRID[1]]  # 3 on the grid, then the refit
+    result = probe.linear_probe(data, data, c_values=probe.C_GRID[::-1])  # any order: walked upwards
+    assert [c for c, _ in fitted] == [*probe.C_GRID[:3], probe.C_GRID[1]]  # 3 on the grid, then the refit
     assert fitted[0][1] is None and all(init is not None for _, init in fitted[1:])  # warm starts
-    assert result.c == evaluate.C_GRID[1] and sorted(result.validation) == sorted(evaluate.C_GRID[:3])
-    assert result.validation[evaluate.C_GRID[1]] == pytest.approx(0.7, abs=0.02) and result.edge is None
+    assert result.c == probe.C_GRID[1] and sorted(result.validation) == sorted(probe.C_GRID[:3])
+    assert result.validation[probe.C_GRID[1]] == pytest.approx(0.7, abs=0.02) and result.edge is None
     log = capsys.readouterr().err.splitlines()  # one progress line per fit, naming its C and the feature size
     assert len(log) == 4 and all(line.startswith("probe: ") and "800 x 2 features" in line for line in log[:3])
     assert all("3 Newton / 17 CG iterations, converged" in line for line in log)
-    assert f"refit with C={evaluate.C_GRID[1]:g}" in log[3] and "1000 x 2 features" in log[3]
+    assert f"refit with C={probe.C_GRID[1]:g}" in log[3] and "1000 x 2 features" in log[3]
 
 
 def test_best_c_on_the_lower_edge_extends_the_grid_downwards_a_bounded_number_of_times(monkeypatch, capsys):
     fitted = []
     _fake_fit(monkeypatch, lambda c: 0.9 - 0.1 * np.log10(c / 1e-7), fitted)  # smaller C is always better
     data = _known_accuracy_problem()
-    result = evaluate.linear_probe(data, data, c_values=(0.001, 0.01, 0.1), max_extension=2)
+    result = probe.linear_probe(data, data, c_values=(0.001, 0.01, 0.1), max_extension=2)
     assert sorted(result.validation) == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2])  # 0.1 fell: the walk stopped
     assert result.c == pytest.approx(1e-5) and result.edge == "smallest"
     err = capsys.readouterr().err
@@ -190,7 +191,7 @@ def test_extension_stops_once_the_edge_no_longer_wins_and_extends_upwards_too(mo
     fitted = []
     _fake_fit(monkeypatch, lambda c: 0.9 - 0.1 * abs(np.log10(c / peak)), fitted)
     data = _known_accuracy_problem()
-    result = evaluate.linear_probe(data, data, c_values=(0.001, 0.01, 0.1))
+    result = probe.linear_probe(data, data, c_values=(0.001, 0.01, 0.1))
     assert sorted(result.validation) == pytest.approx([0.001, 0.01, 0.1, 1.0])
     assert result.c == pytest.approx(0.1) and result.edge is None
     assert "the best held-out C=0.1 is the largest C tried; extending the grid to C=1" in capsys.readouterr().err
@@ -199,11 +200,11 @@ def test_extension_stops_once_the_edge_no_longer_wins_and_extends_upwards_too(mo
 def test_unconverged_fits_are_reported_not_hidden(monkeypatch, capsys):
     _fake_fit(monkeypatch, lambda c: 0.5, [], converged=False)
     data = _known_accuracy_problem()
-    result = evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0)
+    result = probe.linear_probe(data, data, c_values=(0.01,), max_extension=0)
     assert not result.converged and not any(fit.converged for fit in result.fits)
     assert "NOT CONVERGED" in capsys.readouterr().err
-    report = evaluate.results_json("x", "folder", evaluate.ProtocolOptions(),
-                                   evaluate.ProtocolResult("m", [0.5], [0.01], [1000], 1000, [result]), None)
+    report = protocols.results_json("x", "folder", protocols.ProtocolOptions(),
+                                   protocols.ProtocolResult("m", [0.5], [0.01], [1000], 1000, [result]), None)
     assert report["trained"]["converged"] is False and report["trained"]["fits"][0][0]["converged"] is False
 
 
@@ -214,13 +215,13 @@ def test_features_reach_the_svm_as_exported_unless_standardize(monkeypatch):
         seen.append(features.copy())
         return FractionCorrect(0.5)
 
-    monkeypatch.setattr(evaluate, "_fit_svm", recording_fit)
+    monkeypatch.setattr(probe, "_fit_svm", recording_fit)
     data = _known_accuracy_problem()
     data.features = data.features * np.array([5.0, 0.01], np.float32)  # percentile-scaled columns, say
-    evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0)
+    probe.linear_probe(data, data, c_values=(0.01,), max_extension=0)
     np.testing.assert_array_equal(seen[-1], data.features)  # the refit sees the exported features unchanged
     seen.clear()
-    evaluate.linear_probe(data, data, c_values=(0.01,), max_extension=0, standardize=True)
+    probe.linear_probe(data, data, c_values=(0.01,), max_extension=0, standardize=True)
     np.testing.assert_allclose(seen[-1].mean(axis=0), 0.0, atol=1e-5)
     np.testing.assert_allclose(seen[-1].std(axis=0), 1.0, atol=1e-4)
 
@@ -229,29 +230,29 @@ def test_linear_probe_on_shuffled_labels_is_near_chance():
     train, test = _blobs(40, seed=2), _blobs(40, seed=2)
     train.labels = np.random.default_rng(3).permutation(train.labels)
     test.labels = np.random.default_rng(4).permutation(test.labels)
-    assert evaluate.linear_probe(train, test).accuracy < 0.45  # chance 0.25, 160 test images
+    assert probe.linear_probe(train, test).accuracy < 0.45  # chance 0.25, 160 test images
 
 
 def test_protocol_defaults_and_random_baseline_lookup(tmp_path):
-    assert [evaluate.protocol_for(s) for s in ("stl10", "stl10_binary:/d", "cifar10", "caltech101", "folder:/x",
+    assert [protocols.protocol_for(s) for s in ("stl10", "stl10_binary:/d", "cifar10", "caltech101", "folder:/x",
                                                "demo_labelled")] == ["stl10", "stl10", "cifar10", "caltech101",
                                                                      "folder", "folder"]
-    assert evaluate.random_baseline_path(str(tmp_path / "m" / "3")) is None
-    assert f"no {tmp_path / 'm_random'}/<version> exists" in evaluate.missing_baseline_message(
+    assert protocols.random_baseline_path(str(tmp_path / "m" / "3")) is None
+    assert f"no {tmp_path / 'm_random'}/<version> exists" in protocols.missing_baseline_message(
         str(tmp_path / "m" / "3"))
     for version in ("1", "4", "tmp"):
         os.makedirs(tmp_path / "m_random" / version)
-    assert evaluate.random_baseline_path(str(tmp_path / "m" / "3") + "/") == str(tmp_path / "m_random" / "4")
+    assert protocols.random_baseline_path(str(tmp_path / "m" / "3") + "/") == str(tmp_path / "m_random" / "4")
 
 
 def test_table_and_json_report_gain_over_random():
-    trained = evaluate.ProtocolResult("sm/x/2", [0.7, 0.8], [0.01, 0.01], [100, 100], 50)
-    baseline = evaluate.ProtocolResult("sm/x_random/1", [0.5, 0.5], [0.2, 0.2], [100, 100], 50)
-    table = evaluate.results_table("stl10", "features", trained, baseline)
+    trained = protocols.ProtocolResult("sm/x/2", [0.7, 0.8], [0.01, 0.01], [100, 100], 50)
+    baseline = protocols.ProtocolResult("sm/x_random/1", [0.5, 0.5], [0.2, 0.2], [100, 100], 50)
+    table = protocols.results_table("stl10", "features", trained, baseline)
     assert "75.00 ± 5.00" in table and "+25.00" in table and "50.00 ± 0.00" in table
-    report = evaluate.results_json("stl10", "stl10", evaluate.ProtocolOptions(), trained, baseline)
+    report = protocols.results_json("stl10", "stl10", protocols.ProtocolOptions(), trained, baseline)
     assert report["gain_over_random"] == pytest.approx(0.25) and report["trained"]["accuracies"] == [0.7, 0.8]
-    assert "no baseline" in evaluate.results_table("stl10", "features", trained, None)
+    assert "no baseline" in protocols.results_table("stl10", "features", trained, None)
 
 
 # ---------------------------------------------------------------- protocols through SavedModels
@@ -259,8 +260,8 @@ def test_table_and_json_report_gain_over_random():
 
 def test_stl10_protocol_probes_each_fold_and_leaves_the_encoder_unchanged(exports, fake_sources):
     before = [_snapshot(path) for path in exports]
-    options = evaluate.ProtocolOptions(c_values=(0.01, 0.1))
-    results = [evaluate.run_protocol(path, "stl10", "stl10", options, batch_size=16) for path in exports]
+    options = protocols.ProtocolOptions(c_values=(0.01, 0.1))
+    results = [protocols.run_protocol(path, "stl10", "stl10", options, batch_size=16) for path in exports]
     assert sorted(fold for _, split, fold in fake_sources if split == "train") == sorted(list(range(10)) * 2)
     for result in results:
         assert len(result.accuracies) == 10 and result.num_train == [18] * 10 and result.num_test == 24
@@ -275,19 +276,19 @@ def test_stl10_protocol_probes_each_fold_and_leaves_the_encoder_unchanged(export
 
 
 def test_per_class_protocol_draws_the_same_splits_for_every_model(exports, fake_sources, monkeypatch):
-    monkeypatch.setitem(evaluate.PER_CLASS, "cifar10_400", 4)
-    options = evaluate.ProtocolOptions(eval_size=32, splits=3, c_values=(0.1,), max_test=12)
-    model = evaluate.SavedModelFeatures(exports[0], batch_size=8)
-    drawn = [train.indices.tolist() for train in evaluate.training_sets(model, "cifar10_400", "cifar10", options)]
+    monkeypatch.setitem(protocols.PER_CLASS, "cifar10_400", 4)
+    options = protocols.ProtocolOptions(eval_size=32, splits=3, c_values=(0.1,), max_test=12)
+    model = savedmodel.SavedModelFeatures(exports[0], batch_size=8)
+    drawn = [train.indices.tolist() for train in protocols.training_sets(model, "cifar10_400", "cifar10", options)]
     assert len(drawn) == 3 and all(len(rows) == 12 for rows in drawn) and drawn[0] != drawn[1]
-    other = evaluate.SavedModelFeatures(exports[1], batch_size=8)
-    assert drawn == [t.indices.tolist() for t in evaluate.training_sets(other, "cifar10_400", "cifar10", options)]
-    result = evaluate.run_protocol(exports[0], "cifar10_400", "cifar10", options, batch_size=8)
+    other = savedmodel.SavedModelFeatures(exports[1], batch_size=8)
+    assert drawn == [t.indices.tolist() for t in protocols.training_sets(other, "cifar10_400", "cifar10", options)]
+    result = protocols.run_protocol(exports[0], "cifar10_400", "cifar10", options, batch_size=8)
     assert result.num_train == [12, 12, 12] and result.num_test == 12
 
 
 def test_pyramid_features_come_from_the_pooled_signature(exports, fake_sources):
-    model = evaluate.SavedModelFeatures(exports[0], batch_size=8)
+    model = savedmodel.SavedModelFeatures(exports[0], batch_size=8)
     pyramid = model.extract("caltech101", "test", "pyramid", eval_size=48, max_examples=5)
     quadrants = model.extract("caltech101", "test", "features", eval_size=48, max_examples=5)
     assert pyramid.features.shape == (5, 21 * 256) and quadrants.features.shape == (5, 4 * 256)
@@ -337,10 +338,10 @@ def test_the_random_baseline_is_the_one_of_the_same_run(tmp_path):
     trained = _fake_export(tmp_path / "m" / "3", run_dir="/runs/a", step=100, arch="small", input_size=32)
     own = _fake_export(tmp_path / "m_random" / "1", run_dir="/runs/a", step=0, arch="small", input_size=32)
     _fake_export(tmp_path / "m_random" / "2", run_dir="/runs/b", step=0, arch="small", input_size=32)  # newest
-    assert evaluate.random_baseline_path(trained) == own
+    assert protocols.random_baseline_path(trained) == own
     other_run = _fake_export(tmp_path / "m" / "4", run_dir="/runs/c", step=5, arch="small", input_size=32)
-    assert evaluate.random_baseline_path(other_run) is None
-    assert "from run /runs/c" in evaluate.missing_baseline_message(other_run)
+    assert protocols.random_baseline_path(other_run) is None
+    assert "from run /runs/c" in protocols.missing_baseline_message(other_run)
 
 
 def test_a_baseline_of_another_architecture_or_input_size_is_refused(tmp_path):
@@ -348,11 +349,11 @@ def test_a_baseline_of_another_architecture_or_input_size_is_refused(tmp_path):
     same = _fake_export(tmp_path / "same" / "1", run_dir="/r", arch="medium", input_size=32)
     arch = _fake_export(tmp_path / "arch" / "1", run_dir="/r", arch="small", input_size=32)
     size = _fake_export(tmp_path / "size" / "1", run_dir="/r", arch="medium", input_size=64)
-    assert evaluate.baseline_mismatch(trained, same) is None
-    assert "has arch=small but" in evaluate.baseline_mismatch(trained, arch)
-    assert "has input_size=64 but" in evaluate.baseline_mismatch(trained, size)
+    assert protocols.baseline_mismatch(trained, same) is None
+    assert "has arch=small but" in protocols.baseline_mismatch(trained, arch)
+    assert "has input_size=64 but" in protocols.baseline_mismatch(trained, size)
     result = subprocess.run([sys.executable, "-m", "exemplar_tf.evaluate", f"--savedmodel={trained}",
                              f"--baseline_savedmodel={arch}", "--dataset=demo_labelled"],
                             cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == evaluate.baseline_mismatch(trained, arch)
+    assert result.stderr.strip().splitlines()[-1] == protocols.baseline_mismatch(trained, arch)

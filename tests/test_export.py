@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import export, features
+from exemplar_tf.evaluation import savedmodel
+from exemplar_tf.models import features
 from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
+from exemplar_tf.serving import export
 
 MEAN_RGB = (0.45, 0.42, 0.39)
 SMALL_CHANNELS = (64, 64, 128)  # conv1, conv2, fc of the small Exemplar-CNN
@@ -193,7 +195,7 @@ def test_pooled_features_signature_gives_both_poolings_and_small_images_are_upsa
     assert pooled["pyramid"].shape == (2, 21 * sum(SMALL_CHANNELS))
     served = loaded.signatures["serving_default"](images=tiny)
     np.testing.assert_allclose(served["features"].numpy(), pooled["quadrants"].numpy(), atol=1e-6)
-    assert export.read_export_info(exported)["pooling"] == "quadrants"
+    assert savedmodel.read_export_info(exported)["pooling"] == "quadrants"
 
 
 def test_memory_bank_is_not_exported(model, tmp_path):
@@ -220,7 +222,7 @@ def test_headless_export_embeds_with_the_normalised_representation_and_stores_py
     expected = representation / np.linalg.norm(representation, axis=1, keepdims=True)
     np.testing.assert_allclose(out["embedding"].numpy(), expected, atol=1e-5)
     assert out["features"].shape == (2, 21 * sum(SMALL_CHANNELS))
-    info = export.read_export_info(path)
+    info = savedmodel.read_export_info(path)
     assert info["embedding"] == "representation" and info["embedding_dim"] == 128 and info["input_size"] == 32
 
 
@@ -271,16 +273,16 @@ def test_program_exports_the_latest_checkpoint_of_a_run(tmp_path):
     served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     expected, _ = _reference(encoder, head, [1.0, 1.0, 1.0], images)
     np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-5)
-    assert len(export.read_export_info(path)["percentiles"]) == 3
+    assert len(savedmodel.read_export_info(path)["percentiles"]) == 3
 
 
 def test_export_info_records_name_origin_and_creation_time(model, tmp_path):
     encoder, head, percentiles = model
     path = export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="run7", percentiles=percentiles,
                                  origin={"run_dir": "runs/r7", "step": 1234})
-    info = export.read_export_info(path)
+    info = savedmodel.read_export_info(path)
     assert info["name"] == "run7" and info["run_dir"] == os.path.abspath("runs/r7") and info["step"] == 1234
     assert info["arch"] == "small" and info["input_size"] == 32 and info["created"][:2] == "20"
-    plain = export.read_export_info(export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="p",
+    plain = savedmodel.read_export_info(export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="p",
                                                           percentiles=percentiles))
     assert plain["run_dir"] is None and plain["step"] is None

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import export, models
+from exemplar_tf import models
 from exemplar_tf.data import sources
+from exemplar_tf.evaluation import savedmodel
 from exemplar_tf.finetuning import encoders, labels, run
+from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +101,7 @@ def test_narrow_resnet_comes_back_from_its_export_and_as_a_float32_copy(tmp_path
                                    resnet_width=16)
     scales = [1.0] * len(encoder.feature_maps(tf.zeros([1, 32, 32, 3])))
     path = export.export_encoder(encoder, export_dir_base=str(tmp_path), name="narrow", percentiles=scales)
-    info = export.read_export_info(path)
+    info = savedmodel.read_export_info(path)
     assert (info["resnet_width"], info["resnet_stem"], info["representation_dim"]) == (16, "imagenet", 128)
     loaded, spec = encoders.from_savedmodel(path)
     assert spec.resnet == {"resnet_stem": "imagenet", "resnet_width": 16}

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import evaluate, export, knn
+from exemplar_tf.evaluation import knn, savedmodel
 from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
+from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +122,7 @@ def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path
     model_path = export.export_encoder(encoder, head, export_dir_base=str(tmp_path / "sm"), name="t",
                                        percentiles=[1.0, 1.0, 1.0])
     spec = f"folder:{tmp_path / 'images'}"
-    train = evaluate.SavedModelFeatures(model_path).extract(spec, "train", "embedding")
+    train = savedmodel.SavedModelFeatures(model_path).extract(spec, "train", "embedding")
     bank = MemoryBank(24, 128)
     bank.bank.assign(tf.gather(train.features, np.argsort(train.indices)))  # row i = training image with index i
     tf.train.Checkpoint(bank=bank).save(str(tmp_path / "ckpt" / "ckpt"))

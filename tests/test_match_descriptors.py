@@ -169,8 +169,8 @@ def test_patch_contrast_standardisation_undoes_gain_and_offset(rng):
 @pytest.fixture(scope="module")
 def encoder_export(tmp_path_factory):
     """The project's small Exemplar-CNN at initialisation (mean subtraction inside), exported as training does."""
-    from exemplar_tf import export
     from exemplar_tf.models import build_encoder
+    from exemplar_tf.serving import export
 
     keras.utils.set_random_seed(0)
     encoder = build_encoder("small", input_size=32, mean_rgb=(120.0, 115.0, 105.0))

@@ -5,7 +5,7 @@ import sys
 import matplotlib.image
 import numpy as np
 
-from exemplar_tf import preview
+from exemplar_tf.augment import preview
 from exemplar_tf.data import patches, sources
 
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import export, retrieve
+from exemplar_tf.evaluation import retrieval
 from exemplar_tf.models import ProjectionHead, build_encoder
+from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
@@ -48,18 +49,18 @@ def folders(tmp_path_factory):
 def test_nearest_matches_numpy_cosine_ranking():
     rng = np.random.default_rng(1)
     index, queries = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
-    rows, similarities = retrieve.nearest(index, queries, k=5, batch=3)
+    rows, similarities = retrieval.nearest(index, queries, k=5, batch=3)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     cosine = unit(queries) @ unit(index).T
     np.testing.assert_array_equal(rows, np.argsort(-cosine, axis=1)[:, :5])
     np.testing.assert_allclose(similarities, np.sort(cosine, axis=1)[:, ::-1][:, :5], atol=1e-6)
-    assert retrieve.nearest(index[:2], queries, k=5)[0].shape == (7, 2)
+    assert retrieval.nearest(index[:2], queries, k=5)[0].shape == (7, 2)
 
 
 def test_results_grid_places_query_then_neighbours():
     query = [np.full((64, 64, 3), 10, np.uint8)]
     cells = [[np.full((64, 64, 3), 20 + j, np.uint8) for j in range(2)]]
-    grid = retrieve.results_grid(query, cells)
+    grid = retrieval.results_grid(query, cells)
     assert grid.shape == (68, 3 * 68 + 4, 3)
     assert grid[0, 0, 0] == 10 and grid[0, 68 + 4, 0] == 20 and grid[0, 2 * 68 + 4, 0] == 21
     assert grid[0, 64, 0] == 255  # gap
@@ -68,7 +69,7 @@ def test_results_grid_places_query_then_neighbours():
 def test_folder_end_to_end_finds_exact_copies_and_writes_every_output(tiny_export, folders, tmp_path):
     root, index_paths = folders
     out = tmp_path / "out"
-    summary = retrieve.retrieve(tiny_export, str(root / "index"), str(root / "queries"), str(out), k=K,
+    summary = retrieval.retrieve(tiny_export, str(root / "index"), str(root / "queries"), str(out), k=K,
                                 batch_size=4)
     assert summary["index_images"] == 9 and summary["queries"] == 2
     assert [rows[0] for rows in summary["neighbours"]] == [2, 7]  # each query is a copy of that index image
@@ -85,7 +86,7 @@ def test_folder_end_to_end_finds_exact_copies_and_writes_every_output(tiny_expor
     assert len(sources) == 2 * (1 + K)
     for src in sources:
         assert not os.path.isabs(src) and os.path.exists(out / src), src
-    assert max(tf.io.decode_png(tf.io.read_file(str(out / sources[0]))).shape[:2]) <= retrieve.THUMB_SIZE
+    assert max(tf.io.decode_png(tf.io.read_file(str(out / sources[0]))).shape[:2]) <= retrieval.THUMB_SIZE
     grid = tf.io.decode_png(tf.io.read_file(str(out / "neighbours.png"))).numpy()
     assert grid.shape == (2 * 68, (1 + K) * 68 + 4, 3)
 

@@ -291,7 +291,7 @@ def test_demo_is_the_unlabelled_skimage_photographs():
 def test_demo_labelled_crops_come_from_disjoint_halves(monkeypatch):
     left_dark = tuple(np.concatenate([np.zeros((100, 150, 3), np.uint8), np.full((100, 150, 3), 255, np.uint8)], 1)
                       for _ in range(2))
-    monkeypatch.setattr(sources, "demo_photographs", lambda: left_dark)
+    monkeypatch.setattr(sources.demo, "demo_photographs", lambda: left_dark)
     train_crops, train_labels = sources.demo_crops("train")
     test_crops, _ = sources.demo_crops("test")
     assert train_crops.shape == (2 * 40, 64, 64, 3) and test_crops.shape == (2 * 20, 64, 64, 3)

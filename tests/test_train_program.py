@@ -152,21 +152,22 @@ def test_sigkill_at_random_points_never_leaves_a_broken_checkpoint_or_export(tmp
 
 
 def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_path):
-    from exemplar_tf import export
+    from exemplar_tf.evaluation import savedmodel
+    from exemplar_tf.serving import runs
 
     # --max_instances=5 of the 15 demo photographs: the percentile images must come from those 5 in both exports.
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="re", steps=4, export_base=str(tmp_path / "sm"),
                          **{**TINY, "num_seeds": 32}, max_instances=5)
     result = loop.run(config)
-    again = export.export_run(config.run_dir)
+    again = runs.export_run(config.run_dir)
     assert result.export_dir == str(tmp_path / "sm" / "re" / "1") and again == str(tmp_path / "sm" / "re" / "2")
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8))
     served = [tf.saved_model.load(path).signatures["serving_default"](images=images) for path in (result.export_dir,
                                                                                                    again)]
     np.testing.assert_array_equal(served[0]["features"].numpy(), served[1]["features"].numpy())
     np.testing.assert_array_equal(served[0]["embedding"].numpy(), served[1]["embedding"].numpy())
-    infos = [export.read_export_info(path) for path in (result.export_dir, again)]
+    infos = [savedmodel.read_export_info(path) for path in (result.export_dir, again)]
     assert infos[0]["percentiles"] == infos[1]["percentiles"]
     assert [i["step"] for i in infos] == [4, 4] and {i["run_dir"] for i in infos} == {str(tmp_path / "run")}
-    baseline = export.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))
+    baseline = savedmodel.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))
     assert baseline["step"] == 0 and baseline["run_dir"] == str(tmp_path / "run") and baseline["name"] == "re_random"

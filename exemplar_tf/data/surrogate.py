@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.transforms import ColorPCA
+from exemplar_tf.choices import AUGMENT_ON
 from exemplar_tf.data.patches import Seeds
 
-AUGMENT_ON = ("host", "device")
 PCA_MAX_PIXELS = 1_000_000
 
 

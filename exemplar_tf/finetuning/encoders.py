@@ -1,13 +1,14 @@
-"""Encoders to fine-tune: from an export of `exemplar_tf.export`, a training run's checkpoint, or fresh."""
+"""Encoders to fine-tune: from an export (read by `evaluation.savedmodel`), a training run's checkpoint, or fresh."""
 from __future__ import annotations
 
 import dataclasses
 import os
 from typing import Sequence
 
-import tensorflow as tf
-
-from exemplar_tf import evaluate, export, models
+from exemplar_tf import models
+from exemplar_tf.evaluation import protocols
+from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
+from exemplar_tf.serving import export, runs
 from exemplar_tf.training import rundir
 
 
@@ -29,10 +30,11 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, EncoderSpec]:
     ExportArchive stores the tracked encoder's variables first, in `encoder.variables` order; the copy checks
     every name and shape, and tells the Exemplar-CNN with batch norm from the one without by that check.
     """
-    info = export.read_export_info(path)
+    model = SavedModelFeatures(path)
+    info = model.info
     if not info.get("arch") or not info.get("input_size"):
         raise ValueError(f"{path}: no {export.INFO_PATH} with arch and input_size (not an exemplar_tf export)")
-    saved = tf.saved_model.load(path).variables
+    saved = model.variables
     resnet = {key: info[key] for key in ("resnet_stem", "resnet_width") if key in info}
     for batch_norm in (False, True):
         encoder = models.build_encoder(info["arch"], input_size=int(info["input_size"]), mean_rgb=(0.0, 0.0, 0.0),
@@ -47,16 +49,16 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, EncoderSpec]:
 
 
 def from_run(run_dir: str) -> tuple[models.Encoder, EncoderSpec]:
-    """The newest checkpoint of a training run (see `export.restore_run`)."""
-    encoder, _, run = export.restore_run(run_dir)
+    """The newest checkpoint of a training run (see `serving.runs.restore_run`)."""
+    encoder, _, run = runs.restore_run(run_dir)
     return encoder, EncoderSpec(run.arch, int(encoder.input_size), run.batch_norm, models.resnet_options(encoder))
 
 
 def random_export(savedmodel: str | None, run_dir: str | None) -> str | None:
     """The `<name>_random` export (the same network at initialisation, written by train.py at step 0), if any."""
     if savedmodel:
-        return evaluate.random_baseline_path(savedmodel)
-    run = rundir.config_from_flagfile(os.path.join(run_dir, rundir.FLAGFILE))
+        return protocols.random_baseline_path(savedmodel)
+    run = rundir.read_run_config(run_dir)
     sibling = os.path.join(run.export_base, run.name + "_random")
     version = export.next_version(sibling) - 1
     return os.path.join(sibling, str(version)) if version > 0 else None

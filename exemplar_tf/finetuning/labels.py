@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from exemplar_tf.evaluate import per_class_subset
+from exemplar_tf.evaluation.protocols import per_class_subset
 
 
 def labelled_rows(labels: np.ndarray, *, per_class: int = 0, fraction: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from exemplar_tf import export
 from exemplar_tf.augment.npid import npid_augment
+from exemplar_tf.serving import export
 
 CLASSIFY_SIGNATURE = "classify"
 

@@ -178,7 +178,7 @@ def normalise_descriptors(values: np.ndarray, mode: str, *, blocks: Sequence[int
 def feature_layer_blocks(path: str) -> list[int]:
     """The sizes of the per-layer blocks of an export's `features` output (cells * C_l per layer) from its
     export_info.json (pooling "quadrants": 4 cells, "pyramid": 21)."""
-    from exemplar_tf.export import read_export_info
+    from exemplar_tf.evaluation.savedmodel import read_export_info
 
     info = read_export_info(path)
     if "feature_channels" not in info:
@@ -190,17 +190,14 @@ def feature_layer_blocks(path: str) -> list[int]:
 
 
 class SavedModelDescriptors:
-    """Descriptor function from a SavedModel whose `serving_default` signature takes `images` uint8 [B,H,W,3]
-    and returns a dict holding `output` float [B,D] (this project's exports: `features`, the pooled evaluation
-    features, or `embedding`). TensorFlow is imported here, so SIFT-only runs never load it."""
+    """Descriptor function from an export read by `evaluation.savedmodel` (images uint8 [B,H,W,3] -> its `output`
+    float [B,D]: `features`, the pooled evaluation features, or `embedding`). TensorFlow is imported here, so
+    SIFT-only runs never load it."""
 
     def __init__(self, path: str, *, output: str = "features", batch_size: int = 64, normalisation: str = "none",
                  patch_contrast: str = "none"):
-        import tensorflow as tf
+        from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
 
-        from exemplar_tf.errors import check_savedmodel_folder
-
-        check_savedmodel_folder(path)
         if patch_contrast not in PATCH_CONTRASTS:
             raise ValueError(f"patch contrast {patch_contrast!r} is not one of {PATCH_CONTRASTS}")
         self.patch_contrast = patch_contrast
@@ -209,19 +206,16 @@ class SavedModelDescriptors:
         if normalisation == "l2_layer" and output != "features":
             raise ValueError(f"l2_layer splits the `features` output into layers; {output!r} has no layers")
         self.normalisation = normalisation
+        self._model = SavedModelFeatures(path, batch_size)
         self._blocks = feature_layer_blocks(path) if normalisation == "l2_layer" else None
-
-        self._tf = tf
-        self._loaded = tf.saved_model.load(path)  # owns the variables the signature reads: keep it alive
-        self._serve = self._loaded.signatures["serving_default"]
         self.output = output
         self.batch_size = batch_size
 
     def raw(self, patches: np.ndarray) -> np.ndarray:
         """uint8 [B,P,P,3] -> float32 [B,D] the export's output as it is, `batch_size` patches per call."""
-        batches = [self._serve(images=self._tf.constant(patches[start:start + self.batch_size]))[self.output]
+        batches = [self._model(patches[start:start + self.batch_size], self.output)
                    for start in range(0, len(patches), self.batch_size)]
-        return np.concatenate([batch.numpy() for batch in batches]).astype(np.float32)
+        return np.concatenate(batches).astype(np.float32)
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """uint8 [B,P,P,3] -> float32 [B,D]: the patches' contrast standardised (patch_contrast "standardise"),

@@ -12,9 +12,10 @@ import re
 import cv2
 import numpy as np
 
+from exemplar_tf import choices
 from exemplar_tf.errors import InputError
 
-IMAGE_EXTENSIONS = (".ppm", ".pgm", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".ppm", ".pgm", *choices.IMAGE_EXTENSIONS, ".tif", ".tiff")  # what OpenCV reads here
 
 
 @dataclasses.dataclass(frozen=True)

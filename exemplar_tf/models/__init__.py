@@ -5,13 +5,12 @@ from typing import Sequence
 
 import keras
 
+from exemplar_tf.choices import ARCHS, EXEMPLAR_ARCHS, RESNET_ARCHS
 from exemplar_tf.models.exemplar_cnn import ExemplarCNN
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
 from exemplar_tf.models.layers import Encoder, MeanSubtraction, weight_decay_loss
 from exemplar_tf.models.precision import PRECISIONS, dtype_policy, needs_loss_scaling
 from exemplar_tf.models.resnet import ResNet, resnet_options
-
-ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
 
 
 def build_encoder(arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
@@ -28,9 +27,9 @@ def build_encoder(arch: str, *, input_size: int, mean_rgb: Sequence[float], drop
     Call it inside `strategy.scope()` to get mirrored variables.
     """
     with dtype_policy(precision):
-        if arch in ("resnet18", "resnet50"):
+        if arch in RESNET_ARCHS:
             encoder = ResNet(arch, input_size=input_size, mean_rgb=mean_rgb, stem=resnet_stem, width=resnet_width)
-        elif arch in ("small", "medium", "large"):
+        elif arch in EXEMPLAR_ARCHS:
             encoder = ExemplarCNN(arch, input_size=input_size, mean_rgb=mean_rgb, dropout=dropout,
                                   batch_norm=batch_norm)
         else:

@@ -11,7 +11,8 @@ import contextlib
 
 import keras
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from exemplar_tf.choices import PRECISIONS
+
 
 
 @contextlib.contextmanager

@@ -4,18 +4,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_OBJECTIVES, EXEMPLAR_ARCHS, OBJECTIVES,  # noqa: F401
+                                 PRECISIONS)
 from exemplar_tf.errors import InputError
 
 METHODS = ("exemplar", "npid")
-OBJECTIVES = ("softmax", "nonparametric", "nce")
-ARCHS = ("small", "medium", "large", "resnet18", "resnet50")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRESETS = ("paper", "release_code")
-AUGMENT_ON = ("host", "device")
 NCE_NOISE = ("per_example", "shared")
 BANK_INITS = ("random", "features")
 RESNET_STEMS = ("auto", "cifar", "imagenet")
-EXEMPLAR_ARCHS = ("small", "medium", "large")
 
 # What a field left at None becomes, per method: each paper's own recipe. Exemplar-CNN (Dosovitskiy et al.'s
 # release): the small network, the parametric softmax over the surrogate classes, lr 0.01, weight decay 0.004,
@@ -26,7 +24,6 @@ METHOD_DEFAULTS = {
 }
 # --knn_source=auto: the labelled set that goes with a source, where there is one without asking.
 AUTO_KNN_SOURCES = {"demo": "demo_labelled"}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # = models.PRECISIONS (no TensorFlow import here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +104,7 @@ class TrainConfig:
 
     @property
     def uses_bank(self) -> bool:
-        return self.objective in ("nonparametric", "nce")
+        return self.objective in BANK_OBJECTIVES
 
     @property
     def input_size(self) -> int:

@@ -20,6 +20,7 @@ from exemplar_tf.augment import npid as npid_augment
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.data import instances as data_instances
 from exemplar_tf.data import patches, sources, surrogate
+from exemplar_tf.data.images import resize_uint8
 from exemplar_tf.training import rundir
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
 
@@ -52,17 +53,14 @@ def _whole_images(source: sources.Source, count: int, size: int) -> np.ndarray:
     """uint8 [count,size,size,3]: `count` source images evenly spread over it, resized to size×size (the first
     images of a class-sorted folder would all be one class)."""
     subset, _ = sources.spread_subset(source.dataset, source.num_examples, count)
-    resized = subset.map(
-        lambda e: tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    resized = subset.map(lambda e: resize_uint8(e["image"], size, antialias=False), num_parallel_calls=tf.data.AUTOTUNE)
     return np.stack(list(resized.as_numpy_iterator()))
 
 
 def percentile_images(config: TrainConfig, source: sources.Source | None = None) -> np.ndarray:
     """uint8 [n,H,W,3]: the whole training images the export's feature percentiles are measured on (exemplar:
     64 at max(96, 3 * patch_size), npid: 256 at image_size), from `source` (default: the run's source limited by
-    --max_instances). The training loop and `export.export_run` both take them from here."""
+    --max_instances). The training loop and `serving.runs.export_run` both take them from here."""
     source = source or _limited_source(config)
     if config.method == "exemplar":
         return _whole_images(source, 64, max(config.patch_size * 3, 96))

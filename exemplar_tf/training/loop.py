@@ -20,8 +20,10 @@ import tensorflow as tf
 from absl import logging
 from tqdm import tqdm
 
-from exemplar_tf import export, knn, models
+from exemplar_tf import models
+from exemplar_tf.evaluation import knn
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.serving import runs
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
@@ -90,21 +92,21 @@ class KnnReading:
     health: dict[str, float]  # summaries.representation_health on the test images
 
 
-def _knn_monitor(config: TrainConfig, input_size: int):
-    """Returns `read(state) -> KnnReading` over the labelled kNN source, or None when no source is given."""
+def _knn_monitor(config: TrainConfig):
+    """Returns `read(state) -> KnnReading` over the labelled kNN source (images at the training input size), or
+    None when no source is given."""
     if not config.knn_source:
         return None
-    train = summaries.labelled_images(config.knn_source, config.knn_train_split, input_size,
+    train = summaries.labelled_images(config.knn_source, config.knn_train_split, config.input_size,
                                       config.knn_max_examples, config.data_dir)
-    test = summaries.labelled_images(config.knn_source, config.knn_split, input_size,
+    test = summaries.labelled_images(config.knn_source, config.knn_split, config.input_size,
                                      config.knn_max_examples, config.data_dir)
     num_classes = int(max(train[1].max(), test[1].max())) + 1
 
     def read(state: ModelState) -> KnnReading:
-        head = state.head if state.bank is not None else None
         encoder = models.float32_copy(state.encoder)
-        train_codes, _ = summaries.embed(encoder, head, train[0])
-        test_codes, test_representations = summaries.embed(encoder, head, test[0])
+        train_codes, _ = summaries.embed(encoder, state.embedding_head, train[0])
+        test_codes, test_representations = summaries.embed(encoder, state.embedding_head, test[0])
         accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
         health = summaries.representation_health(test_representations, test_codes)
         return KnnReading(accuracy["top1"], test_codes, test, health)
@@ -114,9 +116,8 @@ def _knn_monitor(config: TrainConfig, input_size: int):
 
 def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
     """Exports the float32 reading of the encoder (and the projection head), whatever the training precision."""
-    head = state.head if state.bank is not None else None
-    return export.export_training_run(config, models.float32_copy(state.encoder), head, data.eval_images, name=name,
-                                      step=state.step)
+    return runs.export_training_run(config, models.float32_copy(state.encoder), state.embedding_head,
+                                    data.eval_images, name=name, step=state.step)
 
 
 def state_fingerprint(state: ModelState) -> str:
@@ -198,7 +199,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
               f"({time.perf_counter() - started:.0f} s)")
 
     writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
-    knn_reading = _knn_monitor(config, config.input_size) if chief else None
+    knn_reading = _knn_monitor(config) if chief else None
     if state.step == 0:
         with writer.as_default(step=0):
             tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
@@ -235,7 +236,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
                 "learning_rate": float(state.optimizer.learning_rate),
                 "examples_per_second": window_steps * config.batch_size / max(elapsed, 1e-9),
             }
-            if config.objective == "nce":
+            if state.objective.estimates_z:
                 scalars["nce_z"] = float(out["z"])
             if config.proximal_lambda:
                 scalars["proximal_loss"] = float(out["proximal"])

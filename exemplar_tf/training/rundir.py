@@ -121,3 +121,8 @@ def config_from_flagfile(path: str) -> TrainConfig:
         else:
             typed[field.name] = (raw or None) if default is None else raw
     return TrainConfig(**{"run_dir": os.path.dirname(os.path.abspath(path)), **typed})
+
+
+def read_run_config(run_dir: str) -> TrainConfig:
+    """The TrainConfig of the run in `run_dir` (its `flags.cfg`, `config_from_flagfile`), run_dir as given."""
+    return dataclasses.replace(config_from_flagfile(os.path.join(run_dir, FLAGFILE)), run_dir=run_dir)

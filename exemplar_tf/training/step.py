@@ -15,9 +15,9 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from exemplar_tf import models
-from exemplar_tf.models import heads
 from exemplar_tf.objectives import losses
 from exemplar_tf.objectives.memory_bank import MemoryBank
+from exemplar_tf.objectives.objective import Objective, make
 from exemplar_tf.training.config import TrainConfig
 
 
@@ -25,12 +25,18 @@ from exemplar_tf.training.config import TrainConfig
 class ModelState:
     """Everything that is trained or checkpointed (all built inside the strategy scope)."""
 
+    objective: Objective  # what is trained: head, loss, bank or not (not checkpointed: it holds settings only)
     encoder: keras.Model
-    head: keras.layers.Layer  # ProjectionHead (bank objectives) or SurrogateClassifier (softmax)
+    head: keras.layers.Layer  # objective.head: ProjectionHead (bank objectives) or SurrogateClassifier (softmax)
     optimizer: keras.optimizers.Optimizer
-    bank: MemoryBank | None
+    bank: MemoryBank | None  # present when objective.uses_bank
     z: tf.Variable  # NCE normaliser; <= 0 means "not estimated yet"
     chain: object | None = None  # TransformChain when augmentation runs on the device
+
+    @property
+    def embedding_head(self) -> keras.layers.Layer | None:
+        """The head the export and the kNN codes put after the encoder (None: the representation itself)."""
+        return self.objective.embedding_head(self.head)
 
     def checkpoint(self) -> tf.train.Checkpoint:
         parts = dict(encoder=self.encoder, head=self.head, optimizer=self.optimizer, z=self.z)
@@ -52,26 +58,30 @@ def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.Le
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
+def objective_of(config: TrainConfig) -> Objective:
+    """The run's `Objective` with its settings from the config."""
+    return make(config.objective, embedding_dim=config.embedding_dim, tau=config.tau, nce_m=config.nce_m,
+                nce_noise=config.nce_noise)
+
+
 def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
+    objective = objective_of(config)
     input_size = config.input_size
     encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
                                    batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
                                    resnet_width=config.resnet_width, precision=config.precision)
-    if config.objective == "softmax":
-        head = heads.SurrogateClassifier(num_instances)
-    else:
-        head = heads.ProjectionHead(config.embedding_dim)
+    head = objective.head(num_instances)
     head(encoder(tf.zeros([1, input_size, input_size, 3])))
     optimizer = keras.optimizers.SGD(learning_rate_schedule(config), momentum=config.momentum)
     if models.needs_loss_scaling(config.precision):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
     optimizer.build(encoder.trainable_variables + head.trainable_variables)
     bank = None
-    if config.uses_bank:
+    if objective.uses_bank:
         bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
     z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    return ModelState(encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
+    return ModelState(objective, encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
 
 
 def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size: int = 256,
@@ -118,25 +128,6 @@ def _images(state: ModelState, batch: dict) -> tf.Tensor:
     return batch["image"]
 
 
-def _objective(config: TrainConfig, state: ModelState, outputs, labels, noise_seed):
-    """Returns (loss, z_batch): the replica's mean loss and NCE's Monte-Carlo Z estimate (0 otherwise).
-
-    NCE passes the bank variable itself: its gathers read it in place, and only dense scores
-    (`losses.uses_dense_scores`) read it whole, once per step; the exact softmax reads it whole.
-    """
-    if config.objective == "softmax":
-        return losses.softmax_loss(outputs, labels), tf.constant(0.0)
-    bank = state.bank.variable
-    if config.objective == "nonparametric":
-        return losses.nonparametric_softmax_loss(outputs, bank, labels, config.tau), tf.constant(0.0)
-    sample = losses.sample_shared_noise if config.nce_noise == "shared" else losses.sample_noise
-    noise = sample(labels, state.bank.num_instances, config.nce_m, noise_seed)
-    first_estimate = lambda: tf.cast(state.bank.num_instances, tf.float32) * tf.reduce_mean(  # noqa: E731
-        tf.exp(tf.stop_gradient(losses.noise_scores(outputs, bank, noise)) / config.tau))
-    z = tf.cond(state.z > 0, lambda: tf.identity(state.z), first_estimate)
-    return losses.nce_loss(outputs, bank, labels, noise, config.tau, z)
-
-
 def _all_finite(tensors) -> tf.Tensor:
     """True when no element of any tensor is NaN or Inf (bool scalar)."""
     return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
@@ -162,7 +153,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     def forward_backward(images, labels, noise_seed):
         with tf.GradientTape() as tape:
             outputs = state.head(state.encoder(images, training=True), training=True)
-            loss, z_batch = _objective(config, state, outputs, labels, noise_seed)
+            loss, z_batch = state.objective.loss(outputs, labels, state.bank, state.z, noise_seed)
             proximal = tf.constant(0.0)
             if config.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
                 proximal = losses.proximal_loss(outputs, state.bank.variable, labels, config.proximal_lambda)
@@ -180,7 +171,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         state.optimizer.apply_gradients(zip(grads, variables))
         if state.bank is not None:
             state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
-        if config.objective == "nce":
+        if state.objective.estimates_z:
             z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
             state.z.assign(losses.update_z(state.z, z_mean, config.nce_z_momentum, state.z <= 0))
         bad_weights = 1.0 - tf.cast(_all_finite([tf.convert_to_tensor(v) for v in variables]), tf.float32)

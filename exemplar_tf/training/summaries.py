@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.data import sources
+from exemplar_tf.data.images import resize_uint8
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import config as cfg
 
@@ -75,11 +76,8 @@ def labelled_images(spec: str, split: str, size: int, limit: int, data_dir: str 
     if source.num_classes is None:
         raise InputError(f"--knn_source={spec!r} split {split!r} has no labels")
     subset, _ = sources.spread_subset(source.dataset, source.num_examples, limit)
-    resized = subset.map(
-        lambda e: (tf.cast(tf.clip_by_value(tf.image.resize(e["image"], (size, size)), 0, 255), tf.uint8),
-                   e["label"]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    resized = subset.map(lambda e: (resize_uint8(e["image"], size, antialias=False), e["label"]),
+                         num_parallel_calls=tf.data.AUTOTUNE)
     images, labels = zip(*resized.as_numpy_iterator())
     return LabelledImages(np.stack(images), np.asarray(labels, np.int64), source.class_names)
 
@@ -114,7 +112,7 @@ def sprite(images: np.ndarray) -> np.ndarray:
     columns = int(np.ceil(np.sqrt(n)))
     thumb = sprite_thumb_side(n, side)
     if thumb != side:
-        images = tf.cast(tf.round(tf.image.resize(images, (thumb, thumb), antialias=True)), tf.uint8).numpy()
+        images = resize_uint8(images, thumb).numpy()
     canvas = np.zeros((columns * thumb, columns * thumb, 3), np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)

@@ -1,0 +1,59 @@
+"""Exports of training runs: the one export path of the training loop (step 0 and the end) and the re-export of a
+run directory's newest checkpoint (`python -m exemplar_tf.export`, fine-tuning's `from_run`)."""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from exemplar_tf import models
+from exemplar_tf.serving.export import export_encoder, measure_percentiles
+from exemplar_tf.training import rundir
+from exemplar_tf.training.step import objective_of
+from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.training.inputs import percentile_images
+
+
+def export_training_run(config: TrainConfig, encoder, head, images, *, name: str, step: int, version: int | None = None,
+                        export_dir_base: str | None = None) -> str:
+    """The one export path of a training run (the loop's exports at step 0 and at the end, and `export_run`):
+    percentiles measured on `images` (`training.inputs.percentile_images(config)`), origin run_dir and step
+    recorded."""
+    return export_encoder(encoder, head, export_dir_base=export_dir_base or config.export_base, name=name,
+                          version=version, percentiles=measure_percentiles(encoder, images),
+                          origin={"run_dir": config.run_dir, "step": step})
+
+
+def restore_run(run_dir: str):
+    """(encoder, head or None, the run's TrainConfig) of a training run's newest checkpoint (encoder + head only,
+    float32 whatever the training precision).
+
+    The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source, --max_instances).
+    """
+    config = rundir.read_run_config(run_dir)
+    encoder = models.build_encoder(config.arch, input_size=config.input_size, mean_rgb=(0.0, 0.0, 0.0),
+                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
+                                   resnet_width=config.resnet_width)
+    parts = {"encoder": encoder}
+    objective = objective_of(config)
+    head = None
+    if objective.exports_head:  # the softmax's classifier is not part of the representation: left in the checkpoint
+        head = objective.head()
+        head.build((None, encoder.representation_dim))
+        parts["head"] = head
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
+    tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+    return encoder, head, config
+
+
+def export_run(run_dir: str, *, name: str | None = None, version: int | None = None,
+               export_dir_base: str | None = None) -> str:
+    """Restores the newest checkpoint of a training run (`restore_run`) and exports it as training did: the
+    percentile images come from the same function as in training, so re-exporting the final checkpoint
+    reproduces the training-time export's `features`."""
+    encoder, head, config = restore_run(run_dir)
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    return export_training_run(config, encoder, head, percentile_images(config), name=name or config.name,
+                               step=int(latest.rsplit("-", 1)[1]), version=version, export_dir_base=export_dir_base)
