@@ -29,7 +29,7 @@ from exemplar_tf.matching.ellipses import Ellipses, symmetric_sqrt
 # OpenCV's SIFT: the 4 x 4 histogram grid spans 4 * 3 * (size / 2) = 6 * size pixels for a keypoint of `size`.
 SIFT_GRID_WIDTH_PER_SIZE = 6.0
 PIXELS_SIZE = 16  # the raw-pixel floor describes a 16 x 16 thumbnail of the patch
-DEFAULT_CNN_NORMALISATION = "l2"  # provisional: see BUILD_NOTES.md, matching (not yet chosen on the full benchmark)
+DEFAULT_CNN_NORMALISATION = "l2"  # chosen on the synthetic suite (benchmarks/match_cnn_normalisation.py, BUILD_NOTES.md)
 DEFAULT_CNN_PATCH_CONTRAST = "standardise"
 
 
