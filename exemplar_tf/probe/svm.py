@@ -4,10 +4,9 @@ For every class k, with y_ik = +1 on its rows and -1 elsewhere, (w_k, b_k) minim
     f_k = 1/2 (|w_k|^2 + b_k^2) + C sum_i max(0, 1 - y_ik (x_i . w_k + b_k))^2
 (the bias is regularised like liblinear's, intercept_scaling=1). The K problems are solved together by a
 truncated Newton method (Keerthi & DeCoste 2005, "L2-SVM-MFN"): the generalised Newton system
-(I + 2C X_A^T X_A) d = -grad on the active rows A is solved by conjugate gradients preconditioned with the
-system's diagonal (Jacobi: percentile-scaled features have columns of very different scales), then an exact
-line search on the piecewise quadratic f_k(w + t d). Features stay float32 in TensorFlow; one Newton iteration
-costs 3 + 2 * (CG steps) matrix products with X [n,D] (or X*X, for the diagonal) by a [D,K] or [n,K] block.
+(I + 2C X_A^T X_A) d = -grad on the active rows A is solved by conjugate gradients, then an exact line search
+on the piecewise quadratic f_k(w + t d). Features stay float32 in TensorFlow; one Newton iteration costs
+2 + 2 * (CG steps) matrix products with X [n,D] by a [D,K] or [n,K] block.
 """
 from __future__ import annotations
 
@@ -64,37 +63,25 @@ def _scores(x, w, b):
     return tf.matmul(x, w) + b
 
 
-@tf.function(reduce_retracing=True)
-def _hessian_diagonal(x_squared, active, c):
-    """The diagonal of every class's I + 2C X_A^T X_A (bias as a constant feature): ([D,K], [K])."""
-    return 1.0 + 2.0 * c * _transposed_times(x_squared, active), 1.0 + 2.0 * c * tf.reduce_sum(active, 0)
-
-
-def _conjugate_gradients(x, x_squared, active, c, gw, gb, tolerance: float, max_steps: int):
-    """Solves H_k d_k = -g_k for every class k (columns) to |residual_k| <= tolerance * |g_k| by conjugate
-    gradients preconditioned with diag(H_k). Returns (dw [D,K], db [K], steps taken)."""
-    mw, mb = _hessian_diagonal(x_squared, active, c)
+def _conjugate_gradients(x, active, c, gw, gb, tolerance: float, max_steps: int):
+    """Solves H_k d_k = -g_k for every class k (columns) to |residual_k| <= tolerance * |g_k|.
+    Returns (dw [D,K], db [K], steps taken)."""
     dw, db = tf.zeros_like(gw), tf.zeros_like(gb)
     rw, rb = -gw, -gb
-    zw, zb = rw / mw, rb / mb
-    pw, pb = zw, zb
+    pw, pb = rw, rb
     rr = tf.reduce_sum(rw * rw, 0) + rb * rb
-    rz = tf.reduce_sum(rw * zw, 0) + rb * zb
     target = tolerance ** 2 * rr
     steps = 0
     while steps < max_steps and bool(tf.reduce_any(rr > target)):
-        going = rr > target  # done columns stay put
         hw, hb = _hessian_times(x, active, c, pw, pb)
         curvature = tf.reduce_sum(pw * hw, 0) + pb * hb
-        alpha = tf.where(going, rz / tf.maximum(curvature, 1e-30), 0.0)
+        alpha = tf.where(rr > target, rr / tf.maximum(curvature, 1e-30), 0.0)  # done columns stay put
         dw, db = dw + alpha * pw, db + alpha * pb
         rw, rb = rw - alpha * hw, rb - alpha * hb
-        zw, zb = rw / mw, rb / mb
-        rz_new = tf.reduce_sum(rw * zw, 0) + rb * zb
-        beta = tf.where(going, rz_new / tf.maximum(rz, 1e-30), 0.0)
-        pw, pb = zw + beta * pw, zb + beta * pb
-        rz = tf.where(going, rz_new, rz)
-        rr = tf.where(going, tf.reduce_sum(rw * rw, 0) + rb * rb, rr)
+        rr_new = tf.reduce_sum(rw * rw, 0) + rb * rb
+        beta = tf.where(rr > target, rr_new / tf.maximum(rr, 1e-30), 0.0)
+        pw, pb = rw + beta * pw, rb + beta * pb
+        rr = tf.where(rr > target, rr_new, rr)
         steps += 1
     return dw, db, steps
 
@@ -129,7 +116,6 @@ def fit_ovr_squared_hinge(features: np.ndarray, labels: np.ndarray, c: float, *,
     rows the previous C's solution can pass the test at a larger C while far from its minimum.
     """
     x = tf.convert_to_tensor(np.asarray(features, np.float32))
-    x_squared = tf.square(x)
     labels = np.asarray(labels, np.int64)
     k = int(num_classes or labels.max() + 1)
     y = tf.one_hot(labels, k, on_value=1.0, off_value=-1.0, dtype=tf.float32)
@@ -150,7 +136,7 @@ def fit_ovr_squared_hinge(features: np.ndarray, labels: np.ndarray, c: float, *,
         if (relative <= tol and not must_step) or iteration == max_iter:
             break
         # Inexact Newton: CG to a relative residual that tightens as the gradient falls.
-        dw, db, steps = _conjugate_gradients(x, x_squared, active, c32, gw, gb, min(0.1, np.sqrt(relative)), max_cg)
+        dw, db, steps = _conjugate_gradients(x, active, c32, gw, gb, min(0.1, np.sqrt(relative)), max_cg)
         cg_total += steps
         u = _scores(x, dw, db).numpy()
         w_dot_d = (tf.reduce_sum(w * dw, 0) + b * db).numpy()
