@@ -30,7 +30,7 @@ class ModelState:
     optimizer: keras.optimizers.Optimizer
     bank: MemoryBank | None
     z: tf.Variable  # NCE normaliser; <= 0 means "not estimated yet"
-    chain: object | None = None  # TransformChain when augmentation runs on the device
+    device_augment: object | None = None  # surrogate.DeviceAugment when augmentation runs on the device
 
     def checkpoint(self) -> tf.train.Checkpoint:
         parts = dict(encoder=self.encoder, head=self.head, optimizer=self.optimizer, z=self.z)
@@ -52,7 +52,7 @@ def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.Le
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 
 
-def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
+def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, device_augment=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
     input_size = config.input_size
     encoder = models.build_encoder(config.arch, input_size=input_size, mean_rgb=mean_rgb, dropout=config.dropout,
@@ -71,7 +71,7 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, c
     if config.uses_bank:
         bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
     z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    return ModelState(encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
+    return ModelState(encoder, head, optimizer, bank, z, device_augment if config.augment_on == "device" else None)
 
 
 def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size: int = 256,
@@ -113,8 +113,8 @@ def _decay_loss(state: ModelState, weight_decay: float) -> tf.Tensor:
 
 
 def _images(state: ModelState, batch: dict) -> tf.Tensor:
-    if "window" in batch:  # augmentation on the device: the chain runs inside the step
-        return state.chain(tf.cast(batch["window"], tf.float32) / 255.0, batch["aug_seed"])
+    if "aug_seed" in batch:  # augmentation on the device: the (sampler and) chain run inside the step
+        return state.device_augment(batch)
     return batch["image"]
 
 
