@@ -84,16 +84,11 @@ def lowpass_radius(patch_size: int) -> int:
 
 def check_sampling(patch_size: int, window_size: int, scales: Sequence[float]) -> None:
     """Raises ValueError for settings the sampler cannot serve: a window narrower than the patch or more than twice
-    as wide (the reflected margin must fit inside the level), or a scale so much smaller than the largest that an
-    image just large enough at the largest has a level narrower than the lowpass (edges are reflected once)."""
+    as wide (its reflected margin must fit inside a level, which is at least a patch wide), or no positive scales."""
     if not patch_size <= window_size <= 2 * patch_size:
         raise ValueError(f"window_factor must be in [1, 2], got a {window_size} px window for {patch_size} px patches")
     if not scales or min(scales) <= 0:
         raise ValueError(f"scales must be positive, got {tuple(scales)}")
-    smallest_level = math.floor(min_image_side(patch_size, scales) * min(scales) / max(scales))
-    if smallest_level <= lowpass_radius(patch_size):
-        raise ValueError(f"scales {tuple(scales)} span too wide a range for {patch_size} px patches: the smallest level "
-                         f"of an image {min_image_side(patch_size, scales)} px wide would be {smallest_level} px")
 
 
 def gaussian_kernel(radius: int) -> np.ndarray:
@@ -110,9 +105,7 @@ def lowpass_matrix(size, radius: int, rows=None) -> tf.Tensor:
     taps = tf.constant(gaussian_kernel(radius))
     first, stop = (0, size) if rows is None else rows
     outputs = tf.range(first, stop)
-    sources = outputs[:, None] + tf.range(-radius, radius + 1)[None, :]  # [n,2r+1]
-    sources = tf.abs(sources)
-    sources = tf.where(sources >= size, 2 * (size - 1) - sources, sources)
+    sources = reflect_index(outputs[:, None] + tf.range(-radius, radius + 1)[None, :], size)  # [n,2r+1]
     rows_index = tf.broadcast_to((outputs - first)[:, None], tf.shape(sources))
     count = stop - first
     return tf.scatter_nd(tf.reshape(tf.stack([rows_index, sources], axis=-1), [-1, 2]),
@@ -204,8 +197,15 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
             level = resize_level(images, scale)
             return level, valid_energy(level, patch_size)
 
-        level, energy = tf.cond(tf.minimum(level_height, level_width) >= patch_size, level_and_energy,
-                                lambda: (tf.zeros([batch, 0, 0, 3]), tf.zeros([batch, 0, 0])))
+        def skipped():
+            return tf.zeros([batch, 0, 0, 3]), tf.zeros([batch, 0, 0])
+
+        static_sides = images.shape[1:3]
+        if static_sides.is_fully_defined():  # known sizes: choose while tracing (no conditional in the graph)
+            usable = min(max(1, round(side * scale)) for side in static_sides) >= patch_size
+            level, energy = level_and_energy() if usable else skipped()
+        else:
+            level, energy = tf.cond(tf.minimum(level_height, level_width) >= patch_size, level_and_energy, skipped)
         log_energies.append(tf.reshape(tf.math.log(energy), [batch, -1]))
         level_shapes.append(tf.concat([tf.shape(energy)[1:3], tf.shape(level)[1:3]], axis=0))  # 0 x 0 if unusable
         flat_levels.append(tf.reshape(level, [batch, -1, 3]))
@@ -242,8 +242,9 @@ def sample_seeds(images, *, num_seeds: int, patch_size: int = 32, window_factor:
 
     images: a tf.data.Dataset of {"image": uint8 [H,W,3], "index": int64} (a `Source.dataset`), or an iterable of
       (index, uint8 [H,W,3]) pairs or of bare uint8 [H,W,3] arrays (index = position).
-    Images of one size are sampled SEED_BATCH at a time (`sample_windows`, batches mapped in parallel); the draws of
-    a batch come from (rng_seed, reading position of its first image). Seeds are ordered by the images' reading
+    Images of one size are sampled SEED_BATCH at a time (`sample_windows`, batches mapped in parallel; grouped by
+    size unless the dataset's image shape is static); the draws of a batch come from (rng_seed, reading position of
+    its first image). Seeds are ordered by the images' reading
     order. Raises InputError (a ValueError) if there are fewer than ceil(num_seeds / seeds_per_image) images, or an
     image is smaller than the patch at every scale, or has fewer possible positions than the seeds asked of it
     (naming its index; a folder source given `min_size=min_image_side(...)` names such files by path before this).
@@ -263,9 +264,12 @@ def sample_seeds(images, *, num_seeds: int, patch_size: int = 32, window_factor:
         windows = tf.cast(tf.clip_by_value(tf.round(draws.windows), 0, 255), tf.uint8)
         return order, index, tf.shape(image)[1:3], windows, draws.scale, draws.centre_yx, draws.positions
 
-    batches = (chosen.group_by_window(lambda order, index, image: _size_key(image),
-                                      lambda _, group: group.batch(SEED_BATCH), window_size=SEED_BATCH)
-               .map(draw, num_parallel_calls=tf.data.AUTOTUNE))
+    if chosen.element_spec[2].shape.is_fully_defined():  # one static size: plain batches (shapes fold into the graph)
+        batches = chosen.batch(SEED_BATCH)
+    else:
+        batches = chosen.group_by_window(lambda order, index, image: _size_key(image),
+                                         lambda _, group: group.batch(SEED_BATCH), window_size=SEED_BATCH)
+    batches = batches.map(draw, num_parallel_calls=tf.data.AUTOTUNE)
     parts = []
     for order, index, size, windows, scale, centre_yx, positions in batches.as_numpy_iterator():
         for row in range(len(order)):

@@ -26,6 +26,8 @@ from exemplar_tf.errors import InputError
 from exemplar_tf.training import rundir
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
 
+WINDOW_FACTOR = 2.0  # seed window side / patch side (room for the chain's rotation and scaling)
+
 
 @dataclasses.dataclass
 class TrainingData:
@@ -102,9 +104,6 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: boo
     return seeds
 
 
-WINDOW_FACTOR = 2.0  # seed window side / patch side (room for the chain's rotation and scaling)
-
-
 def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
     if config.seed_sampling == "online":
         return online_exemplar_data(config)
@@ -159,7 +158,6 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
     pca = ColorPCA.fit(pixels[::max(1, len(pixels) // surrogate.PCA_MAX_PIXELS)] / 255.0)
     chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
     window_size = round(config.patch_size * WINDOW_FACTOR)
-    patches.check_sampling(config.patch_size, window_size, patches.DEFAULT_SCALES)
     decoded = data_instances.in_memory(source)
     same_size = one_size(source, decoded)
     if config.augment_on == "device" and not same_size:
