@@ -277,8 +277,8 @@ def sample_seeds(images, *, num_seeds: int, patch_size: int = 32, window_factor:
             if positions < count:
                 where = f"source index {int(index[row])}"
                 if positions == 0:
-                    raise InputError(f"{where}: image {size[0]}×{size[1]} is smaller than the {patch_size}×{patch_size}"
-                                     f" patch at every scale {tuple(scales)}")
+                    raise InputError(f"{where}: image {size[0]}×{size[1]} is smaller than the "
+                                     f"{patch_size}×{patch_size} patch at every scale {tuple(scales)}")
                 raise InputError(f"{where}: only {positions} possible seed positions, fewer than the {count} seeds "
                                  "asked for")
             parts.append((int(order[row]), int(index[row]), windows[row, :count], scale[row, :count],

@@ -5,8 +5,8 @@ Two ways to get the patches (`--seed_sampling`):
 - online (`online_dataset`): every instance is a source image; each visit draws a fresh energy-weighted window of
   the image (`patches.sample_windows`, one per image) and then the chain, and the class / bank row is the image.
 
-Fixed seeds, online transformations (default): every batch draws fresh transformations from a per-batch seed (rng_seed, batch number), so no
-two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
+Fixed seeds, online transformations (default): every batch draws fresh transformations from a per-batch seed
+(rng_seed, batch number), so no two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
 always drawn from the per-sample seed (i, k); the pool depends on the seeds only (identical on every input
 pipeline and run), `rng_seed` only orders it.
 
