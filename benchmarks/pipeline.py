@@ -1,33 +1,41 @@
-"""Host surrogate-data pipeline throughput, and whether it keeps up with training the medium network.
+"""Host surrogate-data pipelines' throughput, whether they keep up with training the medium network, and how fast
+the run's fixed seeds are drawn.
 
     python benchmarks/pipeline.py
     python benchmarks/pipeline.py --preset=paper --transforms=translate,hue --batches=50
 
-Seeds come from the demo source (`--num_seeds`, `--seeds_per_image` per chosen photograph); the pipeline is
-`surrogate_dataset(..., augment_on="host")` with all transforms of the `release_code` preset, batch 128, 32×32
-patches. The training step is the medium Exemplar-CNN + SurrogateClassifier(num_seeds) with softmax loss and SGD
-(momentum 0.9) on a fixed synthetic batch (no input pipeline). Pipeline and training blocks are interleaved
-(`--repeats` each, after warm-up) so that a busy machine slows them alike; a figure is the median block.
-Prints one JSON line per figure: pipeline samples/s, training images/s, and their ratio (> 1: the host pipeline
-produces batches faster than the network consumes them, when the two do not compete for the same cores).
+Images: `--images` 96×96 crops (STL-10's size) cut from the demo photographs at evenly spread positions. Pipelines,
+all transforms of the `release_code` preset, batch 128, 32×32 patches:
+  fixed:  `surrogate_dataset(..., augment_on="host")` over `--num_seeds` seeds drawn once from the crops;
+  online: `online_dataset(..., augment_on="host")` over the crops in shuffled epochs (a fresh energy-weighted
+          patch of the image at every visit, batched sampler).
+The training step is the medium Exemplar-CNN + SurrogateClassifier(num_seeds) with softmax loss and SGD (momentum
+0.9) on a fixed batch (no input pipeline). Pipeline and training blocks are interleaved (`--repeats` each, after
+warm-up) so that a busy machine slows them alike; a figure is the median block.
+Seed sampling: `patches.sample_seeds` (TF, batched, parallel map) vs the NumPy/OpenCV sampler it replaced
+(`tests/numpy_seeds.py`, one image at a time), one seed per image from the same crops, seeds/s.
+Prints one JSON line per figure (> 1 for a ratio over training: the host pipeline produces batches faster than the
+network consumes them, when the two do not compete for the same cores).
 """
 from __future__ import annotations
 
 import json
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from exemplar_tf.augment.chain import TransformChain  # noqa: E402
 from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # noqa: E402
-from exemplar_tf.data import patches, sources, surrogate  # noqa: E402
+from exemplar_tf.data import instances, patches, sources, surrogate  # noqa: E402
 from exemplar_tf.models import SurrogateClassifier, build_encoder  # noqa: E402
 from exemplar_tf.objectives import losses  # noqa: E402
 
@@ -37,7 +45,9 @@ flags.DEFINE_list("transforms", list(ALL_TRANSFORMS), "transforms in the chain")
 flags.DEFINE_integer("batch_size", 128, "samples per batch")
 flags.DEFINE_integer("patch_size", 32, "patch side")
 flags.DEFINE_integer("num_seeds", 1200, "seeds (and classifier outputs)")
-flags.DEFINE_integer("seeds_per_image", 100, "seeds per chosen demo photograph")
+flags.DEFINE_integer("images", 4800, "96x96 crops cut from the demo photographs (online instances; the TF sampler "
+                     "draws one seed from each, its one-time graph tracing included)")
+flags.DEFINE_integer("numpy_images", 300, "crops the NumPy sampler draws a seed from (it is the slow one)")
 flags.DEFINE_string("arch", "medium", "encoder trained in the comparison")
 flags.DEFINE_integer("batches", 40, "pipeline batches per timed block")
 flags.DEFINE_integer("steps", 10, "training steps per timed block")
@@ -84,36 +94,85 @@ def train_block(step, images, labels, count: int) -> float:
     return time.perf_counter() - start
 
 
+def demo_crops(count: int, side: int = 96) -> np.ndarray:
+    """uint8 [count,side,side,3]: side×side crops of the demo photographs, at evenly spread positions."""
+    photos = [element["image"] for element in sources.load_source("demo", "train").dataset.as_numpy_iterator()]
+    crops = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        step = i // len(photos)
+        rows, columns = photo.shape[0] - side, photo.shape[1] - side
+        top, left = (step * 37) % (rows + 1), (step * 53) % (columns + 1)
+        crops.append(photo[top:top + side, left:left + side])
+    return np.stack(crops)
+
+
+def seed_sampling_rates(crops: np.ndarray) -> tuple[float, float]:
+    """(TF seeds/s, NumPy seeds/s): one seed per crop, median of --repeats."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    import numpy_seeds  # the NumPy/OpenCV sampler the TF one replaced
+
+    dataset = tf.data.Dataset.from_tensor_slices({"image": crops, "index": np.arange(len(crops))})
+    patches.sample_seeds(dataset, num_seeds=patches.SEED_BATCH, rng_seed=0)  # warm-up (traces the map function)
+    tf_seconds, numpy_seconds = [], []
+    rng = np.random.default_rng(0)
+    for _ in range(FLAGS.repeats):
+        start = time.perf_counter()
+        patches.sample_seeds(dataset, num_seeds=len(crops), rng_seed=0)
+        tf_seconds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for crop in crops[:FLAGS.numpy_images]:
+            numpy_seeds.image_seeds(crop, 1, rng)
+        numpy_seconds.append(time.perf_counter() - start)
+    return len(crops) / statistics.median(tf_seconds), FLAGS.numpy_images / statistics.median(numpy_seconds)
+
+
 def main(argv):
     del argv
-    demo = sources.load_source("demo", "train")
-    seeds = patches.sample_seeds(demo.dataset, num_seeds=FLAGS.num_seeds, patch_size=FLAGS.patch_size,
-                                 seeds_per_image=FLAGS.seeds_per_image, rng_seed=0)
+    crops = demo_crops(FLAGS.images)
+    seeds = patches.sample_seeds(tf.data.Dataset.from_tensor_slices({"image": crops, "index": np.arange(len(crops))}),
+                                 num_seeds=FLAGS.num_seeds, patch_size=FLAGS.patch_size, rng_seed=0)
     chain = TransformChain(FLAGS.preset, FLAGS.transforms, surrogate.fit_color_pca(seeds), FLAGS.patch_size)
-    dataset = surrogate.surrogate_dataset(seeds, chain, batch_size=FLAGS.batch_size, rng_seed=0)
+    crop_tensor = tf.constant(crops)
+    pipelines = {
+        "fixed": surrogate.surrogate_dataset(seeds, chain, batch_size=FLAGS.batch_size, rng_seed=0),
+        "online": surrogate.online_dataset(
+            instances.epoch_permutations(len(crops), 0).map(lambda i: {"image": tf.gather(crop_tensor, i), "index": i}),
+            chain, batch_size=FLAGS.batch_size, rng_seed=0, window_size=2 * FLAGS.patch_size, one_size=True),
+    }
     mean_rgb = seeds.central_patches().reshape(-1, 3).mean(axis=0) / 255.0
     step = softmax_train_step(FLAGS.arch, FLAGS.num_seeds, mean_rgb)
-    batch = next(iter(dataset))
+    batch = next(iter(pipelines["fixed"]))
     images, labels = batch["image"], batch["label"]
 
     train_block(step, images, labels, FLAGS.warmup)
-    pipeline_seconds, train_seconds = [], []
+    pipeline_seconds, train_seconds = {mode: [] for mode in pipelines}, []
     for _ in range(FLAGS.repeats):
-        pipeline_seconds.append(pipeline_block(dataset, FLAGS.batches))
+        for mode, dataset in pipelines.items():
+            pipeline_seconds[mode].append(pipeline_block(dataset, FLAGS.batches))
         train_seconds.append(train_block(step, images, labels, FLAGS.steps))
-    samples_per_s = FLAGS.batch_size * FLAGS.batches / statistics.median(pipeline_seconds)
     images_per_s = FLAGS.batch_size * FLAGS.steps / statistics.median(train_seconds)
+    tf_seeds_per_s, numpy_seeds_per_s = seed_sampling_rates(crops)
 
+    cpu = next((line.split(":", 1)[1].strip() for line in os.popen("lscpu") if line.startswith("Model name")), "")
     common = {"preset": FLAGS.preset, "transforms": ",".join(chain.transforms), "batch_size": FLAGS.batch_size,
-              "patch_size": FLAGS.patch_size, "num_seeds": FLAGS.num_seeds, "source": "demo",
+              "patch_size": FLAGS.patch_size, "image_side": 96, "source": "demo crops", "cpu": cpu,
               "cpu_cores": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU"))}
-    records = [
-        {"figure": "surrogate_pipeline_samples_per_s", "value": round(samples_per_s, 1), **common},
-        {"figure": "train_step_images_per_s", "value": round(images_per_s, 1), "arch": FLAGS.arch,
-         "objective": "softmax", "classes": FLAGS.num_seeds, **common},
-        {"figure": "pipeline_over_train_throughput", "value": round(samples_per_s / images_per_s, 2),
-         "arch": FLAGS.arch, **common},
-    ]
+    records = [{"figure": "train_step_images_per_s", "value": round(images_per_s, 1), "arch": FLAGS.arch,
+                "objective": "softmax", "classes": FLAGS.num_seeds, **common}]
+    for mode in pipelines:
+        samples_per_s = FLAGS.batch_size * FLAGS.batches / statistics.median(pipeline_seconds[mode])
+        records.append({"figure": "surrogate_pipeline_samples_per_s", "seed_sampling": mode,
+                        "value": round(samples_per_s, 1), "num_seeds" if mode == "fixed" else "num_images":
+                        FLAGS.num_seeds if mode == "fixed" else len(crops), **common})
+        records.append({"figure": "pipeline_over_train_throughput", "seed_sampling": mode,
+                        "value": round(samples_per_s / images_per_s, 2), "arch": FLAGS.arch, **common})
+    records.append({"figure": "fixed_seed_sampling_seeds_per_s", "implementation": "tensorflow",
+                    "value": round(tf_seeds_per_s, 1), "images": len(crops), **common})
+    records.append({"figure": "fixed_seed_sampling_seeds_per_s", "implementation": "numpy_opencv",
+                    "value": round(numpy_seeds_per_s, 1), "images": FLAGS.numpy_images, **common})
+    records.append({"figure": "seed_sampling_tf_over_numpy", "value": round(tf_seeds_per_s / numpy_seeds_per_s, 2),
+                    **common})
     for record in records:
         print(json.dumps(record), flush=True)
 

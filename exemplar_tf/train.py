@@ -31,6 +31,11 @@ _MAX_INSTANCES = flags.DEFINE_integer("max_instances", 0, "Use at most N source 
 _SKIP_BAD_IMAGES = flags.DEFINE_boolean("skip_bad_images", False, "folder:<dir> sources: leave out image files that "
                                        "cannot be decoded or are smaller than the patch (each file is decoded once "
                                        "up front), list them in <run_dir>/skipped_images.txt and train on the rest.")
+_SEED_SAMPLING = flags.DEFINE_enum("seed_sampling", "fixed", cfg.SEED_SAMPLINGS,
+                                   "Exemplar-CNN: fixed: --num_seeds seed patches drawn once (cached in the run "
+                                   "directory), each one class (the paper); online: every source image is a class "
+                                   "and each visit draws a fresh energy-weighted patch of it (--num_seeds and "
+                                   "--seeds_per_image unused).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", 8000, "Exemplar-CNN: number of seed patches (surrogate classes).")
 _SEEDS_PER_IMAGE = flags.DEFINE_integer("seeds_per_image", 0, "Exemplar-CNN: seeds drawn from each chosen image "
                                         "(0: as few as reach --num_seeds, at least 1).")

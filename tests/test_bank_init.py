@@ -78,7 +78,7 @@ def test_training_starts_from_the_initial_encoders_codes(tmp_path):
 
     keras.utils.set_random_seed(config.seed)  # rebuild the step-0 state as loop.run does
     data = inputs.training_data(config)
-    state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
+    state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
     np.testing.assert_allclose(bank, encoder_bank_rows(state, data.instances()), atol=1e-5)
     assert not np.allclose(bank, state.bank.bank.numpy(), atol=0.1)  # not the random rows
 

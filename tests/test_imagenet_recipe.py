@@ -56,7 +56,7 @@ def test_the_recipe_trains_two_steps_on_a_tiny_folder(tmp_path):
     data = inputs.training_data(config)
     assert data.num_instances == 12
     with strategy.scope():
-        state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
+        state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
     assert state.encoder.imagenet_stem  # the 224-px recipe's 7x7 stride-2 stem + max-pool, kept at 96 px
     bank_before = state.bank().numpy()
     step = make_train_step(config, strategy, state)

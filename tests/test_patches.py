@@ -1,9 +1,12 @@
-"""Energy-weighted seed sampling: where seeds fall, the uniform case, reproducibility, inputs and errors."""
+"""Energy-weighted seed sampling (TF): where seeds fall, the uniform case, the OpenCV energy map, stateless
+reproducibility, windows, inputs and errors."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from exemplar_tf.data import patches
+
+import numpy_seeds  # the NumPy/OpenCV oracle (tests/numpy_seeds.py)
 
 # Chi-square critical value for 10 degrees of freedom at significance 0.001 (statistical tables).
 CHI2_CRITICAL_DF10_P001 = 29.588
@@ -24,23 +27,49 @@ def test_seeds_follow_energy_into_the_textured_half(rng):
     assert set(np.unique(seeds.scale)) == set(np.float32(patches.DEFAULT_SCALES))  # all scales drawn
 
 
-def test_constant_energy_gives_a_uniform_spread_over_cells_and_scales():
-    small = patches.zero_borders(np.ones((100, 100)), 32)  # 69×69 valid cells
-    large = patches.zero_borders(np.ones((200, 200)), 32)  # 169×169 valid cells
-    cells = np.array(patches.draw_cells([small, large], 6000, np.random.default_rng(0)))
-    assert small[cells[cells[:, 0] == 0, 1], cells[cells[:, 0] == 0, 2]].all()  # never a zeroed border cell
-    assert large[cells[cells[:, 0] == 1, 1], cells[cells[:, 0] == 1, 2]].all()
-    # Bins: the small map as a whole, then ten column ranges of the large map; expected counts ∝ valid cells.
+def test_flat_image_spreads_seeds_uniformly_over_cells_and_scales():
+    # A flat image has the same energy (the floor) at every valid cell: 69×69 at scale 0.5, 169×169 at scale 1.
+    flat = np.full((1, 200, 200, 3), 77, np.uint8)
+    draws = patches.sample_windows(flat, 6000, tf.constant([0, 5]), patch_size=32, window_size=64, scales=(0.5, 1.0))
+    assert int(draws.positions) == 69 * 69 + 169 * 169
+    scale, centre = draws.scale.numpy()[0], draws.centre_yx.numpy()[0]
+    left = np.round(centre[scale == 1.0, 1] - 15.5).astype(int)  # the patch's left column at scale 1
+    assert left.min() >= 0 and left.max() <= 168  # never a zeroed border cell
+    cells = np.round(centre - 15.5 * np.where(scale == 1.0, 1, 2)[:, None]).astype(int)
+    assert len({tuple(c) for c in np.concatenate([cells, scale[:, None].astype(int)], axis=1)}) == 6000  # distinct
+    # Bins: the small level as a whole, then ten column ranges of the large one; expected counts ∝ valid cells.
     column_ranges = np.array_split(np.arange(169), 10)
     column_bin = np.concatenate([np.full(len(columns), b) for b, columns in enumerate(column_ranges)])
-    observed = np.zeros(11)
-    observed[0] = np.sum(cells[:, 0] == 0)
-    for x in cells[cells[:, 0] == 1, 2]:
-        observed[1 + column_bin[x - 16]] += 1
+    observed = np.concatenate([[np.sum(scale == 0.5)], np.bincount(column_bin[left], minlength=10)])
     cells_per_bin = np.concatenate([[69 * 69], 169 * np.bincount(column_bin, minlength=10)])
-    expected = len(cells) * cells_per_bin / cells_per_bin.sum()
+    expected = 6000 * cells_per_bin / cells_per_bin.sum()
     chi_square = np.sum((observed - expected) ** 2 / expected)
     assert chi_square < CHI2_CRITICAL_DF10_P001
+
+
+@pytest.mark.parametrize("scale", patches.DEFAULT_SCALES)
+def test_energy_map_matches_the_opencv_one(rng, scale):
+    image = rng.integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    image[:, 60:] = 90  # a flat part: energy at the floor
+    expected = numpy_seeds.energy_map(numpy_seeds.resize_by(image.astype(np.float32), scale), 32)
+    energy = patches.energy_map(patches.resize_level(image[None], scale), 32)[0].numpy()
+    assert energy.shape == expected.shape == (max(1, round(70 * scale)), max(1, round(100 * scale)))
+    np.testing.assert_allclose(energy, expected, rtol=1e-5, atol=1e-3 + 1e-6 * expected.max())
+    assert np.array_equal(energy > 0, expected > 0)
+
+
+def test_same_seed_same_windows_eagerly_in_dataset_map_and_in_tf_function(rng):
+    images = rng.integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    seed = tf.constant([4, 9], tf.int64)
+    draw = lambda batch: patches.sample_windows(batch, 2, seed, patch_size=16, window_size=32).windows  # noqa: E731
+    eager = draw(images).numpy()
+    in_function = tf.function(draw)(tf.constant(images)).numpy()
+    in_map = next(iter(tf.data.Dataset.from_tensors(images).map(draw, num_parallel_calls=2))).numpy()
+    np.testing.assert_array_equal(eager, in_function)
+    np.testing.assert_array_equal(eager, in_map)
+    other = patches.sample_windows(images, 2, tf.constant([4, 10], tf.int64), patch_size=16, window_size=32)
+    assert not np.array_equal(eager, other.windows.numpy())
+    assert eager.shape == (3, 2, 32, 32, 3)
 
 
 def test_reproducible_from_rng_seed(rng):
@@ -65,10 +94,29 @@ def test_central_patch_is_the_image_at_the_seed_centre(rng):
 
 
 def test_window_is_reflected_where_it_leaves_the_image():
-    image = np.arange(32 * 32 * 3, dtype=np.int64).reshape(32, 32, 3).astype(np.uint8)
-    window = patches.cut_window(image, 16, 16, patch_size=32, window_size=64)
+    image = np.arange(32 * 32 * 3, dtype=np.int64).reshape(32, 32, 3).astype(np.uint8)  # one cell at scale 1
+    draws = patches.sample_windows(image[None], 1, tf.constant([0, 0]), patch_size=32, window_size=64, scales=(1.0,))
+    window = draws.windows.numpy()[0, 0]
     np.testing.assert_array_equal(window[16:48, 16:48], image)
     np.testing.assert_array_equal(window, np.pad(image, ((16, 16), (16, 16), (0, 0)), mode="reflect"))
+
+
+def test_windows_match_the_numpy_cut_at_every_scale(rng):
+    image = rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    draws = patches.sample_windows(image[None].astype(np.float32), 40, tf.constant([1, 1]), patch_size=32,
+                                   window_size=64)
+    for window, scale, (cy, cx) in zip(draws.windows.numpy()[0], draws.scale.numpy()[0], draws.centre_yx.numpy()[0]):
+        level = numpy_seeds.resize_by(image.astype(np.float32), float(scale))
+        factor_y, factor_x = level.shape[0] / 90, level.shape[1] / 70
+        y, x = round((cy + 0.5) * factor_y - 16) + 16, round((cx + 0.5) * factor_x - 16) + 16  # the cell
+        np.testing.assert_allclose(window, numpy_seeds.cut_window(level, y, x, 32, 64), atol=2e-3)
+
+
+def test_settings_the_sampler_cannot_serve_are_refused():
+    with pytest.raises(ValueError, match="window_factor must be in"):
+        patches.sample_seeds([np.zeros((40, 40, 3), np.uint8)], num_seeds=1, window_factor=3.0)
+    with pytest.raises(ValueError, match="scales must be positive"):
+        patches.sample_seeds([np.zeros((40, 40, 3), np.uint8)], num_seeds=1, scales=(0.0, 1.0))
 
 
 def test_scaled_seed_window_has_the_resized_content():

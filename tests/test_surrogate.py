@@ -102,3 +102,60 @@ def test_bad_arguments_are_rejected(seeds, chain):
         surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=0, augment_on="tpu")
     with pytest.raises(ValueError, match="fixed_copies"):
         surrogate.surrogate_dataset(seeds, chain, batch_size=4, rng_seed=0, fixed_copies=0)
+
+
+# --- online seed sampling: one class per image, a fresh patch every visit ------------------------------------------
+
+def flat_colour_images(sizes):
+    """{"image": uint8 [H,W,3] flat, of colour 20 * (i + 1) in every channel, "index": i} for each size."""
+    images = [np.full((h, w, 3), 20 * (i + 1), np.uint8) for i, (h, w) in enumerate(sizes)]
+    return tf.data.Dataset.from_generator(
+        lambda: ({"image": image, "index": np.int64(i)} for i, image in enumerate(images)),
+        output_signature={"image": tf.TensorSpec([None, None, 3], tf.uint8), "index": tf.TensorSpec([], tf.int64)})
+
+
+@pytest.mark.parametrize("one_size, sizes", [(True, [(40, 50)] * 6), (False, [(40 + 3 * i, 50 - i) for i in range(6)])])
+def test_online_patches_come_from_the_image_they_are_labelled_with(seeds, one_size, sizes):
+    geometric = TransformChain("paper", ("translate", "scale", "rotate"), surrogate.fit_color_pca(seeds), P)
+    dataset = surrogate.online_dataset(flat_colour_images(sizes).repeat(), geometric, batch_size=4, rng_seed=0,
+                                       window_size=2 * P, one_size=one_size)
+    batches = take(dataset, 3)
+    labels = np.concatenate([b["label"] for b in batches])
+    np.testing.assert_array_equal(labels, np.arange(12) % 6)
+    for batch in batches:
+        assert batch["image"].shape == (4, P, P, 3) and batch["image"].dtype == np.float32
+        colours = 20 * (batch["label"] + 1) / 255.0
+        np.testing.assert_allclose(batch["image"], np.broadcast_to(colours[:, None, None, None], (4, P, P, 3)),
+                                   atol=1e-5)
+
+
+def test_online_draws_a_fresh_patch_at_every_visit(seeds):
+    textured = np.random.default_rng(3).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    elements = tf.data.Dataset.from_tensor_slices({"image": textured, "index": np.zeros(1, np.int64)}).repeat()
+    identity = TransformChain("paper", (), surrogate.fit_color_pca(seeds), P)  # no transform: the seed patch itself
+    (batch,) = take(surrogate.online_dataset(elements, identity, batch_size=8, rng_seed=0, window_size=2 * P,
+                                             one_size=True), 1)
+    assert len({patch.tobytes() for patch in batch["image"]}) == 8  # eight visits, eight different patches
+    assert (batch["label"] == 0).all()
+
+
+def test_online_device_batches_carry_images_that_reproduce_the_host_patches(seeds, chain):
+    images = np.random.default_rng(4).integers(0, 256, (6, 40, 50, 3), dtype=np.uint8)
+    elements = tf.data.Dataset.from_tensor_slices({"image": images, "index": np.arange(6)}).repeat()
+    kwargs = dict(batch_size=4, rng_seed=5, window_size=2 * P, one_size=True)
+    host = take(surrogate.online_dataset(elements, chain, **kwargs), 2)
+    device = take(surrogate.online_dataset(elements, chain, augment_on="device", **kwargs), 2)
+    augment = surrogate.DeviceAugment(chain, window_size=2 * P)
+    in_step = tf.function(augment)
+    for host_batch, device_batch in zip(host, device):
+        assert device_batch["source_image"].shape == (4, 40, 50, 3) and device_batch["aug_seed"].shape == (2,)
+        np.testing.assert_array_equal(device_batch["label"], host_batch["label"])
+        batch = {k: tf.constant(v) for k, v in device_batch.items()}
+        np.testing.assert_allclose(augment(batch), host_batch["image"], atol=1e-5)
+        np.testing.assert_allclose(in_step(batch), host_batch["image"], atol=1e-5)
+
+
+def test_online_on_the_device_needs_one_image_size(seeds, chain):
+    with pytest.raises(ValueError, match="needs images of one size"):
+        surrogate.online_dataset(flat_colour_images([(40, 50)]), chain, batch_size=2, rng_seed=0, window_size=2 * P,
+                                 one_size=False, augment_on="device")

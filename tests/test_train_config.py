@@ -72,6 +72,9 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(resnet_stem="vgg"), "--resnet_stem='vgg' is not one of"),
         (dict(resnet_width=0), "--resnet_width must be a positive"),
         (dict(seeds_per_image=-1), "--seeds_per_image must be >= 0"),
+        (dict(seed_sampling="random"), "--seed_sampling='random' is not one of fixed, online"),
+        (dict(seed_sampling="online", method="npid"), "--seed_sampling=online draws Exemplar-CNN seed patches"),
+        (dict(seed_sampling="online", fixed_copies=4), "--fixed_copies is a pool of copies of fixed seeds"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):

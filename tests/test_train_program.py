@@ -62,6 +62,22 @@ def test_device_side_augmentation_trains(tmp_path):
     assert result.step == 3 and np.isfinite(result.loss)
 
 
+@pytest.mark.parametrize("augment_on, source", [("host", "demo"), ("device", "demo_labelled")])
+def test_online_seed_sampling_trains_one_class_per_image(tmp_path, augment_on, source):
+    # demo: photographs of several sizes (each sampled alone); demo_labelled: 64x64 crops (whole batches, device).
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="online", steps=3, objective="softmax",
+                         seed_sampling="online", augment_on=augment_on, export_base=str(tmp_path / "sm"),
+                         **{**TINY, "source": source, "knn_source": ""})
+    result = loop.run(config)
+    assert result.step == 3 and np.isfinite(result.loss)
+    assert not os.path.exists(tmp_path / "run" / "seeds.npz")  # nothing drawn once
+    head = tf.train.load_checkpoint(result.checkpoint_dir)
+    classifier = [name for name, shape in head.get_variable_to_shape_map().items() if name.startswith("head/")
+                  and len(shape) == 2]
+    num_images = 15 if source == "demo" else 600
+    assert [head.get_variable_to_shape_map()[name][1] for name in classifier] == [num_images]
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=40, objective="softmax", lr=1e12,
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **TINY)

@@ -1,19 +1,26 @@
-"""Seed patches of Exemplar-CNN's surrogate classes, drawn where images have structure (the release's rule).
+"""Seed patches of Exemplar-CNN's surrogate classes, drawn where images have structure (the release's rule), as
+batched TensorFlow ops that run in `Dataset.map` and inside a `tf.function` step.
 
-For each chosen image and each scale s in `scales` the image is resized by s (`cv2.INTER_AREA` when shrinking) and
-its energy map computed: e = lowpass((gray - lowpass(gray))²), lowpass = Gaussian of radius r = patch_size / 4
-(σ = r / 2, kernel 2r + 1), so e is the local high-frequency energy around each pixel. Cells where a patch would
-leave the resized image are zeroed; the remaining cells get a tiny floor (`ENERGY_FLOOR`) so that a flat image
-still yields seeds, uniformly. A seed is a cell (scale, y, x) drawn with probability ∝ energy over all scales of
-the image jointly, without replacement. Its window (side S = round(patch_size * window_factor)) is cut from the
-resized image around the cell, so the seed patch is the window's central patch_size square; where the window
-leaves the image it is filled by reflection.
+For each image and each scale s in `scales` the image is resized by s (area averaging when shrinking: a *level*)
+and its energy map computed: e = lowpass((gray - lowpass(gray))²), lowpass = Gaussian of radius r = patch_size / 4
+(σ = r / 2, kernel 2r + 1, edges reflected), so e is the local high-frequency energy around each pixel. Cells where
+a patch would leave the level are zeroed; the others get a tiny floor (`ENERGY_FLOOR`) so that a flat image still
+yields seeds, uniformly. A seed is a cell (scale, y, x) drawn with probability ∝ energy over all levels of the image
+jointly, k of them without replacement (Gumbel-top-k: the k largest of log e + Gumbel noise are an exact
+successive draw without replacement ∝ e, and for k = 1 the same distribution as `tf.random.stateless_categorical`).
+Its window (side S = round(patch_size * window_factor)) is cut from the level around the cell by integer offsets
+(no resampling), so the seed patch is the window's central patch_size square; where the window leaves the level it
+is filled by reflection (without repeating the edge pixel, as np.pad's "reflect"). The transformation chain's one
+projective resampling then turns a window into a training patch.
 
-Images: with N seeds and `seeds_per_image` k, ceil(N / k) images are chosen uniformly without replacement by
-`rng_seed` (the last chosen image gives the remainder); energy maps and windows are computed for those only.
-When the number of images is known (a dataset with known cardinality, a sized sequence) the positions are chosen
-first and the others filtered out inside tf.data (a source still decodes what its own pipeline decodes before
-that filter; reading stops after the last chosen image); otherwise a reservoir sample is kept over one pass.
+`sample_windows` does this for a batch of same-size images; `sample_seeds` draws a run's fixed seeds with it,
+batching images of one size and mapping batches in parallel.
+
+Images for `sample_seeds`: with N seeds and `seeds_per_image` k, ceil(N / k) images are chosen uniformly without
+replacement by `rng_seed` (the last chosen image gives the remainder); energy maps and windows are computed for
+those only. When the number of images is known (a dataset with known cardinality, a sized sequence) the positions
+are chosen first and the others filtered out inside tf.data (a source still decodes what its own pipeline decodes
+before that filter; reading stops after the last chosen image); otherwise a reservoir sample is kept over one pass.
 """
 from __future__ import annotations
 
@@ -22,7 +29,6 @@ import io
 import math
 from typing import Iterable, Iterator, Sequence
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -31,6 +37,8 @@ from exemplar_tf.errors import InputError
 
 DEFAULT_SCALES = (0.512, 0.64, 0.8, 1.0)  # 0.8 ** (3, 2, 1, 0)
 ENERGY_FLOOR = 1e-3  # gray levels², added to every valid cell; real texture has energy ~1e1..1e4
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as OpenCV's RGB2GRAY
+SEED_BATCH = 64  # images of one size per sampling call in `sample_seeds`
 
 
 @dataclasses.dataclass
@@ -68,49 +76,245 @@ class Seeds:
                        int(data["patch_size"]))
 
 
+# --- energy maps and drawing (TensorFlow, batched) -----------------------------------------------------------------
+
+def lowpass_radius(patch_size: int) -> int:
+    return max(1, round(patch_size / 4))
+
+
+def check_sampling(patch_size: int, window_size: int, scales: Sequence[float]) -> None:
+    """Raises ValueError for settings the sampler cannot serve: a window narrower than the patch or more than twice
+    as wide (its reflected margin must fit inside a level, which is at least a patch wide), or no positive scales."""
+    if not patch_size <= window_size <= 2 * patch_size:
+        raise ValueError(f"window_factor must be in [1, 2], got a {window_size} px window for {patch_size} px patches")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive, got {tuple(scales)}")
+
+
+def gaussian_kernel(radius: int) -> np.ndarray:
+    """float32 [2r+1]: normalised Gaussian taps, σ = r / 2 (OpenCV's getGaussianKernel for that size and σ)."""
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    taps = np.exp(-offsets**2 / (2 * (radius / 2.0) ** 2))
+    return (taps / taps.sum()).astype(np.float32)
+
+
+def lowpass_matrix(size, radius: int, rows=None) -> tf.Tensor:
+    """float32 [n,size]: the Gaussian blur of radius `radius` along one axis of length `size` as a matrix (edges
+    reflected without repeating the edge sample, as OpenCV's BORDER_REFLECT_101; needs size > radius). `rows`
+    (default all) keeps output rows [rows[0], rows[1]) only."""
+    taps = tf.constant(gaussian_kernel(radius))
+    first, stop = (0, size) if rows is None else rows
+    outputs = tf.range(first, stop)
+    sources = reflect_index(outputs[:, None] + tf.range(-radius, radius + 1)[None, :], size)  # [n,2r+1]
+    rows_index = tf.broadcast_to((outputs - first)[:, None], tf.shape(sources))
+    count = stop - first
+    return tf.scatter_nd(tf.reshape(tf.stack([rows_index, sources], axis=-1), [-1, 2]),
+                         tf.reshape(tf.broadcast_to(taps, tf.shape(sources)), [-1]), tf.stack([count, size]))
+
+
+def lowpass(values, radius: int, rows=None, columns=None) -> tf.Tensor:
+    """float32 [B,h',w']: separable Gaussian blur of values [B,h,w] (σ = radius / 2, edges reflected, h, w > radius),
+    two matrix products (`lowpass_matrix`); `rows` / `columns` = (first, stop) keep only those outputs."""
+    height, width = tf.shape(values)[1], tf.shape(values)[2]
+    blurred = tf.linalg.matmul(lowpass_matrix(height, radius, rows), values)
+    return tf.linalg.matmul(blurred, lowpass_matrix(width, radius, columns), transpose_b=True)
+
+
+def gray(images) -> tf.Tensor:
+    """float32 [B,h,w]: luma of float RGB images [B,h,w,3] (same value range)."""
+    red, green, blue = tf.unstack(images, axis=-1)
+    return GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue
+
+
+def valid_energy(levels, patch_size: int) -> tf.Tensor:
+    """float32 [B,h-P+1,w-P+1] for float RGB levels [B,h,w,3] (gray levels 0..255, h, w >= P):
+    lowpass((gray - lowpass(gray))²) + ENERGY_FLOOR at the cells whose patch lies inside the level; element (v, u)
+    is cell (v + P//2, u + P//2), the patch with top-left pixel (v, u)."""
+    luma = gray(levels)
+    radius = lowpass_radius(patch_size)
+    half = patch_size // 2
+    height, width = tf.shape(luma)[1], tf.shape(luma)[2]
+    high = tf.square(luma - lowpass(luma, radius))
+    return lowpass(high, radius, (half, height - patch_size + half + 1),
+                   (half, width - patch_size + half + 1)) + ENERGY_FLOOR
+
+
+def energy_map(levels, patch_size: int) -> tf.Tensor:
+    """float32 [B,h,w]: `valid_energy` at cells (y, x) whose patch rows [y - P//2, y - P//2 + P) and columns
+    likewise lie inside the level, 0 elsewhere."""
+    half = patch_size // 2
+    return tf.pad(valid_energy(levels, patch_size), [[0, 0], [half, patch_size - half - 1],
+                                                     [half, patch_size - half - 1]])
+
+
+def level_size(height, width, scale: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """int32 scalars: a level's size, max(1, round(side * scale)) (round half to even, as Python's round)."""
+    side = lambda n: tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float64) * scale), tf.int32))  # noqa: E731
+    return side(height), side(width)
+
+
+def resize_level(images, scale: float) -> tf.Tensor:
+    """float32 [B,h,w,3]: images [B,H,W,3] resized by `scale` (area averaging when shrinking, bilinear when
+    enlarging; `level_size`)."""
+    images = tf.cast(images, tf.float32)
+    if scale == 1.0:
+        return images
+    size = level_size(tf.shape(images)[1], tf.shape(images)[2], scale)
+    return tf.image.resize(images, tf.stack(size), method="area" if scale < 1 else "bilinear")
+
+
+@dataclasses.dataclass
+class Draws:
+    """k cells drawn in each of B images: windows float32 [B,k,S,S,3] (gray levels 0..255), scale float32 [B,k],
+    centre_yx float32 [B,k,2] in the source image's pixel coordinates, positions int32 [] (valid cells per image
+    over all levels; fewer than k means the draw could not be served and k shrank to it)."""
+
+    windows: tf.Tensor
+    scale: tf.Tensor
+    centre_yx: tf.Tensor
+    positions: tf.Tensor
+
+
+def reflect_index(index, size) -> tf.Tensor:
+    """int32 like index: positions outside [0, size) reflected back without repeating the edge (needs
+    -size < index < 2 size - 1)."""
+    index = tf.abs(index)
+    return tf.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def sample_windows(images, count: int, seed, *, patch_size: int, window_size: int,
+                   scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
+    """Draws `count` seed windows in each of images [B,H,W,3] (uint8 or float 0..255, one size), ∝ energy jointly over
+    the levels, without replacement within an image (see the module docstring); stateless from `seed` int [2].
+    Needs window_size <= 2 patch_size (`check_sampling`)."""
+    images = tf.convert_to_tensor(images)
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    log_energies, flat_levels, level_shapes = [], [], []
+    for scale in scales:
+        level_height, level_width = level_size(height, width, scale)
+
+        def level_and_energy(scale=scale):
+            level = resize_level(images, scale)
+            return level, valid_energy(level, patch_size)
+
+        def skipped():
+            return tf.zeros([batch, 0, 0, 3]), tf.zeros([batch, 0, 0])
+
+        static_sides = images.shape[1:3]
+        if static_sides.is_fully_defined():  # known sizes: choose while tracing (no conditional in the graph)
+            usable = min(max(1, round(side * scale)) for side in static_sides) >= patch_size
+            level, energy = level_and_energy() if usable else skipped()
+        else:
+            level, energy = tf.cond(tf.minimum(level_height, level_width) >= patch_size, level_and_energy, skipped)
+        log_energies.append(tf.reshape(tf.math.log(energy), [batch, -1]))
+        level_shapes.append(tf.concat([tf.shape(energy)[1:3], tf.shape(level)[1:3]], axis=0))  # 0 x 0 if unusable
+        flat_levels.append(tf.reshape(level, [batch, -1, 3]))
+    scores = tf.concat(log_energies, axis=1)  # [B,C]
+    positions = tf.shape(scores)[1]
+    uniform = tf.random.stateless_uniform(tf.shape(scores), seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
+    _, picks = tf.math.top_k(scores - tf.math.log(-tf.math.log(uniform)), tf.minimum(count, positions))  # [B,k]
+    shapes = tf.stack(level_shapes)  # [levels, 4]: cells high, wide; level high, wide
+    cell_starts = tf.math.cumsum(shapes[:, 0] * shapes[:, 1], exclusive=True)
+    level = tf.reduce_sum(tf.cast(picks[..., None] >= cell_starts[1:], tf.int32), axis=-1)  # [B,k]
+    cell = picks - tf.gather(cell_starts, level)
+    cells_wide = tf.gather(shapes[:, 1], level)
+    top, left = cell // cells_wide, cell % cells_wide  # the patch's top-left pixel in its level
+    level_high, level_wide = tf.gather(shapes[:, 2], level), tf.gather(shapes[:, 3], level)
+    offsets = tf.range(window_size) - (window_size - patch_size) // 2
+    rows = reflect_index(top[..., None] + offsets, level_high[..., None])[..., :, None]  # [B,k,S,1]
+    columns = reflect_index(left[..., None] + offsets, level_wide[..., None])[..., None, :]  # [B,k,1,S]
+    pixel_starts = tf.math.cumsum(shapes[:, 2] * shapes[:, 3], exclusive=True)
+    flat_index = tf.gather(pixel_starts, level)[..., None, None] + rows * level_wide[..., None, None] + columns
+    windows = tf.gather(tf.concat(flat_levels, axis=1), flat_index, batch_dims=1)  # [B,k,S,S,3]
+    factor_y = tf.cast(level_high, tf.float32) / tf.cast(height, tf.float32)
+    factor_x = tf.cast(level_wide, tf.float32) / tf.cast(width, tf.float32)
+    centre = patch_size / 2.0  # the patch centre's distance from its top-left edge, in level pixels
+    centre_yx = tf.stack([(tf.cast(top, tf.float32) + centre) / factor_y - 0.5,
+                          (tf.cast(left, tf.float32) + centre) / factor_x - 0.5], axis=-1)
+    return Draws(windows, tf.gather(tf.constant(scales, tf.float32), level), centre_yx, positions)
+
+
+# --- the run's fixed seeds -----------------------------------------------------------------------------------------
+
 def sample_seeds(images, *, num_seeds: int, patch_size: int = 32, window_factor: float = 2.0,
                  scales: Sequence[float] = DEFAULT_SCALES, seeds_per_image: int = 1, rng_seed: int = 0) -> Seeds:
     """Draws `num_seeds` seed windows from `images` (see the module docstring), reproducibly from `rng_seed`.
 
     images: a tf.data.Dataset of {"image": uint8 [H,W,3], "index": int64} (a `Source.dataset`), or an iterable of
       (index, uint8 [H,W,3]) pairs or of bare uint8 [H,W,3] arrays (index = position).
-    Raises InputError (a ValueError) if there are fewer than ceil(num_seeds / seeds_per_image) images, or an image
-    is smaller than the patch at every scale, or has fewer possible positions than the seeds asked of it (naming its
-    index; a folder source given `min_size=min_image_side(...)` names such files by path before this).
+    Images of one size are sampled SEED_BATCH at a time (`sample_windows`, batches mapped in parallel; grouped by
+    size unless the dataset's image shape is static); the draws of a batch come from (rng_seed, reading position of
+    its first image). Seeds are ordered by the images' reading
+    order. Raises InputError (a ValueError) if there are fewer than ceil(num_seeds / seeds_per_image) images, or an
+    image is smaller than the patch at every scale, or has fewer possible positions than the seeds asked of it
+    (naming its index; a folder source given `min_size=min_image_side(...)` names such files by path before this).
     """
     if num_seeds <= 0 or seeds_per_image <= 0:
         raise ValueError(f"num_seeds and seeds_per_image must be > 0, got {num_seeds} and {seeds_per_image}")
     window_size = round(patch_size * window_factor)
-    if window_size < patch_size:
-        raise ValueError(f"window_factor must be >= 1, got {window_factor}")
+    check_sampling(patch_size, window_size, scales)
     rng = np.random.default_rng(rng_seed)
     num_images = math.ceil(num_seeds / seeds_per_image)
-    windows, source_index, scale, centre_yx = [], [], [], []
-    for order, (index, image) in enumerate(choose_images(images, num_images, rng)):
-        count = min(seeds_per_image, num_seeds - order * seeds_per_image)
-        for window, seed_scale, centre in image_seeds(image, count, rng, patch_size=patch_size,
-                                                      window_size=window_size, scales=scales, where=index):
-            windows.append(window)
-            source_index.append(index)
-            scale.append(seed_scale)
-            centre_yx.append(centre)
-    return Seeds(np.stack(windows), np.asarray(source_index, np.int64), np.asarray(scale, np.float32),
-                 np.asarray(centre_yx, np.float32).reshape(-1, 2), patch_size)
+    chosen = chosen_dataset(images, num_images, rng)
+    run_seed = tf.constant(rng_seed % 2**31, tf.int64)
+
+    def draw(order, index, image):
+        draws = sample_windows(image, seeds_per_image, tf.stack([run_seed, order[0]]), patch_size=patch_size,
+                               window_size=window_size, scales=scales)
+        windows = tf.cast(tf.clip_by_value(tf.round(draws.windows), 0, 255), tf.uint8)
+        return order, index, tf.shape(image)[1:3], windows, draws.scale, draws.centre_yx, draws.positions
+
+    if chosen.element_spec[2].shape.is_fully_defined():  # one static size: plain batches (shapes fold into the graph)
+        batches = chosen.batch(SEED_BATCH)
+    else:
+        batches = chosen.group_by_window(lambda order, index, image: _size_key(image),
+                                         lambda _, group: group.batch(SEED_BATCH), window_size=SEED_BATCH)
+    batches = batches.map(draw, num_parallel_calls=tf.data.AUTOTUNE)
+    parts = []
+    for order, index, size, windows, scale, centre_yx, positions in batches.as_numpy_iterator():
+        for row in range(len(order)):
+            count = min(seeds_per_image, num_seeds - int(order[row]) * seeds_per_image)
+            if positions < count:
+                where = f"source index {int(index[row])}"
+                if positions == 0:
+                    raise InputError(f"{where}: image {size[0]}×{size[1]} is smaller than the "
+                                     f"{patch_size}×{patch_size} patch at every scale {tuple(scales)}")
+                raise InputError(f"{where}: only {positions} possible seed positions, fewer than the {count} seeds "
+                                 "asked for")
+            parts.append((int(order[row]), int(index[row]), windows[row, :count], scale[row, :count],
+                          centre_yx[row, :count]))
+    parts.sort(key=lambda part: part[0])
+    return Seeds(np.concatenate([p[2] for p in parts]),
+                 np.concatenate([np.full(len(p[2]), p[1], np.int64) for p in parts]),
+                 np.concatenate([p[3] for p in parts]).astype(np.float32),
+                 np.concatenate([p[4] for p in parts]).astype(np.float32).reshape(-1, 2), patch_size)
+
+
+def _size_key(image) -> tf.Tensor:
+    shape = tf.cast(tf.shape(image), tf.int64)
+    return shape[0] * 2**31 + shape[1]
 
 
 # --- choosing images -----------------------------------------------------------------------------------------------
 
-def choose_images(images, count: int, rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, uint8 [H,W,3]) of `count` images chosen uniformly without replacement, in reading order."""
-    if isinstance(images, tf.data.Dataset):
-        total = int(images.cardinality())
-        if total >= 0:
-            return _chosen_from_dataset(images, choose_positions(total, count, rng))
-        images = images.map(lambda e: (e["index"], e["image"])).as_numpy_iterator()
-    elif hasattr(images, "__len__"):
-        positions = choose_positions(len(images), count, rng)
-        return _chosen_from_iterable(images, positions)
-    return _reservoir(images, count, rng)
+def chosen_dataset(images, count: int, rng: np.random.Generator) -> tf.data.Dataset:
+    """(order int64, index int64, uint8 [H,W,3]) of `count` images chosen uniformly without replacement, in reading
+    order (order = 0..count-1)."""
+    if isinstance(images, tf.data.Dataset) and int(images.cardinality()) >= 0:
+        positions = choose_positions(int(images.cardinality()), count, rng)
+        chosen = _chosen_from_dataset(images, positions)
+    else:
+        if isinstance(images, tf.data.Dataset):
+            images = images.map(lambda e: (e["index"], e["image"])).as_numpy_iterator()
+        pairs = list(_chosen_from_iterable(images, choose_positions(len(images), count, rng))
+                     if hasattr(images, "__len__") else _reservoir(images, count, rng))
+        for index, image in pairs:
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"source index {index}: expected an RGB image [H,W,3], got shape {image.shape}")
+        chosen = tf.data.Dataset.from_generator(
+            lambda: ((np.int64(index), np.asarray(image, np.uint8)) for index, image in pairs),
+            output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([None, None, 3], tf.uint8)))
+    return chosen.enumerate().map(lambda order, pair: (order, pair[0], pair[1]))
 
 
 def choose_positions(total: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -120,7 +324,7 @@ def choose_positions(total: int, count: int, rng: np.random.Generator) -> np.nda
 
 
 def min_image_side(patch_size: int, scales: Sequence[float] = DEFAULT_SCALES) -> int:
-    """The shortest image side that holds a patch_size patch at the largest of `scales` (what image_seeds needs)."""
+    """The shortest image side that holds a patch_size patch at the largest of `scales` (what the sampler needs)."""
     return math.ceil(patch_size / max(scales))
 
 
@@ -137,17 +341,14 @@ def _as_pair(position: int, element) -> tuple[int, np.ndarray]:
     return int(index), np.asarray(image)
 
 
-def _chosen_from_dataset(dataset: tf.data.Dataset, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def _chosen_from_dataset(dataset: tf.data.Dataset, positions: np.ndarray) -> tf.data.Dataset:
     wanted = np.zeros(positions[-1] + 1, bool)
     wanted[positions] = True
     wanted = tf.constant(wanted)
-    last = int(positions[-1])
-    chosen = (dataset.enumerate()
-              .take(last + 1)
-              .filter(lambda position, _: wanted[position])
-              .map(lambda _, element: (element["index"], element["image"])))
-    for index, image in chosen.as_numpy_iterator():
-        yield int(index), image
+    return (dataset.enumerate()
+            .take(int(positions[-1]) + 1)
+            .filter(lambda position, _: wanted[position])
+            .map(lambda _, element: (tf.cast(element["index"], tf.int64), element["image"])))
 
 
 def _chosen_from_iterable(images: Iterable, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -173,95 +374,3 @@ def _reservoir(images: Iterable, count: int, rng: np.random.Generator) -> Iterat
                 kept[slot] = (position, _as_pair(position, element))
     check_enough_images(total, count)
     return iter(pair for _, pair in sorted(kept, key=lambda item: item[0]))
-
-
-# --- energy and drawing --------------------------------------------------------------------------------------------
-
-def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
-    """uint8 [round(H*scale), round(W*scale), 3] (area averaging when shrinking, bilinear when enlarging)."""
-    if scale == 1.0:
-        return image
-    height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-
-
-def lowpass(values: np.ndarray, radius: int) -> np.ndarray:
-    """float32 [h,w]: Gaussian blur of radius `radius` (σ = radius / 2), edges reflected."""
-    return cv2.GaussianBlur(values, (2 * radius + 1, 2 * radius + 1), radius / 2.0)
-
-
-def energy_map(image: np.ndarray, patch_size: int) -> np.ndarray:
-    """float32 [h,w] for uint8 [h,w,3]: lowpass((gray - lowpass(gray))²) + ENERGY_FLOOR at cells (y, x) whose patch
-    rows [y - P//2, y - P//2 + P) and columns likewise lie inside the image, 0 elsewhere."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    radius = max(1, round(patch_size / 4))
-    energy = lowpass((gray - lowpass(gray, radius)) ** 2, radius) + ENERGY_FLOOR
-    return zero_borders(energy, patch_size)
-
-
-def zero_borders(energy: np.ndarray, patch_size: int) -> np.ndarray:
-    """energy [h,w] with the cells whose patch would leave the image set to 0 (a copy)."""
-    height, width = energy.shape
-    valid = np.zeros_like(energy)
-    half = patch_size // 2
-    valid[half:height - patch_size + half + 1, half:width - patch_size + half + 1] = 1
-    return energy * valid
-
-
-def draw_cells(energy_maps: Sequence[np.ndarray], count: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
-    """`count` distinct cells (map number, y, x) drawn without replacement with probability ∝ energy over all maps
-    jointly. energy_maps: float [h_i,w_i] >= 0 (may be empty). Raises ValueError if fewer than `count` cells have
-    positive energy."""
-    flat = np.concatenate([np.ravel(energy) for energy in energy_maps]).astype(np.float64)
-    positive = np.count_nonzero(flat)
-    if positive < count:
-        raise ValueError(f"only {positive} possible seed positions, fewer than the {count} seeds asked for")
-    picks = rng.choice(flat.size, size=count, replace=False, p=flat / flat.sum())
-    starts = np.cumsum([0] + [energy.size for energy in energy_maps])
-    cells = []
-    for pick in picks:
-        number = int(np.searchsorted(starts, pick, side="right") - 1)
-        y, x = divmod(int(pick - starts[number]), energy_maps[number].shape[1])
-        cells.append((number, y, x))
-    return cells
-
-
-def cut_window(image: np.ndarray, y: int, x: int, patch_size: int, window_size: int) -> np.ndarray:
-    """uint8 [S,S,3] of image [h,w,3] whose central P×P square is the patch at cell (y, x) (rows
-    [y - P//2, y - P//2 + P)); parts outside the image are filled by reflection."""
-    height, width = image.shape[:2]
-    top = y - patch_size // 2 - (window_size - patch_size) // 2
-    left = x - patch_size // 2 - (window_size - patch_size) // 2
-    pads = ((max(0, -top), max(0, top + window_size - height)), (max(0, -left), max(0, left + window_size - width)),
-            (0, 0))
-    padded = np.pad(image, pads, mode="reflect") if any(sum(p) for p in pads) else image
-    top, left = top + pads[0][0], left + pads[1][0]
-    return np.ascontiguousarray(padded[top:top + window_size, left:left + window_size])
-
-
-def image_seeds(image: np.ndarray, count: int, rng: np.random.Generator, *, patch_size: int, window_size: int,
-                scales: Sequence[float], where) -> list[tuple[np.ndarray, float, tuple[float, float]]]:
-    """`count` seeds of one uint8 [H,W,3] image: (window uint8 [S,S,3], scale, centre (y, x) in the image's pixel
-    coordinates). `where` names the image (its source index) in errors."""
-    image = np.asarray(image, np.uint8)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"source index {where}: expected an RGB image [H,W,3], got shape {image.shape}")
-    resized = [resize_by(image, s) for s in scales]
-    usable = [min(r.shape[:2]) >= patch_size for r in resized]
-    if not any(usable):
-        raise InputError(f"source index {where}: image {image.shape[0]}×{image.shape[1]} is smaller than the "
-                         f"{patch_size}×{patch_size} patch at every scale {tuple(scales)}")
-    maps = [energy_map(r, patch_size) if ok else np.zeros((0, 0), np.float32) for r, ok in zip(resized, usable)]
-    try:
-        cells = draw_cells(maps, count, rng)
-    except ValueError as error:
-        raise InputError(f"source index {where}: {error}") from None
-    seeds = []
-    for number, y, x in cells:
-        scaled = resized[number]
-        factor_y, factor_x = scaled.shape[0] / image.shape[0], scaled.shape[1] / image.shape[1]
-        centre_edge = (y - patch_size // 2 + patch_size / 2, x - patch_size // 2 + patch_size / 2)
-        centre = (centre_edge[0] / factor_y - 0.5, centre_edge[1] / factor_x - 0.5)
-        seeds.append((cut_window(scaled, y, x, patch_size, window_size), float(scales[number]), centre))
-    return seeds

@@ -1,12 +1,17 @@
-"""Surrogate-class batches from cached seeds: seed i, transformed, is an example of class i (also NPID's bank row i).
+"""Surrogate-class batches: seed i, transformed, is an example of class i (also NPID's bank row i).
 
-Online (default): every batch draws fresh transformations from a per-batch seed (rng_seed, batch number), so no
-two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
+Two ways to get the patches (`--seed_sampling`):
+- fixed (`surrogate_dataset`, the paper): the run's N seed windows, drawn once (`patches.sample_seeds`) and cached;
+- online (`online_dataset`): every instance is a source image; each visit draws a fresh energy-weighted window of
+  the image (`patches.sample_windows`, one per image) and then the chain, and the class / bank row is the image.
+
+Fixed seeds, online transformations (default): every batch draws fresh transformations from a per-batch seed
+(rng_seed, batch number), so no two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
 always drawn from the per-sample seed (i, k); the pool depends on the seeds only (identical on every input
 pipeline and run), `rng_seed` only orders it.
 
 `augment_on="host"` applies the chain in `Dataset.map` (batched: batch before map). `augment_on="device"` yields
-the raw windows and the seed; the training step calls `chain(window / 255, aug_seed)` itself.
+the raw windows (fixed) or whole images (online) and the seed; the training step calls `DeviceAugment` on them.
 
 Hook, not built — merging near-duplicate seeds (the paper's clustering, 74.2 -> 75.4 on STL-10):
     merge_similar_seeds(seeds: Seeds, features: float32 [N,F], num_classes: int) -> int64 [N]
@@ -15,11 +20,14 @@ below would then emit `labels[seed]` instead of the seed id (and the classifier 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.transforms import ColorPCA
 from exemplar_tf.choices import AUGMENT_ON
+from exemplar_tf.data import patches
 from exemplar_tf.data.patches import Seeds
 
 PCA_MAX_PIXELS = 1_000_000
@@ -71,3 +79,73 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
             .enumerate()
             .map(element, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
+
+
+def online_images(chain: TransformChain, images, seed, *, window_size: int,
+                  scales: Sequence[float] = patches.DEFAULT_SCALES) -> tf.Tensor:
+    """float32 [B,P,P,3] in [0,1]: one energy-weighted window drawn in each of images uint8 [B,H,W,3] (one size),
+    then the chain; stateless from seed int [2] (the draw and the chain take their own sub-seeds)."""
+    draw_seed = tf.random.experimental.stateless_fold_in(seed, 0)
+    chain_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    draws = patches.sample_windows(images, 1, draw_seed, patch_size=chain.patch_size, window_size=window_size,
+                                   scales=scales)
+    return chain(draws.windows[:, 0] / 255.0, chain_seed)
+
+
+def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_size: int, rng_seed: int,
+                   window_size: int, one_size: bool, augment_on: str = "host",
+                   scales: Sequence[float] = patches.DEFAULT_SCALES) -> tf.data.Dataset:
+    """Endless batches of online patches from `elements` ({"image": uint8 [H,W,3], "index": int64}, e.g.
+    `instances.shuffled_epochs`); label = the image's index.
+
+    host:   {"image": float32 [B,P,P,3] in [0,1], "label": int64 [B]}
+    device: {"source_image": uint8 [B,H,W,3], "label": int64 [B], "aug_seed": int32 [2]} (`DeviceAugment`)
+    one_size: every image has the same size, so the sampler runs on whole batches (`online_images`, the same
+    function the device runs, from seed (rng_seed, batch number)); otherwise each image is sampled alone, from
+    (rng_seed, element number), and the windows are batched before the chain. The device needs one size.
+    """
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+    if augment_on == "device" and not one_size:
+        raise ValueError("online sampling on the device needs images of one size (a batch carries whole images)")
+    run_seed = tf.constant(rng_seed % 2**31, tf.int32)
+    if one_size:
+        def batch_of_images(batch_number, batch):
+            seed = tf.stack([run_seed, tf.cast(batch_number, tf.int32)])
+            if augment_on == "device":
+                return {"source_image": batch["image"], "label": batch["index"], "aug_seed": seed}
+            return {"image": online_images(chain, batch["image"], seed, window_size=window_size, scales=scales),
+                    "label": batch["index"]}
+
+        batches = elements.batch(batch_size, drop_remainder=True).enumerate()
+        return batches.map(batch_of_images, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def window(number, element):
+        seed = tf.stack([run_seed, tf.cast(number, tf.int32)])
+        draws = patches.sample_windows(element["image"][None], 1, tf.random.experimental.stateless_fold_in(seed, 0),
+                                       patch_size=chain.patch_size, window_size=window_size, scales=scales)
+        return {"window": draws.windows[0, 0], "label": element["index"]}
+
+    def transformed(batch_number, batch):
+        seed = tf.random.experimental.stateless_fold_in(tf.stack([run_seed, tf.cast(batch_number, tf.int32)]), 1)
+        return {"image": chain(batch["window"] / 255.0, seed), "label": batch["label"]}
+
+    return (elements.enumerate().map(window, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True).enumerate()
+            .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+class DeviceAugment:
+    """What the training step calls on a device batch (`augment_on="device"`): fixed seeds' {"window" uint8
+    [B,S,S,3], "aug_seed"} -> chain(window / 255); online {"source_image" uint8 [B,H,W,3], "aug_seed" [2]} ->
+    `online_images`. Returns float32 [B,P,P,3] in [0,1]."""
+
+    def __init__(self, chain: TransformChain, *, window_size: int, scales: Sequence[float] = patches.DEFAULT_SCALES):
+        self.chain, self.window_size, self.scales = chain, window_size, tuple(scales)
+
+    def __call__(self, batch: dict) -> tf.Tensor:
+        if "window" in batch:
+            return self.chain(tf.cast(batch["window"], tf.float32) / 255.0, batch["aug_seed"])
+        return online_images(self.chain, batch["source_image"], batch["aug_seed"], window_size=self.window_size,
+                             scales=self.scales)

@@ -11,6 +11,7 @@ from exemplar_tf.errors import InputError
 METHODS = ("exemplar", "npid")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 PRESETS = ("paper", "release_code")
+SEED_SAMPLINGS = ("fixed", "online")
 NCE_NOISE = ("per_example", "shared")
 BANK_INITS = ("random", "features")
 RESNET_STEMS = ("auto", "cifar", "imagenet")
@@ -40,6 +41,7 @@ class TrainConfig:
     max_instances: int = 0
     skip_bad_images: bool = False  # folder sources: leave out unreadable / too-small files (run_dir/skipped_images.txt)
     # Exemplar-CNN surrogate data.
+    seed_sampling: str = "fixed"  # fixed: num_seeds seeds drawn once, one class each; online: one class per image
     num_seeds: int = 8000
     seeds_per_image: int = 0  # 0: ceil(num_seeds / source images), at least 1 (see `seeds_per_image_for`)
     patch_size: int = 32
@@ -132,6 +134,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     problems += _check_choice("strategy", config.strategy, STRATEGIES)
     problems += _check_choice("preset", config.preset, PRESETS)
     problems += _check_choice("augment_on", config.augment_on, AUGMENT_ON)
+    problems += _check_choice("seed_sampling", config.seed_sampling, SEED_SAMPLINGS)
     problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
     problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
     problems += _check_choice("resnet_stem", config.resnet_stem, RESNET_STEMS)
@@ -168,7 +171,14 @@ def validate(config: TrainConfig) -> TrainConfig:
         problems.append("--objective=softmax needs surrogate classes: use it with --method=exemplar")
     if config.method == "exemplar" and config.arch.startswith("resnet") and config.patch_size < 32:
         problems.append("--patch_size must be >= 32 for ResNet encoders")
-    if config.objective == "nce" and config.method == "exemplar" and config.nce_m >= config.num_seeds:
+    if config.seed_sampling == "online" and config.method != "exemplar":
+        problems.append("--seed_sampling=online draws Exemplar-CNN seed patches: use it with --method=exemplar (npid "
+                        "crops whole images its own way)")
+    if config.seed_sampling == "online" and config.fixed_copies:
+        problems.append("--fixed_copies is a pool of copies of fixed seeds: use it with --seed_sampling=fixed, not "
+                        "online (every visit draws a fresh patch)")
+    if (config.objective == "nce" and config.method == "exemplar" and config.seed_sampling == "fixed"
+            and config.nce_m >= config.num_seeds):
         problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
     if (config.uses_bank and config.arch in EXEMPLAR_ARCHS and not config.batch_norm
             and not config.allow_unnormalised_bank):

@@ -1,11 +1,12 @@
 """Per-replica input pipelines for the two training methods.
 
-exemplar: the cached seeds (surrogate classes) with the transformation chain drawn afresh each time.
+exemplar: --seed_sampling=fixed: the cached seeds (surrogate classes) with the transformation chain drawn afresh
+          each time; online: every source image is a class, each visit a fresh energy-weighted patch of it + chain.
 npid:     every image of the source is its own instance, with NPID's crop/jitter/gray/flip augmentation.
 
-Both yield per-replica batches `{"image": float32 [b,P,P,3] in [0,1], "label": int64 [b]}` (`label` is the
-surrogate class / bank row); with `--augment_on=device` the exemplar pipeline yields raw windows instead and the
-chain runs inside the training step.
+All yield per-replica batches `{"image": float32 [b,P,P,3] in [0,1], "label": int64 [b]}` (`label` is the
+surrogate class / bank row); with `--augment_on=device` the exemplar pipelines yield raw windows (fixed) or whole
+images (online) instead and the sampler / chain run inside the training step (`surrogate.DeviceAugment`).
 """
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ import tensorflow as tf
 
 from exemplar_tf.augment import npid as npid_augment
 from exemplar_tf.augment.chain import TransformChain
+from exemplar_tf.augment.transforms import ColorPCA
 from exemplar_tf.data import instances as data_instances
 from exemplar_tf.data import patches, sources, surrogate
 from exemplar_tf.data.images import resize_uint8
+from exemplar_tf.errors import InputError
 from exemplar_tf.training import rundir
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
+
+WINDOW_FACTOR = 2.0  # seed window side / patch side (room for the chain's rotation and scaling)
 
 
 @dataclasses.dataclass
@@ -32,7 +37,7 @@ class TrainingData:
     num_instances: int  # N: surrogate classes or image instances (bank rows)
     mean_rgb: np.ndarray  # float32 [3], in [0, 1]
     dataset_fn: object  # tf.distribute.InputContext -> per-replica tf.data.Dataset
-    chain: TransformChain | None  # the transformation chain (exemplar only)
+    device_augment: surrogate.DeviceAugment | None  # the step's augmentation with --augment_on=device (exemplar)
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
     instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
@@ -89,6 +94,7 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: boo
         source.dataset,
         num_seeds=config.num_seeds,
         patch_size=config.patch_size,
+        window_factor=WINDOW_FACTOR,
         seeds_per_image=seeds_per_image_for(config, source.num_examples),
         rng_seed=config.seed,
     )
@@ -97,6 +103,8 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: boo
 
 
 def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
+    if config.seed_sampling == "online":
+        return online_exemplar_data(config)
     source = _limited_source(config)
     seeds = load_or_sample_seeds(config, source, chief)
     pca = surrogate.fit_color_pca(seeds)
@@ -119,11 +127,57 @@ def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
         num_instances=len(seeds.windows),
         mean_rgb=mean_rgb,
         dataset_fn=dataset_fn,
-        chain=chain,
+        device_augment=surrogate.DeviceAugment(chain, window_size=seeds.windows.shape[1]),
         preview_images=preview_images,
         eval_images=percentile_images(config, source),
         instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
             {"image": seeds.central_patches(), "index": np.arange(len(seeds.windows))}), config.patch_size),
+        skipped=source.skipped,
+    )
+
+
+def one_size(source: sources.Source, decoded: data_instances.DecodedImages | None) -> bool:
+    """Whether every image of `source` has the same size (known from the decoded shapes or a static image shape)."""
+    if decoded is not None:
+        return len(np.unique(decoded.shapes, axis=0)) <= 1
+    return source.dataset.element_spec["image"].shape.is_fully_defined()
+
+
+def online_exemplar_data(config: TrainConfig) -> TrainingData:
+    """--seed_sampling=online: N = the source's images; each visit of image i draws a fresh energy-weighted patch of
+    it (then the chain), labelled i. Colour PCA and mean RGB come from the percentile images (spread over the
+    source)."""
+    source = _limited_source(config)
+    if config.objective == "nce" and config.nce_m >= source.num_examples:
+        raise InputError(f"--nce_m={config.nce_m} must be smaller than the {source.num_examples} images of "
+                         f"--source={config.source} (--seed_sampling=online: one instance per image)")
+    eval_images = percentile_images(config, source)
+    pixels = eval_images.reshape(-1, 3)
+    pca = ColorPCA.fit(pixels[::max(1, len(pixels) // surrogate.PCA_MAX_PIXELS)] / 255.0)
+    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
+    window_size = round(config.patch_size * WINDOW_FACTOR)
+    decoded = data_instances.in_memory(source)
+    same_size = one_size(source, decoded)
+    if config.augment_on == "device" and not same_size:
+        raise InputError(f"--seed_sampling=online --augment_on=device needs images of one size (a batch carries "
+                         f"whole images); --source={config.source} has several: use --augment_on=host")
+
+    def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
+        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
+                                                  shard=ctx.input_pipeline_id, decoded=decoded)
+        return surrogate.online_dataset(elements, chain, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+                                        rng_seed=config.seed * 1000 + ctx.input_pipeline_id, window_size=window_size,
+                                        one_size=same_size, augment_on=augment_on)
+
+    preview = dataset_fn(tf.distribute.InputContext(1, 0, 1), augment_on="host")
+    return TrainingData(
+        num_instances=source.num_examples,
+        mean_rgb=(pixels.mean(axis=0) / 255.0).astype(np.float32),
+        dataset_fn=dataset_fn,
+        device_augment=surrogate.DeviceAugment(chain, window_size=window_size),
+        preview_images=next(iter(preview.unbatch().batch(32)))["image"].numpy(),
+        eval_images=eval_images,
+        instances=lambda: _as_instances(source.dataset, config.patch_size),
         skipped=source.skipped,
     )
 
@@ -160,7 +214,7 @@ def npid_data(config: TrainConfig) -> TrainingData:
         num_instances=source.num_examples,
         mean_rgb=mean_rgb,
         dataset_fn=dataset_fn,
-        chain=None,
+        device_augment=None,
         preview_images=preview_images,
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.image_size),

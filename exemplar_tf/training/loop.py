@@ -181,7 +181,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     if config.skip_bad_images and chief:
         print(record_skipped(config.run_dir, data.skipped))
     with strategy.scope():
-        state = build_state(config, data.num_instances, data.mean_rgb, data.chain)
+        state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
     checkpoint_dir = _checkpoint_dir(config, strategy)
     manager = tf.train.CheckpointManager(state.checkpoint(), checkpoint_dir, max_to_keep=config.keep_checkpoints)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker

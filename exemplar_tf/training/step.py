@@ -31,7 +31,7 @@ class ModelState:
     optimizer: keras.optimizers.Optimizer
     bank: MemoryBank | None  # present when objective.uses_bank
     z: tf.Variable  # NCE normaliser; <= 0 means "not estimated yet"
-    chain: object | None = None  # TransformChain when augmentation runs on the device
+    device_augment: object | None = None  # surrogate.DeviceAugment when augmentation runs on the device
 
     @property
     def embedding_head(self) -> keras.layers.Layer | None:
@@ -64,7 +64,7 @@ def objective_of(config: TrainConfig) -> Objective:
                 nce_noise=config.nce_noise)
 
 
-def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, chain=None) -> ModelState:
+def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, device_augment=None) -> ModelState:
     """Builds encoder, head, optimizer (with its slots), bank and Z. Call inside `strategy.scope()`."""
     objective = objective_of(config)
     input_size = config.input_size
@@ -81,7 +81,8 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, c
     if objective.uses_bank:
         bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
     z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    return ModelState(objective, encoder, head, optimizer, bank, z, chain if config.augment_on == "device" else None)
+    return ModelState(objective, encoder, head, optimizer, bank, z,
+                      device_augment if config.augment_on == "device" else None)
 
 
 def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size: int = 256,
@@ -123,8 +124,8 @@ def _decay_loss(state: ModelState, weight_decay: float) -> tf.Tensor:
 
 
 def _images(state: ModelState, batch: dict) -> tf.Tensor:
-    if "window" in batch:  # augmentation on the device: the chain runs inside the step
-        return state.chain(tf.cast(batch["window"], tf.float32) / 255.0, batch["aug_seed"])
+    if "aug_seed" in batch:  # augmentation on the device: the (sampler and) chain run inside the step
+        return state.device_augment(batch)
     return batch["image"]
 
 
