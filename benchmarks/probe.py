@@ -42,6 +42,7 @@ flags.DEFINE_string("arch", "medium", "encoder whose random-initialisation featu
 flags.DEFINE_string("cache", "/tmp/probe_features.npz", "feature cache (written on the first run)")
 flags.DEFINE_integer("stride", 1, "extract every stride-th training image (1: all 50 000)")
 flags.DEFINE_integer("svc_train", 10_000, "training rows for the per-C comparison with LinearSVC")
+flags.DEFINE_bool("linearsvc", True, "also run the per-C comparison with LinearSVC (slow: minutes per C)")
 flags.DEFINE_list("c_values", [f"{c:g}" for c in probe.C_GRID], "C values of the comparison")
 
 
@@ -110,6 +111,8 @@ def main(argv) -> None:
          fits=[dict(c=f.c, seconds=round(f.seconds, 1), newton=f.newton_iterations, cg=f.cg_iterations,
                     converged=f.converged) for f in result.fits])
 
+    if not FLAGS.linearsvc:
+        return
     rows = np.linspace(0, len(train.labels) - 1, min(FLAGS.svc_train, len(train.labels))).round().astype(int)
     x, y = train.features[rows], train.labels[rows]
     ours, theirs, previous = {}, {}, None
