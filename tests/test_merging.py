@@ -80,17 +80,28 @@ def test_masked_columns_get_no_probability_and_no_gradient():
     np.testing.assert_array_equal(jitted.numpy(), masked.numpy())
 
 
-def test_merge_classes_on_planted_near_duplicate_seed_patches():
-    # GROUPS random patches, each seeded COPIES times with +-1/255 noise: the random encoder's representations of
-    # a group's copies are nearly equal, so the merge makes each group one class.
+def _planted_seed_patches():
+    """GROUPS random patches, each seeded COPIES times with +-1/255 noise: (instances dataset, group of each)."""
     rng = np.random.default_rng(0)
     base = rng.uniform(size=(GROUPS, 32, 32, 3))
     group = rng.permutation(np.repeat(np.arange(GROUPS), COPIES))
     images = np.clip(base[group] + rng.uniform(-1, 1, size=(len(group), 32, 32, 3)) / 255, 0, 1).astype(np.float32)
     instances = tf.data.Dataset.from_tensor_slices({"image": images, "index": np.arange(len(group), dtype=np.int64)})
-    config = TrainConfig(run_dir="/tmp/unused", arch="small", num_seeds=len(group), merge_classes_at=1,
+    return instances, group
+
+
+def _merging_state(strategy=None):
+    config = TrainConfig(run_dir="/tmp/unused", arch="small", num_seeds=GROUPS * COPIES, merge_classes_at=1,
                          merge_to=GROUPS, steps=2)
-    state = build_state(config, len(group), np.full(3, 0.5, np.float32))
+    with (strategy or tf.distribute.get_strategy()).scope():
+        return build_state(config, GROUPS * COPIES, np.full(3, 0.5, np.float32))
+
+
+def test_merge_classes_on_planted_near_duplicate_seed_patches():
+    # The random encoder's representations of a group's copies are nearly equal, so the merge makes each group
+    # one class.
+    instances, group = _planted_seed_patches()
+    state = _merging_state()
     np.testing.assert_array_equal(state.relabel.numpy(), np.arange(len(group)))
     assert not state.merged
     kernel_before = state.head.logits.kernel.numpy()
@@ -102,3 +113,15 @@ def test_merge_classes_on_planted_near_duplicate_seed_patches():
     np.testing.assert_allclose(state.head.logits.kernel.numpy()[:, 0], kernel_before[:, members].mean(axis=1),
                                rtol=1e-5, atol=1e-7)
     assert state.checkpoint().relabel is state.relabel
+
+
+def test_merge_under_mirrored_strategy_writes_the_same_map_and_columns_on_every_replica(two_cpus):
+    instances, group = _planted_seed_patches()
+    state = _merging_state(two_cpus)
+    labels = merge_classes(state, instances, GROUPS, seed=0)
+    assert _same_partition(labels, group)
+    for variable in (state.relabel, state.head.logits.kernel.value, state.head.logits.bias.value):
+        copies = [v.numpy() for v in two_cpus.experimental_local_results(variable)]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+    np.testing.assert_array_equal(two_cpus.experimental_local_results(state.relabel)[1].numpy(), labels)
