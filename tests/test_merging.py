@@ -119,7 +119,7 @@ def test_merge_under_mirrored_strategy_writes_the_same_map_and_columns_on_every_
     instances, group = _planted_seed_patches()
     state = _merging_state(two_cpus)
     labels = merge_classes(state, instances, GROUPS, seed=0)
-    assert _same_partition(labels, group)
+    assert _same_partition(labels, group) and state.merged
     for variable in (state.relabel, state.head.logits.kernel.value, state.head.logits.bias.value):
         copies = [v.numpy() for v in two_cpus.experimental_local_results(variable)]
         assert len(copies) == 2
