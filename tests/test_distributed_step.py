@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf import models
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.step import build_state, make_train_step
 
@@ -44,6 +45,8 @@ def _train(strategy, config, initial=None, steps_per_call=1):
         state.head.set_weights(initial.head.get_weights())
         if state.bank is not None:
             state.bank.bank.assign(initial.bank.bank.value)
+        if state.relabel is not None:
+            state.relabel.assign(initial.relabel.numpy())
     train_steps = make_train_step(config, strategy, state)
     iterator = _distributed_iterator(strategy)
     losses = []
@@ -119,3 +122,27 @@ def test_nce_step_reads_the_bank_in_place_unless_scores_are_dense(noise):
     assert "ReadVariableOp" not in gathered and {"ResourceGather", "ResourceScatterUpdate"} <= gathered
     if noise == "per_example":  # N <= 20 m: dense scores read the bank whole
         assert "ReadVariableOp" in _bank_consumers(config, NUM_INSTANCES)
+
+
+def test_merged_classes_under_two_replicas_match_one_device(two_cpus):
+    # Seeds merged into 4 classes (seed % 4): both replicas gather labels through the same relabel map and mask
+    # the same classifier columns, so their losses and weights follow the one-device run.
+    config = _config("softmax", merge_classes_at=5, merge_to=4)
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with one_device.scope():
+        initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
+    initial.relabel.assign(np.arange(NUM_INSTANCES) % 4)
+    reference, reference_losses = _train(one_device, config, initial)
+    mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)
+    first = next(_batches())  # step 1's loss: cross-entropy over the first 4 logits of the merged labels + decay
+    logits = initial.head(initial.encoder(first["image"], training=False))[:, :4]
+    expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(first["label"] % 4, logits))
+    expected += models.weight_decay_loss([initial.encoder, initial.head], config.weight_decay)
+    np.testing.assert_allclose(reference_losses[0], expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
+    for got, want in zip(mirrored.head.get_weights(), reference.head.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    copies = _local(mirrored.relabel, two_cpus)
+    assert len(copies) == 2
+    np.testing.assert_array_equal(copies[0], np.arange(NUM_INSTANCES) % 4)
+    np.testing.assert_array_equal(copies[1], copies[0])

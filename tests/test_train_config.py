@@ -75,6 +75,15 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(seed_sampling="random"), "--seed_sampling='random' is not one of fixed, online"),
         (dict(seed_sampling="online", method="npid"), "--seed_sampling=online draws Exemplar-CNN seed patches"),
         (dict(seed_sampling="online", fixed_copies=4), "--fixed_copies is a pool of copies of fixed seeds"),
+        (dict(merge_classes_at=100), "--merge_classes_at and --merge_to go together"),
+        (dict(merge_classes_at=100, merge_to=8000), "--merge_to=8000 must be smaller than --num_seeds=8000"),
+        (dict(merge_classes_at=10000, merge_to=100), "--merge_classes_at=10000 must be smaller than --steps=10000"),
+        (dict(merge_classes_at=100, merge_to=100, objective="nce", batch_norm=True),
+         "--merge_classes_at needs --objective=softmax"),
+        (dict(merge_classes_at=100, merge_to=100, seed_sampling="online"), "use it with --method=exemplar "
+                                                                          "--seed_sampling=fixed"),
+        (dict(merge_classes_at=100, merge_to=100, strategy="multi_worker"),
+         "--merge_classes_at is not supported with --strategy=multi_worker"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):

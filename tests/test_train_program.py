@@ -78,6 +78,31 @@ def test_online_seed_sampling_trains_one_class_per_image(tmp_path, augment_on, s
     assert [head.get_variable_to_shape_map()[name][1] for name in classifier] == [num_images]
 
 
+def test_merging_classes_mid_run_is_checkpointed_and_kept_on_resume(tmp_path, capsys):
+    # 64 seeds merged into 8 classes at step 3 of 6. After the merge a label >= 8 would meet a masked (-inf)
+    # logit and make the loss infinite (the run would stop with TrainingDiverged): finite losses through step 6
+    # mean every label the loss saw was < 8.
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="merge", steps=6, objective="softmax", merge_classes_at=3,
+                         merge_to=8, export_base=str(tmp_path / "sm"), **{**TINY, "knn_source": ""})
+    result = loop.run(config)
+    assert result.step == 6 and np.isfinite(result.loss)
+    assert "step 3: merged the 64 seeds into 8 classes" in capsys.readouterr().out
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    def relabel(step):
+        reader = tf.train.load_checkpoint(str(checkpoints / f"ckpt-{step}"))
+        (name,) = [n for n in reader.get_variable_to_shape_map() if n.startswith("relabel/")]
+        return reader.get_tensor(name)
+
+    labels = relabel(4)  # the first checkpoint after the merge
+    assert labels.shape == (64,) and labels.dtype == np.int64 and sorted(set(labels.tolist())) == list(range(8))
+    np.testing.assert_array_equal(relabel(6), labels)
+    result = loop.run(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
+    assert result.step == 8 and np.isfinite(result.loss)
+    assert "merged the" not in capsys.readouterr().out
+    np.testing.assert_array_equal(relabel(8), labels)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=40, objective="softmax", lr=1e12,
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **TINY)
@@ -110,6 +135,12 @@ def test_calls_of_several_steps_stop_exactly_at_every_log_checkpoint_and_knn_ste
     assert all(b - a <= steps_per_call for a, b in zip([0] + stops, stops))
     if steps_per_call == 100:
         assert stops == sorted(events)
+
+
+def test_a_call_stops_at_the_merge_step():
+    config = TrainConfig(run_dir="/tmp/unused", steps=40, log_every=20, checkpoint_every=20, steps_per_call=100,
+                         merge_classes_at=9, merge_to=4)
+    assert loop.steps_this_call(config, 0) == 9 and loop.steps_this_call(config, 9) == 11
 
 
 @pytest.mark.slow

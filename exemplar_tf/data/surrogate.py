@@ -13,10 +13,9 @@ pipeline and run), `rng_seed` only orders it.
 `augment_on="host"` applies the chain in `Dataset.map` (batched: batch before map). `augment_on="device"` yields
 the raw windows (fixed) or whole images (online) and the seed; the training step calls `DeviceAugment` on them.
 
-Hook, not built — merging near-duplicate seeds (the paper's clustering, 74.2 -> 75.4 on STL-10):
-    merge_similar_seeds(seeds: Seeds, features: float32 [N,F], num_classes: int) -> int64 [N]
-would cluster the seeds' features (from a first trained network) and return each seed's class; the pipelines
-below would then emit `labels[seed]` instead of the seed id (and the classifier would get `num_classes` outputs).
+Merging near-duplicate seeds (the paper's clustering, 74.2 -> 75.4 on STL-10; --merge_classes_at/--merge_to) does
+not change these pipelines: they keep emitting the seed id, and the training step maps it to its merged class
+(`merging.merge_labels` clusters the seeds, `training.step.merge_classes` stores the map in the checkpoint).
 """
 from __future__ import annotations
 

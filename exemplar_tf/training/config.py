@@ -49,6 +49,8 @@ class TrainConfig:
     transforms: Sequence[str] = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")
     fixed_copies: int = 0
     augment_on: str = "host"
+    merge_classes_at: int = 0  # > 0: at this step cluster the seeds into merge_to classes (data/merging.py)
+    merge_to: int = 0
     # NPID whole-image instances.
     image_size: int = 32
     # Model and objective.
@@ -121,6 +123,30 @@ def seeds_per_image_for(config: TrainConfig, num_images: int) -> int:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> list[str]:
     return [] if value in choices else [f"--{name}={value!r} is not one of {', '.join(choices)}"]
+
+
+def _merge_problems(config: TrainConfig) -> list[str]:
+    """--merge_classes_at / --merge_to: both or neither; fixed exemplar seeds, softmax, one worker."""
+    if not config.merge_classes_at and not config.merge_to:
+        return []
+    if config.merge_classes_at <= 0 or config.merge_to <= 0:
+        return [f"--merge_classes_at and --merge_to go together (a step > 0 and a class count > 0), got "
+                f"--merge_classes_at={config.merge_classes_at} --merge_to={config.merge_to}"]
+    problems = []
+    if config.method != "exemplar" or config.seed_sampling != "fixed":
+        problems.append("--merge_classes_at merges fixed seed classes: use it with --method=exemplar "
+                        "--seed_sampling=fixed")
+    if config.objective != "softmax":
+        problems.append(f"--merge_classes_at needs --objective=softmax (merging bank rows is not built), not "
+                        f"{config.objective}")
+    if not config.merge_to < config.num_seeds:
+        problems.append(f"--merge_to={config.merge_to} must be smaller than --num_seeds={config.num_seeds}")
+    if not config.merge_classes_at < config.steps:
+        problems.append(f"--merge_classes_at={config.merge_classes_at} must be smaller than --steps={config.steps}")
+    if config.strategy == "multi_worker":
+        problems.append("--merge_classes_at is not supported with --strategy=multi_worker (every worker would "
+                        "cluster the seeds on its own)")
+    return problems
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -196,6 +222,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.bank_init == "features" and config.strategy == "multi_worker":
         problems.append("--bank_init=features is not supported with --strategy=multi_worker (every worker would "
                         "compute its own rows)")
+    problems += _merge_problems(config)
     if config.strategy == "tpu" and not config.tpu:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
     if config.knn_every and not config.knn_source:

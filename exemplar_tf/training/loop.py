@@ -26,7 +26,7 @@ from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.serving import runs
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
-from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step
+from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step, merge_classes
 
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
@@ -158,11 +158,24 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
 
 
 def steps_this_call(config: TrainConfig, step: int) -> int:
-    """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step
-    (and the last step), so the loop stops exactly on each of them."""
+    """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step,
+    --merge_classes_at (and the last step), so the loop stops exactly on each of them."""
     periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
-    next_event = min([config.steps] + [(step // period + 1) * period for period in periods])
+    merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
+    next_event = min([config.steps] + merge + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
+
+
+def _merge_if_due(config: TrainConfig, state: ModelState, data: inputs.TrainingData) -> None:
+    """At --merge_classes_at (or on resuming past it a run that never merged): clusters the seeds into --merge_to
+    classes (`step.merge_classes`). A merged run's checkpoints hold the relabelling, so it happens once."""
+    if not config.merge_to or state.step < config.merge_classes_at or state.merged:
+        return
+    started = time.perf_counter()
+    labels = merge_classes(state, data.instances(), config.merge_to, seed=config.seed)
+    sizes = np.bincount(labels)
+    tqdm.write(f"step {state.step}: merged the {len(labels)} seeds into {len(sizes)} classes (spherical k-means; "
+               f"class sizes {sizes.min()}..{sizes.max()}, {time.perf_counter() - started:.0f} s)")
 
 
 def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
@@ -214,6 +227,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
     loss = float("nan")
     window_start, window_steps = time.perf_counter(), 0
     step = state.step
+    _merge_if_due(config, state, data)
     while step < config.steps:
         before = step
         out = train_steps(iterator, tf.constant(steps_this_call(config, before), tf.int32))
@@ -227,6 +241,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
                 f"({manager.latest_checkpoint or 'none yet'}) is kept. Try a lower --lr or a higher --tau.")
         window_steps += step - before
         progress.update(step - before)
+        _merge_if_due(config, state, data)
         if step % config.log_every == 0 or step == config.steps:
             loss = float(out["loss"])
             progress.set_postfix(loss=f"{loss:.4f}")

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from exemplar_tf import models
+from exemplar_tf.data import merging
 from exemplar_tf.objectives import losses
 from exemplar_tf.objectives.memory_bank import MemoryBank
 from exemplar_tf.objectives.objective import Objective, make
@@ -32,6 +33,7 @@ class ModelState:
     bank: MemoryBank | None  # present when objective.uses_bank
     z: tf.Variable  # NCE normaliser; <= 0 means "not estimated yet"
     device_augment: object | None = None  # surrogate.DeviceAugment when augmentation runs on the device
+    relabel: tf.Variable | None = None  # int64 [N] seed -> class (--merge_to; identity until the merge)
 
     @property
     def embedding_head(self) -> keras.layers.Layer | None:
@@ -42,7 +44,14 @@ class ModelState:
         parts = dict(encoder=self.encoder, head=self.head, optimizer=self.optimizer, z=self.z)
         if self.bank is not None:
             parts["bank"] = self.bank
+        if self.relabel is not None:
+            parts["relabel"] = self.relabel
         return tf.train.Checkpoint(**parts)
+
+    @property
+    def merged(self) -> bool:
+        """Whether the seeds have been merged into fewer classes (`relabel` is no longer the identity)."""
+        return self.relabel is not None and int(tf.reduce_max(self.relabel)) < self.relabel.shape[0] - 1
 
     @property
     def step(self) -> int:
@@ -81,8 +90,34 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, d
     if objective.uses_bank:
         bank = MemoryBank(num_instances, config.embedding_dim, momentum=config.bank_momentum, seed=config.seed)
     z = tf.Variable(-1.0, trainable=False, name="nce_z", aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    relabel = None
+    if config.merge_to:
+        relabel = tf.Variable(tf.range(num_instances, dtype=tf.int64), trainable=False, name="relabel",
+                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     return ModelState(objective, encoder, head, optimizer, bank, z,
-                      device_augment if config.augment_on == "device" else None)
+                      device_augment if config.augment_on == "device" else None, relabel)
+
+
+def seed_codes(encoder: keras.Model, instances: tf.data.Dataset, batch_size: int = 256) -> np.ndarray:
+    """float32 [N,F]: the encoder's representation (inference mode: no dropout, BatchNorm moving statistics) of
+    every instance, row i = instance "index" i. `instances`: unbatched {"image": float32 [P,P,3], "index"}."""
+    rows = {}
+    for batch in instances.batch(batch_size):
+        representation = tf.cast(encoder(batch["image"], training=False), tf.float32).numpy()
+        rows.update(zip(batch["index"].numpy().tolist(), representation))
+    return np.stack([rows[i] for i in range(len(rows))])
+
+
+def merge_classes(state: ModelState, instances: tf.data.Dataset, k: int, seed: int) -> np.ndarray:
+    """Clusters the seeds into k classes on the current encoder's representation (`merging.merge_labels`),
+    stores the seed -> class map in `state.relabel` and starts class c's classifier column from the mean of its
+    members' columns (`merging.merged_columns`; columns >= k are masked from now on). Returns int64 [N] labels.
+    The optimizer's momentum for the classifier is left as it was (it decays within a few dozen steps)."""
+    labels = merging.merge_labels(seed_codes(state.encoder, instances), k, seed=seed)
+    state.relabel.assign(labels)
+    for variable in state.head.trainable_variables:  # the SurrogateClassifier's kernel [F,N] and bias [N]
+        variable.assign(merging.merged_columns(variable.numpy(), labels))
+    return labels
 
 
 def encoder_bank_rows(state: ModelState, instances: tf.data.Dataset, batch_size: int = 256,
@@ -151,9 +186,11 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     loss_scaled = isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer)
 
     @tf.function(jit_compile=config.jit_compile)
-    def forward_backward(images, labels, noise_seed):
+    def forward_backward(images, labels, noise_seed, num_classes):
         with tf.GradientTape() as tape:
             outputs = state.head(state.encoder(images, training=True), training=True)
+            if state.relabel is not None:  # the N-way classifier used as a num_classes-way one after a merge
+                outputs = merging.mask_inactive(outputs, num_classes)
             loss, z_batch = state.objective.loss(outputs, labels, state.bank, state.z, noise_seed)
             proximal = tf.constant(0.0)
             if config.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
@@ -165,10 +202,15 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
         labels = tf.cast(batch["label"], tf.int64)
+        num_classes = tf.constant(0, tf.int64)
+        if state.relabel is not None:  # seed id -> merged class (the identity until --merge_classes_at)
+            labels = tf.gather(state.relabel, labels)
+            num_classes = tf.reduce_max(state.relabel) + 1
         noise_seed = tf.stack([tf.cast(config.seed, tf.int64),
                                state.optimizer.iterations * num_replicas + tf.cast(ctx.replica_id_in_sync_group,
                                                                                    tf.int64)])
-        scaled, z_batch, proximal, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed)
+        scaled, z_batch, proximal, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed,
+                                                                         num_classes)
         state.optimizer.apply_gradients(zip(grads, variables))
         if state.bank is not None:
             state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
