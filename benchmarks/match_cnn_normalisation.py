@@ -5,7 +5,6 @@ combination, all from the same regions and the same CNN forward passes (one per 
     python benchmarks/match_cnn_normalisation.py --savedmodel=savedmodels/demo/1 [--num_images=4]
 """
 import json
-import subprocess
 
 import numpy as np
 from absl import app, flags
@@ -14,6 +13,7 @@ from exemplar_tf.matching import benchmark, images, report
 from exemplar_tf.matching.descriptors import (NORMALISATIONS, PATCH_CONTRASTS, Descriptor, SavedModelDescriptors,
                                               feature_layer_blocks, normalise_descriptors,
                                               standardise_patch_contrast)
+from machine import cpu_name  # benchmarks/ is on the path when run
 
 flags.DEFINE_string("savedmodel", None, "Export to score.", required=True)
 flags.DEFINE_integer("num_images", 4, "Demo base images.")
@@ -22,9 +22,6 @@ flags.DEFINE_integer("max_regions", 150, "Regions per image.")
 flags.DEFINE_integer("max_side", 320, "Image side.")
 
 
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 def main(argv):

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -30,6 +28,7 @@ from absl import app, flags  # noqa: E402
 
 from exemplar_tf.objectives import losses  # noqa: E402
 from exemplar_tf.objectives.memory_bank import MemoryBank  # noqa: E402
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("instances", ["2000", "16000", "50000", "100000", "1281167"], "bank sizes N")
@@ -43,11 +42,6 @@ flags.DEFINE_integer("warmup", 2, "untimed steps first")
 flags.DEFINE_integer("repeats", 3, "timed blocks per variant, interleaved")
 
 
-def cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def unit_rows(shape, seed):
@@ -130,7 +124,7 @@ def bank_figures(num_instances: int, common: dict):
 
 def main(argv):
     del argv
-    cpu = cpu_model()
+    cpu = cpu_name()
     for n in (int(x) for x in FLAGS.instances):
         common = {"instances": n, "noise": FLAGS.noise, "batch_size": FLAGS.batch_size, "dim": FLAGS.dim, "cpu": cpu}
         if "nce_scores" in FLAGS.figures:

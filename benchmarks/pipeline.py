@@ -38,6 +38,7 @@ from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # noqa: E402
 from exemplar_tf.data import instances, patches, sources, surrogate  # noqa: E402
 from exemplar_tf.models import SurrogateClassifier, build_encoder  # noqa: E402
 from exemplar_tf.objectives import losses  # noqa: E402
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("preset", "release_code", list(PRESETS), "transformation ranges")
@@ -154,7 +155,7 @@ def main(argv):
     images_per_s = FLAGS.batch_size * FLAGS.steps / statistics.median(train_seconds)
     tf_seeds_per_s, numpy_seeds_per_s = seed_sampling_rates(crops)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in os.popen("lscpu") if line.startswith("Model name")), "")
+    cpu = cpu_name()
     common = {"preset": FLAGS.preset, "transforms": ",".join(chain.transforms), "batch_size": FLAGS.batch_size,
               "patch_size": FLAGS.patch_size, "image_side": 96, "source": "demo crops", "cpu": cpu,
               "cpu_cores": os.cpu_count(), "gpus": len(tf.config.list_physical_devices("GPU"))}

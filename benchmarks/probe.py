@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 import time
 
@@ -31,6 +30,7 @@ from exemplar_tf.evaluation import probe, savedmodel  # noqa: E402
 from exemplar_tf.models import ProjectionHead, build_encoder  # noqa: E402
 from exemplar_tf.probe import svm  # noqa: E402
 from exemplar_tf.serving import export  # noqa: E402
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("features", "synthetic", ["synthetic", "cifar10"], "synthetic: `synthetic` rows (no "
@@ -46,11 +46,6 @@ flags.DEFINE_bool("linearsvc", True, "also run the per-C comparison with LinearS
 flags.DEFINE_list("c_values", [f"{c:g}" for c in probe.C_GRID], "C values of the comparison")
 
 
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def synthetic(n: int, seed: int, dim: int = 3840, latent: int = 64, classes: int = 10) -> savedmodel.Extracted:

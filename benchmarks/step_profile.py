@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,6 +21,7 @@ from absl import app, flags  # noqa: E402
 
 from exemplar_tf.training.config import TrainConfig  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
+from machine import cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["resnet18", "medium"], "encoders to profile (resnet18:32 = base width 32)")
@@ -29,9 +29,6 @@ flags.DEFINE_integer("repeats", 5, "timed calls per stage (after two untimed one
 BATCH, SIZE, INSTANCES = 128, 32, 50_000
 
 
-def cpu_name() -> str:
-    lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Model name")), "unknown")
 
 
 def seconds_per_call(fn) -> float:

@@ -26,9 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -41,6 +39,7 @@ from absl import app, flags  # noqa: E402
 from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
 from exemplar_tf.training.inputs import training_data  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
+from machine import cpu_flags, cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["small", "medium", "resnet18"], "encoders to time; resnet18:32 is a ResNet-18 of base "
@@ -59,20 +58,10 @@ flags.DEFINE_integer("noise", 4096, "NCE noise samples m")
 flags.DEFINE_string("data", "", "image folder for the end-to-end figures (e.g. /tmp/cifar10/..: the folder with "
                     "train/); empty: synthetic input only")
 
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
 
 
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
-def cpu_flags() -> list[str]:
-    with open("/proc/cpuinfo") as f:
-        present = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    return [name for name in CPU_FLAGS if name in present]
 
 
 def synthetic_batches(num_labels: int) -> tf.data.Dataset:

@@ -32,7 +32,7 @@ METHODS = {"softmax": "Exemplar-CNN, parametric softmax", "nce": "Exemplar-CNN s
            "nonparametric": "Exemplar-CNN surrogate data, exact non-parametric softmax"}
 
 
-CURVE_TAGS = {"knn_top1": "knn_top1", "examples_per_second": "examples_per_second"}
+CURVE_TAGS = ("knn_top1", "examples_per_second")
 
 
 def tensorboard_curves(name: str) -> dict[str, list[tuple[int, float]]]:
