@@ -47,9 +47,10 @@ _FIXED_COPIES = flags.DEFINE_integer("fixed_copies", 0, "K > 0: the paper's fixe
                                      "0: transformations drawn afresh every time.")
 _AUGMENT_ON = flags.DEFINE_enum("augment_on", "host", cfg.AUGMENT_ON,
                                 "Run the transformation chain in tf.data (host) or in the training step (device).")
-_MERGE_CLASSES_AT = flags.DEFINE_integer("merge_classes_at", 0, "Exemplar-CNN (fixed seeds, softmax): at this step "
-                                        "embed every seed with the current encoder, cluster the seeds into "
-                                        "--merge_to classes (spherical k-means) and train on those (0: never).")
+_MERGE_CLASSES_AT = flags.DEFINE_integer("merge_classes_at", 0, "Exemplar-CNN (fixed seeds): at this step embed "
+                                        "every seed with the current encoder, cluster the seeds into --merge_to "
+                                        "classes (spherical k-means) and train on those: a K-way softmax or K "
+                                        "memory-bank rows (0: never).")
 _MERGE_TO = flags.DEFINE_integer("merge_to", 0, "Number of classes the seeds are merged into at --merge_classes_at.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "NPID: crop size of the augmented images.")
 _ARCH = flags.DEFINE_enum("arch", None, cfg.ARCHS, "Encoder architecture (default: small for exemplar, resnet18 "

@@ -64,6 +64,21 @@ def test_merged_columns_are_the_members_means_and_the_rest_stay():
     np.testing.assert_allclose(merging.merged_columns(bias, labels), [3.0, 2.0, 5.0, 4.0, 5.0])
 
 
+def test_merged_bank_rows_are_the_normalised_member_means_and_the_rest_stay(rng):
+    rows = rng.normal(size=(6, 3)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    labels = np.array([1, 0, 1, 2, 0, 1])
+    merged = merging.merged_bank_rows(rows, labels)
+    assert merged.dtype == np.float32 and merged.shape == rows.shape
+    for c, members in enumerate([[1, 4], [0, 2, 5], [3]]):
+        mean = rows[members].mean(axis=0)
+        np.testing.assert_allclose(merged[c], mean / np.linalg.norm(mean), rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(merged[3:], rows[3:])  # inactive rows as they were
+    cancelling = merging.merged_bank_rows(np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], np.float32),
+                                          np.array([0, 0, 1]))
+    np.testing.assert_array_equal(cancelling[0], [0.0, 0.0])  # a mean of exactly 0 stays 0, not NaN
+
+
 def test_masked_columns_get_no_probability_and_no_gradient():
     logits = tf.Variable(tf.random.stateless_normal([4, 6], seed=[0, 1]))
     with tf.GradientTape() as tape:
@@ -90,9 +105,9 @@ def _planted_seed_patches():
     return instances, group
 
 
-def _merging_state(strategy=None):
+def _merging_state(strategy=None, objective="softmax"):
     config = TrainConfig(run_dir="/tmp/unused", arch="small", num_seeds=GROUPS * COPIES, merge_classes_at=1,
-                         merge_to=GROUPS, steps=2)
+                         merge_to=GROUPS, steps=2, objective=objective, nce_m=4)
     with (strategy or tf.distribute.get_strategy()).scope():
         return build_state(config, GROUPS * COPIES, np.full(3, 0.5, np.float32))
 
@@ -125,3 +140,37 @@ def test_merge_under_mirrored_strategy_writes_the_same_map_and_columns_on_every_
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
     np.testing.assert_array_equal(two_cpus.experimental_local_results(state.relabel)[1].numpy(), labels)
+
+
+@pytest.mark.parametrize("objective", ["nonparametric", "nce"])
+def test_merge_classes_with_a_bank_makes_k_unit_rows_of_the_member_means(objective):
+    instances, group = _planted_seed_patches()
+    state = _merging_state(objective=objective)
+    state.z.assign(5.0)  # as if NCE had estimated Z over the N rows
+    bank_before = state.bank().numpy()
+    head_before = [w.numpy() for w in state.head.weights]
+    labels = merge_classes(state, instances.shuffle(100, seed=0), GROUPS, seed=0)
+    assert _same_partition(labels, group) and state.merged
+    bank = state.bank().numpy()
+    for c in range(GROUPS):
+        mean = bank_before[labels == c].mean(axis=0)
+        np.testing.assert_allclose(bank[c], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(bank[:GROUPS], axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(bank[GROUPS:], bank_before[GROUPS:])  # inactive from now on
+    np.testing.assert_array_equal(state.bank_rows_in_use().numpy(), bank[:GROUPS])
+    for got, want in zip(state.head.weights, head_before):  # the projection head is not merged
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert float(state.z.numpy()) == (-1.0 if objective == "nce" else 5.0)  # NCE's Z: re-estimated over K rows
+
+
+def test_merged_bank_under_mirrored_strategy_is_the_same_on_every_replica(two_cpus):
+    instances, group = _planted_seed_patches()
+    state = _merging_state(two_cpus, objective="nce")
+    labels = merge_classes(state, instances, GROUPS, seed=0)
+    assert _same_partition(labels, group)
+    for variable in (state.bank.variable, state.z, state.relabel):
+        copies = [v.numpy() for v in two_cpus.experimental_local_results(variable)]
+        assert len(copies) == 2
+        np.testing.assert_array_equal(copies[0], copies[1])
+    bank = two_cpus.experimental_local_results(state.bank.variable)[1].numpy()
+    np.testing.assert_allclose(np.linalg.norm(bank[:GROUPS], axis=1), 1.0, rtol=1e-6)

@@ -6,8 +6,13 @@ For unit vectors ||a - b||^2 = 2 - 2 cos(a, b), so Euclidean k-means on them gro
 O(N K D) per iteration where agglomerative clustering needs the N x N similarity matrix (8000 seeds: 64M entries,
 and its average/complete linkage is O(N^2 log N)), and it returns exactly K non-empty clusters for any N >= K.
 
-The training step keeps every seed's label as its seed id in tf.data and maps it through `relabel` (int64 [N]); the
-softmax classifier keeps its N outputs and the ones past the last merged class are masked (`mask_inactive`).
+The training step keeps every seed's label as its seed id in tf.data and maps it through `relabel` (int64 [N]).
+Nothing changes shape: the softmax classifier keeps its N outputs and the ones past the last merged class are
+masked (`mask_inactive`; class c starts from its members' mean column, `merged_columns`). A memory bank keeps its
+N rows: row c < K becomes the normalised mean of its members' rows (`merged_bank_rows`) and rows >= K are
+inactive, masked out of the exact non-parametric softmax (`mask_inactive` on the scores) and never drawn as NCE
+noise (noise and NCE's Pn = 1/K, Z = K * mean exp are over [0, K)); the bank update writes row relabel[seed],
+averaging a batch's codes per class (`memory_bank.average_duplicates`).
 """
 from __future__ import annotations
 
@@ -48,8 +53,21 @@ def merged_columns(weights: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return merged.astype(weights.dtype)
 
 
+def merged_bank_rows(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The memory bank after a merge: row c = L2-normalised mean of the rows of the seeds in class c, rows past the
+    last class unchanged (inactive). rows: float [N,D] (unit rows); labels: int [N] in [0, K). Returns float [N,D]
+    in the dtype of `rows`; a class whose members' rows cancel exactly (mean 0) gets a zero row."""
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1
+    sums = np.zeros((num_classes, rows.shape[1]), np.float64)
+    np.add.at(sums, labels, rows.astype(np.float64))  # the normalised sum is the normalised mean
+    merged = rows.copy()
+    merged[:num_classes] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return merged
+
+
 def mask_inactive(logits: tf.Tensor, num_active: tf.Tensor) -> tf.Tensor:
-    """logits float32 [B,N] with every column >= num_active (int scalar) set to -inf: an N-way classifier used as
-    a num_active-way one (those columns get probability 0 and no gradient)."""
+    """logits float32 [B,N] with every column >= num_active (int scalar) set to -inf: an N-way classifier (or the
+    scores against an N-row bank) used as a num_active-way one (those columns get probability 0 and no gradient)."""
     active = tf.range(tf.shape(logits)[-1], dtype=tf.int64) < tf.cast(num_active, tf.int64)
     return tf.where(active, logits, tf.constant(-np.inf, logits.dtype))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from exemplar_tf.data.merging import mask_inactive
+
 
 def softmax_loss(logits, labels):
     """Mean cross-entropy of an N-way softmax.
@@ -20,13 +22,16 @@ def softmax_loss(logits, labels):
     return tf.reduce_mean(per_example)
 
 
-def nonparametric_softmax_loss(v, bank, indices, tau):
+def nonparametric_softmax_loss(v, bank, indices, tau, num_active=None):
     """NPID's exact non-parametric softmax: mean over the batch of -log softmax(bank . v / tau)[index].
 
     v: float [B,D] unit rows; bank: float [N,D] unit rows; indices: int [B] (each example's own row);
-    tau: temperature. Returns float32 scalar.
+    tau: temperature; num_active: int scalar K, after merging classes (data/merging.py) the softmax runs over
+    rows [0, K) only (None: all N). Returns float32 scalar.
     """
     logits = all_scores(tf.cast(v, tf.float32), bank) / tau
+    if num_active is not None:
+        logits = mask_inactive(logits, num_active)
     return softmax_loss(logits, indices)
 
 
@@ -34,7 +39,8 @@ def sample_noise(indices, num_instances, m, seed):
     """Draws m noise instances per example, uniform over the N-1 instances that are not its positive.
 
     Draws u in [0, N-1) and maps u -> u + (u >= positive), a bijection onto [0, N) minus {positive}.
-    indices: int [B]; num_instances: N; m: python int; seed: int32 [2] (stateless RNG).
+    indices: int [B]; num_instances: N (int or int scalar tensor; K after merging classes: rows [0, K));
+    m: python int; seed: int32 [2] (stateless RNG).
     Returns int64 [B,m].
     """
     positives = tf.cast(indices, tf.int64)[:, None]
@@ -117,7 +123,7 @@ def noise_scores(v, bank, noise, scores: str = "auto"):
     return tf.einsum("bd,bmd->bm", v, gather_rows(bank, noise))
 
 
-def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto"):
+def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=None):
     """NPID's NCE loss with uniform noise Pn = 1/N and m noise samples per example.
 
     P(i|v) = exp(w_i . v / tau) / Z. Per example:
@@ -125,13 +131,15 @@ def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto"):
     computed in log space as softplus(log(m Pn) - log P_pos) + sum softplus(log P_noise - log(m Pn)).
     v: float [B,D] unit rows; bank: float [N,D] tensor or variable; indices: int [B]; noise: int [B,m] (or [m],
     shared); tau: temperature; z: scalar normaliser estimate (the caller keeps it, see `update_z`);
-    scores: how per-example noise scores are computed (`uses_dense_scores`; the same loss either way).
+    scores: how per-example noise scores are computed (`uses_dense_scores`; the same loss either way);
+    num_active: int scalar K after merging classes, when only rows [0, K) are in use and the noise is drawn from
+    them: N becomes K in Pn = 1/K and in the Z estimate (None: N, the bank's rows).
     Returns (loss: float32 scalar, batch mean, and z_estimate: float32 scalar = N * mean exp(w_noise . v / tau),
     the Monte-Carlo estimate of Z from this batch's noise, without gradient; it is finite while
     max score / tau + log N < 88, e.g. tau >= 0.02 for N = 1.28M unit rows).
     """
     v = tf.cast(v, tf.float32)
-    num_instances = tf.cast(num_rows(bank), tf.float32)
+    num_instances = tf.cast(num_rows(bank) if num_active is None else num_active, tf.float32)
     num_noise = tf.cast(tf.shape(noise)[-1], tf.float32)
     positive_scores = tf.reduce_sum(v * gather_rows(bank, indices), axis=-1)
     negative_scores = noise_scores(v, bank, noise, scores)

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.choices import BANK_OBJECTIVES, OBJECTIVES
+from exemplar_tf.data import merging
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
 from exemplar_tf.objectives import losses
 from exemplar_tf.objectives.memory_bank import MemoryBank
@@ -44,9 +45,11 @@ class Objective(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, outputs: tf.Tensor, labels: tf.Tensor, bank: MemoryBank | None, z: tf.Variable,
-             noise_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+             noise_seed: tf.Tensor, num_active: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """(the replica's mean loss, NCE's Monte-Carlo Z estimate or 0) for head outputs [B,*] of instances
-        `labels` [B]; `noise_seed` int64 [2] seeds NCE's noise."""
+        `labels` [B]; `noise_seed` int64 [2] seeds NCE's noise. `num_active` (int scalar K, --merge_to): only
+        classifier columns / bank rows [0, K) are in use, the rest are masked (softmax, exact non-parametric
+        softmax) or never drawn (NCE); None: all of them."""
 
 
 class Softmax(Objective):
@@ -58,7 +61,9 @@ class Softmax(Objective):
     def head(self, num_instances: int = 0) -> keras.layers.Layer:
         return SurrogateClassifier(num_instances)
 
-    def loss(self, outputs, labels, bank, z, noise_seed):
+    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
+        if num_active is not None:  # the N-way classifier used as a K-way one after a merge
+            outputs = merging.mask_inactive(outputs, num_active)
         return losses.softmax_loss(outputs, labels), tf.constant(0.0)
 
 
@@ -68,28 +73,36 @@ class NonParametric(Objective):
     name = "nonparametric"
     exports_head = True
 
-    def loss(self, outputs, labels, bank, z, noise_seed):
-        return losses.nonparametric_softmax_loss(outputs, bank.variable, labels, self.tau), tf.constant(0.0)
+    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
+        loss = losses.nonparametric_softmax_loss(outputs, bank.variable, labels, self.tau, num_active)
+        return loss, tf.constant(0.0)
 
 
 class NCE(Objective):
     """NPID's NCE with `nce_m` noise rows per example (or one shared set per batch) and the estimated Z.
 
     It passes the bank variable itself: its gathers read it in place, and only dense scores
-    (`losses.uses_dense_scores`) read it whole, once per step.
+    (`losses.uses_dense_scores`) read it whole, once per step. After a merge into K classes the noise, Pn = 1/K
+    and the Z estimate K * mean exp(noise score / tau) use the K active rows (the N - K others never enter).
     """
 
     name = "nce"
     exports_head = True
     estimates_z = True
 
-    def loss(self, outputs, labels, bank, z, noise_seed):
+    def noise(self, labels, num_rows, noise_seed):
+        """Noise rows, uniform over [0, num_rows) minus the positives `labels` [B]: int64 [B, nce_m] per example,
+        or [nce_m] shared by the batch (--nce_noise). `num_rows`: N, or K after a merge."""
         sample = losses.sample_shared_noise if self.nce_noise == "shared" else losses.sample_noise
-        noise = sample(labels, bank.num_instances, self.nce_m, noise_seed)
-        first_estimate = lambda: tf.cast(bank.num_instances, tf.float32) * tf.reduce_mean(  # noqa: E731
+        return sample(labels, num_rows, self.nce_m, noise_seed)
+
+    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
+        num_rows = bank.num_instances if num_active is None else num_active
+        noise = self.noise(labels, num_rows, noise_seed)
+        first_estimate = lambda: tf.cast(num_rows, tf.float32) * tf.reduce_mean(  # noqa: E731
             tf.exp(tf.stop_gradient(losses.noise_scores(outputs, bank.variable, noise)) / self.tau))
         z_now = tf.cond(z > 0, lambda: tf.identity(z), first_estimate)
-        return losses.nce_loss(outputs, bank.variable, labels, noise, self.tau, z_now)
+        return losses.nce_loss(outputs, bank.variable, labels, noise, self.tau, z_now, num_active=num_active)
 
 
 BY_NAME = {objective.name: objective for objective in (Softmax, NonParametric, NCE)}  # keys: choices.OBJECTIVES

@@ -126,7 +126,8 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> list[str]:
 
 
 def _merge_problems(config: TrainConfig) -> list[str]:
-    """--merge_classes_at / --merge_to: both or neither; fixed exemplar seeds, softmax, one worker."""
+    """--merge_classes_at / --merge_to: both or neither; fixed exemplar seeds, one worker; NCE's noise must fit in
+    the K classes (as it must in the N seeds)."""
     if not config.merge_classes_at and not config.merge_to:
         return []
     if config.merge_classes_at <= 0 or config.merge_to <= 0:
@@ -136,9 +137,12 @@ def _merge_problems(config: TrainConfig) -> list[str]:
     if config.method != "exemplar" or config.seed_sampling != "fixed":
         problems.append("--merge_classes_at merges fixed seed classes: use it with --method=exemplar "
                         "--seed_sampling=fixed")
-    if config.objective != "softmax":
-        problems.append(f"--merge_classes_at needs --objective=softmax (merging bank rows is not built), not "
-                        f"{config.objective}")
+    if config.objective == "nce" and config.nce_m >= config.merge_to:
+        problems.append(f"--nce_m={config.nce_m} must be smaller than --merge_to={config.merge_to} (after the merge "
+                        f"NCE draws its noise from the {config.merge_to} classes)")
+    if config.objective == "nce" and config.nce_noise == "shared" and config.merge_to <= config.batch_size:
+        problems.append(f"--nce_noise=shared draws noise from the classes not in the batch: --merge_to="
+                        f"{config.merge_to} must be larger than --batch_size={config.batch_size}")
     if not config.merge_to < config.num_seeds:
         problems.append(f"--merge_to={config.merge_to} must be smaller than --num_seeds={config.num_seeds}")
     if not config.merge_classes_at < config.steps:

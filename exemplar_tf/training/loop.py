@@ -256,7 +256,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
             if config.proximal_lambda:
                 scalars["proximal_loss"] = float(out["proximal"])
             if state.bank is not None:
-                scalars.update(summaries.bank_statistics(state.bank(), seed=step))
+                scalars.update(summaries.bank_statistics(state.bank_rows_in_use(), seed=step))
             _log_scalars(writer, step, scalars)
             window_start, window_steps = time.perf_counter(), 0
         if knn_reading and config.knn_every and step % config.knn_every == 0 and step < config.steps:
@@ -278,7 +278,7 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
         _log_knn(writer, state.step, reading)
         summaries.write_projector(log_dir, "knn_test_codes", reading.codes, reading.test)
     elif state.bank is not None:
-        summaries.write_projector(log_dir, "bank_rows", state.bank()[:2000].numpy())
+        summaries.write_projector(log_dir, "bank_rows", state.bank_rows_in_use()[:2000].numpy())
     writer.flush()
     try:
         export_dir = _export(config, state, data, config.name)

@@ -53,6 +53,11 @@ class ModelState:
         """Whether the seeds have been merged into fewer classes (`relabel` is no longer the identity)."""
         return self.relabel is not None and int(tf.reduce_max(self.relabel)) < self.relabel.shape[0] - 1
 
+    def bank_rows_in_use(self) -> tf.Tensor:
+        """The memory bank's rows [K,D] that training uses: all N, or the K class rows after a merge."""
+        rows = self.bank()
+        return rows if self.relabel is None else rows[:int(tf.reduce_max(self.relabel)) + 1]
+
     @property
     def step(self) -> int:
         return int(self.optimizer.iterations.numpy())
@@ -109,12 +114,22 @@ def seed_codes(encoder: keras.Model, instances: tf.data.Dataset, batch_size: int
 
 
 def merge_classes(state: ModelState, instances: tf.data.Dataset, k: int, seed: int) -> np.ndarray:
-    """Clusters the seeds into k classes on the current encoder's representation (`merging.merge_labels`),
-    stores the seed -> class map in `state.relabel` and starts class c's classifier column from the mean of its
-    members' columns (`merging.merged_columns`; columns >= k are masked from now on). Returns int64 [N] labels.
-    The optimizer's momentum for the classifier is left as it was (it decays within a few dozen steps)."""
+    """Clusters the seeds into k classes on the current encoder's representation (`merging.merge_labels`) and
+    stores the seed -> class map in `state.relabel`. Returns int64 [N] labels.
+
+    Softmax: class c's classifier column starts from the mean of its members' columns (`merging.merged_columns`;
+    columns >= k are masked from now on); the optimizer's momentum for the classifier is left as it was (it
+    decays within a few dozen steps). Memory bank: row c becomes the normalised mean of its members' current rows
+    (`merging.merged_bank_rows`; rows >= k are inactive from now on) and NCE's Z is reset to "not estimated", so
+    the first batch after the merge estimates it afresh over the k rows (Z sums exp(w . v / tau) over the rows in
+    use: K terms now, not N). The projection head is not touched."""
     labels = merging.merge_labels(seed_codes(state.encoder, instances), k, seed=seed)
     state.relabel.assign(labels)
+    if state.bank is not None:
+        state.bank.bank.assign(merging.merged_bank_rows(state.bank().numpy(), labels))
+        if state.objective.estimates_z:
+            state.z.assign(-1.0)
+        return labels
     for variable in state.head.trainable_variables:  # the SurrogateClassifier's kernel [F,N] and bias [N]
         variable.assign(merging.merged_columns(variable.numpy(), labels))
     return labels
@@ -189,9 +204,10 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     def forward_backward(images, labels, noise_seed, num_classes):
         with tf.GradientTape() as tape:
             outputs = state.head(state.encoder(images, training=True), training=True)
-            if state.relabel is not None:  # the N-way classifier used as a num_classes-way one after a merge
-                outputs = merging.mask_inactive(outputs, num_classes)
-            loss, z_batch = state.objective.loss(outputs, labels, state.bank, state.z, noise_seed)
+            # After a merge only num_classes classifier columns / bank rows are in use (the objective masks or
+            # skips the others); without --merge_to all of them.
+            num_active = num_classes if state.relabel is not None else None
+            loss, z_batch = state.objective.loss(outputs, labels, state.bank, state.z, noise_seed, num_active)
             proximal = tf.constant(0.0)
             if config.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
                 proximal = losses.proximal_loss(outputs, state.bank.variable, labels, config.proximal_lambda)
@@ -212,7 +228,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
         scaled, z_batch, proximal, outputs, grads = forward_backward(_images(state, batch), labels, noise_seed,
                                                                          num_classes)
         state.optimizer.apply_gradients(zip(grads, variables))
-        if state.bank is not None:
+        if state.bank is not None:  # row relabel[seed] after a merge; a class's codes in the batch are averaged
             state.bank.gather_and_update(labels, tf.stop_gradient(outputs))
         if state.objective.estimates_z:
             z_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, z_batch)
