@@ -56,6 +56,34 @@ def test_nonparametric_softmax_loss_matches_numpy(problem):
     np.testing.assert_allclose(got.numpy(), softmax_reference(v @ bank.T / TAU, indices), rtol=1e-5, atol=1e-5)
 
 
+def test_nonparametric_softmax_over_k_active_rows_is_a_k_way_softmax():
+    # v = e0, tau = 1: active rows e0, e1, -e0 score 1, 0, -1; the inactive row e0 (score 1) must not count.
+    v = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    bank = tf.constant([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 0.0]])
+    labels = tf.constant([0, 2])  # second example: v = e1 scores 0, 1, 0 (inactive 0)
+    got = losses.nonparametric_softmax_loss(v, bank, labels, 1.0, num_active=tf.constant(3, tf.int64))
+    first = -np.log(np.e / (np.e + 1 + 1 / np.e))
+    second = -np.log(1 / (1 + np.e + 1))
+    np.testing.assert_allclose(got.numpy(), (first + second) / 2, rtol=1e-6)
+    everything = losses.nonparametric_softmax_loss(v, bank, labels, 1.0)
+    assert float(everything) > float(got)  # the fourth row adds to the denominators without the mask
+
+
+def test_nonparametric_and_nce_losses_over_k_active_rows_equal_those_on_a_k_row_bank(problem):
+    v, bank, indices, noise = problem  # indices and noise < 7 = N; take K = 7 of a 10-row bank
+    padded = np.concatenate([bank, unit_rows(np.random.default_rng(5), 3, D)])
+    k = tf.constant(N, tf.int64)
+    args = (tf.constant(v, tf.float32), tf.constant(indices))
+    np.testing.assert_allclose(
+        losses.nonparametric_softmax_loss(args[0], tf.constant(padded, tf.float32), args[1], TAU, k).numpy(),
+        softmax_reference(v @ bank.T / TAU, indices), rtol=1e-5)
+    loss, z_estimate = losses.nce_loss(args[0], tf.constant(padded, tf.float32), args[1], tf.constant(noise), TAU,
+                                       3.0, num_active=k)
+    want_loss, want_z = nce_reference(v, bank, indices, noise, TAU, 3.0)  # Pn = 1/K and Z = K * mean exp
+    np.testing.assert_allclose(loss.numpy(), want_loss, rtol=1e-5)
+    np.testing.assert_allclose(z_estimate.numpy(), want_z, rtol=1e-5)
+
+
 @pytest.mark.parametrize("z", [3.0, 250.0])
 def test_nce_loss_matches_numpy(problem, z):
     v, bank, indices, noise = problem

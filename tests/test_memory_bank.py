@@ -107,6 +107,31 @@ def test_replicas_stay_identical_and_match_one_device_update(mirrored, rng):
     assert not np.allclose(copies[0], MemoryBank(N, D, seed=3)().numpy())
 
 
+def test_a_row_shared_by_both_replicas_moves_towards_the_mean_of_the_whole_global_batch(mirrored, rng):
+    """After merging classes, examples on different replicas can share a bank row (their class): every copy gets
+    one update with the mean of all of that row's codes in the global batch, as on one device."""
+    with mirrored.scope():
+        bank = MemoryBank(N, D, momentum=ETA, seed=4)
+    before = MemoryBank(N, D, seed=4)().numpy()
+    indices = np.array([3, 1, 3, 3, 6, 1])  # replica 0: 3, 1, 3; replica 1: 3, 6, 1
+    v = unit_rows(rng, 6, D)
+
+    @tf.function
+    def distributed_step(indices, v):
+        def replica_fn():
+            start = tf.distribute.get_replica_context().replica_id_in_sync_group * 3
+            bank.gather_and_update(indices[start:start + 3], v[start:start + 3])
+
+        mirrored.run(replica_fn)
+
+    distributed_step(tf.constant(indices), tf.constant(v))
+    copies = [t.numpy() for t in mirrored.experimental_local_results(bank.bank.value)]
+    np.testing.assert_array_equal(copies[0], copies[1])
+    np.testing.assert_allclose(copies[0], numpy_update(before, indices, v, ETA), atol=1e-6)
+    row = ETA * before[3] + (1 - ETA) * v[[0, 2, 3]].mean(axis=0)
+    np.testing.assert_allclose(copies[0][3], row / np.linalg.norm(row), atol=1e-6)
+
+
 def test_checkpoint_from_mirrored_restores_into_a_plain_bank(mirrored, tmp_path, rng):
     with mirrored.scope():
         bank = MemoryBank(N, D, seed=1)

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy import stats
 
 from exemplar_tf import choices
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
@@ -61,3 +62,56 @@ def test_losses_are_the_pure_functions_on_the_bank_variable():
     shared_noise = losses.sample_shared_noise(labels, N, M, seed)
     want = losses.nce_loss(v, bank(), labels, shared_noise, TAU, 7.0)[0]
     assert float(shared) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_after_a_merge_the_losses_use_only_the_k_active_rows():
+    v, bank, labels, seed = _problem()  # labels 1 and 4 < K = 5 of N = 6 rows
+    k = tf.constant(5, tf.int64)
+    z = tf.Variable(-1.0)
+    logits = tf.constant([[2.0, 0.5, -1.0, 9.0], [0.0, 1.0, 3.0, 9.0]])
+    loss, _ = objective.make("softmax").loss(logits, tf.constant([0, 2], tf.int64), None, z, seed, tf.constant(3))
+    assert float(loss) == pytest.approx(float(losses.softmax_loss(logits[:, :3], tf.constant([0, 2], tf.int64))))
+    loss, _ = objective.make("nonparametric", tau=TAU).loss(v, labels, bank, z, seed, k)
+    assert float(loss) == pytest.approx(float(losses.nonparametric_softmax_loss(v, bank()[:5], labels, TAU)))
+    nce = objective.make("nce", tau=TAU, nce_m=M)
+    noise = losses.sample_noise(labels, 5, M, seed)
+    loss, z_batch = nce.loss(v, labels, bank, z, seed, k)  # Z not estimated yet: 5 * mean exp over the noise
+    first_z = 5 * float(tf.reduce_mean(tf.exp(losses.noise_scores(v, bank()[:5], noise) / TAU)))
+    want_loss, _ = losses.nce_loss(v, bank()[:5], labels, noise, TAU, first_z)
+    assert (float(loss), float(z_batch)) == pytest.approx((float(want_loss), first_z), rel=1e-5)
+
+
+@pytest.mark.parametrize("noise", ["per_example", "shared"])
+def test_after_a_merge_nce_noise_never_hits_an_inactive_row(noise):
+    # N = 30 rows, K = 10 active; positives 0, 3, 3, 7. Over 400 seeds x 64 draws: no noise row >= K, no positive
+    # (per example: its own; shared: any of the batch's), and the allowed rows equally often (chi-square).
+    nce = objective.make("nce", nce_m=64, nce_noise=noise)
+    labels = tf.constant([0, 3, 3, 7], tf.int64)
+    k = tf.constant(10, tf.int64)
+    draws = np.stack([nce.noise(labels, k, tf.constant([s, 1], tf.int64)).numpy() for s in range(400)])
+    assert draws.min() >= 0 and draws.max() < 10
+    rows = [draws[:, b] for b in range(4)] if noise == "per_example" else [draws]
+    excluded = [{0}, {3}, {3}, {7}] if noise == "per_example" else [{0, 3, 7}]
+    for row, positives in zip(rows, excluded):
+        allowed = sorted(set(range(10)) - positives)
+        counts = np.array([np.sum(row == i) for i in allowed])
+        assert counts.sum() == row.size  # nothing outside the allowed rows
+        assert stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_after_a_merge_nce_z_is_k_times_the_mean_and_ignores_inactive_rows():
+    # v = e0; the K = 4 active rows are orthogonal to it (score 0, exp 1) and the 12 inactive ones equal it (score
+    # 1/tau). Z's first estimate is then exactly K: any inactive noise row would add exp(10) to the mean.
+    k, n, m, tau = 4, 16, 50, 0.1
+    bank = MemoryBank(n, 3, seed=0)
+    active = tf.math.l2_normalize(tf.random.stateless_normal([k, 2], [3, 4]), -1)
+    bank.bank.assign(tf.concat([tf.concat([tf.zeros([k, 1]), active], 1), tf.tile([[1.0, 0.0, 0.0]], [n - k, 1])], 0))
+    v = tf.tile([[1.0, 0.0, 0.0]], [8, 1])
+    labels = tf.constant([0, 1, 2, 3, 0, 1, 2, 3], tf.int64)
+    loss, z_batch = objective.make("nce", tau=tau, nce_m=m).loss(v, labels, bank, tf.Variable(-1.0),
+                                                                  tf.constant([0, 9], tf.int64),
+                                                                  tf.constant(k, tf.int64))
+    assert float(z_batch) == pytest.approx(k, rel=1e-6)
+    # Every score is 0 and Z = K, so P = 1/K = Pn and m Pn = m/K: each term is softplus(+-log m).
+    want = np.log1p(m) + m * np.log1p(1 / m)
+    assert float(loss) == pytest.approx(want, rel=1e-5)

@@ -49,6 +49,14 @@ def test_resolved_flagfile_round_trips(tmp_path):
     assert first == second
 
 
+@pytest.mark.parametrize("objective, noise", [("softmax", "per_example"), ("nonparametric", "per_example"),
+                                              ("nce", "per_example"), ("nce", "shared")])
+def test_merging_is_accepted_with_every_objective(objective, noise):
+    config = TrainConfig(run_dir="/tmp/x", objective=objective, batch_norm=True, merge_classes_at=100, merge_to=4000,
+                         nce_m=1024, nce_noise=noise)
+    assert validate(config) is config
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -78,8 +86,11 @@ def test_resolved_flagfile_round_trips(tmp_path):
         (dict(merge_classes_at=100), "--merge_classes_at and --merge_to go together"),
         (dict(merge_classes_at=100, merge_to=8000), "--merge_to=8000 must be smaller than --num_seeds=8000"),
         (dict(merge_classes_at=10000, merge_to=100), "--merge_classes_at=10000 must be smaller than --steps=10000"),
-        (dict(merge_classes_at=100, merge_to=100, objective="nce", batch_norm=True),
-         "--merge_classes_at needs --objective=softmax"),
+        (dict(merge_classes_at=100, merge_to=100, objective="nce", batch_norm=True, nce_m=100),
+         "--nce_m=100 must be smaller than --merge_to=100 (after the merge NCE draws its noise from the 100 classes)"),
+        (dict(merge_classes_at=100, merge_to=100, objective="nce", batch_norm=True, nce_m=50, nce_noise="shared",
+              batch_size=100), "--nce_noise=shared draws noise from the classes not in the batch: --merge_to=100 "
+                               "must be larger than --batch_size=100"),
         (dict(merge_classes_at=100, merge_to=100, seed_sampling="online"), "use it with --method=exemplar "
                                                                           "--seed_sampling=fixed"),
         (dict(merge_classes_at=100, merge_to=100, strategy="multi_worker"),
