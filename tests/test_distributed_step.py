@@ -146,3 +146,35 @@ def test_merged_classes_under_two_replicas_match_one_device(two_cpus):
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], np.arange(NUM_INSTANCES) % 4)
     np.testing.assert_array_equal(copies[1], copies[0])
+
+
+@pytest.mark.parametrize("objective", ["nonparametric", "nce"])
+def test_merged_bank_under_two_replicas_stays_identical_and_writes_only_class_rows(two_cpus, objective):
+    # Seeds merged into 20 classes (seed % 20, and the first batch's 5th seed put in the class of its 1st, so a
+    # class is split over the two replicas): every replica updates row relabel[seed] with the global batch's mean
+    # code per class, so the copies agree and rows >= 20 are never written. The exact softmax has no noise, so
+    # it also follows the one-device run; NCE's noise is seeded per replica, so only its copies are compared.
+    config = _config(objective, merge_classes_at=5, merge_to=20)
+    first = next(_batches())["label"]
+    relabel = np.arange(NUM_INSTANCES) % 20
+    relabel[first[4]] = relabel[first[0]]
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with one_device.scope():
+        initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
+    initial.relabel.assign(relabel)
+    mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)
+    assert all(np.isfinite(mirrored_losses))
+    copies = _local(mirrored.bank.bank, two_cpus)
+    assert len(copies) == 2
+    np.testing.assert_array_equal(copies[0], copies[1])
+    initial_bank = initial.bank.bank.numpy()
+    np.testing.assert_array_equal(copies[0][20:], initial_bank[20:])
+    seen = np.unique(relabel[np.concatenate([b["label"] for b in _batches()])])
+    assert not np.allclose(copies[0][seen], initial_bank[seen])
+    if objective == "nce":
+        z_copies = _local(mirrored.z, two_cpus)
+        assert z_copies[0] == z_copies[1] and z_copies[0] > 0
+        return
+    reference, reference_losses = _train(one_device, config, initial)
+    np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(copies[0], reference.bank.bank.numpy(), atol=1e-5)
