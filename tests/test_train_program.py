@@ -103,6 +103,40 @@ def test_merging_classes_mid_run_is_checkpointed_and_kept_on_resume(tmp_path, ca
     np.testing.assert_array_equal(relabel(8), labels)
 
 
+@pytest.mark.parametrize("objective, merge_to", [("nonparametric", 8), ("nce", 16)])
+def test_merging_with_a_bank_keeps_k_class_rows_through_resume_and_exports(tmp_path, capsys, objective, merge_to):
+    # 64 seeds merged into K classes at step 3 of 6. Exact softmax: a label >= K would meet a masked (-inf) score
+    # and stop the run; both: rows >= K are never written after the merge, and the relabelling and bank survive
+    # the resume to step 8.
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="merge", steps=6, objective=objective, batch_norm=True,
+                         merge_classes_at=3, merge_to=merge_to, export_base=str(tmp_path / "sm"),
+                         **{**TINY, "knn_source": "", "nce_m": 8})
+    result = loop.run(config)
+    assert result.step == 6 and np.isfinite(result.loss)
+    assert f"step 3: merged the 64 seeds into {merge_to} classes" in capsys.readouterr().out
+    checkpoints = tmp_path / "run" / "checkpoints"
+
+    def saved(step, prefix):
+        reader = tf.train.load_checkpoint(str(checkpoints / f"ckpt-{step}"))
+        (name,) = [n for n in reader.get_variable_to_shape_map() if n.startswith(prefix) and "OPTIMIZER" not in n]
+        return reader.get_tensor(name)
+
+    labels, bank = saved(4, "relabel/"), saved(4, "bank/")  # the first checkpoint after the merge
+    assert sorted(set(labels.tolist())) == list(range(merge_to)) and bank.shape == (64, 128)
+    np.testing.assert_allclose(np.linalg.norm(bank[:merge_to], axis=1), 1.0, rtol=1e-5)
+    if objective == "nce":
+        assert saved(4, "z/") > 0  # re-estimated over the K rows after the merge
+    result = loop.run(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
+    assert result.step == 8 and np.isfinite(result.loss)
+    assert "merged the" not in capsys.readouterr().out
+    np.testing.assert_array_equal(saved(8, "relabel/"), labels)
+    for step in (6, 8):
+        later = saved(step, "bank/")
+        np.testing.assert_array_equal(later[merge_to:], bank[merge_to:])
+        assert not np.allclose(later[:merge_to], bank[:merge_to])
+    assert os.path.exists(os.path.join(result.export_dir, "saved_model.pb"))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=40, objective="softmax", lr=1e12,
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **TINY)
