@@ -145,7 +145,7 @@ def sample_crop_boxes(batch_size, height, width, seed: tf.Tensor) -> tf.Tensor:
     high = tf.minimum(tf.sqrt(CROP_AREA_RANGE[1] * height * width / aspect), width / aspect)
     box_height = low + tf.random.stateless_uniform(shape, height_seed) * (high - low)
     fits = (box_height <= height) & (low <= high)
-    first = tf.argmax(tf.cast(fits, tf.int32), axis=1)  # int32  # 0 when none fits
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1)  # 0 when none fits
     chosen = tf.reduce_any(fits, axis=1)
     box_height = tf.where(chosen, tf.gather(box_height, first, batch_dims=1), height)
     box_width = tf.where(chosen, tf.minimum(tf.gather(aspect, first, batch_dims=1) * box_height, width), width)
