@@ -19,7 +19,9 @@ fp16_over_float32 (images/s), nce_over_softmax_step_time and jit_over_no_jit (im
 With --data=<image folder> (the CIFAR-10 JPEG training folder) every objective is also timed at float32 without
 XLA on the real NPID input pipeline (`training.inputs.training_data`: images decoded once into memory, a fresh
 permutation per epoch, NPID's augmentation in `Dataset.map`, sharing the cores with the step), interleaved with
-the synthetic settings, with `"input": "folder"` and the ratio end_to_end_over_synthetic (images/s).
+the synthetic settings, with `"input": "folder"` and the ratio end_to_end_over_synthetic (images/s); and with
+NPID's augmentation batched inside the step instead (`--augment_on=device`: tf.data only gathers the decoded
+uint8 images), `"input": "folder_device"`, with the ratio device_over_host_end_to_end (images/s).
 """
 from __future__ import annotations
 
@@ -72,23 +74,30 @@ def synthetic_batches(num_labels: int) -> tf.data.Dataset:
     return tf.data.Dataset.range(1 << 40).map(lambda i: {"image": images, "label": labels(i)}).prefetch(2)
 
 
-def make_runner(arch, objective, precision, jit_compile, folder=False):
-    """Returns run() -> seconds for one call of --steps steps of this setting's training step; `folder`: on the
-    real input pipeline of --data instead of synthetic batches."""
+INPUTS = ("synthetic", "folder", "folder_device")
+
+
+def make_runner(arch, objective, precision, jit_compile, source="synthetic"):
+    """Returns run() -> seconds for one call of --steps steps of this setting's training step; `source` (INPUTS):
+    synthetic batches, or the real input pipeline of --data with NPID's augmentation on the host (folder) or in
+    the step (folder_device)."""
+    folder = source != "synthetic"
     arch, _, width = arch.partition(":")
     config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, resnet_width=int(width or 64),
                          objective=objective, precision=precision,
                          jit_compile=jit_compile, image_size=FLAGS.input_size, batch_size=FLAGS.batch_size,
                          nce_m=FLAGS.noise, dropout=0.0, batch_norm=True, steps=1 << 30,
+                         augment_on="device" if source == "folder_device" else "host",
                          **({"source": f"folder:{FLAGS.data}", "split": "train"} if folder else {}))
     strategy = tf.distribute.get_strategy()
+    device_augment = None
     if folder:
         data = training_data(config)
-        num_labels, dataset_fn = data.num_instances, data.dataset_fn
+        num_labels, dataset_fn, device_augment = data.num_instances, data.dataset_fn, data.device_augment
     else:
         num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
         dataset_fn = lambda context: synthetic_batches(num_labels)  # noqa: E731
-    state = build_state(config, num_labels, np.full(3, 0.45, np.float32))
+    state = build_state(config, num_labels, np.full(3, 0.45, np.float32), device_augment)
     train_steps = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     steps = tf.constant(FLAGS.steps, tf.int32)
@@ -105,47 +114,50 @@ def make_runner(arch, objective, precision, jit_compile, folder=False):
 
 def benchmark_arch(arch, common):
     """Yields the JSON records for one encoder."""
-    settings = [(*setting, False) for setting in itertools.product(
+    settings = [(*setting, "synthetic") for setting in itertools.product(
         FLAGS.objectives, FLAGS.precisions, [value.lower() == "true" for value in FLAGS.jit_compile])]
     if FLAGS.data:
-        settings += [(objective, "float32", False, True) for objective in FLAGS.objectives]
+        settings += [(objective, "float32", False, source) for source in INPUTS[1:] for objective in FLAGS.objectives]
     runners = {}
     for setting in settings:
-        objective, precision, jit, folder = setting
+        objective, precision, jit, source = setting
         try:
-            runner = make_runner(arch, objective, precision, jit, folder)
+            runner = make_runner(arch, objective, precision, jit, source)
             for _ in range(FLAGS.warmup):
                 runner()
             runners[setting] = runner
         except Exception as error:  # noqa: BLE001 (reported, the other settings go on)
             message = str(error).strip().splitlines()
             yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
-                   "input": "folder" if folder else "synthetic",
-                   "error": f"{type(error).__name__}: {message[0] if message else ''}"[:300]}
+                   "input": source, "error": f"{type(error).__name__}: {message[0] if message else ''}"[:300]}
     times = {setting: [] for setting in runners}
     for _ in range(FLAGS.repeats):
         for setting, runner in runners.items():
             times[setting].append(runner())
     step_s = {setting: statistics.median(values) / FLAGS.steps for setting, values in times.items()}
-    for (objective, precision, jit, folder), seconds in step_s.items():
+    for (objective, precision, jit, source), seconds in step_s.items():
         yield {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit,
-               "input": "folder" if folder else "synthetic",
-               "images_per_s": round(FLAGS.batch_size / seconds, 1), "step_ms": round(1000 * seconds, 1)}
-    for (objective, precision, jit, folder), seconds in step_s.items():
+               "input": source, "images_per_s": round(FLAGS.batch_size / seconds, 1), "step_ms": round(1000 * seconds, 1)}
+    for (objective, precision, jit, source), seconds in step_s.items():
         where = {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": jit}
-        if folder:
-            synthetic = step_s.get((objective, precision, jit, False))
+        if source == "folder":
+            synthetic = step_s.get((objective, precision, jit, "synthetic"))
             if synthetic:
                 yield {**where, "figure": "end_to_end_over_synthetic", "ratio": round(synthetic / seconds, 3)}
             continue
-        base = step_s.get((objective, "float32", jit, False))
+        if source == "folder_device":
+            host = step_s.get((objective, precision, jit, "folder"))
+            if host:
+                yield {**where, "figure": "device_over_host_end_to_end", "ratio": round(host / seconds, 3)}
+            continue
+        base = step_s.get((objective, "float32", jit, "synthetic"))
         if precision != "float32" and base:
             name = {"mixed_bfloat16": "bf16_over_float32", "mixed_float16": "fp16_over_float32"}[precision]
             yield {**where, "figure": name, "ratio": round(base / seconds, 3)}
-        softmax = step_s.get(("softmax", precision, jit, False))
+        softmax = step_s.get(("softmax", precision, jit, "synthetic"))
         if objective == "nce" and softmax:
             yield {**where, "figure": "nce_over_softmax_step_time", "ratio": round(seconds / softmax, 3)}
-        no_jit = step_s.get((objective, precision, False, False))
+        no_jit = step_s.get((objective, precision, False, "synthetic"))
         if jit and no_jit:
             yield {**where, "figure": "jit_over_no_jit", "ratio": round(no_jit / seconds, 3)}
 

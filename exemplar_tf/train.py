@@ -46,7 +46,8 @@ _TRANSFORMS = flags.DEFINE_list("transforms", "translate,scale,rotate,pca_color,
 _FIXED_COPIES = flags.DEFINE_integer("fixed_copies", 0, "K > 0: the paper's fixed pool of K copies per seed; "
                                      "0: transformations drawn afresh every time.")
 _AUGMENT_ON = flags.DEFINE_enum("augment_on", "host", cfg.AUGMENT_ON,
-                                "Run the transformation chain in tf.data (host) or in the training step (device).")
+                                "Run the augmentation (exemplar: sampler + transformation chain; npid: NPID's "
+                                "crop/jitter) in tf.data (host) or batched in the training step (device).")
 _MERGE_CLASSES_AT = flags.DEFINE_integer("merge_classes_at", 0, "Exemplar-CNN (fixed seeds): at this step embed "
                                         "every seed with the current encoder, cluster the seeds into --merge_to "
                                         "classes (spherical k-means) and train on those: a K-way softmax or K "

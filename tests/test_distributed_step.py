@@ -178,3 +178,28 @@ def test_merged_bank_under_two_replicas_stays_identical_and_writes_only_class_ro
     reference, reference_losses = _train(one_device, config, initial)
     np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(copies[0], reference.bank.bank.numpy(), atol=1e-5)
+
+
+def test_npid_device_augmentation_under_two_replicas_keeps_the_banks_equal(two_cpus):
+    # --method=npid --augment_on=device: each replica gets whole uint8 images and its own batch seed and runs
+    # NPID's batched augmentation inside the step.
+    from exemplar_tf.training.inputs import NpidDeviceAugment
+
+    config = _config("nce", method="npid", augment_on="device", image_size=32, batch_norm=True)
+    rng = np.random.default_rng(2)
+    per_replica = GLOBAL_BATCH // 2
+    elements = {"source_image": rng.integers(0, 256, (2 * STEPS, per_replica, 40, 40, 3), dtype=np.uint8),
+                "label": np.stack([rng.choice(NUM_INSTANCES, per_replica, replace=False) for _ in range(2 * STEPS)]),
+                "aug_seed": np.stack([np.zeros(2 * STEPS), np.arange(2 * STEPS)], axis=1).astype(np.int32)}
+    dataset = tf.data.Dataset.from_tensor_slices(elements)
+    with two_cpus.scope():
+        state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32), NpidDeviceAugment(32))
+    initial = _local(state.bank.bank, two_cpus)[0]
+    train_steps = make_train_step(config, two_cpus, state)
+    out = train_steps(iter(two_cpus.distribute_datasets_from_function(lambda context: dataset)), tf.constant(STEPS))
+    assert int(out["steps"]) == STEPS and bool(out["finite"]) and np.isfinite(float(out["loss"]))
+    first, second = _local(state.bank.bank, two_cpus)
+    np.testing.assert_array_equal(first, second)
+    seen = np.isin(np.arange(NUM_INSTANCES), elements["label"])
+    assert np.all(np.abs(first - initial).max(axis=1)[seen] > 0)  # every batch row of both replicas updated
+    np.testing.assert_array_equal(first[~seen], initial[~seen])

@@ -103,6 +103,12 @@ def test_bad_values_are_rejected_with_the_flag_named(change, message):
     assert message in str(error.value)
 
 
+def test_npid_flags_accept_device_side_augmentation():
+    config = _parse("--run_dir=/tmp/x", "--method=npid", "--augment_on=device")
+    assert (config.method, config.augment_on) == ("npid", "device")
+    assert validate(config) is config
+
+
 @pytest.mark.parametrize("method, expected", [
     ("exemplar", dict(arch="small", objective="softmax", lr=0.01, weight_decay=0.004, lr_decay_factor=0.3)),
     ("npid", dict(arch="resnet18", objective="nce", lr=0.03, weight_decay=5e-4, lr_decay_factor=0.1)),

@@ -62,6 +62,16 @@ def test_device_side_augmentation_trains(tmp_path):
     assert result.step == 3 and np.isfinite(result.loss)
 
 
+def test_npid_device_side_augmentation_trains_and_exports(tmp_path):
+    # demo_labelled: 64x64 crops of one size, so a batch of whole images can go to the step.
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="npid_dev", steps=3, augment_on="device",
+                         export_base=str(tmp_path / "sm"), image_size=32, batch_norm=True,
+                         **{**TINY, "method": "npid", "source": "demo_labelled", "knn_source": ""})
+    result = loop.run(config)
+    assert result.step == 3 and np.isfinite(result.loss)
+    assert os.path.exists(os.path.join(result.export_dir, "saved_model.pb"))
+
+
 @pytest.mark.parametrize("augment_on, source", [("host", "demo"), ("device", "demo_labelled")])
 def test_online_seed_sampling_trains_one_class_per_image(tmp_path, augment_on, source):
     # demo: photographs of several sizes (each sampled alone); demo_labelled: 64x64 crops (whole batches, device).

@@ -1,8 +1,10 @@
-"""training.inputs: the NPID instance subset chosen by --max_instances."""
+"""training.inputs: the NPID instance subset chosen by --max_instances, NPID's --augment_on=device batches."""
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
+from exemplar_tf.errors import InputError
 from exemplar_tf.training import inputs
 from exemplar_tf.training.config import TrainConfig
 
@@ -28,3 +30,29 @@ def test_max_instances_spreads_over_classes_and_renumbers_the_bank_rows(tmp_path
     assert data.num_instances == 4
     labels = next(iter(data.dataset_fn(tf.distribute.InputContext(1, 0, 1))))["label"]
     assert set(labels.numpy().tolist()) <= {0, 1, 2, 3}
+
+
+def test_npid_device_batches_carry_whole_uint8_images_and_a_seed_per_batch(tmp_path):
+    _class_sorted_folder(tmp_path)
+    config = TrainConfig(run_dir=str(tmp_path / "run"), source=f"folder:{tmp_path}", method="npid", image_size=24,
+                         batch_size=4, augment_on="device")
+    data = inputs.npid_data(config)
+    batches = data.dataset_fn(tf.distribute.InputContext(1, 0, 1)).take(2)
+    first, second = list(batches.as_numpy_iterator())
+    assert first["source_image"].shape == (4, 40, 40, 3) and first["source_image"].dtype == np.uint8
+    assert first["label"].dtype == np.int64 and first["aug_seed"].dtype == np.int32
+    # Pixel value 10 * instance: each image is its label's.
+    np.testing.assert_array_equal(first["source_image"][:, 0, 0, 0], 10 * first["label"])
+    assert first["aug_seed"].shape == (2,) and not np.array_equal(first["aug_seed"], second["aug_seed"])
+    views = data.device_augment(first)
+    assert views.shape == (4, 24, 24, 3) and views.dtype == tf.float32
+    assert data.preview_images.shape[1:] == (24, 24, 3)  # the preview shows host-augmented views
+
+
+def test_npid_device_augmentation_refuses_images_of_several_sizes(tmp_path):
+    _class_sorted_folder(tmp_path, classes=("a",), size=40)
+    _class_sorted_folder(tmp_path, classes=("b",), size=48)
+    config = TrainConfig(run_dir=str(tmp_path / "run"), source=f"folder:{tmp_path}", method="npid",
+                         augment_on="device")
+    with pytest.raises(InputError, match="--method=npid --augment_on=device needs images of one size"):
+        inputs.npid_data(config)

@@ -9,6 +9,6 @@ ARCHS = EXEMPLAR_ARCHS + RESNET_ARCHS
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies (models.precision)
 OBJECTIVES = ("softmax", "nonparametric", "nce")  # objectives.objective
 BANK_OBJECTIVES = ("nonparametric", "nce")  # the objectives that keep a memory bank
-AUGMENT_ON = ("host", "device")  # where the Exemplar-CNN transformation chain runs (data.surrogate)
+AUGMENT_ON = ("host", "device")  # where the augmentation runs (data.surrogate, augment.npid): tf.data or the step
 # Image files the TensorFlow decoders read (data.sources.folder); the matching benchmark's OpenCV reads more.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

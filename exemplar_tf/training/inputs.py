@@ -6,7 +6,8 @@ npid:     every image of the source is its own instance, with NPID's crop/jitter
 
 All yield per-replica batches `{"image": float32 [b,P,P,3] in [0,1], "label": int64 [b]}` (`label` is the
 surrogate class / bank row); with `--augment_on=device` the exemplar pipelines yield raw windows (fixed) or whole
-images (online) instead and the sampler / chain run inside the training step (`surrogate.DeviceAugment`).
+images (online) instead and the sampler / chain run inside the training step (`surrogate.DeviceAugment`); npid
+yields whole uint8 images and NPID's augmentation runs batched inside the step (`NpidDeviceAugment`).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ class TrainingData:
     num_instances: int  # N: surrogate classes or image instances (bank rows)
     mean_rgb: np.ndarray  # float32 [3], in [0, 1]
     dataset_fn: object  # tf.distribute.InputContext -> per-replica tf.data.Dataset
-    device_augment: surrogate.DeviceAugment | None  # the step's augmentation with --augment_on=device (exemplar)
+    device_augment: Callable[[dict], tf.Tensor] | None  # the step's augmentation with --augment_on=device:
+    #                  surrogate.DeviceAugment (exemplar) or NpidDeviceAugment (npid)
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
     instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
@@ -182,7 +184,21 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class NpidDeviceAugment:
+    """What the training step calls on an npid device batch: {"source_image": uint8 [B,H,W,3], "aug_seed": int32
+    [2]} -> float32 [B,size,size,3] in [0,1] (`npid_augment.npid_augment_batch`)."""
+
+    size: int
+
+    def __call__(self, batch: dict) -> tf.Tensor:
+        return npid_augment.npid_augment_batch(batch["source_image"], self.size, batch["aug_seed"])
+
+
 def npid_data(config: TrainConfig) -> TrainingData:
+    """Every source image is instance i (bank row i). host: per-image `npid_augment` in `Dataset.map`, seeded from a
+    per-pipeline random stream, then batched; device: batches of whole images {"source_image": uint8 [b,H,W,3],
+    "label", "aug_seed": int32 [2] = (pipeline seed, batch number)} for `NpidDeviceAugment` (one image size)."""
     source = _limited_source(config)
     eval_images = percentile_images(config, source)
     mean_rgb = (eval_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
@@ -196,25 +212,40 @@ def npid_data(config: TrainConfig) -> TrainingData:
     decoded = data_instances.in_memory(source)
     if decoded is not None:
         print(f"Decoded the {source.num_examples} training images into memory ({decoded.flat.nbytes / 2**20:.0f} MiB)")
+    if config.augment_on == "device" and not one_size(source, decoded):
+        raise InputError(f"--method=npid --augment_on=device needs images of one size (a batch carries whole "
+                         f"images); --source={config.source} has several: use --augment_on=host")
 
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
         elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
                                                   shard=ctx.input_pipeline_id, decoded=decoded)
-        seeds = tf.data.Dataset.random(seed=config.seed * 1000 + ctx.input_pipeline_id).batch(2)
+        rng_seed = config.seed * 1000 + ctx.input_pipeline_id
+        batch_size = ctx.get_per_replica_batch_size(config.batch_size)
+        if augment_on == "device":
+            run_seed = tf.constant(rng_seed % 2**31, tf.int32)
+
+            def device_batch(batch_number, batch):
+                return {"source_image": tf.cast(batch["image"], tf.uint8), "label": batch["index"],
+                        "aug_seed": tf.stack([run_seed, tf.cast(batch_number, tf.int32)])}
+
+            return (elements.batch(batch_size, drop_remainder=True).enumerate()
+                    .map(device_batch, num_parallel_calls=tf.data.AUTOTUNE)
+                    .prefetch(tf.data.AUTOTUNE))
+        seeds = tf.data.Dataset.random(seed=rng_seed).batch(2)
         return (
             tf.data.Dataset.zip(elements, seeds)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(ctx.get_per_replica_batch_size(config.batch_size), drop_remainder=True)
+            .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE)
         )
 
     preview_ctx = tf.distribute.InputContext(1, 0, 1)
-    preview_images = next(iter(dataset_fn(preview_ctx).unbatch().batch(32)))["image"].numpy()
+    preview_images = next(iter(dataset_fn(preview_ctx, augment_on="host").unbatch().batch(32)))["image"].numpy()
     return TrainingData(
         num_instances=source.num_examples,
         mean_rgb=mean_rgb,
         dataset_fn=dataset_fn,
-        device_augment=None,
+        device_augment=NpidDeviceAugment(config.image_size),
         preview_images=preview_images,
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.image_size),
