@@ -126,11 +126,10 @@ def gray(images) -> tf.Tensor:
     return GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue
 
 
-def valid_energy(levels, patch_size: int) -> tf.Tensor:
-    """float32 [B,h-P+1,w-P+1] for float RGB levels [B,h,w,3] (gray levels 0..255, h, w >= P):
-    lowpass((gray - lowpass(gray))²) + ENERGY_FLOOR at the cells whose patch lies inside the level; element (v, u)
+def valid_energy(luma, patch_size: int) -> tf.Tensor:
+    """float32 [B,h-P+1,w-P+1] for gray levels luma [B,h,w] (0..255, h, w >= P):
+    lowpass((luma - lowpass(luma))²) + ENERGY_FLOOR at the cells whose patch lies inside the level; element (v, u)
     is cell (v + P//2, u + P//2), the patch with top-left pixel (v, u)."""
-    luma = gray(levels)
     radius = lowpass_radius(patch_size)
     half = patch_size // 2
     height, width = tf.shape(luma)[1], tf.shape(luma)[2]
@@ -140,11 +139,11 @@ def valid_energy(levels, patch_size: int) -> tf.Tensor:
 
 
 def energy_map(levels, patch_size: int) -> tf.Tensor:
-    """float32 [B,h,w]: `valid_energy` at cells (y, x) whose patch rows [y - P//2, y - P//2 + P) and columns
-    likewise lie inside the level, 0 elsewhere."""
+    """float32 [B,h,w] for float RGB levels [B,h,w,3]: `valid_energy` of their gray at cells (y, x) whose patch rows
+    [y - P//2, y - P//2 + P) and columns likewise lie inside the level, 0 elsewhere."""
     half = patch_size // 2
-    return tf.pad(valid_energy(levels, patch_size), [[0, 0], [half, patch_size - half - 1],
-                                                     [half, patch_size - half - 1]])
+    return tf.pad(valid_energy(gray(levels), patch_size), [[0, 0], [half, patch_size - half - 1],
+                                                           [half, patch_size - half - 1]])
 
 
 def level_size(height, width, scale: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -153,14 +152,24 @@ def level_size(height, width, scale: float) -> tuple[tf.Tensor, tf.Tensor]:
     return side(height), side(width)
 
 
-def resize_level(images, scale: float) -> tf.Tensor:
-    """float32 [B,h,w,3]: images [B,H,W,3] resized by `scale` (area averaging when shrinking, bilinear when
-    enlarging; `level_size`)."""
+def resize(images, size, scale: float) -> tf.Tensor:
+    """float32 [B,h,w,C]: images [B,H,W,C] resized to size (h, w), as a level of `scale` is (area averaging when
+    shrinking, bilinear when enlarging)."""
     images = tf.cast(images, tf.float32)
     if scale == 1.0:
         return images
-    size = level_size(tf.shape(images)[1], tf.shape(images)[2], scale)
     return tf.image.resize(images, tf.stack(size), method="area" if scale < 1 else "bilinear")
+
+
+def resize_level(images, scale: float) -> tf.Tensor:
+    """float32 [B,h,w,3]: images [B,H,W,3] resized by `scale` (`resize`, `level_size`)."""
+    return resize(images, level_size(tf.shape(images)[1], tf.shape(images)[2], scale), scale)
+
+
+def resize_matrix(size, new_size, scale: float) -> tf.Tensor:
+    """float32 [new_size,size]: `resize` along one axis as a matrix (row i: the weights of output pixel i; resizing
+    is separable, so a level is rows_matrix @ image @ columns_matrixᵀ per channel)."""
+    return resize(tf.eye(size)[None, :, :, None], (new_size, size), scale)[0, :, :, 0]
 
 
 @dataclasses.dataclass
@@ -186,29 +195,38 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
                    scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
     """Draws `count` seed windows in each of images [B,H,W,3] (uint8 or float 0..255, one size), ∝ energy jointly over
     the levels, without replacement within an image (see the module docstring); stateless from `seed` int [2].
-    Needs window_size <= 2 patch_size (`check_sampling`)."""
-    images = tf.convert_to_tensor(images)
+    Needs window_size <= 2 patch_size (`check_sampling`).
+
+    Only the gray levels are computed (matrix products, `resize_matrix`); a window is cut from the source image by
+    the resize weights of its level's rows and columns (`cut_windows`): the same values as cutting it from the
+    resized RGB level (`resize_level`), without resizing the RGB image at every scale."""
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-    log_energies, flat_levels, level_shapes = [], [], []
+    luma = gray(images)
+    log_energies, level_shapes, row_matrices, column_matrices = [], [], [], []
     for scale in scales:
         level_height, level_width = level_size(height, width, scale)
 
-        def level_and_energy(scale=scale):
-            level = resize_level(images, scale)
-            return level, valid_energy(level, patch_size)
+        def energy_and_matrices(scale=scale, level_height=level_height, level_width=level_width):
+            rows, columns = resize_matrix(height, level_height, scale), resize_matrix(width, level_width, scale)
+            level = luma if scale == 1.0 else tf.linalg.matmul(tf.linalg.matmul(rows, luma), columns, transpose_b=True)
+            return valid_energy(level, patch_size), rows, columns
 
         def skipped():
-            return tf.zeros([batch, 0, 0, 3]), tf.zeros([batch, 0, 0])
+            return tf.zeros([batch, 0, 0]), tf.zeros([0, height]), tf.zeros([0, width])
 
         static_sides = images.shape[1:3]
         if static_sides.is_fully_defined():  # known sizes: choose while tracing (no conditional in the graph)
             usable = min(max(1, round(side * scale)) for side in static_sides) >= patch_size
-            level, energy = level_and_energy() if usable else skipped()
+            energy, rows, columns = energy_and_matrices() if usable else skipped()
         else:
-            level, energy = tf.cond(tf.minimum(level_height, level_width) >= patch_size, level_and_energy, skipped)
+            energy, rows, columns = tf.cond(tf.minimum(level_height, level_width) >= patch_size,
+                                            energy_and_matrices, skipped)
         log_energies.append(tf.reshape(tf.math.log(energy), [batch, -1]))
-        level_shapes.append(tf.concat([tf.shape(energy)[1:3], tf.shape(level)[1:3]], axis=0))  # 0 x 0 if unusable
-        flat_levels.append(tf.reshape(level, [batch, -1, 3]))
+        level_shapes.append(tf.concat([tf.shape(energy)[1:3], tf.shape(rows)[:1], tf.shape(columns)[:1]],
+                                      axis=0))  # 0 x 0 if unusable
+        row_matrices.append(rows)
+        column_matrices.append(columns)
     scores = tf.concat(log_energies, axis=1)  # [B,C]
     positions = tf.shape(scores)[1]
     uniform = tf.random.stateless_uniform(tf.shape(scores), seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
@@ -221,17 +239,29 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
     top, left = cell // cells_wide, cell % cells_wide  # the patch's top-left pixel in its level
     level_high, level_wide = tf.gather(shapes[:, 2], level), tf.gather(shapes[:, 3], level)
     offsets = tf.range(window_size) - (window_size - patch_size) // 2
-    rows = reflect_index(top[..., None] + offsets, level_high[..., None])[..., :, None]  # [B,k,S,1]
-    columns = reflect_index(left[..., None] + offsets, level_wide[..., None])[..., None, :]  # [B,k,1,S]
-    pixel_starts = tf.math.cumsum(shapes[:, 2] * shapes[:, 3], exclusive=True)
-    flat_index = tf.gather(pixel_starts, level)[..., None, None] + rows * level_wide[..., None, None] + columns
-    windows = tf.gather(tf.concat(flat_levels, axis=1), flat_index, batch_dims=1)  # [B,k,S,S,3]
+    rows = reflect_index(top[..., None] + offsets, level_high[..., None])  # [B,k,S] level rows
+    columns = reflect_index(left[..., None] + offsets, level_wide[..., None])
+    row_entries = tf.gather(tf.math.cumsum(shapes[:, 2], exclusive=True), level)[..., None] + rows
+    column_entries = tf.gather(tf.math.cumsum(shapes[:, 3], exclusive=True), level)[..., None] + columns
+    windows = cut_windows(images, tf.gather(tf.concat(row_matrices, axis=0), row_entries),
+                          tf.gather(tf.concat(column_matrices, axis=0), column_entries))
     factor_y = tf.cast(level_high, tf.float32) / tf.cast(height, tf.float32)
     factor_x = tf.cast(level_wide, tf.float32) / tf.cast(width, tf.float32)
     centre = patch_size / 2.0  # the patch centre's distance from its top-left edge, in level pixels
     centre_yx = tf.stack([(tf.cast(top, tf.float32) + centre) / factor_y - 0.5,
                           (tf.cast(left, tf.float32) + centre) / factor_x - 0.5], axis=-1)
     return Draws(windows, tf.gather(tf.constant(scales, tf.float32), level), centre_yx, positions)
+
+
+def cut_windows(images, rows, columns) -> tf.Tensor:
+    """float32 [B,k,S,S,3]: windows[b,j] = rows[b,j] @ images[b] @ columns[b,j]ᵀ per channel, for images [B,H,W,3],
+    rows float32 [B,k,S,H] and columns [B,k,S,W] (the resize weights of the window's level rows and columns)."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    count, side = tf.shape(rows)[1], rows.shape[2]
+    cut = tf.linalg.matmul(tf.reshape(rows, [batch, -1, height]), tf.reshape(images, [batch, height, width * 3]))
+    cut = tf.transpose(tf.reshape(cut, [batch, count, side, width, 3]), [0, 1, 2, 4, 3])  # [B,k,S,3,W]
+    cut = tf.linalg.matmul(tf.reshape(cut, [batch, count, side * 3, width]), columns, transpose_b=True)
+    return tf.transpose(tf.reshape(cut, [batch, count, side, 3, side]), [0, 1, 2, 4, 3])
 
 
 # --- the run's fixed seeds -----------------------------------------------------------------------------------------
