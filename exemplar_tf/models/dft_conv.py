@@ -3,9 +3,10 @@
 A 'valid' correlation y[p,q] = sum_{a,b} x[p+a, q+b] w[a,b] of an H x W map equals the circular correlation of
 size H x W on every output position (p + a <= H - 1, so nothing wraps), and the DFT turns that into one
 [B, Cin] x [Cin, Cout] complex matmul per frequency: Y(u,v) = X(u,v) conj(W(u,v)), W the kernel zero-padded
-to H x W. Per output channel pair that is 4 * H * (W//2 + 1) real multiply-adds instead of
-(H-kh+1)(W-kw+1) * kh * kw: the Exemplar-CNN fc (8x8 kernel) on the 24x24 map of a 96 px image needs 15x
-fewer, a 5x5 'same' conv on a 48x48 map 10x fewer.
+to H x W. Per output channel pair that is 3 * H * (W//2 + 1) real multiply-adds (three real matmuls per
+complex one) instead of (H-kh+1)(W-kw+1) * kh * kw: the Exemplar-CNN fc (8x8 kernel) on the 24x24 map of a
+96 px image needs 20x fewer, a 5x5 'same' conv on a 48x48 map 14x fewer (before the transforms, which
+`dft_multiply_adds` counts too).
 
 The transforms themselves are small matmuls with DFT matrices built for the run-time map size (tf.signal's
 batched FFT over the Cin * Cout kernel planes was slower than the conv it replaces). The results equal
@@ -18,11 +19,42 @@ import math
 import tensorflow as tf
 
 
-def dft_cheaper(height, width, kernel_height: int, kernel_width: int) -> tf.Tensor:
-    """bool scalar: the DFT route needs fewer multiply-adds than the direct 'valid' conv of an H x W map."""
+# The DFT route's many small matmuls and transposes reach only a fraction of the direct conv's multiply-add rate
+# (2-core AMD EPYC, medium net at 96 px, batch 64: the 8x8 fc on 24x24 maps ran 4-5x faster for ~16x fewer
+# multiply-adds, the 5x5 'same' convs on 48x48 / 24x24 maps ~1.5x for ~4x / ~7x fewer), so it is taken only
+# where `dft_multiply_adds` is this many times below the direct count, and never on transforms smaller than
+# MIN_DFT_SIDE: there the fixed cost of many tiny matmuls wins (at 32 px the medium net's conv2 and conv3, 20x20
+# and 12x12 transforms at 5.5x / 5.3x fewer multiply-adds, made the features 0.78x as fast).
+DFT_MARGIN = 3
+MIN_DFT_SIDE = 24
+
+
+def dft_multiply_adds(height, width, kernel_height: int, kernel_width: int, cin: int, cout: int, padding: str):
+    """(dft, direct) int64 scalars: real multiply-adds per image of `conv2d_dft` and of the direct stride-1 conv
+    of an H x W x cin map ('same' or 'valid'). The kernel's spectrum, computed once per batch, is left out."""
     height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
-    direct = (height - kernel_height + 1) * (width - kernel_width + 1) * kernel_height * kernel_width
-    return 4 * height * (width // 2 + 1) < direct
+    if padding == "same":
+        out_height, out_width = height, width
+        height, width = height + kernel_height - 1, width + kernel_width - 1
+    else:
+        out_height, out_width = height - kernel_height + 1, width - kernel_width + 1
+    half = width // 2 + 1
+    forward = (2 * half * width * height + 4 * height * height * half) * cin
+    products = 3 * height * half * cin * cout
+    inverse = (4 * out_height * height * half + 2 * out_width * half * out_height) * cout
+    direct = out_height * out_width * kernel_height * kernel_width * cin * cout
+    return forward + products + inverse, direct
+
+
+def dft_pays_off(height, width, kernel_height: int, kernel_width: int, cin: int, cout: int,
+                 padding: str) -> tf.Tensor:
+    """bool scalar: `dft_multiply_adds` of that conv is at least DFT_MARGIN times below the direct count and both
+    sides of its transform are at least MIN_DFT_SIDE."""
+    dft, direct = dft_multiply_adds(height, width, kernel_height, kernel_width, cin, cout, padding)
+    extra = (kernel_height - 1, kernel_width - 1) if padding == "same" else (0, 0)
+    large = tf.logical_and(tf.cast(height, tf.int64) + extra[0] >= MIN_DFT_SIDE,
+                           tf.cast(width, tf.int64) + extra[1] >= MIN_DFT_SIDE)
+    return tf.logical_and(large, DFT_MARGIN * dft <= direct)
 
 
 def _phases(rows, cols, size, sign: float) -> tuple[tf.Tensor, tf.Tensor]:
@@ -80,27 +112,32 @@ def conv2d_valid_dft(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     frequencies = height * (width // 2 + 1)
     planes = tf.reshape(tf.transpose(tf.cast(x, tf.float32), [1, 2, 0, 3]), [height, width, batch * cin])
     image_real, image_imag = _spectrum(planes, height, width, -1.0)
-    # Real and imaginary parts stacked along the batch: [F, 2B, Cin].
-    image = tf.concat([tf.reshape(image_real, [frequencies, batch, cin]),
-                       tf.reshape(image_imag, [frequencies, batch, cin])], 1)
+    image_real = tf.reshape(image_real, [frequencies, batch, cin])
+    image_imag = tf.reshape(image_imag, [frequencies, batch, cin])
     # The conjugate kernel spectrum directly: the opposite sign of the exponent.
     kernel_real, kernel_imag = _spectrum(tf.reshape(tf.cast(kernel, tf.float32), [kh, kw, cin * cout]),
                                          height, width, 1.0)
-    by_real = tf.matmul(image, tf.reshape(kernel_real, [frequencies, cin, cout]))  # [F, 2B, Cout]
-    by_imag = tf.matmul(image, tf.reshape(kernel_imag, [frequencies, cin, cout]))
-    product_real = by_real[:, :batch] - by_imag[:, batch:]
-    product_imag = by_imag[:, :batch] + by_real[:, batch:]
+    kernel_real = tf.reshape(kernel_real, [frequencies, cin, cout])
+    kernel_imag = tf.reshape(kernel_imag, [frequencies, cin, cout])
+    # (a + ib)(c + id) with three real matmuls per frequency: ac - bd, (a + b)(c + d) - ac - bd.
+    real_real = tf.matmul(image_real, kernel_real)  # [F, B, Cout]
+    imag_imag = tf.matmul(image_imag, kernel_imag)
+    summed = tf.matmul(image_real + image_imag, kernel_real + kernel_imag)
+    product_real = real_real - imag_imag
+    product_imag = summed - real_real - imag_imag
     shape = [height, width // 2 + 1, batch * cout]
     y = _inverse(tf.reshape(product_real, shape), tf.reshape(product_imag, shape), height, width,
                  out_height, out_width)  # [out_height, out_width, B*Cout]
     return tf.transpose(tf.reshape(y, [out_height, out_width, batch, cout]), [2, 0, 1, 3])
 
 
-def conv2d_same_dft(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """x float32 [B,H,W,Cin], kernel [kh,kw,Cin,Cout] with odd kh, kw -> [B,H,W,Cout]:
-    tf.nn.conv2d(x, kernel, 1, "SAME") (zero padding (k-1)/2 each side, then `conv2d_valid_dft`)."""
+def conv2d_dft(x: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.Tensor:
+    """x float32 [B,H,W,Cin], kernel [kh,kw,Cin,Cout] -> tf.nn.conv2d(x, kernel, 1, padding.upper()):
+    'valid' is `conv2d_valid_dft`; 'same' (odd kernels only) pads (k-1)/2 zeros on each side first."""
+    if padding == "valid":
+        return conv2d_valid_dft(x, kernel)
     kh, kw = int(kernel.shape[0]), int(kernel.shape[1])
-    if kh % 2 == 0 or kw % 2 == 0:
-        raise ValueError(f"conv2d_same_dft needs an odd kernel, got {kh}x{kw}")
+    if padding != "same" or kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"conv2d_dft supports 'valid', and 'same' with odd kernels; got {padding!r}, {kh}x{kw}")
     padded = tf.pad(x, [[0, 0], [kh // 2, kh // 2], [kw // 2, kw // 2], [0, 0]])
     return conv2d_valid_dft(padded, kernel)
