@@ -10,7 +10,8 @@ complex one) instead of (H-kh+1)(W-kw+1) * kh * kw: the Exemplar-CNN fc (8x8 ker
 
 The transforms themselves are small matmuls with DFT matrices built for the run-time map size (tf.signal's
 batched FFT over the Cin * Cout kernel planes was slower than the conv it replaces). The results equal
-`tf.nn.conv2d` up to float32 round-off (relative error ~1e-6 of the largest output; tests/test_dft_conv.py).
+`tf.nn.conv2d` up to float32 round-off (errors of at most a few 1e-6 of the largest output;
+tests/test_dft_conv.py).
 """
 from __future__ import annotations
 
