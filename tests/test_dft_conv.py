@@ -86,3 +86,23 @@ def test_evaluation_maps_equal_feature_maps_at_96_px_and_are_identical_at_32(bat
     small = images[:, :32, :32]
     for got, want in zip(encoder.evaluation_maps(small), encoder.feature_maps(small)):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_exports_before_and_after_the_dft_read_the_same_features(tmp_path, monkeypatch):
+    from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
+    from exemplar_tf.models.exemplar_cnn import ExemplarCNN
+    from exemplar_tf.serving import export
+
+    assert bool(dft_conv.dft_pays_off(24, 24, 8, 8, 64, 128, "valid"))  # the small net's fc at 96 px
+    tf.keras.utils.set_random_seed(0)
+    encoder = build_encoder("small", input_size=32, mean_rgb=MEAN_RGB)
+    images = np.random.default_rng(6).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    percentiles = export.measure_percentiles(encoder, images)
+    new = export.export_encoder(encoder, export_dir_base=str(tmp_path), name="small", percentiles=percentiles)
+    with monkeypatch.context() as patch:  # the export as written before the DFT: direct convs
+        patch.setattr(ExemplarCNN, "evaluation_maps", lambda self, x: self.feature_maps(x, training=False))
+        old = export.export_encoder(encoder, export_dir_base=str(tmp_path), name="small", percentiles=percentiles)
+    old_reader, new_reader = SavedModelFeatures(old), SavedModelFeatures(new)
+    assert new_reader(images, "features").shape == (3, 4 * (64 + 64 + 128))
+    for key in ("features", "quadrants", "pyramid", "embedding"):
+        _close(new_reader(images, key), old_reader(images, key))
