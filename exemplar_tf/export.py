@@ -9,7 +9,8 @@ mean subtraction is the encoder's first layer):
       (NPID-style models) or the L2-normalised representation (models exported without a head).
       features: Exemplar-CNN evaluation features at the size given (sides below input_size are upsampled):
       every `encoder.feature_maps` layer max-pooled over the stored grid ("quadrants" or "pyramid"), divided by
-      the layer's 99.99th-percentile activation on training data, concatenated.
+      the layer's 99.99th-percentile activation on training data, concatenated (the maps come from
+      `encoder.evaluation_maps`: on large images the Exemplar-CNN's big convs go through DFTs, same values).
   pooled_features -> {"quadrants": [B, 4*sum(C_l)], "pyramid": [B, 21*sum(C_l)]}
       the same evaluation features with both poolings, whatever the stored choice (Caltech-101 uses the
       1+4+16 pyramid, the other protocols quadrants).

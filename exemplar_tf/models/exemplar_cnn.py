@@ -20,6 +20,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from exemplar_tf.models import dft_conv
 from exemplar_tf.models.layers import Encoder, set_layers
 
 # arch -> (conv widths, fc width)
@@ -48,7 +49,8 @@ class ExemplarCNN(Encoder):
     `call(x)` global-max-pools the fc map: at the training size that map is 1x1 (so this is just a flatten);
     on larger images it is the strongest response of the fc filters anywhere in the image.
     Dropout (`dropout`, 0.5 in the paper) acts on that vector when `training=True`. `feature_maps(x)` returns
-    the post-ReLU maps [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout.
+    the post-ReLU maps [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout;
+    `evaluation_maps(x)` the same maps with the large convs computed through DFTs (`models.dft_conv`).
     """
 
     def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
@@ -86,17 +88,41 @@ class ExemplarCNN(Encoder):
             x = getattr(self, self.norm_names[position])(x, training=training)
         return keras.ops.relu(x)
 
-    def feature_maps(self, images, training=False):
-        """images float [B,H,W,3] in [0,1], H,W >= input_size -> [conv1, conv2, (conv3), fc] maps [B,h,w,C]."""
+    def feature_maps(self, images, training=False, dft=False):
+        """images float [B,H,W,3] in [0,1], H,W >= input_size -> [conv1, conv2, (conv3), fc] maps [B,h,w,C].
+        dft=True computes each conv and the fc through `dft_conv.conv2d_dft` where `dft_conv.dft_pays_off` at the
+        run-time map size (equal up to float32 round-off; float32 layers only)."""
+        apply = self._dft_or_direct if dft else (lambda layer, x: layer(x))
         x = self.mean_subtraction(images)
         maps = []
         for position, conv in enumerate(self.convs):
-            x = self._activate(conv(x), position, training)
+            x = self._activate(apply(conv, x), position, training)
             maps.append(x)
             if position < NUM_POOLED_CONVS:
                 x = self.pools[position](x)
-        maps.append(self._activate(self.fc(x), len(self.convs), training))
+        maps.append(self._activate(apply(self.fc, x), len(self.convs), training))
         return maps
+
+    def evaluation_maps(self, images):
+        """`feature_maps(images)` at inference, with the DFT convs: what the export pools into features. At the
+        training size nothing changes (the DFT does not pay off on 32 px maps); at 96 px the fc and conv2/conv3
+        go through the DFT (BUILD_NOTES.md, "Where the time goes")."""
+        return self.feature_maps(images, training=False, dft=True)
+
+    @staticmethod
+    def _dft_or_direct(layer, x):
+        """layer(x) for a stride-1 Conv2D, through the DFT when that pays off at x's run-time size."""
+        if layer.compute_dtype != "float32":
+            return layer(x)
+        kernel_height, kernel_width = layer.kernel_size
+
+        def by_dft():
+            y = dft_conv.conv2d_dft(x, layer.kernel, layer.padding)
+            return y + layer.bias if layer.use_bias else y
+
+        pays_off = dft_conv.dft_pays_off(tf.shape(x)[1], tf.shape(x)[2], kernel_height, kernel_width,
+                                         int(x.shape[-1]), layer.filters, layer.padding)
+        return tf.cond(pays_off, by_dft, lambda: layer(x))
 
     def call(self, images, training=False):
         """images float [B,H,W,3] -> [B, fc width]."""

@@ -54,6 +54,11 @@ class Encoder(keras.Model):
         """Intermediate activations [[B,h,w,C], ...] for any input H,W >= input_size."""
         raise NotImplementedError
 
+    def evaluation_maps(self, images) -> list:
+        """The inference `feature_maps` that exports pool into evaluation features; encoders with a faster
+        equal computation override it (ExemplarCNN: DFT convs on large maps)."""
+        return self.feature_maps(images, training=False)
+
     def weight_decay_multipliers(self) -> dict[str, float]:
         """{variable.path: multiplier} for every trainable variable (see `weight_decay_loss`)."""
         raise NotImplementedError

@@ -57,7 +57,7 @@ def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str
         return tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1)
 
     def maps(images):
-        return encoder.feature_maps(features.at_least_size(images, input_size), training=False)
+        return encoder.evaluation_maps(features.at_least_size(images, input_size))
 
     def as_float(images):
         # Loaded signatures check the dtype but not the shape; without this a 1-channel batch would broadcast
