@@ -8,7 +8,9 @@ Images: `--images` 96×96 crops (STL-10's size) cut from the demo photographs at
 all transforms of the `release_code` preset, batch 128, 32×32 patches:
   fixed:  `surrogate_dataset(..., augment_on="host")` over `--num_seeds` seeds drawn once from the crops;
   online: `online_dataset(..., augment_on="host")` over the crops in shuffled epochs (a fresh energy-weighted
-          patch of the image at every visit, batched sampler).
+          patch of the image at every visit, batched sampler);
+  online_cached: the same batches with the crops' energy scores computed once (`surrogate.energy_cache`, as
+          training does for decoded images of one size), so each visit only draws and cuts its window.
 The training step is the medium Exemplar-CNN + SurrogateClassifier(num_seeds) with softmax loss and SGD (momentum
 0.9) on a fixed batch (no input pipeline). Pipeline and training blocks are interleaved (`--repeats` each, after
 warm-up) so that a busy machine slows them alike; a figure is the median block.
@@ -135,11 +137,14 @@ def main(argv):
                                  num_seeds=FLAGS.num_seeds, patch_size=FLAGS.patch_size, rng_seed=0)
     chain = TransformChain(FLAGS.preset, FLAGS.transforms, surrogate.fit_color_pca(seeds), FLAGS.patch_size)
     crop_tensor = tf.constant(crops)
+    elements = instances.epoch_permutations(len(crops), 0).map(lambda i: {"image": tf.gather(crop_tensor, i),
+                                                                          "index": i})
+    online = dict(batch_size=FLAGS.batch_size, rng_seed=0, window_size=2 * FLAGS.patch_size, one_size=True)
     pipelines = {
         "fixed": surrogate.surrogate_dataset(seeds, chain, batch_size=FLAGS.batch_size, rng_seed=0),
-        "online": surrogate.online_dataset(
-            instances.epoch_permutations(len(crops), 0).map(lambda i: {"image": tf.gather(crop_tensor, i), "index": i}),
-            chain, batch_size=FLAGS.batch_size, rng_seed=0, window_size=2 * FLAGS.patch_size, one_size=True),
+        "online": surrogate.online_dataset(elements, chain, **online),
+        "online_cached": surrogate.online_dataset(
+            elements, chain, energy=surrogate.energy_cache(crops, patch_size=FLAGS.patch_size), **online),
     }
     mean_rgb = seeds.central_patches().reshape(-1, 3).mean(axis=0) / 255.0
     step = softmax_train_step(FLAGS.arch, FLAGS.num_seeds, mean_rgb)

@@ -72,6 +72,19 @@ def test_same_seed_same_windows_eagerly_in_dataset_map_and_in_tf_function(rng):
     assert eager.shape == (3, 2, 32, 32, 3)
 
 
+def test_scores_computed_image_by_image_and_kept_give_the_same_draws(rng):
+    images = rng.integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    seed = tf.constant([2, 7], tf.int64)
+    fresh = patches.sample_windows(images, 3, seed, patch_size=16, window_size=32)
+    parts = [patches.energy_scores(image[None], patch_size=16) for image in images]
+    scores = tf.concat([part[0] for part in parts], axis=0)
+    assert scores.shape == (3, sum((max(1, round(60 * s)) - 15) * (max(1, round(80 * s)) - 15)
+                                   for s in patches.DEFAULT_SCALES))
+    kept = patches.draw_windows(images, scores, parts[0][1], 3, seed, patch_size=16, window_size=32)
+    for name in ("windows", "scale", "centre_yx", "positions"):
+        np.testing.assert_array_equal(getattr(kept, name).numpy(), getattr(fresh, name).numpy())
+
+
 def test_reproducible_from_rng_seed(rng):
     images = [(i, rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)) for i in range(6)]
     first = patches.sample_seeds(images, num_seeds=7, seeds_per_image=2, rng_seed=3)

@@ -155,6 +155,32 @@ def test_online_device_batches_carry_images_that_reproduce_the_host_patches(seed
         np.testing.assert_allclose(in_step(batch), host_batch["image"], atol=1e-5)
 
 
+def test_online_batches_from_an_energy_cache_equal_the_recomputed_ones(seeds, chain):
+    images = np.random.default_rng(6).integers(0, 256, (10, 40, 50, 3), dtype=np.uint8)
+    elements = tf.data.Dataset.from_tensor_slices({"image": images, "index": np.arange(10)}).shuffle(
+        10, seed=1).repeat()
+    cache = surrogate.energy_cache(images, patch_size=P)
+    assert cache.scores.shape[0] == 10
+    kwargs = dict(batch_size=4, rng_seed=3, window_size=2 * P, one_size=True)
+    cached = take(surrogate.online_dataset(elements, chain, energy=cache, **kwargs), 5)
+    recomputed = take(surrogate.online_dataset(elements, chain, **kwargs), 5)
+    for cached_batch, recomputed_batch in zip(cached, recomputed):
+        np.testing.assert_array_equal(cached_batch["label"], recomputed_batch["label"])
+        np.testing.assert_array_equal(cached_batch["image"], recomputed_batch["image"])
+
+
+def test_energy_cache_is_refused_when_too_large_or_not_for_host_batches_of_one_size(seeds, chain):
+    images = np.zeros((3, 40, 50, 3), np.uint8)
+    cells = sum((max(1, round(40 * s)) - P + 1) * (max(1, round(50 * s)) - P + 1) for s in patches.DEFAULT_SCALES)
+    assert surrogate.energy_cache(images, patch_size=P, max_bytes=3 * cells * 4 - 1) is None
+    cache = surrogate.energy_cache(images, patch_size=P, max_bytes=3 * cells * 4)
+    assert cache.scores.shape == (3, cells)
+    for one_size, augment_on in [(False, "host"), (True, "device")]:
+        with pytest.raises(ValueError, match="energy cache"):
+            surrogate.online_dataset(flat_colour_images([(40, 50)]), chain, batch_size=2, rng_seed=0,
+                                     window_size=2 * P, one_size=one_size, augment_on=augment_on, energy=cache)
+
+
 def test_online_on_the_device_needs_one_image_size(seeds, chain):
     with pytest.raises(ValueError, match="needs images of one size"):
         surrogate.online_dataset(flat_colour_images([(40, 50)]), chain, batch_size=2, rng_seed=0, window_size=2 * P,

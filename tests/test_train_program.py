@@ -72,15 +72,19 @@ def test_npid_device_side_augmentation_trains_and_exports(tmp_path):
     assert os.path.exists(os.path.join(result.export_dir, "saved_model.pb"))
 
 
-@pytest.mark.parametrize("augment_on, source", [("host", "demo"), ("device", "demo_labelled")])
-def test_online_seed_sampling_trains_one_class_per_image(tmp_path, augment_on, source):
-    # demo: photographs of several sizes (each sampled alone); demo_labelled: 64x64 crops (whole batches, device).
+@pytest.mark.parametrize("augment_on, source", [("host", "demo"), ("device", "demo_labelled"),
+                                                ("host", "demo_labelled")])
+def test_online_seed_sampling_trains_one_class_per_image(tmp_path, capsys, augment_on, source):
+    # demo: photographs of several sizes (each sampled alone); demo_labelled: 64x64 crops (whole batches; on the
+    # host from energy scores computed once).
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="online", steps=3, objective="softmax",
                          seed_sampling="online", augment_on=augment_on, export_base=str(tmp_path / "sm"),
                          **{**TINY, "source": source, "knn_source": ""})
     result = loop.run(config)
     assert result.step == 3 and np.isfinite(result.loss)
     assert not os.path.exists(tmp_path / "run" / "seeds.npz")  # nothing drawn once
+    cached = "Energy scores of the 600 images kept in memory" in capsys.readouterr().out
+    assert cached == (augment_on == "host" and source == "demo_labelled")
     head = tf.train.load_checkpoint(result.checkpoint_dir)
     classifier = [name for name, shape in head.get_variable_to_shape_map().items() if name.startswith("head/")
                   and len(shape) == 2]

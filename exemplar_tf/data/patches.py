@@ -191,15 +191,22 @@ def reflect_index(index, size) -> tf.Tensor:
     return tf.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def sample_windows(images, count: int, seed, *, patch_size: int, window_size: int,
-                   scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
-    """Draws `count` seed windows in each of images [B,H,W,3] (uint8 or float 0..255, one size), ∝ energy jointly over
-    the levels, without replacement within an image (see the module docstring); stateless from `seed` int [2].
-    Needs window_size <= 2 patch_size (`check_sampling`).
+@dataclasses.dataclass
+class Levels:
+    """Where an image's cells lie, the same for every image of one size: shapes int32 [L,4] (per scale: cells high,
+    wide; level high, wide; all 0 if the level is narrower than a patch), rows float32 [sum of level highs,H] and
+    columns float32 [sum of level wides,W] (the levels' `resize_matrix`es stacked in scale order)."""
 
-    Only the gray levels are computed (matrix products, `resize_matrix`); a window is cut from the source image by
-    the resize weights of its level's rows and columns (`cut_windows`): the same values as cutting it from the
-    resized RGB level (`resize_level`), without resizing the RGB image at every scale."""
+    shapes: tf.Tensor
+    rows: tf.Tensor
+    columns: tf.Tensor
+
+
+def energy_scores(images, *, patch_size: int, scales: Sequence[float] = DEFAULT_SCALES) -> tuple[tf.Tensor, Levels]:
+    """(scores float32 [B,C], levels) for images [B,H,W,3] (uint8 or float 0..255, one size): log `valid_energy`
+    of every cell of every usable level, flattened row-major per level and concatenated in scale order (C cells in
+    all). A pure function of the images: `draw_windows` turns the scores into windows, and scores kept from an
+    earlier call give the same draws as fresh ones."""
     images = tf.cast(tf.convert_to_tensor(images), tf.float32)
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     luma = gray(images)
@@ -227,11 +234,22 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
                                       axis=0))  # 0 x 0 if unusable
         row_matrices.append(rows)
         column_matrices.append(columns)
-    scores = tf.concat(log_energies, axis=1)  # [B,C]
+    levels = Levels(tf.stack(level_shapes), tf.concat(row_matrices, axis=0), tf.concat(column_matrices, axis=0))
+    return tf.concat(log_energies, axis=1), levels
+
+
+def draw_windows(images, scores, levels: Levels, count: int, seed, *, patch_size: int, window_size: int,
+                 scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
+    """Draws `count` windows in each of images [B,H,W,3] (uint8 or float 0..255, one size) from their
+    `energy_scores` (scores float32 [B,C], levels, computed with the same patch_size and scales), ∝ exp(score)
+    without replacement (Gumbel-top-k), stateless from `seed` int [2]; each window is cut from the source image by
+    the resize weights of its level's rows and columns (`cut_windows`)."""
+    images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
     positions = tf.shape(scores)[1]
     uniform = tf.random.stateless_uniform(tf.shape(scores), seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
     _, picks = tf.math.top_k(scores - tf.math.log(-tf.math.log(uniform)), tf.minimum(count, positions))  # [B,k]
-    shapes = tf.stack(level_shapes)  # [levels, 4]: cells high, wide; level high, wide
+    shapes = levels.shapes  # [levels, 4]: cells high, wide; level high, wide
     cell_starts = tf.math.cumsum(shapes[:, 0] * shapes[:, 1], exclusive=True)
     level = tf.reduce_sum(tf.cast(picks[..., None] >= cell_starts[1:], tf.int32), axis=-1)  # [B,k]
     cell = picks - tf.gather(cell_starts, level)
@@ -243,14 +261,27 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
     columns = reflect_index(left[..., None] + offsets, level_wide[..., None])
     row_entries = tf.gather(tf.math.cumsum(shapes[:, 2], exclusive=True), level)[..., None] + rows
     column_entries = tf.gather(tf.math.cumsum(shapes[:, 3], exclusive=True), level)[..., None] + columns
-    windows = cut_windows(images, tf.gather(tf.concat(row_matrices, axis=0), row_entries),
-                          tf.gather(tf.concat(column_matrices, axis=0), column_entries))
+    windows = cut_windows(images, tf.gather(levels.rows, row_entries), tf.gather(levels.columns, column_entries))
     factor_y = tf.cast(level_high, tf.float32) / tf.cast(height, tf.float32)
     factor_x = tf.cast(level_wide, tf.float32) / tf.cast(width, tf.float32)
     centre = patch_size / 2.0  # the patch centre's distance from its top-left edge, in level pixels
     centre_yx = tf.stack([(tf.cast(top, tf.float32) + centre) / factor_y - 0.5,
                           (tf.cast(left, tf.float32) + centre) / factor_x - 0.5], axis=-1)
     return Draws(windows, tf.gather(tf.constant(scales, tf.float32), level), centre_yx, positions)
+
+
+def sample_windows(images, count: int, seed, *, patch_size: int, window_size: int,
+                   scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
+    """Draws `count` seed windows in each of images [B,H,W,3] (uint8 or float 0..255, one size), ∝ energy jointly over
+    the levels, without replacement within an image (see the module docstring); stateless from `seed` int [2].
+    Needs window_size <= 2 patch_size (`check_sampling`). `draw_windows` of `energy_scores`.
+
+    Only the gray levels are computed (matrix products, `resize_matrix`); a window is cut from the source image by
+    the resize weights of its level's rows and columns (`cut_windows`): the same values as cutting it from the
+    resized RGB level (`resize_level`), without resizing the RGB image at every scale."""
+    scores, levels = energy_scores(images, patch_size=patch_size, scales=scales)
+    return draw_windows(images, scores, levels, count, seed, patch_size=patch_size, window_size=window_size,
+                        scales=scales)
 
 
 def cut_windows(images, rows, columns) -> tf.Tensor:

@@ -4,6 +4,9 @@ Two ways to get the patches (`--seed_sampling`):
 - fixed (`surrogate_dataset`, the paper): the run's N seed windows, drawn once (`patches.sample_seeds`) and cached;
 - online (`online_dataset`): every instance is a source image; each visit draws a fresh energy-weighted window of
   the image (`patches.sample_windows`, one per image) and then the chain, and the class / bank row is the image.
+  An image's energy never changes, so when the images are in memory and of one size their `patches.energy_scores`
+  can be computed once (`energy_cache`, if the table fits in ENERGY_CACHE_MAX_BYTES) and only the draw and the cut
+  (`patches.draw_windows`) run at each visit: the same draws from the same seed as computing them every time.
 
 Fixed seeds, online transformations (default): every batch draws fresh transformations from a per-batch seed
 (rng_seed, batch number), so no two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
@@ -19,8 +22,10 @@ not change these pipelines: they keep emitting the seed id, and the training ste
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
@@ -30,6 +35,8 @@ from exemplar_tf.data import patches
 from exemplar_tf.data.patches import Seeds
 
 PCA_MAX_PIXELS = 1_000_000
+ENERGY_CACHE_MAX_BYTES = 1024**3  # float32 scores of all images; 96-px images, 32-px patches: 30 KB each (~35k fit)
+ENERGY_CACHE_BATCH = 256  # images per `patches.energy_scores` call while filling the cache
 
 
 def fit_color_pca(seeds: Seeds, max_pixels: int = PCA_MAX_PIXELS) -> ColorPCA:
@@ -80,20 +87,49 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
             .prefetch(tf.data.AUTOTUNE))
 
 
+@dataclasses.dataclass
+class EnergyCache:
+    """`patches.energy_scores` of N images of one size, computed once: scores float32 [N,C] (row i: the image of
+    index i), levels (the same for every image of that size)."""
+
+    scores: tf.Tensor
+    levels: patches.Levels
+
+
+def energy_cache(images: np.ndarray, *, patch_size: int, scales: Sequence[float] = patches.DEFAULT_SCALES,
+                 max_bytes: int = ENERGY_CACHE_MAX_BYTES) -> EnergyCache | None:
+    """The energy scores of images uint8 [N,H,W,3] (image i has index i), in batches of ENERGY_CACHE_BATCH, or None
+    if the float32 table (N * C * 4 bytes) would need more than `max_bytes`."""
+    levels = patches.energy_scores(images[:1], patch_size=patch_size, scales=scales)[1]
+    cells = int(tf.reduce_sum(levels.shapes[:, 0] * levels.shapes[:, 1]))
+    if len(images) * cells * 4 > max_bytes:
+        return None
+    scores_of = tf.function(lambda batch: patches.energy_scores(batch, patch_size=patch_size, scales=scales)[0])
+    scores = np.concatenate([scores_of(images[start:start + ENERGY_CACHE_BATCH]).numpy()
+                             for start in range(0, len(images), ENERGY_CACHE_BATCH)])
+    return EnergyCache(tf.constant(scores), levels)
+
+
 def online_images(chain: TransformChain, images, seed, *, window_size: int,
-                  scales: Sequence[float] = patches.DEFAULT_SCALES) -> tf.Tensor:
+                  scales: Sequence[float] = patches.DEFAULT_SCALES, energy=None) -> tf.Tensor:
     """float32 [B,P,P,3] in [0,1]: one energy-weighted window drawn in each of images uint8 [B,H,W,3] (one size),
-    then the chain; stateless from seed int [2] (the draw and the chain take their own sub-seeds)."""
+    then the chain; stateless from seed int [2] (the draw and the chain take their own sub-seeds). `energy`: these
+    images' (scores [B,C], levels) from `patches.energy_scores` with the chain's patch size and `scales` (e.g.
+    gathered from an `EnergyCache`), computed here if None; the result is the same either way."""
     draw_seed = tf.random.experimental.stateless_fold_in(seed, 0)
     chain_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    draws = patches.sample_windows(images, 1, draw_seed, patch_size=chain.patch_size, window_size=window_size,
-                                   scales=scales)
+    if energy is None:
+        energy = patches.energy_scores(images, patch_size=chain.patch_size, scales=scales)
+    scores, levels = energy
+    draws = patches.draw_windows(images, scores, levels, 1, draw_seed, patch_size=chain.patch_size,
+                                 window_size=window_size, scales=scales)
     return chain(draws.windows[:, 0] / 255.0, chain_seed)
 
 
 def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_size: int, rng_seed: int,
                    window_size: int, one_size: bool, augment_on: str = "host",
-                   scales: Sequence[float] = patches.DEFAULT_SCALES) -> tf.data.Dataset:
+                   scales: Sequence[float] = patches.DEFAULT_SCALES,
+                   energy: EnergyCache | None = None) -> tf.data.Dataset:
     """Endless batches of online patches from `elements` ({"image": uint8 [H,W,3], "index": int64}, e.g.
     `instances.shuffled_epochs`); label = the image's index.
 
@@ -102,18 +138,24 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
     one_size: every image has the same size, so the sampler runs on whole batches (`online_images`, the same
     function the device runs, from seed (rng_seed, batch number)); otherwise each image is sampled alone, from
     (rng_seed, element number), and the windows are batched before the chain. The device needs one size.
+    energy: the `energy_cache` of the images the elements come from (by index; same patch size and scales), for
+    one_size host batches only: each batch gathers its images' scores instead of recomputing them (same batches).
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
     if augment_on == "device" and not one_size:
         raise ValueError("online sampling on the device needs images of one size (a batch carries whole images)")
+    if energy is not None and (augment_on == "device" or not one_size):
+        raise ValueError("an energy cache serves host batches of images of one size only")
     run_seed = tf.constant(rng_seed % 2**31, tf.int32)
     if one_size:
         def batch_of_images(batch_number, batch):
             seed = tf.stack([run_seed, tf.cast(batch_number, tf.int32)])
             if augment_on == "device":
                 return {"source_image": batch["image"], "label": batch["index"], "aug_seed": seed}
-            return {"image": online_images(chain, batch["image"], seed, window_size=window_size, scales=scales),
+            cached = None if energy is None else (tf.gather(energy.scores, batch["index"]), energy.levels)
+            return {"image": online_images(chain, batch["image"], seed, window_size=window_size, scales=scales,
+                                           energy=cached),
                     "label": batch["index"]}
 
         batches = elements.batch(batch_size, drop_remainder=True).enumerate()

@@ -148,7 +148,8 @@ def one_size(source: sources.Source, decoded: data_instances.DecodedImages | Non
 def online_exemplar_data(config: TrainConfig) -> TrainingData:
     """--seed_sampling=online: N = the source's images; each visit of image i draws a fresh energy-weighted patch of
     it (then the chain), labelled i. Colour PCA and mean RGB come from the percentile images (spread over the
-    source)."""
+    source). Host batches of decoded images of one size draw from energy scores computed once
+    (`surrogate.energy_cache`, when they fit)."""
     source = _limited_source(config)
     if config.objective == "nce" and config.nce_m >= source.num_examples:
         raise InputError(f"--nce_m={config.nce_m} must be smaller than the {source.num_examples} images of "
@@ -163,13 +164,21 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
     if config.augment_on == "device" and not same_size:
         raise InputError(f"--seed_sampling=online --augment_on=device needs images of one size (a batch carries "
                          f"whole images); --source={config.source} has several: use --augment_on=host")
+    energy = None
+    if decoded is not None and same_size and config.augment_on == "host" and source.num_examples:
+        energy = surrogate.energy_cache(decoded.flat.reshape(source.num_examples, *decoded.shapes[0]),
+                                        patch_size=config.patch_size)
+        if energy is not None:
+            print(f"Energy scores of the {source.num_examples} images kept in memory "
+                  f"({energy.scores.shape[1] * source.num_examples * 4 / 2**20:.0f} MiB)")
 
     def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
         elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
                                                   shard=ctx.input_pipeline_id, decoded=decoded)
         return surrogate.online_dataset(elements, chain, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
                                         rng_seed=config.seed * 1000 + ctx.input_pipeline_id, window_size=window_size,
-                                        one_size=same_size, augment_on=augment_on)
+                                        one_size=same_size, augment_on=augment_on,
+                                        energy=energy if augment_on == "host" else None)
 
     preview = dataset_fn(tf.distribute.InputContext(1, 0, 1), augment_on="host")
     return TrainingData(
