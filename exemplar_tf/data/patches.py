@@ -138,14 +138,6 @@ def valid_energy(luma, patch_size: int) -> tf.Tensor:
                    (half, width - patch_size + half + 1)) + ENERGY_FLOOR
 
 
-def energy_map(levels, patch_size: int) -> tf.Tensor:
-    """float32 [B,h,w] for float RGB levels [B,h,w,3]: `valid_energy` of their gray at cells (y, x) whose patch rows
-    [y - P//2, y - P//2 + P) and columns likewise lie inside the level, 0 elsewhere."""
-    half = patch_size // 2
-    return tf.pad(valid_energy(gray(levels), patch_size), [[0, 0], [half, patch_size - half - 1],
-                                                           [half, patch_size - half - 1]])
-
-
 def level_size(height, width, scale: float) -> tuple[tf.Tensor, tf.Tensor]:
     """int32 scalars: a level's size, max(1, round(side * scale)) (round half to even, as Python's round)."""
     side = lambda n: tf.maximum(1, tf.cast(tf.round(tf.cast(n, tf.float64) * scale), tf.int32))  # noqa: E731
@@ -159,11 +151,6 @@ def resize(images, size, scale: float) -> tf.Tensor:
     if scale == 1.0:
         return images
     return tf.image.resize(images, tf.stack(size), method="area" if scale < 1 else "bilinear")
-
-
-def resize_level(images, scale: float) -> tf.Tensor:
-    """float32 [B,h,w,3]: images [B,H,W,3] resized by `scale` (`resize`, `level_size`)."""
-    return resize(images, level_size(tf.shape(images)[1], tf.shape(images)[2], scale), scale)
 
 
 def resize_matrix(size, new_size, scale: float) -> tf.Tensor:
@@ -278,7 +265,7 @@ def sample_windows(images, count: int, seed, *, patch_size: int, window_size: in
 
     Only the gray levels are computed (matrix products, `resize_matrix`); a window is cut from the source image by
     the resize weights of its level's rows and columns (`cut_windows`): the same values as cutting it from the
-    resized RGB level (`resize_level`), without resizing the RGB image at every scale."""
+    RGB level resized by `resize`, without resizing the RGB image at every scale."""
     scores, levels = energy_scores(images, patch_size=patch_size, scales=scales)
     return draw_windows(images, scores, levels, count, seed, patch_size=patch_size, window_size=window_size,
                         scales=scales)
