@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.data import merging
+from exemplar_tf.objectives import losses
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.step import build_state, merge_classes
 
@@ -82,7 +83,7 @@ def test_merged_bank_rows_are_the_normalised_member_means_and_the_rest_stay(rng)
 def test_masked_columns_get_no_probability_and_no_gradient():
     logits = tf.Variable(tf.random.stateless_normal([4, 6], seed=[0, 1]))
     with tf.GradientTape() as tape:
-        masked = merging.mask_inactive(logits, tf.constant(3, tf.int64))
+        masked = losses.mask_inactive(logits, tf.constant(3, tf.int64))
         loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=[0, 1, 2, 1], logits=masked))
     grad = tape.gradient(loss, logits).numpy()
     probabilities = tf.nn.softmax(masked).numpy()
@@ -91,7 +92,7 @@ def test_masked_columns_get_no_probability_and_no_gradient():
     np.testing.assert_array_equal(grad[:, 3:], 0.0)
     np.testing.assert_allclose(probabilities[:, :3], tf.nn.softmax(logits[:, :3]).numpy(), rtol=1e-6)
     assert np.all(grad[:, :3] != 0)
-    jitted = tf.function(merging.mask_inactive, jit_compile=True)(logits, tf.constant(3, tf.int64))
+    jitted = tf.function(losses.mask_inactive, jit_compile=True)(logits, tf.constant(3, tf.int64))
     np.testing.assert_array_equal(jitted.numpy(), masked.numpy())
 
 

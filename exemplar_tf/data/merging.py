@@ -8,16 +8,15 @@ and its average/complete linkage is O(N^2 log N)), and it returns exactly K non-
 
 The training step keeps every seed's label as its seed id in tf.data and maps it through `relabel` (int64 [N]).
 Nothing changes shape: the softmax classifier keeps its N outputs and the ones past the last merged class are
-masked (`mask_inactive`; class c starts from its members' mean column, `merged_columns`). A memory bank keeps its
+masked (`objectives.losses.mask_inactive`; class c starts from its members' mean column, `merged_columns`). A memory bank keeps its
 N rows: row c < K becomes the normalised mean of its members' rows (`merged_bank_rows`) and rows >= K are
-inactive, masked out of the exact non-parametric softmax (`mask_inactive` on the scores) and never drawn as NCE
+inactive, masked out of the exact non-parametric softmax (`objectives.losses.mask_inactive` on the scores) and never drawn as NCE
 noise (noise and NCE's Pn = 1/K, Z = K * mean exp are over [0, K)); the bank update writes row relabel[seed],
 averaging a batch's codes per class (`memory_bank.average_duplicates`).
 """
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 
 def merge_labels(codes: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -64,10 +63,3 @@ def merged_bank_rows(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
     merged = rows.copy()
     merged[:num_classes] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     return merged
-
-
-def mask_inactive(logits: tf.Tensor, num_active: tf.Tensor) -> tf.Tensor:
-    """logits float32 [B,N] with every column >= num_active (int scalar) set to -inf: an N-way classifier (or the
-    scores against an N-row bank) used as a num_active-way one (those columns get probability 0 and no gradient)."""
-    active = tf.range(tf.shape(logits)[-1], dtype=tf.int64) < tf.cast(num_active, tf.int64)
-    return tf.where(active, logits, tf.constant(-np.inf, logits.dtype))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from exemplar_tf.data.merging import mask_inactive
-
 
 def softmax_loss(logits, labels):
     """Mean cross-entropy of an N-way softmax.
@@ -20,6 +18,13 @@ def softmax_loss(logits, labels):
     logits = tf.cast(logits, tf.float32)
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
     return tf.reduce_mean(per_example)
+
+
+def mask_inactive(logits: tf.Tensor, num_active: tf.Tensor) -> tf.Tensor:
+    """logits float32 [B,N] with every column >= num_active (int scalar) set to -inf: an N-way classifier (or the
+    scores against an N-row bank) used as a num_active-way one (those columns get probability 0 and no gradient)."""
+    active = tf.range(tf.shape(logits)[-1], dtype=tf.int64) < tf.cast(num_active, tf.int64)
+    return tf.where(active, logits, tf.constant(float("-inf"), logits.dtype))
 
 
 def nonparametric_softmax_loss(v, bank, indices, tau, num_active=None):

@@ -12,7 +12,6 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.choices import BANK_OBJECTIVES, OBJECTIVES
-from exemplar_tf.data import merging
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
 from exemplar_tf.objectives import losses
 from exemplar_tf.objectives.memory_bank import MemoryBank
@@ -63,7 +62,7 @@ class Softmax(Objective):
 
     def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
         if num_active is not None:  # the N-way classifier used as a K-way one after a merge
-            outputs = merging.mask_inactive(outputs, num_active)
+            outputs = losses.mask_inactive(outputs, num_active)
         return losses.softmax_loss(outputs, labels), tf.constant(0.0)
 
 
