@@ -119,6 +119,20 @@ def test_a_disabled_transform_is_skipped_and_leaves_the_others_unchanged(windows
     np.testing.assert_allclose(hue_only(windows, seed), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", ["paper", "release_code"])  # release_code min-max normalises before S/V
+def test_saturation_value_then_hue_in_one_hsv_round_trip_equals_the_two_ops_in_turn(windows, pca, preset):
+    colour = TransformChain(preset, ["saturation_value", "hue"], pca, P)
+    seed = tf.constant([7, 1])
+    params = colour.sample_params(6, seed)
+    patches = windows[:, 16:48, 16:48]
+    in_turn = ops.hue_shift(ops.saturation_value(
+        patches, params["sv_power"], params["sv_multiplier"], params["sv_offset"],
+        minmax_normalise_first=colour.preset.sv_minmax_normalise), params["hue"])
+    fused = colour(windows, seed).numpy()
+    np.testing.assert_allclose(fused, in_turn, atol=2e-5)
+    assert np.abs(fused - patches).max() > 0.05  # the colours did change
+
+
 def test_geometry_only_is_one_resampling_with_the_drawn_parameters(windows, pca):
     geometry = TransformChain("paper", ["translate", "scale", "rotate"], pca, P)
     params = geometry.sample_params(6, tf.constant([3, 4]))

@@ -47,6 +47,66 @@ def test_flat_image_spreads_seeds_uniformly_over_cells_and_scales():
     assert chi_square < CHI2_CRITICAL_DF10_P001
 
 
+def one_draw_per_row(image: np.ndarray, rows: int, seed, scales=patches.DEFAULT_SCALES) -> patches.Draws:
+    """`rows` independent online draws (`draw_cell`) of one window from image [H,W,3] (its CDF row repeated)."""
+    scores, levels = patches.energy_scores(image[None], patch_size=32, scales=scales)
+    cdf = tf.repeat(patches.cell_cdf(scores), rows, axis=0)
+    picks = patches.draw_cell(cdf, tf.constant(seed))
+    assert picks.shape == (rows, 1)
+    return patches.cut_cells(np.repeat(image[None], rows, axis=0), picks, levels, patch_size=32, window_size=64,
+                             scales=scales)
+
+
+def test_online_draws_follow_energy_into_the_textured_half(rng):
+    draws = one_draw_per_row(half_textured(rng), 2000, [3, 1])
+    assert (draws.centre_yx.numpy()[:, 0, 1] < 128).mean() >= 0.95
+    assert set(np.unique(draws.scale.numpy())) == set(np.float32(patches.DEFAULT_SCALES))
+
+
+def test_online_draws_on_a_flat_image_are_uniform_over_cells_and_scales():
+    draws = one_draw_per_row(np.full((200, 200, 3), 77, np.uint8), 6000, [0, 5], scales=(0.5, 1.0))
+    scale, centre = draws.scale.numpy()[:, 0], draws.centre_yx.numpy()[:, 0]
+    left = np.round(centre[scale == 1.0, 1] - 15.5).astype(int)
+    assert left.min() >= 0 and left.max() <= 168
+    column_ranges = np.array_split(np.arange(169), 10)
+    column_bin = np.concatenate([np.full(len(columns), b) for b, columns in enumerate(column_ranges)])
+    observed = np.concatenate([[np.sum(scale == 0.5)], np.bincount(column_bin[left], minlength=10)])
+    cells_per_bin = np.concatenate([[69 * 69], 169 * np.bincount(column_bin, minlength=10)])
+    expected = 6000 * cells_per_bin / cells_per_bin.sum()
+    assert np.sum((observed - expected) ** 2 / expected) < CHI2_CRITICAL_DF10_P001
+
+
+def test_draw_cell_picks_cells_in_proportion_to_exp_score_and_never_a_zero_one():
+    probabilities = np.array([0.1, 0.0, 0.2, 0.3, 0.4])  # cell 1: probability 0 (its cdf step is empty)
+    scores = tf.constant(np.log(np.maximum(probabilities, 1e-30))[None].repeat(40000, axis=0), tf.float32)
+    picks = patches.draw_cell(patches.cell_cdf(scores), tf.constant([8, 8])).numpy()[:, 0]
+    counts = np.bincount(picks, minlength=5)
+    assert counts[1] == 0 and picks.max() <= 4
+    kept = probabilities > 0
+    expected = 40000 * probabilities[kept]
+    chi_square = np.sum((counts[kept] - expected) ** 2 / expected)
+    assert chi_square < 16.266  # chi-square, 3 degrees of freedom, significance 0.001
+    np.testing.assert_allclose(patches.cell_cdf(scores)[0], np.cumsum(probabilities) / 0.4, rtol=1e-6)
+
+
+def test_only_the_cell_with_all_the_mass_is_drawn():
+    cdf = tf.constant([[0.0, 0.0, 1.0, 1.0]] * 500)  # cells 0, 1 and 3 have probability 0
+    assert set(patches.draw_cell(cdf, tf.constant([1, 2])).numpy()[:, 0]) == {2}
+
+
+def test_online_windows_same_seed_same_window_eagerly_in_dataset_map_and_in_tf_function(rng):
+    images = rng.integers(0, 256, (3, 60, 80, 3), dtype=np.uint8)
+    draw = lambda batch: patches.online_windows(batch, tf.constant([4, 9]), patch_size=16, window_size=32)  # noqa
+    eager = draw(images).numpy()
+    np.testing.assert_array_equal(eager, tf.function(draw)(tf.constant(images)).numpy())
+    np.testing.assert_array_equal(eager, next(iter(tf.data.Dataset.from_tensors(images).map(draw))).numpy())
+    scores, levels = patches.energy_scores(images, patch_size=16)
+    kept = patches.online_windows(images, tf.constant([4, 9]), patch_size=16, window_size=32,
+                                  energy=(patches.cell_cdf(scores), levels))
+    np.testing.assert_array_equal(eager, kept.numpy())
+    assert eager.shape == (3, 32, 32, 3)
+
+
 def tf_energy_map(image: np.ndarray, scale: float, patch_size: int) -> np.ndarray:
     """float32 [h,w]: the sampler's `valid_energy` of the gray level of `scale`, at the cells whose patch lies
     inside the level (0 elsewhere), laid out as the OpenCV oracle's map."""
@@ -89,7 +149,8 @@ def test_scores_computed_image_by_image_and_kept_give_the_same_draws(rng):
     scores = tf.concat([part[0] for part in parts], axis=0)
     assert scores.shape == (3, sum((max(1, round(60 * s)) - 15) * (max(1, round(80 * s)) - 15)
                                    for s in patches.DEFAULT_SCALES))
-    kept = patches.draw_windows(images, scores, parts[0][1], 3, seed, patch_size=16, window_size=32)
+    kept = patches.cut_cells(images, patches.draw_cells(scores, 3, seed), parts[0][1], patch_size=16,
+                             window_size=32)
     for name in ("windows", "scale", "centre_yx", "positions"):
         np.testing.assert_array_equal(getattr(kept, name).numpy(), getattr(fresh, name).numpy())
 

@@ -160,7 +160,7 @@ def test_online_batches_from_an_energy_cache_equal_the_recomputed_ones(seeds, ch
     order = np.concatenate([np.random.default_rng(1).permutation(10), np.arange(10)])  # scores gathered by index
     elements = tf.data.Dataset.from_tensor_slices({"image": images[order], "index": order})
     cache = surrogate.energy_cache(images, patch_size=P)
-    assert cache.scores.shape[0] == 10
+    assert cache.cdf.shape[0] == 10
     kwargs = dict(batch_size=4, rng_seed=3, window_size=2 * P, one_size=True)
     cached = take(surrogate.online_dataset(elements, chain, energy=cache, **kwargs), 5)
     recomputed = take(surrogate.online_dataset(elements, chain, **kwargs), 5)
@@ -174,7 +174,7 @@ def test_energy_cache_is_refused_when_too_large_or_not_for_host_batches_of_one_s
     cells = sum((max(1, round(40 * s)) - P + 1) * (max(1, round(50 * s)) - P + 1) for s in patches.DEFAULT_SCALES)
     assert surrogate.energy_cache(images, patch_size=P, max_bytes=3 * cells * 4 - 1) is None
     cache = surrogate.energy_cache(images, patch_size=P, max_bytes=3 * cells * 4)
-    assert cache.scores.shape == (3, cells)
+    assert cache.cdf.shape == (3, cells)
     for one_size, augment_on in [(False, "host"), (True, "device")]:
         with pytest.raises(ValueError, match="energy cache"):
             surrogate.online_dataset(flat_colour_images([(40, 50)]), chain, batch_size=2, rng_seed=0,

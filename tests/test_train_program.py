@@ -83,7 +83,7 @@ def test_online_seed_sampling_trains_one_class_per_image(tmp_path, capsys, augme
     result = loop.run(config)
     assert result.step == 3 and np.isfinite(result.loss)
     assert not os.path.exists(tmp_path / "run" / "seeds.npz")  # nothing drawn once
-    cached = "Energy scores of the 600 images kept in memory" in capsys.readouterr().out
+    cached = "Energy CDFs of the 600 images kept in memory" in capsys.readouterr().out
     assert cached == (augment_on == "host" and source == "demo_labelled")
     head = tf.train.load_checkpoint(result.checkpoint_dir)
     classifier = [name for name, shape in head.get_variable_to_shape_map().items() if name.startswith("head/")

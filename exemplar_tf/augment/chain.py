@@ -1,5 +1,5 @@
 """The transformation chain: draw each sample's parameters from a preset with stateless RNG, then apply
-geometric (one projective resampling) -> PCA colour -> saturation/value -> hue.
+geometric (one projective resampling) -> PCA colour -> saturation/value -> hue (the last two in one HSV round trip).
 
 The same seed gives the same output eagerly, in `Dataset.map` and inside a `tf.function`. Each transform draws
 from its own sub-seed (`fold_in(seed, position in ALL_TRANSFORMS)`), so enabling or disabling one transform
@@ -103,12 +103,21 @@ class TransformChain:
             images = ops.central_crop(windows, self.patch_size)
         if "pca_color" in self.transforms:
             images = ops.pca_color(images, params["pca_color"], self.pca)
-        if "saturation_value" in self.transforms:
-            images = ops.saturation_value(images, params["sv_power"], params["sv_multiplier"], params["sv_offset"],
-                                          minmax_normalise_first=self.preset.sv_minmax_normalise)
-        if "hue" in self.transforms:
-            images = ops.hue_shift(images, params["hue"])
+        if "saturation_value" in self.transforms or "hue" in self.transforms:
+            images = self._in_hsv(images, params)
         return tf.clip_by_value(images, 0.0, 1.0)
+
+    def _in_hsv(self, images, params: dict[str, tf.Tensor]) -> tf.Tensor:
+        """saturation/value then hue, in one RGB -> HSV -> RGB round trip (the same as `ops.saturation_value`
+        followed by `ops.hue_shift`, to float rounding, without converting twice)."""
+        if "saturation_value" in self.transforms and self.preset.sv_minmax_normalise:
+            images = ops.minmax_normalise(images)
+        hsv = tf.image.rgb_to_hsv(images)
+        if "saturation_value" in self.transforms:
+            hsv = ops.saturation_value_hsv(hsv, params["sv_power"], params["sv_multiplier"], params["sv_offset"])
+        if "hue" in self.transforms:
+            hsv = ops.hue_shift_hsv(hsv, params["hue"])
+        return tf.image.hsv_to_rgb(hsv)
 
     def __call__(self, windows, seed) -> tf.Tensor:
         windows = tf.convert_to_tensor(windows, tf.float32)

@@ -100,15 +100,21 @@ def saturation_value(images, power, multiplier, offset, *, minmax_normalise_firs
     """
     if minmax_normalise_first:
         images = minmax_normalise(images)
-    hsv = tf.image.rgb_to_hsv(images)
-    hue, sat_val = hsv[..., :1], hsv[..., 1:]
-    expand = lambda t: t[:, None, None, :]  # noqa: E731  [B,2] -> [B,1,1,2]
-    changed = tf.clip_by_value(sat_val ** expand(power) * expand(multiplier) + expand(offset), 0.0, 1.0)
-    return tf.image.hsv_to_rgb(tf.concat([hue, changed], axis=-1))
+    return tf.image.hsv_to_rgb(saturation_value_hsv(tf.image.rgb_to_hsv(images), power, multiplier, offset))
 
 
 def hue_shift(images, shift) -> tf.Tensor:
     """[B,H,W,3]: hue moved by shift (float32 [B], in turns of the colour circle), wrapped into [0, 1)."""
-    hsv = tf.image.rgb_to_hsv(images)
-    hue = tf.math.floormod(hsv[..., :1] + shift[:, None, None, None], 1.0)
-    return tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
+    return tf.image.hsv_to_rgb(hue_shift_hsv(tf.image.rgb_to_hsv(images), shift))
+
+
+def saturation_value_hsv(hsv, power, multiplier, offset) -> tf.Tensor:
+    """[B,H,W,3]: `saturation_value` on images already in HSV (hsv [B,H,W,3]), without the conversions."""
+    expand = lambda t: t[:, None, None, :]  # noqa: E731  [B,2] -> [B,1,1,2]
+    changed = tf.clip_by_value(hsv[..., 1:] ** expand(power) * expand(multiplier) + expand(offset), 0.0, 1.0)
+    return tf.concat([hsv[..., :1], changed], axis=-1)
+
+
+def hue_shift_hsv(hsv, shift) -> tf.Tensor:
+    """[B,H,W,3]: `hue_shift` on images already in HSV (hsv [B,H,W,3]), without the conversions."""
+    return tf.concat([tf.math.floormod(hsv[..., :1] + shift[:, None, None, None], 1.0), hsv[..., 1:]], axis=-1)

@@ -7,14 +7,16 @@ and its energy map computed: e = lowpass((gray - lowpass(gray))²), lowpass = Ga
 a patch would leave the level are zeroed; the others get a tiny floor (`ENERGY_FLOOR`) so that a flat image still
 yields seeds, uniformly. A seed is a cell (scale, y, x) drawn with probability ∝ energy over all levels of the image
 jointly, k of them without replacement (Gumbel-top-k: the k largest of log e + Gumbel noise are an exact
-successive draw without replacement ∝ e, and for k = 1 the same distribution as `tf.random.stateless_categorical`).
+successive draw without replacement ∝ e, and for k = 1 the same distribution as `tf.random.stateless_categorical`);
+the online mode's single draw per visit is by inverse CDF instead (`draw_cell`: a binary search in the cumulative
+energies, which an image's energy cache keeps, so a visit costs O(log C) rather than O(C) for C cells).
 Its window (side S = round(patch_size * window_factor)) is cut from the level around the cell by integer offsets
 (no resampling), so the seed patch is the window's central patch_size square; where the window leaves the level it
 is filled by reflection (without repeating the edge pixel, as np.pad's "reflect"). The transformation chain's one
 projective resampling then turns a window into a training patch.
 
 `sample_windows` does this for a batch of same-size images; `sample_seeds` draws a run's fixed seeds with it,
-batching images of one size and mapping batches in parallel.
+batching images of one size and mapping batches in parallel; `online_windows` draws one window per image.
 
 Images for `sample_seeds`: with N seeds and `seeds_per_image` k, ceil(N / k) images are chosen uniformly without
 replacement by `rng_seed` (the last chosen image gives the remainder); energy maps and windows are computed for
@@ -192,8 +194,8 @@ class Levels:
 def energy_scores(images, *, patch_size: int, scales: Sequence[float] = DEFAULT_SCALES) -> tuple[tf.Tensor, Levels]:
     """(scores float32 [B,C], levels) for images [B,H,W,3] (uint8 or float 0..255, one size): log `valid_energy`
     of every cell of every usable level, flattened row-major per level and concatenated in scale order (C cells in
-    all). A pure function of the images: `draw_windows` turns the scores into windows, and scores kept from an
-    earlier call give the same draws as fresh ones."""
+    all). A pure function of the images: `draw_cells` (or `draw_cell` of their `cell_cdf`) and `cut_cells` turn
+    the scores into windows, and scores kept from an earlier call give the same draws as fresh ones."""
     images = tf.cast(tf.convert_to_tensor(images), tf.float32)
     batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
     luma = gray(images)
@@ -225,19 +227,40 @@ def energy_scores(images, *, patch_size: int, scales: Sequence[float] = DEFAULT_
     return tf.concat(log_energies, axis=1), levels
 
 
-def draw_windows(images, scores, levels: Levels, count: int, seed, *, patch_size: int, window_size: int,
-                 scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
-    """Draws `count` windows in each of images [B,H,W,3] (uint8 or float 0..255, one size) from their
-    `energy_scores` (scores float32 [B,C], levels, computed with the same patch_size and scales), ∝ exp(score)
-    without replacement (Gumbel-top-k), stateless from `seed` int [2]; each window is cut from the source image by
-    the resize weights of its level's rows and columns (`cut_windows`)."""
+def draw_cells(scores, count: int, seed) -> tf.Tensor:
+    """int32 [B,k]: k = min(count, C) distinct cells of each image drawn ∝ exp(score) without replacement
+    (Gumbel-top-k), from scores float32 [B,C] (`energy_scores`), stateless from `seed` int [2]. O(C) per draw."""
+    uniform = tf.random.stateless_uniform(tf.shape(scores), seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
+    return tf.math.top_k(scores - tf.math.log(-tf.math.log(uniform)), tf.minimum(count, tf.shape(scores)[1]))[1]
+
+
+def cell_cdf(scores) -> tf.Tensor:
+    """float32 [B,C]: the cumulative sums of exp(score) over each row of scores [B,C] (`energy_scores`), scaled so
+    the row's largest cell is 1; `draw_cell`'s table. Float32 keeps a cell's probability to within about 1e-7 of
+    the row total (a flat cell beside texture, ~1e-7 of it, may be drawn at a rate off by that much)."""
+    return tf.math.cumsum(tf.exp(scores - tf.reduce_max(scores, axis=1, keepdims=True)), axis=1)
+
+
+def draw_cell(cdf, seed) -> tf.Tensor:
+    """int32 [B,1]: one cell of each image drawn ∝ its probability by inverse CDF (a binary search, O(log C) per
+    draw), from cdf float32 [B,C] (`cell_cdf`), stateless from `seed` int [2]. The distribution of
+    `draw_cells(scores, 1, seed)`, not the same draws."""
+    totals = cdf[:, -1:]
+    targets = tf.random.stateless_uniform(tf.shape(totals), seed) * totals  # [B,1] in [0, total)
+    picks = tf.searchsorted(cdf, targets, side="right", out_type=tf.int32)  # first cell with cdf > target
+    return tf.minimum(picks, tf.shape(cdf)[1] - 1)  # a target rounded up to the total
+
+
+def cut_cells(images, picks, levels: Levels, *, patch_size: int, window_size: int,
+              scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
+    """The windows of cells picks int32 [B,k] (indices into the images' `energy_scores` columns, from `draw_cells`
+    or `draw_cell`) of images [B,H,W,3] (uint8 or float 0..255, one size; levels from the same `energy_scores`):
+    each cut from the source image by the resize weights of its level's rows and columns (`cut_windows`)."""
     images = tf.cast(tf.convert_to_tensor(images), tf.float32)
     height, width = tf.shape(images)[1], tf.shape(images)[2]
-    positions = tf.shape(scores)[1]
-    uniform = tf.random.stateless_uniform(tf.shape(scores), seed, minval=np.finfo(np.float32).tiny, maxval=1.0)
-    _, picks = tf.math.top_k(scores - tf.math.log(-tf.math.log(uniform)), tf.minimum(count, positions))  # [B,k]
     shapes = levels.shapes  # [levels, 4]: cells high, wide; level high, wide
-    cell_starts = tf.math.cumsum(shapes[:, 0] * shapes[:, 1], exclusive=True)
+    cell_counts = shapes[:, 0] * shapes[:, 1]
+    cell_starts = tf.math.cumsum(cell_counts, exclusive=True)
     level = tf.reduce_sum(tf.cast(picks[..., None] >= cell_starts[1:], tf.int32), axis=-1)  # [B,k]
     cell = picks - tf.gather(cell_starts, level)
     cells_wide = tf.gather(shapes[:, 1], level)
@@ -254,21 +277,37 @@ def draw_windows(images, scores, levels: Levels, count: int, seed, *, patch_size
     centre = patch_size / 2.0  # the patch centre's distance from its top-left edge, in level pixels
     centre_yx = tf.stack([(tf.cast(top, tf.float32) + centre) / factor_y - 0.5,
                           (tf.cast(left, tf.float32) + centre) / factor_x - 0.5], axis=-1)
-    return Draws(windows, tf.gather(tf.constant(scales, tf.float32), level), centre_yx, positions)
+    return Draws(windows, tf.gather(tf.constant(scales, tf.float32), level), centre_yx,
+                 tf.reduce_sum(cell_counts))
 
 
 def sample_windows(images, count: int, seed, *, patch_size: int, window_size: int,
                    scales: Sequence[float] = DEFAULT_SCALES) -> Draws:
     """Draws `count` seed windows in each of images [B,H,W,3] (uint8 or float 0..255, one size), ∝ energy jointly over
     the levels, without replacement within an image (see the module docstring); stateless from `seed` int [2].
-    Needs window_size <= 2 patch_size (`check_sampling`). `draw_windows` of `energy_scores`.
+    Needs window_size <= 2 patch_size (`check_sampling`). `cut_cells` of `draw_cells` of `energy_scores`.
 
     Only the gray levels are computed (matrix products, `resize_matrix`); a window is cut from the source image by
     the resize weights of its level's rows and columns (`cut_windows`): the same values as cutting it from the
     RGB level resized by `resize`, without resizing the RGB image at every scale."""
     scores, levels = energy_scores(images, patch_size=patch_size, scales=scales)
-    return draw_windows(images, scores, levels, count, seed, patch_size=patch_size, window_size=window_size,
-                        scales=scales)
+    return cut_cells(images, draw_cells(scores, count, seed), levels, patch_size=patch_size, window_size=window_size,
+                     scales=scales)
+
+
+def online_windows(images, seed, *, patch_size: int, window_size: int, scales: Sequence[float] = DEFAULT_SCALES,
+                   energy: tuple[tf.Tensor, Levels] | None = None) -> tf.Tensor:
+    """float32 [B,S,S,3] (0..255): one window per image of images [B,H,W,3] (uint8 or float 0..255, one size),
+    drawn ∝ energy by `draw_cell`, stateless from `seed` int [2]: the online mode's draw at every visit. `energy`:
+    these images' (`cell_cdf` [B,C], levels), e.g. gathered from a table kept since an earlier call; computed here
+    if None, with the same result."""
+    if energy is None:
+        scores, levels = energy_scores(images, patch_size=patch_size, scales=scales)
+        energy = cell_cdf(scores), levels
+    cdf, levels = energy
+    draws = cut_cells(images, draw_cell(cdf, seed), levels, patch_size=patch_size, window_size=window_size,
+                      scales=scales)
+    return draws.windows[:, 0]
 
 
 def cut_windows(images, rows, columns) -> tf.Tensor:

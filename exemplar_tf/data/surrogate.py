@@ -4,9 +4,10 @@ Two ways to get the patches (`--seed_sampling`):
 - fixed (`surrogate_dataset`, the paper): the run's N seed windows, drawn once (`patches.sample_seeds`) and cached;
 - online (`online_dataset`): every instance is a source image; each visit draws a fresh energy-weighted window of
   the image (`patches.sample_windows`, one per image) and then the chain, and the class / bank row is the image.
-  An image's energy never changes, so when the images are in memory and of one size their `patches.energy_scores`
-  can be computed once (`energy_cache`, if the table fits in ENERGY_CACHE_MAX_BYTES) and only the draw and the cut
-  (`patches.draw_windows`) run at each visit: the same draws from the same seed as computing them every time.
+  An image's energy never changes, so when the images are in memory and of one size the cumulative energies of
+  their cells (`patches.cell_cdf` of `patches.energy_scores`) can be computed once (`energy_cache`, if the table
+  fits in ENERGY_CACHE_MAX_BYTES) and only the draw (a binary search) and the cut run at each visit
+  (`patches.online_windows`): the same draws from the same seed as computing them every time.
 
 Fixed seeds, online transformations (default): every batch draws fresh transformations from a per-batch seed
 (rng_seed, batch number), so no two epochs see the same copies. `fixed_copies=K`: the paper's fixed pool, K copies per seed, copy k of seed i
@@ -35,7 +36,7 @@ from exemplar_tf.data import patches
 from exemplar_tf.data.patches import Seeds
 
 PCA_MAX_PIXELS = 1_000_000
-ENERGY_CACHE_MAX_BYTES = 1024**3  # float32 scores of all images; 96-px images, 32-px patches: 30 KB each (~35k fit)
+ENERGY_CACHE_MAX_BYTES = 1024**3  # float32 cell CDFs of all images; 96-px images, 32-px patches: 30 KB each (~35k fit)
 ENERGY_CACHE_BATCH = 256  # images per `patches.energy_scores` call while filling the cache
 
 
@@ -89,41 +90,39 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
 
 @dataclasses.dataclass
 class EnergyCache:
-    """`patches.energy_scores` of N images of one size, computed once: scores float32 [N,C] (row i: the image of
-    index i), levels (the same for every image of that size)."""
+    """The energies of N images of one size, computed once: cdf float32 [N,C] (row i: `patches.cell_cdf` of the
+    `patches.energy_scores` of the image of index i), levels (the same for every image of that size)."""
 
-    scores: tf.Tensor
+    cdf: tf.Tensor
     levels: patches.Levels
 
 
 def energy_cache(images: np.ndarray, *, patch_size: int, scales: Sequence[float] = patches.DEFAULT_SCALES,
                  max_bytes: int = ENERGY_CACHE_MAX_BYTES) -> EnergyCache | None:
-    """The energy scores of images uint8 [N,H,W,3] (image i has index i), in batches of ENERGY_CACHE_BATCH, or None
+    """The cell CDFs of images uint8 [N,H,W,3] (image i has index i), in batches of ENERGY_CACHE_BATCH, or None
     if the float32 table (N * C * 4 bytes) would need more than `max_bytes`."""
     levels = patches.energy_scores(images[:1], patch_size=patch_size, scales=scales)[1]
     cells = int(tf.reduce_sum(levels.shapes[:, 0] * levels.shapes[:, 1]))
     if len(images) * cells * 4 > max_bytes:
         return None
-    scores_of = tf.function(lambda batch: patches.energy_scores(batch, patch_size=patch_size, scales=scales)[0])
-    scores = np.concatenate([scores_of(images[start:start + ENERGY_CACHE_BATCH]).numpy()
-                             for start in range(0, len(images), ENERGY_CACHE_BATCH)])
-    return EnergyCache(tf.constant(scores), levels)
+    cdf_of = tf.function(lambda batch: patches.cell_cdf(
+        patches.energy_scores(batch, patch_size=patch_size, scales=scales)[0]))
+    cdf = np.concatenate([cdf_of(images[start:start + ENERGY_CACHE_BATCH]).numpy()
+                          for start in range(0, len(images), ENERGY_CACHE_BATCH)])
+    return EnergyCache(tf.constant(cdf), levels)
 
 
 def online_images(chain: TransformChain, images, seed, *, window_size: int,
                   scales: Sequence[float] = patches.DEFAULT_SCALES, energy=None) -> tf.Tensor:
-    """float32 [B,P,P,3] in [0,1]: one energy-weighted window drawn in each of images uint8 [B,H,W,3] (one size),
-    then the chain; stateless from seed int [2] (the draw and the chain take their own sub-seeds). `energy`: these
-    images' (scores [B,C], levels) from `patches.energy_scores` with the chain's patch size and `scales` (e.g.
-    gathered from an `EnergyCache`), computed here if None; the result is the same either way."""
+    """float32 [B,P,P,3] in [0,1]: one energy-weighted window drawn in each of images uint8 [B,H,W,3] (one size,
+    `patches.online_windows`), then the chain; stateless from seed int [2] (the draw and the chain take their own
+    sub-seeds). `energy`: these images' (cdf [B,C], levels) with the chain's patch size and `scales` (e.g. gathered
+    from an `EnergyCache`), computed here if None; the result is the same either way."""
     draw_seed = tf.random.experimental.stateless_fold_in(seed, 0)
     chain_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-    if energy is None:
-        energy = patches.energy_scores(images, patch_size=chain.patch_size, scales=scales)
-    scores, levels = energy
-    draws = patches.draw_windows(images, scores, levels, 1, draw_seed, patch_size=chain.patch_size,
-                                 window_size=window_size, scales=scales)
-    return chain(draws.windows[:, 0] / 255.0, chain_seed)
+    windows = patches.online_windows(images, draw_seed, patch_size=chain.patch_size, window_size=window_size,
+                                     scales=scales, energy=energy)
+    return chain(windows / 255.0, chain_seed)
 
 
 def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_size: int, rng_seed: int,
@@ -153,7 +152,7 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
             seed = tf.stack([run_seed, tf.cast(batch_number, tf.int32)])
             if augment_on == "device":
                 return {"source_image": batch["image"], "label": batch["index"], "aug_seed": seed}
-            cached = None if energy is None else (tf.gather(energy.scores, batch["index"]), energy.levels)
+            cached = None if energy is None else (tf.gather(energy.cdf, batch["index"]), energy.levels)
             return {"image": online_images(chain, batch["image"], seed, window_size=window_size, scales=scales,
                                            energy=cached),
                     "label": batch["index"]}
@@ -163,9 +162,9 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
 
     def window(number, element):
         seed = tf.stack([run_seed, tf.cast(number, tf.int32)])
-        draws = patches.sample_windows(element["image"][None], 1, tf.random.experimental.stateless_fold_in(seed, 0),
-                                       patch_size=chain.patch_size, window_size=window_size, scales=scales)
-        return {"window": draws.windows[0, 0], "label": element["index"]}
+        windows = patches.online_windows(element["image"][None], tf.random.experimental.stateless_fold_in(seed, 0),
+                                         patch_size=chain.patch_size, window_size=window_size, scales=scales)
+        return {"window": windows[0], "label": element["index"]}
 
     def transformed(batch_number, batch):
         seed = tf.random.experimental.stateless_fold_in(tf.stack([run_seed, tf.cast(batch_number, tf.int32)]), 1)

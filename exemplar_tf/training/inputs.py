@@ -169,8 +169,8 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
         energy = surrogate.energy_cache(decoded.flat.reshape(source.num_examples, *decoded.shapes[0]),
                                         patch_size=config.patch_size)
         if energy is not None:
-            print(f"Energy scores of the {source.num_examples} images kept in memory "
-                  f"({energy.scores.shape[1] * source.num_examples * 4 / 2**20:.0f} MiB)")
+            print(f"Energy CDFs of the {source.num_examples} images kept in memory "
+                  f"({energy.cdf.shape[1] * source.num_examples * 4 / 2**20:.0f} MiB)")
 
     def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
         elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
