@@ -49,14 +49,19 @@ class ModelState:
         return tf.train.Checkpoint(**parts)
 
     @property
+    def num_classes(self) -> int | None:
+        """K, the classes training uses: N, or fewer after a merge (max of `relabel` + 1); None without `relabel`."""
+        return None if self.relabel is None else int(tf.reduce_max(self.relabel)) + 1
+
+    @property
     def merged(self) -> bool:
         """Whether the seeds have been merged into fewer classes (`relabel` is no longer the identity)."""
-        return self.relabel is not None and int(tf.reduce_max(self.relabel)) < self.relabel.shape[0] - 1
+        return self.relabel is not None and self.num_classes < self.relabel.shape[0]
 
     def bank_rows_in_use(self) -> tf.Tensor:
         """The memory bank's rows [K,D] that training uses: all N, or the K class rows after a merge."""
         rows = self.bank()
-        return rows if self.relabel is None else rows[:int(tf.reduce_max(self.relabel)) + 1]
+        return rows if self.relabel is None else rows[:self.num_classes]
 
     @property
     def step(self) -> int:
