@@ -37,14 +37,19 @@ def test_flat_image_spreads_seeds_uniformly_over_cells_and_scales():
     assert left.min() >= 0 and left.max() <= 168  # never a zeroed border cell
     cells = np.round(centre - 15.5 * np.where(scale == 1.0, 1, 2)[:, None]).astype(int)
     assert len({tuple(c) for c in np.concatenate([cells, scale[:, None].astype(int)], axis=1)}) == 6000  # distinct
-    # Bins: the small level as a whole, then ten column ranges of the large one; expected counts ∝ valid cells.
+    assert flat_image_chi_square(scale, left) < CHI2_CRITICAL_DF10_P001
+
+
+def flat_image_chi_square(scale: np.ndarray, left: np.ndarray) -> float:
+    """Chi-square of draws on the flat 200×200 image at scales (0.5, 1.0) against uniform over its valid cells:
+    bins are the small level as a whole, then ten column ranges of the large one (left: the scale-1 draws' left
+    patch columns); expected counts ∝ valid cells."""
     column_ranges = np.array_split(np.arange(169), 10)
     column_bin = np.concatenate([np.full(len(columns), b) for b, columns in enumerate(column_ranges)])
     observed = np.concatenate([[np.sum(scale == 0.5)], np.bincount(column_bin[left], minlength=10)])
     cells_per_bin = np.concatenate([[69 * 69], 169 * np.bincount(column_bin, minlength=10)])
-    expected = 6000 * cells_per_bin / cells_per_bin.sum()
-    chi_square = np.sum((observed - expected) ** 2 / expected)
-    assert chi_square < CHI2_CRITICAL_DF10_P001
+    expected = len(scale) * cells_per_bin / cells_per_bin.sum()
+    return float(np.sum((observed - expected) ** 2 / expected))
 
 
 def one_draw_per_row(image: np.ndarray, rows: int, seed, scales=patches.DEFAULT_SCALES) -> patches.Draws:
@@ -68,12 +73,7 @@ def test_online_draws_on_a_flat_image_are_uniform_over_cells_and_scales():
     scale, centre = draws.scale.numpy()[:, 0], draws.centre_yx.numpy()[:, 0]
     left = np.round(centre[scale == 1.0, 1] - 15.5).astype(int)
     assert left.min() >= 0 and left.max() <= 168
-    column_ranges = np.array_split(np.arange(169), 10)
-    column_bin = np.concatenate([np.full(len(columns), b) for b, columns in enumerate(column_ranges)])
-    observed = np.concatenate([[np.sum(scale == 0.5)], np.bincount(column_bin[left], minlength=10)])
-    cells_per_bin = np.concatenate([[69 * 69], 169 * np.bincount(column_bin, minlength=10)])
-    expected = 6000 * cells_per_bin / cells_per_bin.sum()
-    assert np.sum((observed - expected) ** 2 / expected) < CHI2_CRITICAL_DF10_P001
+    assert flat_image_chi_square(scale, left) < CHI2_CRITICAL_DF10_P001
 
 
 def test_draw_cell_picks_cells_in_proportion_to_exp_score_and_never_a_zero_one():
