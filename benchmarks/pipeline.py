@@ -9,7 +9,7 @@ all transforms of the `release_code` preset, batch 128, 32×32 patches:
   fixed:  `surrogate_dataset(..., augment_on="host")` over `--num_seeds` seeds drawn once from the crops;
   online: `online_dataset(..., augment_on="host")` over the crops in shuffled epochs (a fresh energy-weighted
           patch of the image at every visit, batched sampler);
-  online_cached: the same batches with the crops' energy scores computed once (`surrogate.energy_cache`, as
+  online_cached: the same batches with the crops' energy CDFs computed once (`surrogate.energy_cache`, as
           training does for decoded images of one size), so each visit only draws and cuts its window.
 The training step is the medium Exemplar-CNN + SurrogateClassifier(num_seeds) with softmax loss and SGD (momentum
 0.9) on a fixed batch (no input pipeline). Pipeline and training blocks are interleaved (`--repeats` each, after

@@ -127,9 +127,10 @@ def plot_curves(names: list[str], path: str) -> None:
     for name in names:
         flags = run_flags(name)
         curve = curves(name)["knn_top1"]
-        axis.plot([step * epochs_per_step(flags) for step, _ in curve], [100 * top1 for _, top1 in curve],
+        images_per_step = int(flags["batch_size"]) / NUM_TRAIN_IMAGES  # comparable across seeds and images
+        axis.plot([step * images_per_step for step, _ in curve], [100 * top1 for _, top1 in curve],
                   marker="o", label=f"{name} ({encoder_name(flags)})")
-    axis.set_xlabel("epochs over the training instances (seeds or images)")
+    axis.set_xlabel("training images seen / 50 000 (epochs of the training set's size)")
     axis.set_ylabel("weighted kNN top-1 (%), monitor subset")
     axis.set_title("CIFAR-10: kNN accuracy during unsupervised training")
     axis.grid(alpha=0.3)

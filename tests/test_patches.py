@@ -52,46 +52,48 @@ def flat_image_chi_square(scale: np.ndarray, left: np.ndarray) -> float:
     return float(np.sum((observed - expected) ** 2 / expected))
 
 
-def one_draw_per_row(image: np.ndarray, rows: int, seed, scales=patches.DEFAULT_SCALES) -> patches.Draws:
-    """`rows` independent online draws (`draw_cell`) of one window from image [H,W,3] (its CDF row repeated)."""
+def online_draws(image: np.ndarray, count: int, seed, scales=patches.DEFAULT_SCALES):
+    """(scale float32 [count], centre_yx float32 [count,2]): `count` independent online draws
+    (`draw_cells_by_cdf`) of a cell of image [H,W,3], located by `locate_cells` (no windows cut)."""
     scores, levels = patches.energy_scores(image[None], patch_size=32, scales=scales)
-    cdf = tf.repeat(patches.cell_cdf(scores), rows, axis=0)
-    picks = patches.draw_cell(cdf, tf.constant(seed))
-    assert picks.shape == (rows, 1)
-    return patches.cut_cells(np.repeat(image[None], rows, axis=0), picks, levels, patch_size=32, window_size=64,
-                             scales=scales)
+    picks = patches.draw_cells_by_cdf(patches.cell_cdf(scores), count, tf.constant(seed))
+    assert picks.shape == (1, count)
+    level, _, _, centre_yx = patches.locate_cells(picks, levels, image.shape[0], image.shape[1], patch_size=32)
+    return np.asarray(scales, np.float32)[level.numpy()[0]], centre_yx.numpy()[0]
 
 
 def test_online_draws_follow_energy_into_the_textured_half(rng):
-    draws = one_draw_per_row(half_textured(rng), 2000, [3, 1])
-    assert (draws.centre_yx.numpy()[:, 0, 1] < 128).mean() >= 0.95
-    assert set(np.unique(draws.scale.numpy())) == set(np.float32(patches.DEFAULT_SCALES))
+    scale, centre = online_draws(half_textured(rng), 2000, [3, 1])
+    assert (centre[:, 1] < 128).mean() >= 0.95
+    assert set(np.unique(scale)) == set(np.float32(patches.DEFAULT_SCALES))
 
 
 def test_online_draws_on_a_flat_image_are_uniform_over_cells_and_scales():
-    draws = one_draw_per_row(np.full((200, 200, 3), 77, np.uint8), 6000, [0, 5], scales=(0.5, 1.0))
-    scale, centre = draws.scale.numpy()[:, 0], draws.centre_yx.numpy()[:, 0]
+    scale, centre = online_draws(np.full((200, 200, 3), 77, np.uint8), 6000, [0, 5], scales=(0.5, 1.0))
     left = np.round(centre[scale == 1.0, 1] - 15.5).astype(int)
     assert left.min() >= 0 and left.max() <= 168
     assert flat_image_chi_square(scale, left) < CHI2_CRITICAL_DF10_P001
 
 
-def test_draw_cell_picks_cells_in_proportion_to_exp_score_and_never_a_zero_one():
+def test_cdf_draws_pick_cells_in_proportion_to_exp_score():
     probabilities = np.array([0.1, 0.0, 0.2, 0.3, 0.4])  # cell 1: probability 0 (its cdf step is empty)
-    scores = tf.constant(np.log(np.maximum(probabilities, 1e-30))[None].repeat(40000, axis=0), tf.float32)
-    picks = patches.draw_cell(patches.cell_cdf(scores), tf.constant([8, 8])).numpy()[:, 0]
+    scores = tf.constant(np.log(np.maximum(probabilities, 1e-30))[None], tf.float32)
+    cdf = patches.cell_cdf(scores)
+    np.testing.assert_allclose(cdf[0], np.cumsum(probabilities) / 0.4, rtol=1e-6)
+    picks = patches.draw_cells_by_cdf(cdf, 40000, tf.constant([8, 8])).numpy()[0]
     counts = np.bincount(picks, minlength=5)
-    assert counts[1] == 0 and picks.max() <= 4
-    kept = probabilities > 0
-    expected = 40000 * probabilities[kept]
-    chi_square = np.sum((counts[kept] - expected) ** 2 / expected)
+    assert counts[1] == 0 and len(counts) == 5
+    expected = 40000 * probabilities[probabilities > 0]
+    chi_square = np.sum((counts[probabilities > 0] - expected) ** 2 / expected)
     assert chi_square < 16.266  # chi-square, 3 degrees of freedom, significance 0.001
-    np.testing.assert_allclose(patches.cell_cdf(scores)[0], np.cumsum(probabilities) / 0.4, rtol=1e-6)
+    assert not np.array_equal(picks, patches.draw_cells_by_cdf(cdf, 40000, tf.constant([8, 9])).numpy()[0])
 
 
-def test_only_the_cell_with_all_the_mass_is_drawn():
-    cdf = tf.constant([[0.0, 0.0, 1.0, 1.0]] * 500)  # cells 0, 1 and 3 have probability 0
-    assert set(patches.draw_cell(cdf, tf.constant([1, 2])).numpy()[:, 0]) == {2}
+def test_cells_with_empty_steps_are_never_chosen_even_at_the_ends_of_the_unit_interval():
+    cdf = tf.constant([[0.0, 0.0, 0.25, 1.0, 1.0]])  # cells 0, 1 and 4 have probability 0
+    largest_uniform = 1 - 2.0**-23  # the largest float32 stateless_uniform returns
+    fractions = tf.constant([[0.0, 0.25 - 1e-7, 0.25, largest_uniform]])
+    np.testing.assert_array_equal(patches.cells_at(cdf, fractions), [[2, 2, 3, 3]])
 
 
 def test_online_windows_same_seed_same_window_eagerly_in_dataset_map_and_in_tf_function(rng):

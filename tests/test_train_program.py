@@ -76,7 +76,7 @@ def test_npid_device_side_augmentation_trains_and_exports(tmp_path):
                                                 ("host", "demo_labelled")])
 def test_online_seed_sampling_trains_one_class_per_image(tmp_path, capsys, augment_on, source):
     # demo: photographs of several sizes (each sampled alone); demo_labelled: 64x64 crops (whole batches; on the
-    # host from energy scores computed once).
+    # host from energy CDFs computed once).
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="online", steps=3, objective="softmax",
                          seed_sampling="online", augment_on=augment_on, export_base=str(tmp_path / "sm"),
                          **{**TINY, "source": source, "knn_source": ""})

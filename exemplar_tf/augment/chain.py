@@ -108,8 +108,8 @@ class TransformChain:
         return tf.clip_by_value(images, 0.0, 1.0)
 
     def _in_hsv(self, images, params: dict[str, tf.Tensor]) -> tf.Tensor:
-        """saturation/value then hue, in one RGB -> HSV -> RGB round trip (the same as `ops.saturation_value`
-        followed by `ops.hue_shift`, to float rounding, without converting twice)."""
+        """saturation/value then hue, in one RGB -> HSV -> RGB round trip (the same, to float rounding, as a round
+        trip for each step: tests/colour_reference.py)."""
         if "saturation_value" in self.transforms and self.preset.sv_minmax_normalise:
             images = ops.minmax_normalise(images)
         hsv = tf.image.rgb_to_hsv(images)

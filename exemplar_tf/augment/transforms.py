@@ -3,8 +3,8 @@
 Images are float32 RGB in [0, 1]. B is the batch, S the seed window side, P the patch side, H×W any size.
 Each function with neutral parameters returns its input (to float rounding):
   geometric: dx = dy = 0, scale = 1, angle = 0 (the central P×P square, exactly)
-  pca_color: factors 1;  saturation_value: power 1, multiplier 1, offset 0 (without min–max normalisation);
-  hue_shift: 0 or 1 (a full turn).
+  pca_color: factors 1;  saturation_value_hsv: power 1, multiplier 1, offset 0;  hue_shift_hsv: 0 or 1 (a full
+  turn). The two HSV steps take and return HSV, so the chain converts RGB -> HSV -> RGB once for both.
 
 `geometric` uses `tf.raw_ops.ImageProjectiveTransformV3`, which has CPU and GPU kernels but no XLA lowering: a
 step that runs the chain on the device must not be `jit_compile`d. The colour ops lower to XLA.
@@ -92,29 +92,16 @@ def minmax_normalise(images) -> tf.Tensor:
     return tf.math.divide_no_nan(images - low, high - low)
 
 
-def saturation_value(images, power, multiplier, offset, *, minmax_normalise_first: bool = False) -> tf.Tensor:
-    """[B,H,W,3]: in HSV, S and V each become clip(x ** power * multiplier + offset, 0, 1).
-
-    power, multiplier, offset: float32 [B,2], column 0 for S, column 1 for V. With `minmax_normalise_first`
-    each image is first stretched to span [0, 1] (the release code's order; see `minmax_normalise`).
-    """
-    if minmax_normalise_first:
-        images = minmax_normalise(images)
-    return tf.image.hsv_to_rgb(saturation_value_hsv(tf.image.rgb_to_hsv(images), power, multiplier, offset))
-
-
-def hue_shift(images, shift) -> tf.Tensor:
-    """[B,H,W,3]: hue moved by shift (float32 [B], in turns of the colour circle), wrapped into [0, 1)."""
-    return tf.image.hsv_to_rgb(hue_shift_hsv(tf.image.rgb_to_hsv(images), shift))
-
-
 def saturation_value_hsv(hsv, power, multiplier, offset) -> tf.Tensor:
-    """[B,H,W,3]: `saturation_value` on images already in HSV (hsv [B,H,W,3]), without the conversions."""
+    """[B,H,W,3]: hsv [B,H,W,3] with S and V each clip(x ** power * multiplier + offset, 0, 1); power, multiplier,
+    offset: float32 [B,2], column 0 for S, column 1 for V. (The release code first stretches each RGB image to
+    span [0, 1], `minmax_normalise`; `TransformChain` does so when the preset asks.)"""
     expand = lambda t: t[:, None, None, :]  # noqa: E731  [B,2] -> [B,1,1,2]
     changed = tf.clip_by_value(hsv[..., 1:] ** expand(power) * expand(multiplier) + expand(offset), 0.0, 1.0)
     return tf.concat([hsv[..., :1], changed], axis=-1)
 
 
 def hue_shift_hsv(hsv, shift) -> tf.Tensor:
-    """[B,H,W,3]: `hue_shift` on images already in HSV (hsv [B,H,W,3]), without the conversions."""
+    """[B,H,W,3]: hsv [B,H,W,3] with the hue moved by shift (float32 [B], in turns of the colour circle), wrapped
+    into [0, 1)."""
     return tf.concat([tf.math.floormod(hsv[..., :1] + shift[:, None, None, None], 1.0), hsv[..., 1:]], axis=-1)

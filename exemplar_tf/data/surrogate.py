@@ -3,7 +3,7 @@
 Two ways to get the patches (`--seed_sampling`):
 - fixed (`surrogate_dataset`, the paper): the run's N seed windows, drawn once (`patches.sample_seeds`) and cached;
 - online (`online_dataset`): every instance is a source image; each visit draws a fresh energy-weighted window of
-  the image (`patches.sample_windows`, one per image) and then the chain, and the class / bank row is the image.
+  the image (`patches.online_windows`) and then the chain, and the class / bank row is the image.
   An image's energy never changes, so when the images are in memory and of one size the cumulative energies of
   their cells (`patches.cell_cdf` of `patches.energy_scores`) can be computed once (`energy_cache`, if the table
   fits in ENERGY_CACHE_MAX_BYTES) and only the draw (a binary search) and the cut run at each visit
@@ -107,8 +107,9 @@ def energy_cache(images: np.ndarray, *, patch_size: int, scales: Sequence[float]
         return None
     cdf_of = tf.function(lambda batch: patches.cell_cdf(
         patches.energy_scores(batch, patch_size=patch_size, scales=scales)[0]))
-    cdf = np.concatenate([cdf_of(images[start:start + ENERGY_CACHE_BATCH]).numpy()
-                          for start in range(0, len(images), ENERGY_CACHE_BATCH)])
+    with tf.device("/CPU:0"):  # the kernels the host pipeline's own recomputation would run: the same draws
+        cdf = np.concatenate([cdf_of(images[start:start + ENERGY_CACHE_BATCH]).numpy()
+                              for start in range(0, len(images), ENERGY_CACHE_BATCH)])
     return EnergyCache(tf.constant(cdf), levels)
 
 
@@ -138,7 +139,7 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
     function the device runs, from seed (rng_seed, batch number)); otherwise each image is sampled alone, from
     (rng_seed, element number), and the windows are batched before the chain. The device needs one size.
     energy: the `energy_cache` of the images the elements come from (by index; same patch size and scales), for
-    one_size host batches only: each batch gathers its images' scores instead of recomputing them (same batches).
+    one_size host batches only: each batch gathers its images' CDF rows instead of recomputing them (same batches).
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")

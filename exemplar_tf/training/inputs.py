@@ -148,7 +148,7 @@ def one_size(source: sources.Source, decoded: data_instances.DecodedImages | Non
 def online_exemplar_data(config: TrainConfig) -> TrainingData:
     """--seed_sampling=online: N = the source's images; each visit of image i draws a fresh energy-weighted patch of
     it (then the chain), labelled i. Colour PCA and mean RGB come from the percentile images (spread over the
-    source). Host batches of decoded images of one size draw from energy scores computed once
+    source). Host batches of decoded images of one size draw from energy CDFs computed once
     (`surrogate.energy_cache`, when they fit)."""
     source = _limited_source(config)
     if config.objective == "nce" and config.nce_m >= source.num_examples:

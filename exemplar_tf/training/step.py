@@ -50,7 +50,8 @@ class ModelState:
 
     @property
     def num_classes(self) -> int | None:
-        """K, the classes training uses: N, or fewer after a merge (max of `relabel` + 1); None without `relabel`."""
+        """K, the classes training uses: N, or fewer after a merge (max of `relabel` + 1); None without `relabel`.
+        Eager only (a Python int); the compiled step reads the same max from the variable itself."""
         return None if self.relabel is None else int(tf.reduce_max(self.relabel)) + 1
 
     @property
