@@ -312,9 +312,8 @@ def online_windows(images, seed, *, patch_size: int, window_size: int, scales: S
                    energy: tuple[tf.Tensor, Levels] | None = None) -> tf.Tensor:
     """float32 [B,S,S,3] (0..255): one window per image of images [B,H,W,3] (uint8 or float 0..255, one size),
     drawn ∝ energy by `draw_cells_by_cdf`, stateless from `seed` int [2]: the online mode's draw at every visit.
-    `energy`:
-    these images' (`cell_cdf` [B,C], levels), e.g. gathered from a table kept since an earlier call; computed here
-    if None, with the same result."""
+    `energy`: these images' (`cell_cdf` [B,C], levels), e.g. gathered from a table kept since an earlier call;
+    computed here if None, with the same result."""
     if energy is None:
         scores, levels = energy_scores(images, patch_size=patch_size, scales=scales)
         energy = cell_cdf(scores), levels
