@@ -59,9 +59,15 @@ def save_curves(name: str) -> None:
         json.dump(tensorboard_curves(name), f)
 
 
+def counts_seeds(flags: dict[str, str]) -> bool:
+    """Whether the run's instances are fixed Exemplar-CNN seeds (else training images, one class each)."""
+    return flags["method"] == "exemplar" and flags.get("seed_sampling", "fixed") == "fixed"
+
+
 def num_instances(flags: dict[str, str]) -> int:
-    """Surrogate classes (exemplar) or training images (npid; --max_instances keeps an evenly spread subset)."""
-    if flags["method"] == "exemplar":
+    """Surrogate classes (exemplar with fixed seeds) or training images (npid, and exemplar with
+    --seed_sampling=online: one class per image; --max_instances keeps an evenly spread subset)."""
+    if counts_seeds(flags):
         return int(flags["num_seeds"])
     return len(sources.spread_positions(NUM_TRAIN_IMAGES, int(flags.get("max_instances", "0"))))
 
@@ -77,7 +83,8 @@ def describe(flags: dict[str, str]) -> str:
             return f"NPID (nce, m={flags['nce_m']}{bank_init})"
         return f"NPID (exact non-parametric softmax, tau={flags['tau']}{bank_init})"
     batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
-    return METHODS[flags["objective"]] + batch_norm
+    online = ", online patches (every image a class)" if flags.get("seed_sampling") == "online" else ""
+    return METHODS[flags["objective"]] + online + batch_norm
 
 
 def encoder_name(flags: dict[str, str]) -> str:
@@ -110,7 +117,7 @@ def table_row(name: str) -> str:
     knn_random = json.load(open(os.path.join(out, "knn_random.json")))
     probe_path = os.path.join(out, "probe.json")
     probe = json.load(open(probe_path)) if os.path.exists(probe_path) else None
-    instances = f"{num_instances(flags)} " + ("seeds" if flags["method"] == "exemplar" else "images")
+    instances = f"{num_instances(flags)} " + ("seeds" if counts_seeds(flags) else "images")
     epochs = int(flags["steps"]) * epochs_per_step(flags)
     memory = reduced_memory(knn)
     memory_note = f" ({memory} train images as memory)" if memory else ""
