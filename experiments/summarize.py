@@ -83,7 +83,7 @@ def describe(flags: dict[str, str]) -> str:
             return f"NPID (nce, m={flags['nce_m']}{bank_init})"
         return f"NPID (exact non-parametric softmax, tau={flags['tau']}{bank_init})"
     batch_norm = ", batch norm" if flags.get("batch_norm", "False").lower() == "true" else ""
-    online = ", online patches (every image a class)" if flags.get("seed_sampling") == "online" else ""
+    online = "" if counts_seeds(flags) else ", online patches (every image a class)"
     return METHODS[flags["objective"]] + online + batch_norm
 
 

@@ -1,0 +1,36 @@
+"""experiments/summarize.py: RESULTS.md's rows from the committed result files of the CIFAR-10 runs."""
+import importlib
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def summarize(monkeypatch):
+    """The script as a module, run from the repository root (it reads experiments/results/ relative to it)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(os.path.join(REPO, "experiments"))
+    return importlib.import_module("summarize")
+
+
+def test_online_run_counts_its_50000_images_not_the_unused_num_seeds(summarize):
+    cells = [cell.strip() for cell in summarize.table_row("cifar10_full_online_r18w32").split("|")]
+    assert cells[3:5] == ["50000 images", "20.0"]
+    assert "online patches (every image a class)" in cells[1]
+    assert cells[6:9] == ["60.4", "71.2", "34.6 / 55.1"]
+
+
+def test_fixed_seed_run_counts_its_8000_seeds_over_125_epochs(summarize):
+    cells = [cell.strip() for cell in summarize.table_row("cifar10_full_exemplar_nce_r18w32").split("|")]
+    assert cells[3:5] == ["8000 seeds", "124.8"]
+    assert "online" not in cells[1]
+
+
+def test_npid_with_max_instances_counts_the_evenly_spread_subset(summarize):
+    flags = {"method": "npid", "max_instances": "5000", "batch_size": "128"}
+    assert summarize.num_instances(flags) == 5000
+    assert summarize.epochs_per_step(flags) == pytest.approx(128 / 5000)
+    assert not summarize.counts_seeds(flags)
