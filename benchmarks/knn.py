@@ -4,7 +4,7 @@
         [--figures=knn,extraction,feature_maps]
 
 Prints one JSON line per figure (median of --repeats timed runs after one untimed warm-up):
-  knn          seconds for --queries random queries against a --bank x --dim bank (`knn.weighted_knn`, k, tau 0.07,
+  knn          seconds for --queries random queries against a --bank x --dim bank (`metrics.knn.weighted_knn`, k, tau 0.07,
                10 classes), and queries per second
   extraction   images per second through `serving_default` of a fresh export of build_encoder(--arch) (random
                weights): one call computes both outputs, `embedding` (image resized to --input_size inside) and
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from exemplar_tf.evaluation import knn  # noqa: E402
+from exemplar_tf.metrics import knn as metrics_knn  # noqa: E402
 from exemplar_tf.models import ProjectionHead, build_encoder  # noqa: E402
 from exemplar_tf.models import features  # noqa: E402
 from exemplar_tf.serving import export  # noqa: E402
@@ -67,7 +67,7 @@ def knn_figure() -> dict:
     labels = rng.integers(0, 10, FLAGS.bank)
     queries = rng.normal(size=(FLAGS.queries, FLAGS.dim)).astype(np.float32)
     seconds = median_seconds(
-        lambda: knn.weighted_knn(bank, labels, queries, k=FLAGS.k, num_classes=10, batch=FLAGS.query_batch),
+        lambda: metrics_knn.weighted_knn(bank, labels, queries, k=FLAGS.k, num_classes=10, batch=FLAGS.query_batch),
         FLAGS.repeats)
     return {"figure": "knn", "queries": FLAGS.queries, "bank": FLAGS.bank, "dim": FLAGS.dim, "k": FLAGS.k,
             "seconds": round(seconds, 3), "queries_per_second": round(FLAGS.queries / seconds, 1)}

@@ -37,7 +37,8 @@ from absl import app, flags  # noqa: E402
 
 from exemplar_tf.augment.chain import TransformChain  # noqa: E402
 from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # noqa: E402
-from exemplar_tf.data import instances, patches, sources, surrogate  # noqa: E402
+from exemplar_tf.augment import surrogate  # noqa: E402
+from exemplar_tf.data import instances, patches, sources  # noqa: E402
 from exemplar_tf.models import SurrogateClassifier, build_encoder  # noqa: E402
 from exemplar_tf.objectives import losses  # noqa: E402
 from machine import cpu_name  # noqa: E402  (benchmarks/ is on the path when run)

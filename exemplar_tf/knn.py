@@ -16,7 +16,7 @@ from absl import app, flags
 
 from exemplar_tf import errors
 from exemplar_tf.evaluation import knn, savedmodel
-from exemplar_tf.evaluation.knn import DEFAULT_K, DEFAULT_TAU
+from exemplar_tf.metrics.knn import DEFAULT_K, DEFAULT_TAU, knn_accuracy
 
 flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
 flags.DEFINE_string("train", None, "Labelled source spec for the neighbours (and the bank's labels).",
@@ -51,7 +51,7 @@ def main(argv) -> None:
                               **load)
         train_codes, train_labels = train.features, train.labels
     num_classes = int(max(train_labels.max(), test.labels.max()) + 1)
-    accuracy = knn.knn_accuracy(train_codes, train_labels, test.features, test.labels, k=values.k,
+    accuracy = knn_accuracy(train_codes, train_labels, test.features, test.labels, k=values.k,
                                 tau=values.tau, num_classes=num_classes)
     print(json.dumps({"savedmodel": values.savedmodel, "bank": "checkpoint" if values.checkpoint else "savedmodel",
                       "k": values.k, "tau": values.tau, "train": len(train_labels), "test": len(test.labels),

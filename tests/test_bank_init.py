@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf.training import inputs, loop
+from exemplar_tf.objectives.bank import encoder_bank_rows
+from exemplar_tf.serving import runs
+from exemplar_tf.training import inputs
 from exemplar_tf.training.config import TrainConfig
-from exemplar_tf.training.step import build_state, encoder_bank_rows
+from exemplar_tf.training.step import build_state
 
 NUM_INSTANCES = 12
 
@@ -15,6 +17,10 @@ def _state(strategy=None, **kw):
     config = TrainConfig(run_dir="/tmp/unused", arch="small", objective="nonparametric", dropout=0.0, **kw)
     with (strategy or tf.distribute.get_strategy()).scope():
         return build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
+
+
+def _parts(state):
+    return state.encoder, state.objective.head, state.objective.bank
 
 
 def _instances(order):
@@ -27,8 +33,8 @@ def test_rows_are_the_normalised_codes_in_bank_order():
     state = _state()
     order = np.random.default_rng(1).permutation(NUM_INSTANCES)
     images, instances = _instances(order)
-    rows = encoder_bank_rows(state, instances, batch_size=5)
-    expected = tf.math.l2_normalize(state.head(state.encoder(images, training=True)), axis=-1).numpy()
+    rows = encoder_bank_rows(*_parts(state), instances, batch_size=5)
+    expected = tf.math.l2_normalize(state.objective.head(state.encoder(images, training=True)), axis=-1).numpy()
     np.testing.assert_allclose(rows, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
 
@@ -38,7 +44,7 @@ def test_batch_norm_moving_statistics_are_put_back():
     before = [v.numpy() for v in state.encoder.non_trainable_variables]
     assert before, "the batch-norm encoder should have moving statistics"
     images, instances = _instances(np.arange(NUM_INSTANCES))
-    encoder_bank_rows(state, instances, batch_size=5)
+    encoder_bank_rows(*_parts(state), instances, batch_size=5)
     for saved, variable in zip(before, state.encoder.non_trainable_variables):
         np.testing.assert_array_equal(saved, variable.numpy())
     state.encoder(images, training=True)  # what the forward pass alone would have done
@@ -49,18 +55,18 @@ def test_missing_or_out_of_range_instances_are_errors():
     state = _state()
     _, instances = _instances(np.arange(NUM_INSTANCES - 2))
     with pytest.raises(ValueError, match="2 of 12 memory-bank rows have no instance image"):
-        encoder_bank_rows(state, instances)
+        encoder_bank_rows(*_parts(state), instances)
     _, instances = _instances(np.arange(NUM_INSTANCES))
     with pytest.raises(ValueError, match=r"must lie in \[0, 12\)"):
-        encoder_bank_rows(state, instances.map(lambda e: {**e, "index": e["index"] + 1}))
+        encoder_bank_rows(*_parts(state), instances.map(lambda e: {**e, "index": e["index"] + 1}))
 
 
 def test_rows_written_under_mirrored_strategy_are_equal_on_every_replica(two_cpus):
     state = _state(two_cpus, batch_norm=True)
     _, instances = _instances(np.arange(NUM_INSTANCES))
-    rows = encoder_bank_rows(state, instances, batch_size=5)
-    state.bank.bank.assign(rows)
-    copies = [v.numpy() for v in two_cpus.experimental_local_results(state.bank.bank.value)]
+    rows = encoder_bank_rows(*_parts(state), instances, batch_size=5)
+    state.objective.bank.bank.assign(rows)
+    copies = [v.numpy() for v in two_cpus.experimental_local_results(state.objective.bank.bank.value)]
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], rows)
     np.testing.assert_array_equal(copies[1], rows)
@@ -73,14 +79,14 @@ def test_training_starts_from_the_initial_encoders_codes(tmp_path):
                          bank_init="features", bank_momentum=1.0,
                          dropout=0.0, num_seeds=48, seeds_per_image=8, batch_size=16, steps=2, progress=False,
                          export_base=str(tmp_path / "sm"))
-    result = loop.run(config)
+    result = runs.train(config)
     bank = tf.train.load_checkpoint(result.checkpoint_dir).get_tensor("bank/bank/.ATTRIBUTES/VARIABLE_VALUE")
 
-    keras.utils.set_random_seed(config.seed)  # rebuild the step-0 state as loop.run does
+    keras.utils.set_random_seed(config.seed)  # rebuild the step-0 state as the loop does
     data = inputs.training_data(config)
-    state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
-    np.testing.assert_allclose(bank, encoder_bank_rows(state, data.instances()), atol=1e-5)
-    assert not np.allclose(bank, state.bank.bank.numpy(), atol=0.1)  # not the random rows
+    state = build_state(config, data.num_instances, data.mean_rgb, data.views)
+    np.testing.assert_allclose(bank, encoder_bank_rows(*_parts(state), data.instances()), atol=1e-5)
+    assert not np.allclose(bank, state.objective.bank.bank.numpy(), atol=0.1)  # not the random rows
 
 
 def test_batch_norm_statistics_are_put_back_when_a_bad_index_stops_the_pass():
@@ -89,6 +95,6 @@ def test_batch_norm_statistics_are_put_back_when_a_bad_index_stops_the_pass():
     _, instances = _instances(np.arange(NUM_INSTANCES))
     shifted = instances.map(lambda e: {**e, "index": e["index"] + 1})  # the last batch holds index 12
     with pytest.raises(ValueError, match="must lie in"):
-        encoder_bank_rows(state, shifted, batch_size=5)
+        encoder_bank_rows(*_parts(state), shifted, batch_size=5)
     for saved, variable in zip(before, state.encoder.non_trainable_variables):
         np.testing.assert_array_equal(saved, variable.numpy())

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf import models
+from exemplar_tf.objectives import BankObjective
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.step import build_state, make_train_step
 
@@ -42,11 +43,11 @@ def _train(strategy, config, initial=None, steps_per_call=1):
         state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
     if initial is not None:
         state.encoder.set_weights(initial.encoder.get_weights())
-        state.head.set_weights(initial.head.get_weights())
-        if state.bank is not None:
-            state.bank.bank.assign(initial.bank.bank.value)
-        if state.relabel is not None:
-            state.relabel.assign(initial.relabel.numpy())
+        state.objective.head.set_weights(initial.objective.head.get_weights())
+        if isinstance(state.objective, BankObjective):
+            state.objective.bank.bank.assign(initial.objective.bank.bank.value)
+        if state.objective.relabel is not None:
+            state.objective.relabel.assign(initial.objective.relabel.numpy())
     train_steps = make_train_step(config, strategy, state)
     iterator = _distributed_iterator(strategy)
     losses = []
@@ -66,12 +67,12 @@ def _local(variable, strategy):
                                               ("nce", "shared")])
 def test_bank_copies_are_bitwise_equal_on_every_replica(two_cpus, objective, noise):
     state, losses = _train(two_cpus, _config(objective, nce_noise=noise))
-    copies = _local(state.bank.bank, two_cpus)
+    copies = _local(state.objective.bank.bank, two_cpus)
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], copies[1])
     assert all(np.isfinite(losses))
     if objective == "nce":
-        z_copies = _local(state.z, two_cpus)
+        z_copies = _local(state.objective.z, two_cpus)
         assert z_copies[0] == z_copies[1] and z_copies[0] > 0
 
 
@@ -83,16 +84,16 @@ def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
     reference, reference_losses = _train(one_device, config, initial)
     mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)  # all steps in one call
     np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(_local(mirrored.bank.bank, two_cpus)[0], reference.bank.bank.numpy(), atol=1e-5)
+    np.testing.assert_allclose(_local(mirrored.objective.bank.bank, two_cpus)[0], reference.objective.bank.bank.numpy(), atol=1e-5)
     for got, want in zip(mirrored.encoder.get_weights(), reference.encoder.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert mirrored.step == reference.step == STEPS
     # Training moved the bank rows it saw and left the others alone.
     seen = np.unique(np.concatenate([b["label"] for b in _batches()]))
     unseen = np.setdiff1d(np.arange(NUM_INSTANCES), seen)
-    initial_bank = initial.bank.bank.numpy()
-    assert not np.allclose(reference.bank.bank.numpy()[seen], initial_bank[seen])
-    np.testing.assert_array_equal(reference.bank.bank.numpy()[unseen], initial_bank[unseen])
+    initial_bank = initial.objective.bank.bank.numpy()
+    assert not np.allclose(reference.objective.bank.bank.numpy()[seen], initial_bank[seen])
+    np.testing.assert_array_equal(reference.objective.bank.bank.numpy()[unseen], initial_bank[unseen])
 
 
 def _bank_consumers(config, num_instances):
@@ -103,13 +104,13 @@ def _bank_consumers(config, num_instances):
 
     @tf.function
     def objective_and_update(outputs):
-        loss, _ = state.objective.loss(outputs, labels, state.bank, state.z, tf.constant([0, 1], tf.int64))
-        state.bank.gather_and_update(labels, outputs)
+        loss, _ = state.objective.bank_loss(outputs, labels, None, tf.constant([0, 1], tf.int64), None)
+        state.objective.bank.gather_and_update(labels, outputs)
         return loss
 
     outputs = tf.math.l2_normalize(tf.random.stateless_normal([GLOBAL_BATCH, config.embedding_dim], [1, 2]), -1)
     graph = objective_and_update.get_concrete_function(outputs).graph
-    handles = [inner for outer, inner in graph.captures if outer is state.bank.variable.handle]
+    handles = [inner for outer, inner in graph.captures if outer is state.objective.bank.variable.handle]
     assert len(handles) == 1
     return {op.type for op in graph.get_operations() if any(x is handles[0] for x in op.inputs)}
 
@@ -131,18 +132,18 @@ def test_merged_classes_under_two_replicas_match_one_device(two_cpus):
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     with one_device.scope():
         initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
-    initial.relabel.assign(np.arange(NUM_INSTANCES) % 4)
+    initial.objective.relabel.assign(np.arange(NUM_INSTANCES) % 4)
     reference, reference_losses = _train(one_device, config, initial)
     mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)
     first = next(_batches())  # step 1's loss: cross-entropy over the first 4 logits of the merged labels + decay
-    logits = initial.head(initial.encoder(first["image"], training=False))[:, :4]
+    logits = initial.objective.head(initial.encoder(first["image"], training=False))[:, :4]
     expected = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(first["label"] % 4, logits))
-    expected += models.weight_decay_loss([initial.encoder, initial.head], config.weight_decay)
+    expected += models.weight_decay_loss([initial.encoder, initial.objective.head], config.weight_decay)
     np.testing.assert_allclose(reference_losses[0], expected.numpy(), rtol=1e-5)
     np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
-    for got, want in zip(mirrored.head.get_weights(), reference.head.get_weights()):
+    for got, want in zip(mirrored.objective.head.get_weights(), reference.objective.head.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    copies = _local(mirrored.relabel, two_cpus)
+    copies = _local(mirrored.objective.relabel, two_cpus)
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], np.arange(NUM_INSTANCES) % 4)
     np.testing.assert_array_equal(copies[1], copies[0])
@@ -161,29 +162,30 @@ def test_merged_bank_under_two_replicas_stays_identical_and_writes_only_class_ro
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     with one_device.scope():
         initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
-    initial.relabel.assign(relabel)
+    initial.objective.relabel.assign(relabel)
     mirrored, mirrored_losses = _train(two_cpus, config, initial, steps_per_call=STEPS)
     assert all(np.isfinite(mirrored_losses))
-    copies = _local(mirrored.bank.bank, two_cpus)
+    copies = _local(mirrored.objective.bank.bank, two_cpus)
     assert len(copies) == 2
     np.testing.assert_array_equal(copies[0], copies[1])
-    initial_bank = initial.bank.bank.numpy()
+    initial_bank = initial.objective.bank.bank.numpy()
     np.testing.assert_array_equal(copies[0][20:], initial_bank[20:])
     seen = np.unique(relabel[np.concatenate([b["label"] for b in _batches()])])
     assert not np.allclose(copies[0][seen], initial_bank[seen])
     if objective == "nce":
-        z_copies = _local(mirrored.z, two_cpus)
+        z_copies = _local(mirrored.objective.z, two_cpus)
         assert z_copies[0] == z_copies[1] and z_copies[0] > 0
         return
     reference, reference_losses = _train(one_device, config, initial)
     np.testing.assert_allclose(mirrored_losses, reference_losses[-1:], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(copies[0], reference.bank.bank.numpy(), atol=1e-5)
+    np.testing.assert_allclose(copies[0], reference.objective.bank.bank.numpy(), atol=1e-5)
 
 
 def test_npid_device_augmentation_under_two_replicas_keeps_the_banks_equal(two_cpus):
     # --method=npid --augment_on=device: each replica gets whole uint8 images and its own batch seed and runs
     # NPID's batched augmentation inside the step.
-    from exemplar_tf.training.inputs import NpidDeviceAugment
+    from exemplar_tf.training.inputs import npid_batch_augment
+    from exemplar_tf.training.views import device_views
 
     config = _config("nce", method="npid", augment_on="device", image_size=32, batch_norm=True)
     rng = np.random.default_rng(2)
@@ -193,12 +195,13 @@ def test_npid_device_augmentation_under_two_replicas_keeps_the_banks_equal(two_c
                 "aug_seed": np.stack([np.zeros(2 * STEPS), np.arange(2 * STEPS)], axis=1).astype(np.int32)}
     dataset = tf.data.Dataset.from_tensor_slices(elements)
     with two_cpus.scope():
-        state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32), NpidDeviceAugment(32))
-    initial = _local(state.bank.bank, two_cpus)[0]
+        state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32),
+                            device_views(npid_batch_augment(32), 1))
+    initial = _local(state.objective.bank.bank, two_cpus)[0]
     train_steps = make_train_step(config, two_cpus, state)
     out = train_steps(iter(two_cpus.distribute_datasets_from_function(lambda context: dataset)), tf.constant(STEPS))
     assert int(out["steps"]) == STEPS and bool(out["finite"]) and np.isfinite(float(out["loss"]))
-    first, second = _local(state.bank.bank, two_cpus)
+    first, second = _local(state.objective.bank.bank, two_cpus)
     np.testing.assert_array_equal(first, second)
     seen = np.isin(np.arange(NUM_INSTANCES), elements["label"])
     assert np.all(np.abs(first - initial).max(axis=1)[seen] > 0)  # every batch row of both replicas updated

@@ -56,9 +56,9 @@ def test_the_recipe_trains_two_steps_on_a_tiny_folder(tmp_path):
     data = inputs.training_data(config)
     assert data.num_instances == 12
     with strategy.scope():
-        state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
+        state = build_state(config, data.num_instances, data.mean_rgb, data.views)
     assert state.encoder.imagenet_stem  # the 224-px recipe's 7x7 stride-2 stem + max-pool, kept at 96 px
-    bank_before = state.bank().numpy()
+    bank_before = state.objective.bank().numpy()
     step = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
     batch = next(iterator)
@@ -66,4 +66,4 @@ def test_the_recipe_trains_two_steps_on_a_tiny_folder(tmp_path):
     losses = [float(step(iterator, tf.constant(1))["loss"]) for _ in range(2)]
     assert state.step == 2 and all(np.isfinite(losses))
     assert float(state.optimizer.learning_rate) == pytest.approx(config.lr)  # float32 schedule value
-    assert np.count_nonzero(np.abs(state.bank().numpy() - bank_before).max(axis=1) > 0) >= 4
+    assert np.count_nonzero(np.abs(state.objective.bank().numpy() - bank_before).max(axis=1) > 0) >= 4

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf.evaluation import knn, savedmodel
+from exemplar_tf.evaluation import knn
+from exemplar_tf.metrics import knn as metrics_knn, savedmodel
 from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
 from exemplar_tf.serving import export
@@ -38,7 +39,7 @@ def test_matches_numpy_brute_force_exactly_on_random_data():
     labels = rng.integers(0, 10, 600)
     queries = rng.normal(size=(101, 16)).astype(np.float32)
     for k, tau in ((200, 0.07), (7, 0.5)):
-        got = knn.weighted_knn(train, labels, queries, k=k, tau=tau, num_classes=10, batch=13)
+        got = metrics_knn.weighted_knn(train, labels, queries, k=k, tau=tau, num_classes=10, batch=13)
         assert got.shape == (101, 5)
         np.testing.assert_array_equal(got, _brute_force(train, labels, queries, k, tau, 10))
 
@@ -49,9 +50,9 @@ def test_clustered_toy_case_is_classified_perfectly():
     train = np.concatenate([c + rng.normal(scale=0.3, size=(50, 8)) for c in centres]).astype(np.float32)
     labels = np.repeat([0, 1, 2], 50)
     queries = np.concatenate([c + rng.normal(scale=0.3, size=(10, 8)) for c in centres]).astype(np.float32)
-    accuracy = knn.knn_accuracy(train, labels, queries, np.repeat([0, 1, 2], 10), k=20)
+    accuracy = metrics_knn.knn_accuracy(train, labels, queries, np.repeat([0, 1, 2], 10), k=20)
     assert accuracy == {"top1": 1.0, "top5": 1.0}
-    assert knn.weighted_knn(train, labels, queries, k=20).shape == (30, 3)  # fewer than 5 classes
+    assert metrics_knn.weighted_knn(train, labels, queries, k=20).shape == (30, 3)  # fewer than 5 classes
 
 
 def test_temperature_weights_close_neighbours_over_many_far_ones():
@@ -59,10 +60,10 @@ def test_temperature_weights_close_neighbours_over_many_far_ones():
     train = np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)], [0.5, -np.sqrt(0.75)], [-1.0, 0.0]], np.float32)
     labels = np.array([0, 1, 1, 2])
     query = np.array([[2.0, 0.0]], np.float32)
-    assert knn.weighted_knn(train, labels, query, k=3, tau=0.07)[0, 0] == 0  # e^14.3 > 2 e^7.1
-    assert knn.weighted_knn(train, labels, query, k=3, tau=100.0)[0, 0] == 1  # nearly a plain majority
+    assert metrics_knn.weighted_knn(train, labels, query, k=3, tau=0.07)[0, 0] == 0  # e^14.3 > 2 e^7.1
+    assert metrics_knn.weighted_knn(train, labels, query, k=3, tau=100.0)[0, 0] == 1  # nearly a plain majority
     far_class_3 = np.array([0, 1, 1, 3])  # k capped at N=4: even the opposite neighbour votes, so 3 beats 2
-    np.testing.assert_array_equal(knn.weighted_knn(train, far_class_3, query, k=200, tau=100.0)[0], [1, 0, 3, 2])
+    np.testing.assert_array_equal(metrics_knn.weighted_knn(train, far_class_3, query, k=200, tau=100.0)[0], [1, 0, 3, 2])
 
 
 def test_knn_accuracy_counts_top1_and_top5():
@@ -72,16 +73,16 @@ def test_knn_accuracy_counts_top1_and_top5():
     queries = rng.normal(size=(40, 8)).astype(np.float32)
     query_labels = rng.integers(0, 12, 40)
     predictions = _brute_force(train, labels, queries, 30, 0.07, 12)
-    accuracy = knn.knn_accuracy(train, labels, queries, query_labels, k=30, num_classes=12)
+    accuracy = metrics_knn.knn_accuracy(train, labels, queries, query_labels, k=30, num_classes=12)
     assert accuracy["top1"] == pytest.approx(np.mean(predictions[:, 0] == query_labels))
     assert accuracy["top5"] == pytest.approx(np.mean((predictions == query_labels[:, None]).any(axis=1)))
 
 
 def test_bad_labels_are_refused():
     with pytest.raises(ValueError, match="labels"):
-        knn.weighted_knn(np.ones((3, 2)), [0, 1], np.ones((1, 2)))
+        metrics_knn.weighted_knn(np.ones((3, 2)), [0, 1], np.ones((1, 2)))
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        knn.weighted_knn(np.ones((2, 2)), [0, 5], np.ones((1, 2)), num_classes=2)
+        metrics_knn.weighted_knn(np.ones((2, 2)), [0, 5], np.ones((1, 2)), num_classes=2)
 
 
 def test_memory_bank_is_read_from_a_checkpoint_without_writing(tmp_path):

@@ -118,50 +118,52 @@ def test_merge_classes_on_planted_near_duplicate_seed_patches():
     # one class.
     instances, group = _planted_seed_patches()
     state = _merging_state()
-    np.testing.assert_array_equal(state.relabel.numpy(), np.arange(len(group)))
-    assert not state.merged
-    kernel_before = state.head.logits.kernel.numpy()
+    np.testing.assert_array_equal(state.objective.relabel.numpy(), np.arange(len(group)))
+    assert not state.objective.merged
+    kernel_before = state.objective.head.logits.kernel.numpy()
     labels = merge_classes(state, instances.shuffle(100, seed=0), GROUPS, seed=0)
     assert _same_partition(labels, group)
-    assert state.merged and state.relabel.dtype == tf.int64
-    np.testing.assert_array_equal(state.relabel.numpy(), labels)
+    assert state.objective.merged and state.objective.relabel.dtype == tf.int64
+    np.testing.assert_array_equal(state.objective.relabel.numpy(), labels)
     members = np.flatnonzero(labels == 0)
-    np.testing.assert_allclose(state.head.logits.kernel.numpy()[:, 0], kernel_before[:, members].mean(axis=1),
+    np.testing.assert_allclose(state.objective.head.logits.kernel.numpy()[:, 0], kernel_before[:, members].mean(axis=1),
                                rtol=1e-5, atol=1e-7)
-    assert state.checkpoint().relabel is state.relabel
+    assert state.checkpoint().relabel is state.objective.relabel
 
 
 def test_merge_under_mirrored_strategy_writes_the_same_map_and_columns_on_every_replica(two_cpus):
     instances, group = _planted_seed_patches()
     state = _merging_state(two_cpus)
     labels = merge_classes(state, instances, GROUPS, seed=0)
-    assert _same_partition(labels, group) and state.merged
-    for variable in (state.relabel, state.head.logits.kernel.value, state.head.logits.bias.value):
+    assert _same_partition(labels, group) and state.objective.merged
+    for variable in (state.objective.relabel, state.objective.head.logits.kernel.value, state.objective.head.logits.bias.value):
         copies = [v.numpy() for v in two_cpus.experimental_local_results(variable)]
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
-    np.testing.assert_array_equal(two_cpus.experimental_local_results(state.relabel)[1].numpy(), labels)
+    np.testing.assert_array_equal(two_cpus.experimental_local_results(state.objective.relabel)[1].numpy(), labels)
 
 
 @pytest.mark.parametrize("objective", ["nonparametric", "nce"])
 def test_merge_classes_with_a_bank_makes_k_unit_rows_of_the_member_means(objective):
     instances, group = _planted_seed_patches()
     state = _merging_state(objective=objective)
-    state.z.assign(5.0)  # as if NCE had estimated Z over the N rows
-    bank_before = state.bank().numpy()
-    head_before = [w.numpy() for w in state.head.weights]
+    if objective == "nce":
+        state.objective.z.assign(5.0)  # as if NCE had estimated Z over the N rows
+    bank_before = state.objective.bank().numpy()
+    head_before = [w.numpy() for w in state.objective.head.weights]
     labels = merge_classes(state, instances.shuffle(100, seed=0), GROUPS, seed=0)
-    assert _same_partition(labels, group) and state.merged
-    bank = state.bank().numpy()
+    assert _same_partition(labels, group) and state.objective.merged
+    bank = state.objective.bank().numpy()
     for c in range(GROUPS):
         mean = bank_before[labels == c].mean(axis=0)
         np.testing.assert_allclose(bank[c], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(bank[:GROUPS], axis=1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(bank[GROUPS:], bank_before[GROUPS:])  # inactive from now on
-    np.testing.assert_array_equal(state.bank_rows_in_use().numpy(), bank[:GROUPS])
-    for got, want in zip(state.head.weights, head_before):  # the projection head is not merged
+    np.testing.assert_array_equal(state.objective.rows_in_use().numpy(), bank[:GROUPS])
+    for got, want in zip(state.objective.head.weights, head_before):  # the projection head is not merged
         np.testing.assert_array_equal(got.numpy(), want)
-    assert float(state.z.numpy()) == (-1.0 if objective == "nce" else 5.0)  # NCE's Z: re-estimated over K rows
+    if objective == "nce":
+        assert float(state.objective.z.numpy()) == -1.0  # NCE's Z: re-estimated over the K rows
 
 
 def test_merged_bank_under_mirrored_strategy_is_the_same_on_every_replica(two_cpus):
@@ -169,9 +171,9 @@ def test_merged_bank_under_mirrored_strategy_is_the_same_on_every_replica(two_cp
     state = _merging_state(two_cpus, objective="nce")
     labels = merge_classes(state, instances, GROUPS, seed=0)
     assert _same_partition(labels, group)
-    for variable in (state.bank.variable, state.z, state.relabel):
+    for variable in (state.objective.bank.variable, state.objective.z, state.objective.relabel):
         copies = [v.numpy() for v in two_cpus.experimental_local_results(variable)]
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1])
-    bank = two_cpus.experimental_local_results(state.bank.variable)[1].numpy()
+    bank = two_cpus.experimental_local_results(state.objective.bank.variable)[1].numpy()
     np.testing.assert_allclose(np.linalg.norm(bank[:GROUPS], axis=1), 1.0, rtol=1e-6)

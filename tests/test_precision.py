@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf import models
-from exemplar_tf.training import loop
+from exemplar_tf.serving import runs
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.step import build_state, make_train_step
 
@@ -28,7 +28,7 @@ def test_each_precision_lowers_the_loss_of_a_fixed_batch_with_finite_float32_wei
     state = build_state(config, 16, np.full(3, 0.5, np.float32))
     assert keras.config.dtype_policy().name == "float32"  # set for the construction only
     assert state.encoder.compute_dtype == COMPUTE_DTYPE[precision]
-    assert state.head.compute_dtype == "float32"
+    assert state.objective.head.compute_dtype == "float32"
     assert all(v.dtype == "float32" for v in state.encoder.weights)
     assert isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "mixed_float16")
     train_steps = make_train_step(config, strategy, state)
@@ -38,7 +38,7 @@ def test_each_precision_lowers_the_loss_of_a_fixed_batch_with_finite_float32_wei
     assert bool(last["finite"]) and int(last["steps"]) == 10
     assert float(last["loss"]) < 0.8 * float(first["loss"])
     assert state.step > 5  # loss scaling may skip (and not count) a few overflowing float16 steps, not most
-    assert all(np.isfinite(w).all() for w in state.encoder.get_weights() + state.head.get_weights())
+    assert all(np.isfinite(w).all() for w in state.encoder.get_weights() + state.objective.head.get_weights())
 
 
 def test_float32_copy_computes_in_float32_with_the_same_weights():
@@ -61,7 +61,7 @@ def test_a_bfloat16_run_exports_float32_serving_equal_to_the_float32_reading_of_
                          seeds_per_image=8, nce_m=32, batch_size=16, steps=3, log_every=3, checkpoint_every=3,
                          batch_norm=True, precision="mixed_bfloat16", export_base=str(tmp_path / "sm"),
                          progress=False)
-    result = loop.run(config)
+    result = runs.train(config)
     encoder = models.build_encoder("small", input_size=32, mean_rgb=(0.0, 0.0, 0.0), batch_norm=True)
     head = models.ProjectionHead(128)
     head.build((None, encoder.representation_dim))

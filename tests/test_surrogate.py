@@ -5,7 +5,8 @@ import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.presets import ALL_TRANSFORMS
-from exemplar_tf.data import patches, surrogate
+from exemplar_tf.augment import surrogate
+from exemplar_tf.data import patches
 
 P = 16
 NUM_SEEDS = 8
@@ -145,7 +146,11 @@ def test_online_device_batches_carry_images_that_reproduce_the_host_patches(seed
     kwargs = dict(batch_size=4, rng_seed=5, window_size=2 * P, one_size=True)
     host = take(surrogate.online_dataset(elements, chain, **kwargs), 2)
     device = take(surrogate.online_dataset(elements, chain, augment_on="device", **kwargs), 2)
-    augment = surrogate.DeviceAugment(chain, window_size=2 * P)
+    source_image_augment = surrogate.source_image_augment(chain, window_size=2 * P)
+
+    def augment(batch):
+        return source_image_augment(batch, batch["aug_seed"])
+
     in_step = tf.function(augment)
     for host_batch, device_batch in zip(host, device):
         assert device_batch["source_image"].shape == (4, 40, 50, 3) and device_batch["aug_seed"].shape == (2,)

@@ -18,7 +18,8 @@ from tensorboard.plugins.projector import projector_plugin
 from werkzeug import test as werkzeug_test
 
 from exemplar_tf.data import sources
-from exemplar_tf.training import loop, summaries
+from exemplar_tf.serving import runs
+from exemplar_tf.training import summaries
 from exemplar_tf.training.config import TrainConfig
 
 KNN_EXAMPLES = 40
@@ -32,7 +33,7 @@ def run(tmp_path_factory):
                          arch="small", objective="nce", batch_norm=True, num_seeds=64, seeds_per_image=8, nce_m=32,
                          batch_size=16, steps=4, log_every=2, checkpoint_every=4, knn_source="demo_labelled",
                          knn_max_examples=KNN_EXAMPLES, export_base=str(root / "sm"), progress=False)
-    result = loop.run(config)
+    result = runs.train(config)
     return config, result, str(root / "runs")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf.serving import runs
 from exemplar_tf.training import loop
 from exemplar_tf.training.config import TrainConfig
 
@@ -31,7 +32,7 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="tiny", steps=6, export_base=str(tmp_path / "sm"),
                          objective="nce", batch_norm=True, knn_source="demo_labelled", knn_every=3,
                          knn_max_examples=40, **TINY)
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert result.export_dir == str(tmp_path / "sm" / "tiny" / "1")
     assert os.path.exists(os.path.join(result.export_dir, "saved_model.pb"))
@@ -49,8 +50,8 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
 def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(tmp_path, capsys):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="resume", steps=4, objective="softmax",
                          export_base=str(tmp_path / "sm"), **TINY)
-    assert loop.run(config).step == 4
-    result = loop.run(dataclasses.replace(config, steps=6))
+    assert runs.train(config).step == 4
+    result = runs.train(dataclasses.replace(config, steps=6))
     assert f"Resuming {tmp_path / 'run'} from step 4/6" in capsys.readouterr().out
     assert result.step == 6 and tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-6")
 
@@ -58,7 +59,7 @@ def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(tmp_path, capsys
 def test_device_side_augmentation_trains(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="dev", steps=3, objective="softmax",
                          augment_on="device", export_base=str(tmp_path / "sm"), **TINY)
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 3 and np.isfinite(result.loss)
 
 
@@ -67,7 +68,7 @@ def test_npid_device_side_augmentation_trains_and_exports(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="npid_dev", steps=3, augment_on="device",
                          export_base=str(tmp_path / "sm"), image_size=32, batch_norm=True,
                          **{**TINY, "method": "npid", "source": "demo_labelled", "knn_source": ""})
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 3 and np.isfinite(result.loss)
     assert os.path.exists(os.path.join(result.export_dir, "saved_model.pb"))
 
@@ -80,7 +81,7 @@ def test_online_seed_sampling_trains_one_class_per_image(tmp_path, capsys, augme
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="online", steps=3, objective="softmax",
                          seed_sampling="online", augment_on=augment_on, export_base=str(tmp_path / "sm"),
                          **{**TINY, "source": source, "knn_source": ""})
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 3 and np.isfinite(result.loss)
     assert not os.path.exists(tmp_path / "run" / "seeds.npz")  # nothing drawn once
     cached = "Energy CDFs of the 600 images kept in memory" in capsys.readouterr().out
@@ -98,7 +99,7 @@ def test_merging_classes_mid_run_is_checkpointed_and_kept_on_resume(tmp_path, ca
     # mean every label the loss saw was < 8.
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="merge", steps=6, objective="softmax", merge_classes_at=3,
                          merge_to=8, export_base=str(tmp_path / "sm"), **{**TINY, "knn_source": ""})
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert "step 3: merged the 64 seeds into 8 classes" in capsys.readouterr().out
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -111,7 +112,7 @@ def test_merging_classes_mid_run_is_checkpointed_and_kept_on_resume(tmp_path, ca
     labels = relabel(4)  # the first checkpoint after the merge
     assert labels.shape == (64,) and labels.dtype == np.int64 and sorted(set(labels.tolist())) == list(range(8))
     np.testing.assert_array_equal(relabel(6), labels)
-    result = loop.run(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
+    result = runs.train(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
     assert result.step == 8 and np.isfinite(result.loss)
     assert "merged the" not in capsys.readouterr().out
     np.testing.assert_array_equal(relabel(8), labels)
@@ -128,7 +129,7 @@ def test_merging_with_a_bank_keeps_k_class_rows_through_resume_and_exports(tmp_p
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="merge", steps=6, objective=objective, batch_norm=True,
                          merge_classes_at=3, merge_to=merge_to, export_base=str(tmp_path / "sm"),
                          **{**TINY, "knn_source": "", "nce_m": 8})
-    result = loop.run(config)
+    result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert f"step 3: merged the 64 seeds into {merge_to} classes" in capsys.readouterr().out
     checkpoints = tmp_path / "run" / "checkpoints"
@@ -143,7 +144,7 @@ def test_merging_with_a_bank_keeps_k_class_rows_through_resume_and_exports(tmp_p
     np.testing.assert_allclose(np.linalg.norm(bank[:merge_to], axis=1), 1.0, rtol=1e-5)
     if objective == "nce":
         assert saved(4, "z/") > 0  # re-estimated over the K rows after the merge
-    result = loop.run(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
+    result = runs.train(dataclasses.replace(config, steps=8))  # resumes at 6: no second merge, same classes
     assert result.step == 8 and np.isfinite(result.loss)
     assert "merged the" not in capsys.readouterr().out
     np.testing.assert_array_equal(saved(8, "relabel/"), labels)
@@ -158,7 +159,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=40, objective="softmax", lr=1e12,
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **TINY)
     with pytest.raises(loop.TrainingDiverged, match="became .* at step") as error:
-        loop.run(config)
+        runs.train(config)
     assert "last good checkpoint" in str(error.value)
     assert not os.path.isdir(tmp_path / "sm" / "nan")
 
@@ -169,7 +170,7 @@ def test_an_update_that_breaks_the_weights_stops_before_the_checkpoint_due_at_th
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="nan", steps=8, objective="softmax", lr=float("inf"),
                          lr_decay_at=(), export_base=str(tmp_path / "sm"), **{**TINY, "checkpoint_every": 1})
     with pytest.raises(loop.TrainingDiverged, match="weights became NaN/Inf at step 1;"):
-        loop.run(config)
+        runs.train(config)
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")) is None
 
 
@@ -256,7 +257,7 @@ def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_p
     # --max_instances=5 of the 15 demo photographs: the percentile images must come from those 5 in both exports.
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="re", steps=4, export_base=str(tmp_path / "sm"),
                          **{**TINY, "num_seeds": 32}, max_instances=5)
-    result = loop.run(config)
+    result = runs.train(config)
     again = runs.export_run(config.run_dir)
     assert result.export_dir == str(tmp_path / "sm" / "re" / "1") and again == str(tmp_path / "sm" / "re" / "2")
     images = tf.constant(np.random.default_rng(0).integers(0, 256, (3, 40, 48, 3), dtype=np.uint8))

@@ -44,7 +44,7 @@ def test_npid_device_batches_carry_whole_uint8_images_and_a_seed_per_batch(tmp_p
     # Pixel value 10 * instance: each image is its label's.
     np.testing.assert_array_equal(first["source_image"][:, 0, 0, 0], 10 * first["label"])
     assert first["aug_seed"].shape == (2,) and not np.array_equal(first["aug_seed"], second["aug_seed"])
-    views = data.device_augment(first)
+    (views,) = data.views(first)
     assert views.shape == (4, 24, 24, 3) and views.dtype == tf.float32
     assert data.preview_images.shape[1:] == (24, 24, 3)  # the preview shows host-augmented views
 

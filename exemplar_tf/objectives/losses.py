@@ -27,14 +27,20 @@ def mask_inactive(logits: tf.Tensor, num_active: tf.Tensor) -> tf.Tensor:
     return tf.where(active, logits, tf.constant(float("-inf"), logits.dtype))
 
 
-def nonparametric_softmax_loss(v, bank, indices, tau, num_active=None):
+def nonparametric_softmax_loss(v, bank, indices, tau, num_active=None, positives=None):
     """NPID's exact non-parametric softmax: mean over the batch of -log softmax(bank . v / tau)[index].
 
     v: float [B,D] unit rows; bank: float [N,D] unit rows; indices: int [B] (each example's own row);
     tau: temperature; num_active: int scalar K, after merging classes (data/merging.py) the softmax runs over
-    rows [0, K) only (None: all N). Returns float32 scalar.
+    rows [0, K) only (None: all N); positives: float [B,D] unit rows that stand in for each example's own bank
+    row (a key encoder's codes, objectives/momentum.py; None: the bank row). Returns float32 scalar.
     """
-    logits = all_scores(tf.cast(v, tf.float32), bank) / tau
+    v = tf.cast(v, tf.float32)
+    logits = all_scores(v, bank) / tau
+    if positives is not None:
+        own = tf.one_hot(tf.cast(indices, tf.int32), tf.shape(logits)[-1], on_value=True, off_value=False)
+        positive_logits = tf.reduce_sum(v * tf.stop_gradient(tf.cast(positives, tf.float32)), axis=-1) / tau
+        logits = tf.where(own, positive_logits[:, None], logits)
     if num_active is not None:
         logits = mask_inactive(logits, num_active)
     return softmax_loss(logits, indices)
@@ -128,7 +134,7 @@ def noise_scores(v, bank, noise, scores: str = "auto"):
     return tf.einsum("bd,bmd->bm", v, gather_rows(bank, noise))
 
 
-def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=None):
+def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=None, positives=None):
     """NPID's NCE loss with uniform noise Pn = 1/N and m noise samples per example.
 
     P(i|v) = exp(w_i . v / tau) / Z. Per example:
@@ -138,7 +144,8 @@ def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=N
     shared); tau: temperature; z: scalar normaliser estimate (the caller keeps it, see `update_z`);
     scores: how per-example noise scores are computed (`uses_dense_scores`; the same loss either way);
     num_active: int scalar K after merging classes, when only rows [0, K) are in use and the noise is drawn from
-    them: N becomes K in Pn = 1/K and in the Z estimate (None: N, the bank's rows).
+    them: N becomes K in Pn = 1/K and in the Z estimate (None: N, the bank's rows); positives: float [B,D] unit
+    rows scored as each example's positive instead of its bank row (a key encoder's codes; None: the bank row).
     Returns (loss: float32 scalar, batch mean, and z_estimate: float32 scalar = N * mean exp(w_noise . v / tau),
     the Monte-Carlo estimate of Z from this batch's noise, without gradient; it is finite while
     max score / tau + log N < 88, e.g. tau >= 0.02 for N = 1.28M unit rows).
@@ -146,7 +153,8 @@ def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=N
     v = tf.cast(v, tf.float32)
     num_instances = tf.cast(num_rows(bank) if num_active is None else num_active, tf.float32)
     num_noise = tf.cast(tf.shape(noise)[-1], tf.float32)
-    positive_scores = tf.reduce_sum(v * gather_rows(bank, indices), axis=-1)
+    positive_rows = gather_rows(bank, indices) if positives is None else tf.stop_gradient(tf.cast(positives, tf.float32))
+    positive_scores = tf.reduce_sum(v * positive_rows, axis=-1)
     negative_scores = noise_scores(v, bank, noise, scores)
 
     log_z = tf.math.log(tf.cast(z, tf.float32))

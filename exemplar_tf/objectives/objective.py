@@ -1,54 +1,155 @@
-"""One `Objective` per training objective: its head, its loss on a replica's batch, whether it keeps a memory
-bank, whether it estimates NCE's Z, and which head the export (and the kNN monitor) reads codes from.
+"""A training objective (method) as one object: its head, its state, its loss on a batch of views, its update
+after the gradient step, what it checkpoints and logs, what the export puts after the encoder, and how it merges
+classes. The generic step (`training.step`) is forward -> `loss` -> gradients -> apply -> `update`; it names no
+bank, Z or proximal term.
 
-The training step, the loop and the run export ask the objective instead of switching on its name; the losses
-themselves stay the pure functions of `losses`, which the objectives only join to their inputs.
+Lifecycle: `build(encoder, num_instances)` inside the strategy scope creates the variables; the step calls
+`loss` inside its GradientTape and `update` right after the optimizer; the loop calls `start` on a fresh run,
+`scalars` at log points and `merge_classes` at --merge_classes_at. The losses stay the pure functions of `losses`.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
+from typing import Callable, NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from exemplar_tf.choices import BANK_OBJECTIVES, OBJECTIVES
+from exemplar_tf.data import merging
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
 from exemplar_tf.objectives import losses
-from exemplar_tf.objectives.memory_bank import MemoryBank
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What an objective needs from the run's configuration (docs/method.md §4 for the NPID numbers)."""
+
+    embedding_dim: int = 128
+    tau: float = 0.07
+    nce_m: int = 4096
+    nce_noise: str = "per_example"
+    nce_z_momentum: float = 0.99
+    bank_momentum: float = 0.5
+    bank_init: str = "random"
+    proximal_lambda: float = 0.0
+    momentum_encoder: float = 0.0  # > 0: a key encoder (EMA of the encoder) writes the bank; two views
+    merges_classes: bool = False  # --merge_to: keep a seed -> class map (`relabel`)
+    seed: int = 0
+
+
+class Forward(NamedTuple):
+    """What `loss` hands to `update` (a nest of tensors: it leaves the compiled forward pass): the classes of the
+    batch int64 [B] (after a merge), the codes the objective writes into its state [B,D] (no gradient) and the
+    objective's own tensors by name."""
+
+    labels: tf.Tensor
+    codes: tf.Tensor
+    extras: dict = {}  # noqa: RUF012 (never mutated: objectives build a new dict)
 
 
 class Objective(abc.ABC):
-    """The settings of one objective (embedding size, temperature, NCE noise) and what it does with them."""
+    """Base of every objective: the seed -> class map (--merge_to) and the defaults of the hooks."""
 
     name: str
-    exports_head: bool  # the trained head gives the embedding (exported with the encoder, the kNN codes)
-    estimates_z: bool = False  # keeps NCE's normaliser Z (moving average over the batches' estimates)
+    exports_head: bool = True  # the trained head gives the embedding (exported after the encoder, the kNN codes)
+    views: int = 1  # augmented views of each instance a batch carries
 
-    def __init__(self, *, embedding_dim: int = 128, tau: float = 0.07, nce_m: int = 4096,
-                 nce_noise: str = "per_example"):
-        self.embedding_dim, self.tau, self.nce_m, self.nce_noise = embedding_dim, tau, nce_m, nce_noise
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.head: keras.layers.Layer | None = None
+        self.relabel: tf.Variable | None = None  # int64 [N] seed -> class (--merge_to; identity until the merge)
 
-    @property
-    def uses_bank(self) -> bool:
-        """A MemoryBank of `embedding_dim` rows, one per instance, updated with every batch's codes."""
-        return self.name in BANK_OBJECTIVES
-
-    def head(self, num_instances: int = 0) -> keras.layers.Layer:
-        """The head trained on the encoder's representation (`num_instances`: the classifier's width)."""
-        return ProjectionHead(self.embedding_dim)
-
-    def embedding_head(self, head: keras.layers.Layer) -> keras.layers.Layer | None:
-        """What the export and the kNN monitor put after the encoder: the trained head, or None (the representation
-        itself, L2-normalised) when the head is not an embedding."""
-        return head if self.exports_head else None
+    # --- building -------------------------------------------------------------------------------------------------
+    def build(self, encoder: keras.Model, num_instances: int, new_encoder: Callable[[], keras.Model]) -> None:
+        """Creates the head(s) and the state for `num_instances` instances; `new_encoder()` builds another encoder
+        like `encoder` (for objectives that keep a copy). Call inside `strategy.scope()`."""
+        self.head = self.make_head(num_instances)
+        self.head(encoder(tf.zeros([1, encoder.input_size, encoder.input_size, 3])))
+        if self.settings.merges_classes:
+            self.relabel = tf.Variable(tf.range(num_instances, dtype=tf.int64), trainable=False, name="relabel",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
     @abc.abstractmethod
-    def loss(self, outputs: tf.Tensor, labels: tf.Tensor, bank: MemoryBank | None, z: tf.Variable,
-             noise_seed: tf.Tensor, num_active: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-        """(the replica's mean loss, NCE's Monte-Carlo Z estimate or 0) for head outputs [B,*] of instances
-        `labels` [B]; `noise_seed` int64 [2] seeds NCE's noise. `num_active` (int scalar K, --merge_to): only
-        classifier columns / bank rows [0, K) are in use, the rest are masked (softmax, exact non-parametric
-        softmax) or never drawn (NCE); None: all of them."""
+    def make_head(self, num_instances: int) -> keras.layers.Layer:
+        """The head trained on the encoder's representation."""
+
+    @property
+    def trainable_layers(self) -> list[keras.layers.Layer]:
+        """What the optimizer trains besides the encoder (and weight decay covers)."""
+        return [self.head]
+
+    @property
+    def embedding_head(self) -> keras.layers.Layer | None:
+        """What the export and the kNN monitor put after the encoder: the trained head, or None (the representation
+        itself, L2-normalised) when the head is not an embedding."""
+        return self.head if self.exports_head else None
+
+    def checkpoint_parts(self) -> dict[str, tf.Module]:
+        """The objective's part of the run's checkpoint (names kept from earlier releases: old runs resume)."""
+        parts = {"head": self.head}
+        if self.relabel is not None:
+            parts["relabel"] = self.relabel
+        return parts
+
+    # --- the step ---------------------------------------------------------------------------------------------
+    def classes(self, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """(classes int64 [B], K int64 scalar or None): seed ids mapped through `relabel` after a merge, and how many
+        classes are in use (None without --merge_to: all N)."""
+        labels = tf.cast(labels, tf.int64)
+        if self.relabel is None:
+            return labels, None
+        return tf.gather(self.relabel, labels), tf.reduce_max(self.relabel) + 1
+
+    @abc.abstractmethod
+    def loss(self, encoder: keras.Model, views: list[tf.Tensor], labels: tf.Tensor,
+             noise_seed: tf.Tensor) -> tuple[tf.Tensor, Forward]:
+        """(the replica's mean loss, what `update` needs) for `views` (this objective's `views` float32 images
+        [B,P,P,3], view 0 the online one) of instances `labels` int [B]. Runs inside the step's GradientTape.
+        `noise_seed` int64 [2] seeds any sampling (distinct per step and replica)."""
+
+    @property
+    def reports(self) -> tuple[str, ...]:
+        """Names of the scalars `update` returns (TensorBoard tags)."""
+        return ()
+
+    def update(self, forward: Forward) -> dict[str, tf.Tensor]:
+        """The state update after the gradient step (replica context: gather first, then apply the same update on
+        every replica). Returns scalars to report (averaged over replicas by the step)."""
+        return {}
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def start(self, encoder: keras.Model, instances: Callable[[], tf.data.Dataset], progress: bool = False) -> str:
+        """On a fresh run (step 0, nothing restored): initialise state from the encoder if the method asks for it.
+        Returns a line for the user, or ""."""
+        return ""
+
+    def scalars(self, step: int) -> dict[str, float]:
+        """Host-side TensorBoard scalars at log points (eager)."""
+        return {}
+
+    def projector_rows(self) -> np.ndarray | None:
+        """float32 [n,D] rows for TensorBoard's projector when no kNN source is given (None: nothing to show)."""
+        return None
+
+    def fingerprint_parts(self) -> dict[str, list]:
+        """Named variable lists for the run's bitwise state fingerprint."""
+        return {"head": self.head.variables}
+
+    @property
+    def num_classes(self) -> int | None:
+        """K, the classes training uses: N, or fewer after a merge; None without --merge_to. Eager only."""
+        return None if self.relabel is None else int(tf.reduce_max(self.relabel)) + 1
+
+    @property
+    def merged(self) -> bool:
+        """Whether the seeds have been merged into fewer classes (`relabel` is no longer the identity)."""
+        return self.relabel is not None and self.num_classes < self.relabel.shape[0]
+
+    def merge_classes(self, labels) -> None:
+        """Stores the seed -> class map int64 [N] (`merging.merge_labels`) and adapts the state to the K classes."""
+        self.relabel.assign(labels)
 
 
 class Softmax(Objective):
@@ -57,58 +158,21 @@ class Softmax(Objective):
     name = "softmax"
     exports_head = False
 
-    def head(self, num_instances: int = 0) -> keras.layers.Layer:
+    def make_head(self, num_instances: int) -> keras.layers.Layer:
         return SurrogateClassifier(num_instances)
 
-    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
+    def loss(self, encoder, views, labels, noise_seed):
+        logits = self.head(encoder(views[0], training=True), training=True)
+        classes, num_active = self.classes(labels)
         if num_active is not None:  # the N-way classifier used as a K-way one after a merge
-            outputs = losses.mask_inactive(outputs, num_active)
-        return losses.softmax_loss(outputs, labels), tf.constant(0.0)
+            logits = losses.mask_inactive(logits, num_active)
+        return losses.softmax_loss(logits, classes), Forward(classes, tf.zeros([0]))
 
+    def merge_classes(self, labels) -> None:
+        """Class c's classifier column starts from the mean of its members' columns (columns >= K are masked from
+        now on); the optimizer's momentum for the classifier is left as it was (it decays within a few dozen
+        steps)."""
+        super().merge_classes(labels)
+        for variable in self.head.trainable_variables:  # the SurrogateClassifier's kernel [F,N] and bias [N]
+            variable.assign(merging.merged_columns(variable.numpy(), labels))
 
-class NonParametric(Objective):
-    """NPID's exact non-parametric softmax over every bank row (reads the bank whole)."""
-
-    name = "nonparametric"
-    exports_head = True
-
-    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
-        loss = losses.nonparametric_softmax_loss(outputs, bank.variable, labels, self.tau, num_active)
-        return loss, tf.constant(0.0)
-
-
-class NCE(Objective):
-    """NPID's NCE with `nce_m` noise rows per example (or one shared set per batch) and the estimated Z.
-
-    It passes the bank variable itself: its gathers read it in place, and only dense scores
-    (`losses.uses_dense_scores`) read it whole, once per step. After a merge into K classes the noise, Pn = 1/K
-    and the Z estimate K * mean exp(noise score / tau) use the K active rows (the N - K others never enter).
-    """
-
-    name = "nce"
-    exports_head = True
-    estimates_z = True
-
-    def noise(self, labels, num_rows, noise_seed):
-        """Noise rows, uniform over [0, num_rows) minus the positives `labels` [B]: int64 [B, nce_m] per example,
-        or [nce_m] shared by the batch (--nce_noise). `num_rows`: N, or K after a merge."""
-        sample = losses.sample_shared_noise if self.nce_noise == "shared" else losses.sample_noise
-        return sample(labels, num_rows, self.nce_m, noise_seed)
-
-    def loss(self, outputs, labels, bank, z, noise_seed, num_active=None):
-        num_rows = bank.num_instances if num_active is None else num_active
-        noise = self.noise(labels, num_rows, noise_seed)
-        first_estimate = lambda: tf.cast(num_rows, tf.float32) * tf.reduce_mean(  # noqa: E731
-            tf.exp(tf.stop_gradient(losses.noise_scores(outputs, bank.variable, noise)) / self.tau))
-        z_now = tf.cond(z > 0, lambda: tf.identity(z), first_estimate)
-        return losses.nce_loss(outputs, bank.variable, labels, noise, self.tau, z_now, num_active=num_active)
-
-
-BY_NAME = {objective.name: objective for objective in (Softmax, NonParametric, NCE)}  # keys: choices.OBJECTIVES
-
-
-def make(name: str, **settings) -> Objective:
-    """The objective `name` (one of choices.OBJECTIVES) with `settings` (embedding_dim, tau, nce_m, nce_noise)."""
-    if name not in BY_NAME:
-        raise ValueError(f"objective {name!r} is not one of {', '.join(OBJECTIVES)}")
-    return BY_NAME[name](**settings)

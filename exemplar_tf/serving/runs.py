@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from exemplar_tf import models
 from exemplar_tf.serving.export import export_encoder, measure_percentiles
-from exemplar_tf.training import rundir
+from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.step import objective_of
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.inputs import percentile_images
@@ -24,6 +24,12 @@ def export_training_run(config: TrainConfig, encoder, head, images, *, name: str
                           origin={"run_dir": config.run_dir, "step": step})
 
 
+def train(config: TrainConfig, strategy=None) -> loop.RunResult:
+    """Trains (or resumes) the run `config` describes and exports it: the random baseline at step 0 as
+    <export_base>/<name>_random/<version> and the final encoder as <export_base>/<name>/<version>."""
+    return loop.run(config, export=export_training_run, strategy=strategy)
+
+
 def restore_run(run_dir: str):
     """(encoder, head or None, the run's TrainConfig) of a training run's newest checkpoint (encoder + head only,
     float32 whatever the training precision).
@@ -31,14 +37,13 @@ def restore_run(run_dir: str):
     The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source, --max_instances).
     """
     config = rundir.read_run_config(run_dir)
-    encoder = models.build_encoder(config.arch, input_size=config.input_size, mean_rgb=(0.0, 0.0, 0.0),
-                                   batch_norm=config.batch_norm, resnet_stem=config.resnet_stem,
-                                   resnet_width=config.resnet_width)
+    (options,) = models.recorded_options(config)  # the config has every option of its arch
+    encoder = models.encoder_from_options(options)
     parts = {"encoder": encoder}
     objective = objective_of(config)
     head = None
     if objective.exports_head:  # the softmax's classifier is not part of the representation: left in the checkpoint
-        head = objective.head()
+        head = objective.make_head(0)
         head.build((None, encoder.representation_dim))
         parts["head"] = head
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))

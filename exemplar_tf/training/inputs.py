@@ -4,10 +4,12 @@ exemplar: --seed_sampling=fixed: the cached seeds (surrogate classes) with the t
           each time; online: every source image is a class, each visit a fresh energy-weighted patch of it + chain.
 npid:     every image of the source is its own instance, with NPID's crop/jitter/gray/flip augmentation.
 
-All yield per-replica batches `{"image": float32 [b,P,P,3] in [0,1], "label": int64 [b]}` (`label` is the
-surrogate class / bank row); with `--augment_on=device` the exemplar pipelines yield raw windows (fixed) or whole
-images (online) instead and the sampler / chain run inside the training step (`surrogate.DeviceAugment`); npid
-yields whole uint8 images and NPID's augmentation runs batched inside the step (`NpidDeviceAugment`).
+Every pipeline yields per-replica batches of `label` int64 [b] (the surrogate class / bank row) with the views
+its objective asks for (`views.py` states the contract): one view augmented in tf.data is `{"image": float32
+[b,P,P,3] in [0,1], "label"}`; with `--augment_on=device` the exemplar pipelines yield raw windows (fixed) or whole
+images (online) and npid whole uint8 images, with a seed, and the sampler / chain / NPID's augmentation run
+batched inside the step (`TrainingData.views`). Several views augmented on the host are the device computation
+run in tf.data (`views.views_on_host`), so both places give the same views.
 """
 from __future__ import annotations
 
@@ -19,13 +21,15 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.augment import npid as npid_augment
+from exemplar_tf.augment import surrogate
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.transforms import ColorPCA
 from exemplar_tf.data import instances as data_instances
-from exemplar_tf.data import patches, sources, surrogate
+from exemplar_tf.data import patches, sources
 from exemplar_tf.data.images import resize_uint8
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import rundir
+from exemplar_tf.training.views import Augment, Views, device_views, one_host_view, stacked_views, views_on_host
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
 
 WINDOW_FACTOR = 2.0  # seed window side / patch side (room for the chain's rotation and scaling)
@@ -38,13 +42,28 @@ class TrainingData:
     num_instances: int  # N: surrogate classes or image instances (bank rows)
     mean_rgb: np.ndarray  # float32 [3], in [0, 1]
     dataset_fn: object  # tf.distribute.InputContext -> per-replica tf.data.Dataset
-    device_augment: Callable[[dict], tf.Tensor] | None  # the step's augmentation with --augment_on=device:
-    #                  surrogate.DeviceAugment (exemplar) or NpidDeviceAugment (npid)
+    views: Views  # the contract: a batch of dataset_fn's -> its views (augmented here or in the step)
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
     instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
     #                                             un-augmented input per bank row (for --bank_init=features)
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files --skip_bad_images left out
+
+
+DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+
+
+def with_views(config: TrainConfig, count: int, host_fn: DatasetFn, raw_fn: DatasetFn,
+               augment: Augment) -> tuple[DatasetFn, Views]:
+    """(dataset_fn, views) for `count` views of each instance: one view on the host keeps the host pipeline
+    (`host_fn`); otherwise the raw-input batches of `raw_fn` are augmented by `augment`, in the step (device) or
+    in tf.data (host, `views_on_host`)."""
+    if count == 1 and config.augment_on == "host":
+        return host_fn, one_host_view
+    views = device_views(augment, count)
+    if config.augment_on == "device":
+        return raw_fn, views
+    return (lambda ctx: views_on_host(raw_fn(ctx), views)), stacked_views
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
@@ -104,24 +123,30 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: boo
     return seeds
 
 
-def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
+def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> TrainingData:
     if config.seed_sampling == "online":
-        return online_exemplar_data(config)
+        return online_exemplar_data(config, views)
+    if views > 1 and config.fixed_copies:
+        raise InputError(f"--fixed_copies draws one fixed copy per seed and visit: it cannot give the {views} views "
+                         f"per instance this objective needs (--momentum_encoder); leave --fixed_copies at 0")
     source = _limited_source(config)
     seeds = load_or_sample_seeds(config, source, chief)
     pca = surrogate.fit_color_pca(seeds)
     chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
     mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
 
-    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+    def seed_batches(ctx: tf.distribute.InputContext, augment_on: str) -> tf.data.Dataset:
         return surrogate.surrogate_dataset(
             seeds,
             chain,
             batch_size=ctx.get_per_replica_batch_size(config.batch_size),
             rng_seed=config.seed * 1000 + ctx.input_pipeline_id,
-            augment_on=config.augment_on,
+            augment_on=augment_on,
             fixed_copies=config.fixed_copies or None,
         )
+
+    dataset_fn, batch_views = with_views(config, views, lambda ctx: seed_batches(ctx, "host"),
+                                         lambda ctx: seed_batches(ctx, "device"), surrogate.window_augment(chain))
 
     preview = surrogate.surrogate_dataset(seeds, chain, batch_size=32, rng_seed=config.seed, augment_on="host")
     preview_images = next(iter(preview))["image"].numpy()
@@ -129,7 +154,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True) -> TrainingData:
         num_instances=len(seeds.windows),
         mean_rgb=mean_rgb,
         dataset_fn=dataset_fn,
-        device_augment=surrogate.DeviceAugment(chain, window_size=seeds.windows.shape[1]),
+        views=batch_views,
         preview_images=preview_images,
         eval_images=percentile_images(config, source),
         instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
@@ -145,7 +170,7 @@ def one_size(source: sources.Source, decoded: data_instances.DecodedImages | Non
     return source.dataset.element_spec["image"].shape.is_fully_defined()
 
 
-def online_exemplar_data(config: TrainConfig) -> TrainingData:
+def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
     """--seed_sampling=online: N = the source's images; each visit of image i draws a fresh energy-weighted patch of
     it (then the chain), labelled i. Colour PCA and mean RGB come from the percentile images (spread over the
     source). Host batches of decoded images of one size draw from energy CDFs computed once
@@ -164,6 +189,10 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
     if config.augment_on == "device" and not same_size:
         raise InputError(f"--seed_sampling=online --augment_on=device needs images of one size (a batch carries "
                          f"whole images); --source={config.source} has several: use --augment_on=host")
+    if views > 1 and not same_size:
+        raise InputError(f"--seed_sampling=online with {views} views per instance (--momentum_encoder) needs images of "
+                         f"one size (the views are drawn from whole-image batches); --source={config.source} has "
+                         f"several")
     energy = None
     if decoded is not None and same_size and config.augment_on == "host" and source.num_examples:
         energy = surrogate.energy_cache(decoded.flat.reshape(source.num_examples, *decoded.shapes[0]),
@@ -181,11 +210,13 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
                                         energy=energy if augment_on == "host" else None)
 
     preview = dataset_fn(tf.distribute.InputContext(1, 0, 1), augment_on="host")
+    batches_fn, batch_views = with_views(config, views, dataset_fn, lambda ctx: dataset_fn(ctx, augment_on="device"),
+                                         surrogate.source_image_augment(chain, window_size=window_size))
     return TrainingData(
         num_instances=source.num_examples,
         mean_rgb=(pixels.mean(axis=0) / 255.0).astype(np.float32),
-        dataset_fn=dataset_fn,
-        device_augment=surrogate.DeviceAugment(chain, window_size=window_size),
+        dataset_fn=batches_fn,
+        views=batch_views,
         preview_images=next(iter(preview.unbatch().batch(32)))["image"].numpy(),
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.patch_size),
@@ -193,18 +224,16 @@ def online_exemplar_data(config: TrainConfig) -> TrainingData:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class NpidDeviceAugment:
-    """What the training step calls on an npid device batch: {"source_image": uint8 [B,H,W,3], "aug_seed": int32
-    [2]} -> float32 [B,size,size,3] in [0,1] (`npid_augment.npid_augment_batch`)."""
+def npid_batch_augment(size: int) -> Augment:
+    """NPID's augmentation of a device batch: ({"source_image": uint8 [B,H,W,3], ...}, seed int32 [2]) -> float32
+    [B,size,size,3] in [0,1] (`npid_augment.npid_augment_batch`)."""
+    def augment(batch: dict, seed) -> tf.Tensor:
+        return npid_augment.npid_augment_batch(batch["source_image"], size, seed)
 
-    size: int
-
-    def __call__(self, batch: dict) -> tf.Tensor:
-        return npid_augment.npid_augment_batch(batch["source_image"], self.size, batch["aug_seed"])
+    return augment
 
 
-def npid_data(config: TrainConfig) -> TrainingData:
+def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
     """Every source image is instance i (bank row i). host: per-image `npid_augment` in `Dataset.map`, seeded from a
     per-pipeline random stream, then batched; device: batches of whole images {"source_image": uint8 [b,H,W,3],
     "label", "aug_seed": int32 [2] = (pipeline seed, batch number)} for `NpidDeviceAugment` (one image size)."""
@@ -224,6 +253,9 @@ def npid_data(config: TrainConfig) -> TrainingData:
     if config.augment_on == "device" and not one_size(source, decoded):
         raise InputError(f"--method=npid --augment_on=device needs images of one size (a batch carries whole "
                          f"images); --source={config.source} has several: use --augment_on=host")
+    if views > 1 and not one_size(source, decoded):
+        raise InputError(f"--method=npid with {views} views per instance (--momentum_encoder) needs images of one "
+                         f"size (the views are drawn from whole-image batches); --source={config.source} has several")
 
     def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
         elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
@@ -250,11 +282,13 @@ def npid_data(config: TrainConfig) -> TrainingData:
 
     preview_ctx = tf.distribute.InputContext(1, 0, 1)
     preview_images = next(iter(dataset_fn(preview_ctx, augment_on="host").unbatch().batch(32)))["image"].numpy()
+    batches_fn, batch_views = with_views(config, views, dataset_fn, lambda ctx: dataset_fn(ctx, augment_on="device"),
+                                         npid_batch_augment(config.image_size))
     return TrainingData(
         num_instances=source.num_examples,
         mean_rgb=mean_rgb,
-        dataset_fn=dataset_fn,
-        device_augment=NpidDeviceAugment(config.image_size),
+        dataset_fn=batches_fn,
+        views=batch_views,
         preview_images=preview_images,
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.image_size),
@@ -262,6 +296,7 @@ def npid_data(config: TrainConfig) -> TrainingData:
     )
 
 
-def training_data(config: TrainConfig, chief: bool = True) -> TrainingData:
-    """The run's data; only the chief writes shared files (the seed cache)."""
-    return exemplar_data(config, chief) if config.method == "exemplar" else npid_data(config)
+def training_data(config: TrainConfig, chief: bool = True, views: int = 1) -> TrainingData:
+    """The run's data with `views` augmented views of each instance per batch (the objective's `views`); only the
+    chief writes shared files (the seed cache)."""
+    return exemplar_data(config, chief, views) if config.method == "exemplar" else npid_data(config, views)

@@ -1,9 +1,13 @@
-"""The training loop: data -> model state -> distributed steps, with checkpoints, TensorBoard and export.
+"""The training loop: data -> model state -> distributed steps, with checkpoints, TensorBoard and exports.
 
 Re-running with the same run directory resumes from the newest checkpoint. A NaN/Inf loss, or a NaN/Inf weight
 after an update, stops the run before anything is saved, so the last good checkpoint is kept. The steps run
---steps_per_call at a time in one tf.function; the host reads values (loss, learning rate, Z) only at log
-points and the "finite" flag once per call.
+--steps_per_call at a time in one tf.function; the host reads values (loss, learning rate, the objective's
+scalars) only at log points and the "finite" flag once per call. The loop knows no method: it calls the
+objective's hooks (`start`, `scalars`, `merge_classes`) and the step's reported values.
+
+Exports are the caller's: `run(config, export=...)` gets the function that writes one (`serving.runs.train`
+passes the SavedModel writer), so training imports nothing from the serving layer above it.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from typing import Callable
 
 import keras
 import numpy as np
@@ -21,15 +26,18 @@ from absl import logging
 from tqdm import tqdm
 
 from exemplar_tf import models
-from exemplar_tf.evaluation import knn
 from exemplar_tf.io.atomic import atomic_write
-from exemplar_tf.serving import runs
+from exemplar_tf.metrics.knn import knn_accuracy
 from exemplar_tf.training import distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
-from exemplar_tf.training.step import ModelState, build_state, encoder_bank_rows, make_train_step, merge_classes
+from exemplar_tf.training.step import ModelState, build_state, make_train_step, merge_classes, objective_of
 
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
+
+# export(config, float32 encoder, embedding head or None, uint8 percentile images, *, name, step) -> export path
+# (`serving.runs.export_training_run`)
+Exporter = Callable[..., str]
 
 
 class TrainingDiverged(RuntimeError):
@@ -105,27 +113,21 @@ def _knn_monitor(config: TrainConfig):
 
     def read(state: ModelState) -> KnnReading:
         encoder = models.float32_copy(state.encoder)
-        train_codes, _ = summaries.embed(encoder, state.embedding_head, train[0])
-        test_codes, test_representations = summaries.embed(encoder, state.embedding_head, test[0])
-        accuracy = knn.knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
+        head = state.objective.embedding_head
+        train_codes, _ = summaries.embed(encoder, head, train[0])
+        test_codes, test_representations = summaries.embed(encoder, head, test[0])
+        accuracy = knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
         health = summaries.representation_health(test_representations, test_codes)
         return KnnReading(accuracy["top1"], test_codes, test, health)
 
     return read
 
 
-def _export(config: TrainConfig, state: ModelState, data: inputs.TrainingData, name: str) -> str:
-    """Exports the float32 reading of the encoder (and the projection head), whatever the training precision."""
-    return runs.export_training_run(config, models.float32_copy(state.encoder), state.embedding_head,
-                                    data.eval_images, name=name, step=state.step)
-
-
 def state_fingerprint(state: ModelState) -> str:
-    """Bitwise state identity: "<all> (encoder weights, encoder statistics, head, optimizer, bank, z)", each a
-    SHA-256 prefix of those variables' bytes in a fixed order."""
+    """Bitwise state identity: "<all> (encoder weights, encoder statistics, optimizer, the objective's parts)",
+    each a SHA-256 prefix of those variables' bytes in a fixed order."""
     parts = {"weights": state.encoder.trainable_variables, "statistics": state.encoder.non_trainable_variables,
-             "head": state.head.variables, "optimizer": state.optimizer.variables,
-             "bank": state.bank.variables if state.bank is not None else [], "z": [state.z]}
+             "optimizer": state.optimizer.variables, **state.objective.fingerprint_parts()}
     digests = {}
     for name, variables in parts.items():
         digest = hashlib.sha256()
@@ -166,68 +168,94 @@ def steps_this_call(config: TrainConfig, step: int) -> int:
     return min(config.steps_per_call, next_event - step)
 
 
-def _merge_if_due(config: TrainConfig, state: ModelState, data: inputs.TrainingData) -> None:
-    """At --merge_classes_at (or on resuming past it a run that never merged): clusters the seeds into --merge_to
-    classes (`step.merge_classes`). A merged run's checkpoints hold the relabelling, so it happens once."""
-    if not config.merge_to or state.step < config.merge_classes_at or state.merged:
-        return
-    started = time.perf_counter()
-    labels = merge_classes(state, data.instances(), config.merge_to, seed=config.seed)
-    sizes = np.bincount(labels)
-    tqdm.write(f"step {state.step}: merged the {len(labels)} seeds into {len(sizes)} classes (spherical k-means; "
-               f"class sizes {sizes.min()}..{sizes.max()}, {time.perf_counter() - started:.0f} s)")
+@dataclasses.dataclass
+class _Run:
+    """One training run as the loop drives it."""
+
+    config: TrainConfig
+    strategy: tf.distribute.Strategy
+    chief: bool
+    data: inputs.TrainingData
+    state: ModelState
+    manager: tf.train.CheckpointManager
+    writer: object  # tf.summary writer (a no-op one on non-chief workers)
+    knn_reading: Callable[[ModelState], KnnReading] | None
+    export: Exporter
+
+    def export_encoder(self, name: str) -> str:
+        """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision."""
+        return self.export(self.config, models.float32_copy(self.state.encoder), self.state.objective.embedding_head,
+                           self.data.eval_images, name=name, step=self.state.step)
+
+    def merge_if_due(self) -> None:
+        """At --merge_classes_at (or on resuming past it a run that never merged): clusters the seeds into
+        --merge_to classes (`step.merge_classes`). A merged run's checkpoints hold the relabelling: once only."""
+        config, state = self.config, self.state
+        if not config.merge_to or state.step < config.merge_classes_at or state.objective.merged:
+            return
+        started = time.perf_counter()
+        labels = merge_classes(state, self.data.instances(), config.merge_to, seed=config.seed)
+        sizes = np.bincount(labels)
+        tqdm.write(f"step {state.step}: merged the {len(labels)} seeds into {len(sizes)} classes (spherical k-means; "
+                   f"class sizes {sizes.min()}..{sizes.max()}, {time.perf_counter() - started:.0f} s)")
+
+    def log(self, step: int, out: dict, loss: float, examples_per_second: float) -> None:
+        scalars = {"loss": loss, "learning_rate": float(self.state.optimizer.learning_rate),
+                   "examples_per_second": examples_per_second,
+                   **{name: float(out[name]) for name in self.state.objective.reports},
+                   **self.state.objective.scalars(step)}
+        _log_scalars(self.writer, step, scalars)
 
 
-def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> RunResult:
-    """Trains (or resumes) the run described by `config` and exports the encoder at the end."""
-    config = validate(config)
-    if config.allow_unnormalised_bank and config.uses_bank and not config.batch_norm:
-        logging.warning("--objective=%s without --batch_norm on the %s Exemplar-CNN: expect the codes to collapse "
-                        "(BUILD_NOTES.md)", config.objective, config.arch)
-    strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
+def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Exporter) -> _Run:
+    """Prepares the run directory, data and state; restores the newest checkpoint, or on a fresh run exports the
+    random baseline, lets the objective initialise its state and writes the step-0 summaries."""
     chief = distribute.is_chief(strategy)
     _prepare_run_dir(config, strategy, chief)
-    log_dir = os.path.join(config.run_dir, "tensorboard")
-
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
-    data = inputs.training_data(config, chief=chief)
+    objective = objective_of(config)
+    data = inputs.training_data(config, chief=chief, views=objective.views)
     if config.skip_bad_images and chief:
         print(record_skipped(config.run_dir, data.skipped))
     with strategy.scope():
-        state = build_state(config, data.num_instances, data.mean_rgb, data.device_augment)
-    checkpoint_dir = _checkpoint_dir(config, strategy)
-    manager = tf.train.CheckpointManager(state.checkpoint(), checkpoint_dir, max_to_keep=config.keep_checkpoints)
+        state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective)
+    manager = tf.train.CheckpointManager(state.checkpoint(), _checkpoint_dir(config, strategy),
+                                         max_to_keep=config.keep_checkpoints)
+    writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if chief \
+        else tf.summary.create_noop_writer()
+    run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
     if resume_from:
         state.checkpoint().restore(resume_from).assert_existing_objects_matched()
         logging.info("Resumed from %s (step %d)", resume_from, state.step)
         print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
-    elif chief:
-        random_export = _export(config, state, data, f"{config.name}_random")
-        print(f"Exported the randomly initialised encoder (baseline) to {random_export}")
-    if resume_from is None and config.bank_init == "features":
-        started = time.perf_counter()
-        state.bank.bank.assign(encoder_bank_rows(state, data.instances(), progress=config.progress))
-        print(f"Memory bank: {state.bank.num_instances} rows from the initial encoder's codes "
-              f"({time.perf_counter() - started:.0f} s)")
+        return run
+    if chief:
+        print(f"Exported the randomly initialised encoder (baseline) to {run.export_encoder(f'{config.name}_random')}")
+    started = time.perf_counter()
+    said = objective.start(state.encoder, data.instances, progress=config.progress)
+    if said:
+        print(f"{said} ({time.perf_counter() - started:.0f} s)")
+    with writer.as_default(step=0):
+        tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
+    summaries.write_config(writer, config)
+    if run.knn_reading:  # the random-initialisation point of the kNN curve
+        _log_knn(writer, 0, run.knn_reading(state))
+    return run
 
-    writer = tf.summary.create_file_writer(log_dir) if chief else tf.summary.create_noop_writer()
-    knn_reading = _knn_monitor(config) if chief else None
-    if state.step == 0:
-        with writer.as_default(step=0):
-            tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
-        summaries.write_config(writer, config)
-        if knn_reading:  # the random-initialisation point of the kNN curve
-            _log_knn(writer, 0, knn_reading(state))
 
-    train_steps = make_train_step(config, strategy, state)
-    iterator = iter(strategy.distribute_datasets_from_function(data.dataset_fn))
-    progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and chief),
+def _train(run: _Run) -> float:
+    """Runs the steps from the current one to --steps, with logs, kNN readings, merges and checkpoints on
+    their steps. Returns the last logged loss (NaN when no step ran)."""
+    config, state = run.config, run.state
+    train_steps = make_train_step(config, run.strategy, state)
+    iterator = iter(run.strategy.distribute_datasets_from_function(run.data.dataset_fn))
+    progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and run.chief),
                     desc=config.name, unit="step", dynamic_ncols=True)
     loss = float("nan")
     window_start, window_steps = time.perf_counter(), 0
     step = state.step
-    _merge_if_due(config, state, data)
+    run.merge_if_due()
     while step < config.steps:
         before = step
         out = train_steps(iterator, tf.constant(steps_this_call(config, before), tf.int32))
@@ -238,52 +266,56 @@ def run(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> 
             what = f"loss became {loss}" if not math.isfinite(loss) else "weights became NaN/Inf"
             raise TrainingDiverged(
                 f"{what} at step {step}; stopped without saving. The last good checkpoint "
-                f"({manager.latest_checkpoint or 'none yet'}) is kept. Try a lower --lr or a higher --tau.")
+                f"({run.manager.latest_checkpoint or 'none yet'}) is kept. Try a lower --lr or a higher --tau.")
         window_steps += step - before
         progress.update(step - before)
-        _merge_if_due(config, state, data)
+        run.merge_if_due()
         if step % config.log_every == 0 or step == config.steps:
             loss = float(out["loss"])
             progress.set_postfix(loss=f"{loss:.4f}")
-            elapsed = time.perf_counter() - window_start
-            scalars = {
-                "loss": loss,
-                "learning_rate": float(state.optimizer.learning_rate),
-                "examples_per_second": window_steps * config.batch_size / max(elapsed, 1e-9),
-            }
-            if state.objective.estimates_z:
-                scalars["nce_z"] = float(out["z"])
-            if config.proximal_lambda:
-                scalars["proximal_loss"] = float(out["proximal"])
-            if state.bank is not None:
-                scalars.update(summaries.bank_statistics(state.bank_rows_in_use(), seed=step))
-            _log_scalars(writer, step, scalars)
+            run.log(step, out, loss, window_steps * config.batch_size / max(time.perf_counter() - window_start, 1e-9))
             window_start, window_steps = time.perf_counter(), 0
-        if knn_reading and config.knn_every and step % config.knn_every == 0 and step < config.steps:
-            _log_knn(writer, step, knn_reading(state))
+        if run.knn_reading and config.knn_every and step % config.knn_every == 0 and step < config.steps:
+            _log_knn(run.writer, step, run.knn_reading(state))
         if step % config.checkpoint_every == 0 and step < config.steps:
-            _save(manager, step)
+            _save(run.manager, step)
     progress.close()
+    return loss
 
+
+def _finish(run: _Run, loss: float) -> RunResult:
+    """The final checkpoint, the last kNN reading and projector, and (chief) the final export."""
+    config, state, manager = run.config, run.state, run.manager
+    log_dir = os.path.join(config.run_dir, "tensorboard")
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{state.step}"):
         _save(manager, state.step)
     if config.strategy == "multi_worker":  # the workers' states must be bitwise equal (tests compare these)
         logging.info("worker state at step %d: fingerprint %s", state.step, state_fingerprint(state))
-    if not chief:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
-        return RunResult(state.step, loss, None, log_dir, checkpoint_dir)
-
-    if knn_reading:
-        reading = knn_reading(state)
-        _log_knn(writer, state.step, reading)
+    if not run.chief:
+        shutil.rmtree(manager.directory, ignore_errors=True)
+        return RunResult(state.step, loss, None, log_dir, manager.directory)
+    if run.knn_reading:
+        reading = run.knn_reading(state)
+        _log_knn(run.writer, state.step, reading)
         summaries.write_projector(log_dir, "knn_test_codes", reading.codes, reading.test)
-    elif state.bank is not None:
-        summaries.write_projector(log_dir, "bank_rows", state.bank_rows_in_use()[:2000].numpy())
-    writer.flush()
+    elif (rows := state.objective.projector_rows()) is not None:  # e.g. a memory bank's rows
+        summaries.write_projector(log_dir, "bank_rows", rows)
+    run.writer.flush()
     try:
-        export_dir = _export(config, state, data, config.name)
+        export_dir = run.export_encoder(config.name)
     except (OSError, tf.errors.OpError) as error:
         raise WriteFailed(f"could not write the export under {config.export_base}/{config.name} ({error}); the "
                           f"final checkpoint {manager.latest_checkpoint} is kept: python -m exemplar_tf.export "
                           f"--run_dir={config.run_dir}") from None
-    return RunResult(state.step, loss, export_dir, log_dir, checkpoint_dir)
+    return RunResult(state.step, loss, export_dir, log_dir, manager.directory)
+
+
+def run(config: TrainConfig, export: Exporter, strategy: tf.distribute.Strategy | None = None) -> RunResult:
+    """Trains (or resumes) the run described by `config`; `export` writes the baseline and final exports."""
+    config = validate(config)
+    if config.allow_unnormalised_bank and config.uses_bank and not config.batch_norm:
+        logging.warning("--objective=%s without --batch_norm on the %s Exemplar-CNN: expect the codes to collapse "
+                        "(BUILD_NOTES.md)", config.objective, config.arch)
+    strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
+    run = _start(config, strategy, export)
+    return _finish(run, _train(run))

@@ -15,7 +15,8 @@ always drawn from the per-sample seed (i, k); the pool depends on the seeds only
 pipeline and run), `rng_seed` only orders it.
 
 `augment_on="host"` applies the chain in `Dataset.map` (batched: batch before map). `augment_on="device"` yields
-the raw windows (fixed) or whole images (online) and the seed; the training step calls `DeviceAugment` on them.
+the raw windows (fixed) or whole images (online) and the seed; the training step calls `window_augment` /
+`source_image_augment` on them (`training.inputs` makes them the batch's views).
 
 Merging near-duplicate seeds (the paper's clustering, 74.2 -> 75.4 on STL-10; --merge_classes_at/--merge_to) does
 not change these pipelines: they keep emitting the seed id, and the training step maps it to its merged class
@@ -134,7 +135,7 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
     `instances.shuffled_epochs`); label = the image's index.
 
     host:   {"image": float32 [B,P,P,3] in [0,1], "label": int64 [B]}
-    device: {"source_image": uint8 [B,H,W,3], "label": int64 [B], "aug_seed": int32 [2]} (`DeviceAugment`)
+    device: {"source_image": uint8 [B,H,W,3], "label": int64 [B], "aug_seed": int32 [2]} (`source_image_augment`)
     one_size: every image has the same size, so the sampler runs on whole batches (`online_images`, the same
     function the device runs, from seed (rng_seed, batch number)); otherwise each image is sampled alone, from
     (rng_seed, element number), and the windows are batched before the chain. The device needs one size.
@@ -177,16 +178,20 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
             .prefetch(tf.data.AUTOTUNE))
 
 
-class DeviceAugment:
-    """What the training step calls on a device batch (`augment_on="device"`): fixed seeds' {"window" uint8
-    [B,S,S,3], "aug_seed"} -> chain(window / 255); online {"source_image" uint8 [B,H,W,3], "aug_seed" [2]} ->
-    `online_images`. Returns float32 [B,P,P,3] in [0,1]."""
+def window_augment(chain: TransformChain):
+    """The device-side augmentation of fixed seeds: (batch {"window": uint8 [B,S,S,3], ...}, seed int [2] or [B,2])
+    -> chain(window / 255, seed), float32 [B,P,P,3] in [0,1] (the host pipeline's own computation)."""
+    def augment(batch: dict, seed) -> tf.Tensor:
+        return chain(tf.cast(batch["window"], tf.float32) / 255.0, seed)
 
-    def __init__(self, chain: TransformChain, *, window_size: int, scales: Sequence[float] = patches.DEFAULT_SCALES):
-        self.chain, self.window_size, self.scales = chain, window_size, tuple(scales)
+    return augment
 
-    def __call__(self, batch: dict) -> tf.Tensor:
-        if "window" in batch:
-            return self.chain(tf.cast(batch["window"], tf.float32) / 255.0, batch["aug_seed"])
-        return online_images(self.chain, batch["source_image"], batch["aug_seed"], window_size=self.window_size,
-                             scales=self.scales)
+
+def source_image_augment(chain: TransformChain, *, window_size: int,
+                         scales: Sequence[float] = patches.DEFAULT_SCALES):
+    """The device-side augmentation of online seeds: (batch {"source_image": uint8 [B,H,W,3], ...}, seed int [2])
+    -> `online_images`, float32 [B,P,P,3] in [0,1]."""
+    def augment(batch: dict, seed) -> tf.Tensor:
+        return online_images(chain, batch["source_image"], seed, window_size=window_size, scales=tuple(scales))
+
+    return augment

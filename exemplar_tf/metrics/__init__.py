@@ -1,0 +1,1 @@
+"""Measures of learned features that every layer may use (no project imports): weighted kNN."""

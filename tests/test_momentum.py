@@ -1,0 +1,116 @@
+"""The momentum (key) encoder (objectives/momentum.py, docs/method.md §7): an EMA copy that is never trained,
+scores the positive of each query and writes the bank rows; checkpointed; replicas stay equal."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf import objectives
+from exemplar_tf.objectives import losses
+from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.training.step import build_state, make_train_step
+
+N, B, M = 24, 8, 0.9
+
+
+def _config(objective="nce", **kw):
+    return TrainConfig(run_dir="/tmp/unused", arch="small", objective=objective, num_seeds=N, nce_m=8, batch_size=B,
+                       steps=10, lr=0.05, tau=0.1, dropout=0.0, batch_norm=True, momentum_encoder=M, **kw)
+
+
+def _two_views(seed=0, batch=B):
+    rng = np.random.default_rng(seed)
+    views = rng.uniform(size=(2, batch, 32, 32, 3)).astype(np.float32)
+    labels = rng.choice(N, size=batch, replace=False).astype(np.int64)
+    return {"views": views, "label": labels}
+
+
+def _state(config, strategy=None):
+    from exemplar_tf.training.views import stacked_views
+
+    with (strategy or tf.distribute.get_strategy()).scope():
+        return build_state(config, N, np.full(3, 0.5, np.float32), stacked_views)
+
+
+def _weights(layers):
+    return [w.numpy() for layer in layers for w in layer.trainable_variables]
+
+
+def test_a_momentum_encoder_makes_the_two_view_variant_of_each_bank_objective():
+    for name in ("nce", "nonparametric"):
+        made = objectives.make(name, objectives.Settings(momentum_encoder=0.99))
+        assert made.views == 2 and made.name == name and isinstance(made, objectives.BankObjective)
+    assert objectives.make("nce", objectives.Settings()).views == 1  # 0 = off = NPID
+
+
+def test_the_key_copy_starts_equal_and_follows_the_ema_after_every_step():
+    state = _state(_config())
+    key = state.objective
+    for online, copy in zip(_weights([state.encoder, key.head]), _weights([key.key_encoder, key.key_head])):
+        np.testing.assert_array_equal(online, copy)
+    assert not ({id(v) for v in key.key_encoder.variables} & {id(v) for v in state.trainable_variables})
+    key_before = _weights([key.key_encoder, key.key_head])
+    step = make_train_step(_config(), tf.distribute.get_strategy(), state)
+    out = step(iter(tf.data.Dataset.from_tensors(_two_views()).repeat()), tf.constant(1))
+    assert bool(out["finite"]) and int(out["steps"]) == 1
+    online_after = _weights([state.encoder, key.head])
+    for before, online, after in zip(key_before, online_after, _weights([key.key_encoder, key.key_head])):
+        np.testing.assert_allclose(after, M * before + (1 - M) * online, rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(a, b) for a, b in zip(key_before, online_after))  # the online weights moved
+
+
+def test_keys_are_the_positives_and_the_rows_the_bank_takes():
+    state = _state(_config("nonparametric", bank_momentum=0.5))
+    key = state.objective
+    batch = _two_views(1)
+    views = [tf.constant(v) for v in batch["views"]]
+    queries = key.head(state.encoder(views[0], training=True), training=True)
+    keys = key.key_head(key.key_encoder(views[1], training=True), training=True)
+    rows_before = key.bank().numpy()
+    loss, forward = key.loss(state.encoder, views, tf.constant(batch["label"]), tf.constant([0, 1], tf.int64))
+    # The exact softmax with each example's own row replaced by its key.
+    bank_with_keys = np.repeat(rows_before[None], B, axis=0)
+    bank_with_keys[np.arange(B), batch["label"]] = keys.numpy()
+    logits = np.einsum("bd,bnd->bn", queries.numpy(), bank_with_keys) / 0.1
+    want = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(B), batch["label"]])
+    assert float(loss) == pytest.approx(want, rel=1e-4)
+    key.update(forward)
+    blended = 0.5 * rows_before[batch["label"]] + 0.5 * keys.numpy()
+    np.testing.assert_allclose(key.bank().numpy()[batch["label"]],
+                               blended / np.linalg.norm(blended, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_nce_with_the_bank_rows_as_positives_is_plain_nce():
+    rng = np.random.default_rng(3)
+    bank = tf.math.l2_normalize(tf.constant(rng.normal(size=(N, 16)), tf.float32), -1)
+    v = tf.math.l2_normalize(tf.constant(rng.normal(size=(B, 16)), tf.float32), -1)
+    labels = tf.constant(rng.choice(N, B, replace=False), tf.int64)
+    noise = losses.sample_noise(labels, N, 5, tf.constant([1, 2], tf.int64))
+    plain = losses.nce_loss(v, bank, labels, noise, 0.1, 3.0)
+    given = losses.nce_loss(v, bank, labels, noise, 0.1, 3.0, positives=tf.gather(bank, labels))
+    np.testing.assert_allclose([float(t) for t in given], [float(t) for t in plain], rtol=1e-6)
+
+
+def test_the_key_encoder_is_checkpointed_and_restored(tmp_path):
+    state = _state(_config())
+    assert {"key_encoder", "key_head", "bank", "z", "head"} <= set(state.objective.checkpoint_parts())
+    for variable in state.objective.key_weights:
+        variable.assign(variable + 1.0)
+    path = state.checkpoint().save(str(tmp_path / "ckpt"))
+    restored = _state(_config())
+    restored.checkpoint().restore(path).assert_existing_objects_matched()
+    for got, want in zip(restored.objective.key_weights, state.objective.key_weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_key_copies_and_banks_stay_bitwise_equal_on_two_replicas(two_cpus):
+    config = _config()
+    state = _state(config, two_cpus)
+    pieces = [_two_views(s, B // 2) for s in range(6)]  # 3 steps x 2 replicas
+    dataset = tf.data.Dataset.from_tensor_slices({k: np.stack([p[k] for p in pieces]) for k in pieces[0]})
+    step = make_train_step(config, two_cpus, state)
+    out = step(iter(two_cpus.distribute_datasets_from_function(lambda context: dataset)), tf.constant(3))
+    assert int(out["steps"]) == 3 and bool(out["finite"])
+    for variable in state.objective.key_weights + [state.objective.bank.bank]:
+        value = variable.value if hasattr(variable, "path") else variable
+        first, second = [v.numpy() for v in two_cpus.experimental_local_results(value)]
+        np.testing.assert_array_equal(first, second)
