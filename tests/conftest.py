@@ -29,3 +29,24 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+# The settings of a tiny demo run most training tests share: 64 seed classes from the demo photographs, the small
+# network with the parametric softmax (no bank: no --batch_norm needed), a few steps, no kNN, no progress bar.
+TINY_RUN = dict(name="tiny", source="demo", method="exemplar", arch="small", objective="softmax", num_seeds=64,
+                seeds_per_image=8, nce_m=32, batch_size=16, steps=4, log_every=2, checkpoint_every=2, knn_source="",
+                progress=False)
+
+
+@pytest.fixture
+def tiny_config():
+    """make(run_dir, **overrides) -> TrainConfig of a tiny demo run (TINY_RUN), its export beside run_dir
+    (<parent>/savedmodels); overrides replace any setting. Not validated (tests of bad settings use it too)."""
+    from exemplar_tf.training.config import TrainConfig
+
+    def make(run_dir, **overrides) -> TrainConfig:
+        run_dir = str(run_dir)
+        export_base = os.path.join(os.path.dirname(os.path.abspath(run_dir)), "savedmodels")
+        return TrainConfig(run_dir=run_dir, **{**TINY_RUN, "export_base": export_base, **overrides})
+
+    return make

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.serving import runs
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.config import TrainConfig
 
@@ -46,10 +47,10 @@ def test_overwrite_moves_the_old_run_aside(tmp_path):
 
 
 def test_loop_refuses_a_reused_run_dir_before_any_work_and_resumes_a_longer_one(tmp_path):
-    loop.run(_config(tmp_path))
+    runs.train(_config(tmp_path))
     with pytest.raises(rundir.RunDirMismatch, match="--num_seeds was '64', now '48'"):
-        loop.run(_config(tmp_path, num_seeds=48))
-    result = loop.run(_config(tmp_path, steps=4))
+        runs.train(_config(tmp_path, num_seeds=48))
+    result = runs.train(_config(tmp_path, steps=4))
     assert result.step == 4
     assert rundir.read_flagfile(os.path.join(tmp_path / "run", "flags.cfg"))["steps"] == "4"
 
@@ -94,8 +95,60 @@ def test_a_failed_checkpoint_write_stops_with_a_message_and_keeps_the_previous_o
 
     monkeypatch.setattr(tf.train.CheckpointManager, "save", full_disk_on_second_save)
     with pytest.raises(loop.WriteFailed, match="No space left on device") as error:
-        loop.run(_config(tmp_path, steps=6))
+        runs.train(_config(tmp_path, steps=6))
     assert "ckpt-2" in str(error.value)
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("-2")
     monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
-    assert loop.run(_config(tmp_path, steps=6)).step == 6
+    assert runs.train(_config(tmp_path, steps=6)).step == 6
+
+
+def test_a_flagfile_without_a_newer_setting_resumes_and_reads_it_as_the_default(tmp_path, tiny_config):
+    """A flags.cfg written before --momentum_encoder existed: the missing key is not compared (resume), reads as
+    the default (off), and the next write records it."""
+    config = tiny_config(tmp_path / "run")
+    path = rundir.write_flagfile(config)
+    with open(path) as file:
+        lines = [line for line in file if not line.startswith("--momentum_encoder=")]
+    with open(path, "w") as file:
+        file.writelines(lines)
+    assert rundir.check_reuse(config, overwrite=False) is None
+    assert rundir.read_run_config(config.run_dir) == config
+    rundir.write_flagfile(config)
+    assert rundir.read_flagfile(path)["momentum_encoder"] == "0.0"
+
+
+def test_a_changed_momentum_encoder_is_refused_on_resume(tmp_path, tiny_config):
+    rundir.write_flagfile(tiny_config(tmp_path / "run"))
+    with pytest.raises(rundir.RunDirMismatch, match="--momentum_encoder was '0.0', now '0.99'"):
+        rundir.check_reuse(tiny_config(tmp_path / "run", momentum_encoder=0.99), overwrite=False)
+
+
+def test_every_kind_of_setting_round_trips_through_the_run_flagfile(tmp_path, tiny_config):
+    """Strings, optional strings, enums, ints, floats, optional floats, booleans and both list kinds (empty too)."""
+    for change in (dict(data_dir="/data/tfds", transforms=("hue",), lr_decay_at=(0.25,), tau=0.1, lr=0.5,
+                        batch_norm=True, progress=True, tpu="grpc://x:8470", momentum_encoder=0.999, seed=-3),
+                   dict(transforms=(), lr_decay_at=(), knn_source="", weight_decay=0.0)):
+        config = tiny_config(tmp_path / "run", **change)
+        rundir.write_flagfile(config)
+        assert rundir.read_run_config(config.run_dir) == config
+
+
+def test_a_hand_written_flagfile_is_typed_by_the_field_declarations(tmp_path):
+    path = tmp_path / "flags.cfg"
+    path.write_text("# comment\n--name=hand\n--batch_norm\n--noprogress\n--steps=12\n--lr=\n--data_dir=\n"
+                    "--lr_decay_at= 0.5 , 0.9\n--transforms=translate, hue\n--unknown_flag=3\n--momentum_encoder=0.5\n")
+    config = rundir.config_from_flagfile(str(path))
+    assert (config.name, config.batch_norm, config.progress, config.steps) == ("hand", True, False, 12)
+    assert (config.lr, config.data_dir) == (0.01, None)  # empty optional values: None, then the method's default
+    assert (config.lr_decay_at, config.transforms) == ((0.5, 0.9), ("translate", "hue"))
+    assert config.momentum_encoder == 0.5 and config.run_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("line, message", [("--steps=many", "--steps=many"), ("--batch_norm=maybe", "--batch_norm"),
+                                           ("--lr_decay_at=0.5,x", "--lr_decay_at must be a comma-separated list")])
+def test_a_value_of_the_wrong_type_names_the_file_and_the_flag(tmp_path, line, message):
+    path = tmp_path / "flags.cfg"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        rundir.config_from_flagfile(str(path))
+    assert str(path) in str(error.value)

@@ -9,8 +9,9 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from exemplar_tf import train
-from exemplar_tf.training import rundir
+from exemplar_tf import choices, train
+from exemplar_tf.training import config as cfg
+from exemplar_tf.training import rundir, settings
 from exemplar_tf.training.config import TrainConfig, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,6 +96,14 @@ def test_merging_is_accepted_with_every_objective(objective, noise):
                                                                           "--seed_sampling=fixed"),
         (dict(merge_classes_at=100, merge_to=100, strategy="multi_worker"),
          "--merge_classes_at is not supported with --strategy=multi_worker"),
+        (dict(momentum_encoder=1.0, objective="nce", batch_norm=True), "--momentum_encoder must be in [0, 1), got 1.0"),
+        (dict(momentum_encoder=-0.1), "--momentum_encoder must be in [0, 1), got -0.1"),
+        (dict(momentum_encoder=0.99, objective="softmax"), "--momentum_encoder needs a memory bank: use "
+                                                          "--objective=nce or nonparametric, not softmax"),
+        (dict(momentum_encoder=0.99, objective="nce", batch_norm=True, nce_m=50, merge_classes_at=100, merge_to=100),
+         "--momentum_encoder is not supported with --merge_to"),
+        (dict(dropout=1.0), "--dropout must be in [0, 1), got 1.0"),
+        (dict(weight_decay=-1.0), "--weight_decay must be >= 0, got -1.0"),
     ],
 )
 def test_bad_values_are_rejected_with_the_flag_named(change, message):
@@ -170,3 +179,73 @@ def test_importing_the_package_turns_onednn_on_unless_the_user_chose(user_value,
     out = subprocess.run([sys.executable, "-c", "import os, exemplar_tf; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == expected
+
+
+def test_a_momentum_encoder_on_a_bank_objective_is_accepted_from_the_flags():
+    with flagsaver.flagsaver():
+        config = _parse("--run_dir=/tmp/x", "--method=npid", "--momentum_encoder=0.999")
+    assert (config.momentum_encoder, config.objective) == (0.999, "nce")
+    assert validate(config) is config
+    assert "momentum_encoder" not in rundir.RESUME_SAFE  # it changes what is trained
+
+
+def test_a_bad_value_of_any_checked_field_is_reported_naming_its_flag():
+    """Every declared range and choice list is enforced by validate, with the field's flag named."""
+    for spec in settings.specs(TrainConfig):
+        bad = {"int": -7, "float": -7.0}.get(spec.kind) if isinstance(spec.check, settings.Range) else None
+        if spec.choices is not None:
+            bad = ("bogus",) if spec.kind == "list" else "bogus"
+        if bad is None:
+            continue
+        with pytest.raises(ValueError, match="Bad training flags") as error:
+            validate(TrainConfig(run_dir="/tmp/x", **{spec.name: bad}))
+        assert f"--{spec.name}" in str(error.value), spec.name
+    with pytest.raises(ValueError, match="--run_dir must be set"):
+        validate(TrainConfig(run_dir=""))
+
+
+def test_every_field_is_declared_once_with_help_and_its_flag_matches():
+    """One flag per field, of the field's type, with its default and (enums) its valid values."""
+    kinds = {"str": "string", "bool": "bool", "int": "int", "float": "float", "list": "comma separated list of strings"}
+    for spec in settings.specs(TrainConfig):
+        flag = flags.FLAGS[spec.name]
+        assert spec.help and flag.help == (f"<{'|'.join(spec.choices)}>: " if flag.flag_type() == "string enum"
+                                           else "") + spec.help
+        assert flag.flag_type() == ("string enum" if spec.choices and spec.kind != "list" else kinds[spec.kind])
+        expected = None if spec.required else spec.flag_default.split(",") if spec.kind == "list" else spec.default
+        assert flag.default == expected, spec.name
+        if spec.choices is not None and spec.kind != "list":
+            assert flag.parser.enum_values == list(spec.choices), spec.name
+
+
+def test_valid_values_are_listed_once_in_choices():
+    for name in ("METHODS", "STRATEGIES", "PRESETS", "SEED_SAMPLINGS", "NCE_NOISE", "BANK_INITS", "RESNET_STEMS",
+                 "ARCHS", "OBJECTIVES", "PRECISIONS", "AUGMENT_ON"):
+        assert getattr(cfg, name) is getattr(choices, name)
+    from exemplar_tf.augment import presets
+
+    assert choices.PRESETS == tuple(presets.PRESETS) and choices.TRANSFORMS is presets.ALL_TRANSFORMS
+    declared = settings.spec_map(TrainConfig)
+    assert declared["method"].choices is choices.METHODS and declared["transforms"].choices is choices.TRANSFORMS
+
+
+def test_flags_are_defined_and_validated_without_importing_tensorflow():
+    code = ("import sys; from exemplar_tf import train; from exemplar_tf.training import rundir; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_committed_flag_table_is_up_to_date():
+    with open(os.path.join(REPO, "docs", "flags.md")) as file:
+        committed = file.read()
+    assert committed == cfg.flags_doc(), "docs/flags.md is out of date: run python -m exemplar_tf.training.config"
+    assert "| `--momentum_encoder` | float | `0.0` | in [0, 1) |" in committed
+
+
+def test_the_tiny_config_fixture_makes_a_valid_small_demo_run(tiny_config, tmp_path):
+    config = tiny_config(tmp_path / "run", steps=3)
+    assert validate(config) is config
+    assert (config.run_dir, config.steps, config.source, config.progress) == (str(tmp_path / "run"), 3, "demo", False)
+    assert config.export_base == str(tmp_path / "savedmodels")

@@ -1,20 +1,23 @@
-"""The training run's configuration: one frozen dataclass, validated before any work starts."""
+"""The training run's configuration: one frozen dataclass, validated before any work starts.
+
+Every setting is declared once, as a field with its help text, valid values and range (`settings.setting`):
+`train.py` derives its flags from the fields, `validate` their checks, `rundir` the typed reading of a run's
+flagfile and docs/flags.md its table (`write_flags_doc`). No TensorFlow import (train.py validates before loading
+it).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import os
+from typing import Callable, Sequence
 
-from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_OBJECTIVES, EXEMPLAR_ARCHS, OBJECTIVES,  # noqa: F401
-                                 PRECISIONS)
+from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, EXEMPLAR_ARCHS,  # noqa: F401
+                                 METHODS, NCE_NOISE, OBJECTIVES, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS,
+                                 STRATEGIES, TRANSFORMS)
 from exemplar_tf.errors import InputError
-
-METHODS = ("exemplar", "npid")
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-PRESETS = ("paper", "release_code")
-SEED_SAMPLINGS = ("fixed", "online")
-NCE_NOISE = ("per_example", "shared")
-BANK_INITS = ("random", "features")
-RESNET_STEMS = ("auto", "cifar", "imagenet")
+from exemplar_tf.training import settings
+from exemplar_tf.training.settings import (NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, UNIT_INTERVAL_OPEN, EachIn, NonEmpty,
+                                           Range, setting)
 
 # What a field left at None becomes, per method: each paper's own recipe. Exemplar-CNN (Dosovitskiy et al.'s
 # release): the small network, the parametric softmax over the surrogate classes, lr 0.01, weight decay 0.004,
@@ -31,72 +34,133 @@ AUTO_KNN_SOURCES = {"demo": "demo_labelled"}
 class TrainConfig:
     """Everything a run needs; `train.py` fills it from absl flags, tests build it directly."""
 
-    run_dir: str
-    name: str = "exemplar"
+    run_dir: str = setting(help="Run directory (checkpoints, TensorBoard, resolved flags). Default: runs/<name>.",
+                           check=NonEmpty())
+    name: str = setting("exemplar", help="Run name; the export goes to <export_base>/<name>/<version>.")
     # Data.
-    source: str = "demo"
-    split: str = "train"
-    data_dir: str | None = None
-    method: str = "exemplar"
-    max_instances: int = 0
-    skip_bad_images: bool = False  # folder sources: leave out unreadable / too-small files (run_dir/skipped_images.txt)
+    source: str = setting("demo", help="Image source: demo, stl10, cifar10, caltech101 (tfds), stl10_binary:<dir>, "
+                                       "folder:<dir>.")
+    split: str = setting("train", help="Split of --source to learn from (stl10: unlabelled).")
+    data_dir: str | None = setting(None, help="tensorflow-datasets data_dir (local copies; no download).")
+    method: str = setting("exemplar", choices=METHODS,
+                          help="exemplar: surrogate classes from seed patches; npid: every image is an instance.")
+    max_instances: int = setting(0, check=NON_NEGATIVE, help="Use at most N source images, evenly spread over the "
+                                                             "source (0 = all).")
+    skip_bad_images: bool = setting(False, help="folder:<dir> sources: leave out image files that cannot be decoded "
+                                                "or are smaller than the patch (each file is decoded once up front), "
+                                                "list them in <run_dir>/skipped_images.txt and train on the rest.")
     # Exemplar-CNN surrogate data.
-    seed_sampling: str = "fixed"  # fixed: num_seeds seeds drawn once, one class each; online: one class per image
-    num_seeds: int = 8000
-    seeds_per_image: int = 0  # 0: ceil(num_seeds / source images), at least 1 (see `seeds_per_image_for`)
-    patch_size: int = 32
-    preset: str = "paper"
-    transforms: Sequence[str] = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")
-    fixed_copies: int = 0
-    augment_on: str = "host"
-    merge_classes_at: int = 0  # > 0: at this step cluster the seeds into merge_to classes (data/merging.py)
-    merge_to: int = 0
+    seed_sampling: str = setting("fixed", choices=SEED_SAMPLINGS,
+                                 help="Exemplar-CNN: fixed: --num_seeds seed patches drawn once (cached in the run "
+                                      "directory), each one class (the paper); online: every source image is a class "
+                                      "and each visit draws a fresh energy-weighted patch of it (--num_seeds and "
+                                      "--seeds_per_image unused).")
+    num_seeds: int = setting(8000, check=POSITIVE,
+                             help="Exemplar-CNN: number of seed patches (surrogate classes).")
+    seeds_per_image: int = setting(0, check=NON_NEGATIVE,  # 0: see `seeds_per_image_for`
+                                   help="Exemplar-CNN: seeds drawn from each chosen image (0: as few as reach "
+                                        "--num_seeds, at least 1).")
+    patch_size: int = setting(32, check=POSITIVE, help="Exemplar-CNN: seed patch size in pixels.")
+    preset: str = setting("paper", choices=PRESETS, help="Transformation ranges (METHOD.md section 1).")
+    transforms: Sequence[str] = setting(TRANSFORMS, choices=TRANSFORMS,
+                                        help="Transformations to apply (ablations: leave some out).")
+    fixed_copies: int = setting(0, check=NON_NEGATIVE, help="K > 0: the paper's fixed pool of K copies per seed; "
+                                                            "0: transformations drawn afresh every time.")
+    augment_on: str = setting("host", choices=AUGMENT_ON,
+                              help="Run the augmentation (exemplar: sampler + transformation chain; npid: NPID's "
+                                   "crop/jitter) in tf.data (host) or batched in the training step (device).")
+    merge_classes_at: int = setting(0, help="Exemplar-CNN (fixed seeds): at this step embed every seed with the "
+                                            "current encoder, cluster the seeds into --merge_to classes (spherical "
+                                            "k-means) and train on those: a K-way softmax or K memory-bank rows "
+                                            "(0: never).")
+    merge_to: int = setting(0, help="Number of classes the seeds are merged into at --merge_classes_at.")
     # NPID whole-image instances.
-    image_size: int = 32
+    image_size: int = setting(32, check=POSITIVE, help="NPID: crop size of the augmented images.")
     # Model and objective.
-    arch: str | None = None  # None: METHOD_DEFAULTS
-    resnet_stem: str = "auto"
-    resnet_width: int = 64
-    objective: str | None = None  # None: METHOD_DEFAULTS
-    embedding_dim: int = 128
-    dropout: float = 0.5
-    batch_norm: bool = False
-    allow_unnormalised_bank: bool = False
-    tau: float = 0.07
-    nce_m: int = 4096
-    nce_noise: str = "per_example"
-    nce_z_momentum: float = 0.99
-    bank_momentum: float = 0.5
-    bank_init: str = "random"
-    proximal_lambda: float = 0.0
+    arch: str | None = setting(None, choices=ARCHS,
+                               help="Encoder architecture (default: small for exemplar, resnet18 for npid).")
+    resnet_stem: str = setting("auto", choices=RESNET_STEMS,
+                               help="ResNet stem: auto (CIFAR 3x3 stem up to 64 px, ImageNet 7x7/2 + max-pool "
+                                    "above), cifar or imagenet.")
+    resnet_width: int = setting(64, check=Range(low=0, low_open=True, text="a positive number of channels"),
+                                help="ResNet base width: channels of the stem and stage 1, doubled per stage (64 in "
+                                     "the papers; 32 costs ~1/4 of the compute).")
+    objective: str | None = setting(None, choices=OBJECTIVES,
+                                    help="softmax: parametric N-way classifier; nonparametric: exact softmax over the "
+                                         "memory bank; nce: NCE with --nce_m noise samples (default: softmax for "
+                                         "exemplar, nce for npid).")
+    embedding_dim: int = setting(128, check=POSITIVE, help="Projection head / memory bank dimension.")
+    dropout: float = setting(0.5, check=UNIT_INTERVAL_OPEN,
+                             help="Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
+    batch_norm: bool = setting(False, help="Exemplar-CNN: BatchNormalization before every ReLU (not in the paper; "
+                                           "needed by the bank objectives, see BUILD_NOTES.md).")
+    allow_unnormalised_bank: bool = setting(False, help="Run a bank objective on an Exemplar-CNN without "
+                                                        "--batch_norm (it collapses; with a warning).")
+    tau: float = setting(0.07, check=POSITIVE, help="Temperature of the non-parametric softmax.")
+    nce_m: int = setting(4096, check=POSITIVE, help="NCE noise samples per example.")
+    nce_noise: str = setting("per_example", choices=NCE_NOISE,
+                             help="per_example: m fresh noise instances for every example (NPID); shared: one set "
+                                  "of m for the whole batch (gathers m bank rows instead of B*m: faster).")
+    nce_z_momentum: float = setting(0.99, check=UNIT_INTERVAL, help="Moving average of NCE's Z (0 freezes it after "
+                                                                    "the first batch, as NPID's release does).")
+    bank_momentum: float = setting(0.5, check=UNIT_INTERVAL,
+                                   help="Memory-bank update: w <- norm(eta*w + (1-eta)*v).")
+    bank_init: str = setting("random", choices=BANK_INITS,
+                             help="Memory bank at step 0. random: random unit rows (NPID); features: row i is the "
+                                  "randomly initialised encoder's code of instance i (not in the papers, see "
+                                  "BUILD_NOTES.md).")
+    proximal_lambda: float = setting(0.0, check=NON_NEGATIVE, help="NPID's proximal regulariser: adds lambda * "
+                                                                   "||v_i - w_i||^2, w_i the bank row before this "
+                                                                   "step's update (0: off).")
+    momentum_encoder: float = setting(0.0, check=UNIT_INTERVAL_OPEN,
+                                      help="Momentum of a key encoder that writes the memory bank (MoCo-style): an "
+                                           "EMA copy of the encoder and head, theta_k <- m theta_k + (1 - m) "
+                                           "theta_q, not trained; with it on, each instance gives two views per "
+                                           "batch (query: the online encoder, key: the EMA copy). 0: off (NPID).")
     # Optimisation.
-    batch_size: int = 128
-    steps: int = 10000
-    lr: float | None = None  # None: METHOD_DEFAULTS
-    lr_decay_at: Sequence[float] = (0.6, 0.8)
-    lr_decay_factor: float | None = None  # None: METHOD_DEFAULTS
-    momentum: float = 0.9
-    weight_decay: float | None = None  # None: METHOD_DEFAULTS
+    batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
+    steps: int = setting(10000, check=POSITIVE, help="Training steps.")
+    lr: float | None = setting(None, check=POSITIVE,
+                               help="Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
+    lr_decay_at: Sequence[float] = setting(
+        (0.6, 0.8), check=EachIn(Range(low=0, high=1, low_open=True, high_open=True),
+                                 message="--{name} are fractions of --steps {range}, got {value}"),
+        help="Fractions of --steps where the lr is multiplied by --lr_decay_factor (empty: constant).")
+    lr_decay_factor: float | None = setting(None, check=UNIT_INTERVAL,
+                                            help="Learning-rate drop factor (default: 0.3 exemplar, 0.1 npid).")
+    momentum: float = setting(0.9, check=UNIT_INTERVAL, help="SGD momentum.")
+    weight_decay: float | None = setting(None, check=NON_NEGATIVE, help="L2 weight decay times per-layer multipliers "
+                                                                        "(default: 0.004 exemplar, 5e-4 npid).")
     # Speed.
-    precision: str = "float32"
-    steps_per_call: int = 10
-    jit_compile: bool = False
+    precision: str = setting("float32", choices=PRECISIONS,
+                             help="Keras dtype policy of the encoder: float32, or mixed_bfloat16 / mixed_float16 "
+                                  "(float32 variables, 16-bit compute; mixed_float16 adds dynamic loss scaling). "
+                                  "Heads, losses, the memory bank, kNN and exports stay float32.")
+    steps_per_call: int = setting(10, check=POSITIVE,
+                                  help="Training steps per tf.function call (one host round trip per call; calls end "
+                                       "at every log, checkpoint and kNN step).")
+    jit_compile: bool = setting(False, help="XLA-compile each replica's forward/backward pass (not the input "
+                                            "pipeline, device-side augmentation or the updates). Off by default: "
+                                            "slower than oneDNN on CPU (BUILD_NOTES.md).")
     # Distribution.
-    strategy: str = "default"
-    tpu: str = ""
+    strategy: str = setting("default", choices=STRATEGIES, help="tf.distribute strategy.")
+    tpu: str = setting("", help="TPU name or grpc:// address for --strategy=tpu.")
     # Book-keeping.
-    seed: int = 0
-    log_every: int = 50
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    knn_source: str = "auto"  # auto: AUTO_KNN_SOURCES[source], else none; "": none
-    knn_split: str = "test"
-    knn_train_split: str = "train"
-    knn_every: int = 0
-    knn_max_examples: int = 2000
-    export_base: str = "savedmodels"
-    overwrite: bool = False  # an existing run directory with other training settings is moved aside
-    progress: bool = True
+    seed: int = setting(0, help="Random seed (seeds, transformations, noise, initialisation).")
+    log_every: int = setting(50, check=POSITIVE, help="Steps between TensorBoard scalar summaries.")
+    checkpoint_every: int = setting(500, check=POSITIVE, help="Steps between checkpoints.")
+    keep_checkpoints: int = setting(3, check=POSITIVE, help="Checkpoints to keep.")
+    knn_source: str = setting("auto", help="Labelled source for kNN monitoring (e.g. demo_labelled); auto: "
+                                           "demo_labelled for --source=demo, none otherwise; empty: none.")
+    knn_split: str = setting("test", help="Query split of --knn_source.")
+    knn_train_split: str = setting("train", help="Memory split of --knn_source.")
+    knn_every: int = setting(0, check=NON_NEGATIVE, help="Steps between kNN evaluations (0: only at the end).")
+    knn_max_examples: int = setting(2000, check=NON_NEGATIVE, help="Images per kNN split.")
+    export_base: str = setting("savedmodels", help="Export directory base (TF Serving layout).")
+    overwrite: bool = setting(False, help="Start over when --run_dir holds a run with other training settings (the "
+                                          "old directory is kept as <run_dir>.old-<time>); without it such a run "
+                                          "directory is refused.")
+    progress: bool = setting(True, help="Show a progress bar.")
 
     def __post_init__(self):
         """Fills the fields left at None (and knn_source=auto) from the method's defaults."""
@@ -121,8 +185,62 @@ def seeds_per_image_for(config: TrainConfig, num_images: int) -> int:
     return config.seeds_per_image or max(1, -(-config.num_seeds // max(num_images, 1)))
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> list[str]:
-    return [] if value in choices else [f"--{name}={value!r} is not one of {', '.join(choices)}"]
+# Cross-field rules: each returns the problem lines of one concern (the fields' own checks come from their
+# declarations, `settings.field_problems`).
+
+def _objective_problems(config: TrainConfig) -> list[str]:
+    """The objective against the method, the network and the number of seeds."""
+    problems = []
+    if config.method == "npid" and config.objective == "softmax":
+        problems.append("--objective=softmax needs surrogate classes: use it with --method=exemplar")
+    if (config.objective == "nce" and config.method == "exemplar" and config.seed_sampling == "fixed"
+            and config.nce_m >= config.num_seeds):
+        problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
+    if (config.uses_bank and config.arch in EXEMPLAR_ARCHS and not config.batch_norm
+            and not config.allow_unnormalised_bank):
+        problems.append(f"--objective={config.objective} on the {config.arch} Exemplar-CNN needs --batch_norm: without "
+                        "it the bank objective kills the fc ReLUs and every image gets the same code (BUILD_NOTES.md); "
+                        "--allow_unnormalised_bank runs it anyway")
+    if config.method == "exemplar" and config.arch.startswith("resnet") and config.patch_size < 32:
+        problems.append("--patch_size must be >= 32 for ResNet encoders")
+    return problems
+
+
+def _seed_sampling_problems(config: TrainConfig) -> list[str]:
+    """--seed_sampling=online: Exemplar-CNN only, and no fixed pool of copies."""
+    if config.seed_sampling != "online":
+        return []
+    problems = []
+    if config.method != "exemplar":
+        problems.append("--seed_sampling=online draws Exemplar-CNN seed patches: use it with --method=exemplar (npid "
+                        "crops whole images its own way)")
+    if config.fixed_copies:
+        problems.append("--fixed_copies is a pool of copies of fixed seeds: use it with --seed_sampling=fixed, not "
+                        "online (every visit draws a fresh patch)")
+    return problems
+
+
+def _needs_bank(config: TrainConfig, flag: str) -> list[str]:
+    return [] if config.uses_bank else [f"{flag} needs a memory bank: use --objective=nce or nonparametric, "
+                                        f"not {config.objective}"]
+
+
+def _bank_problems(config: TrainConfig) -> list[str]:
+    """The settings of the memory bank need one; a few are not supported across workers or with merging."""
+    problems = []
+    if config.proximal_lambda > 0:
+        problems += _needs_bank(config, "--proximal_lambda")
+    if config.bank_init == "features":
+        problems += _needs_bank(config, "--bank_init=features")
+        if config.strategy == "multi_worker":
+            problems.append("--bank_init=features is not supported with --strategy=multi_worker (every worker would "
+                            "compute its own rows)")
+    if config.momentum_encoder > 0:
+        problems += _needs_bank(config, "--momentum_encoder")
+        if config.merge_classes_at or config.merge_to:
+            problems.append("--momentum_encoder is not supported with --merge_to (merging replaces the bank's "
+                            "instance rows by class rows; the key encoder writes instance rows)")
+    return problems
 
 
 def _merge_problems(config: TrainConfig) -> list[str]:
@@ -153,80 +271,9 @@ def _merge_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
-def validate(config: TrainConfig) -> TrainConfig:
-    """Raises InputError (a ValueError) listing every bad value, before any data is read or a model built."""
-    from exemplar_tf.augment.presets import ALL_TRANSFORMS
-
-    problems: list[str] = []
-    problems += _check_choice("method", config.method, METHODS)
-    problems += _check_choice("objective", config.objective, OBJECTIVES)
-    problems += _check_choice("arch", config.arch, ARCHS)
-    problems += _check_choice("strategy", config.strategy, STRATEGIES)
-    problems += _check_choice("preset", config.preset, PRESETS)
-    problems += _check_choice("augment_on", config.augment_on, AUGMENT_ON)
-    problems += _check_choice("seed_sampling", config.seed_sampling, SEED_SAMPLINGS)
-    problems += _check_choice("nce_noise", config.nce_noise, NCE_NOISE)
-    problems += _check_choice("bank_init", config.bank_init, BANK_INITS)
-    problems += _check_choice("resnet_stem", config.resnet_stem, RESNET_STEMS)
-    if config.resnet_width < 1:
-        problems.append(f"--resnet_width must be a positive number of channels, got {config.resnet_width}")
-    problems += _check_choice("precision", config.precision, PRECISIONS)
-    unknown = [t for t in config.transforms if t not in ALL_TRANSFORMS]
-    if unknown:
-        problems.append(f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}")
-    positive_ints = ("num_seeds", "patch_size", "image_size", "embedding_dim", "batch_size",
-                     "steps", "log_every", "checkpoint_every", "keep_checkpoints", "nce_m",
-                     "steps_per_call")
-    for field in positive_ints:
-        if getattr(config, field) <= 0:
-            problems.append(f"--{field} must be > 0, got {getattr(config, field)}")
-    for field in ("max_instances", "seeds_per_image", "fixed_copies", "knn_every", "knn_max_examples"):
-        if getattr(config, field) < 0:
-            problems.append(f"--{field} must be >= 0, got {getattr(config, field)}")
-    if not config.tau > 0:
-        problems.append(f"--tau must be > 0, got {config.tau}")
-    if not config.lr > 0:
-        problems.append(f"--lr must be > 0, got {config.lr}")
-    for field in ("nce_z_momentum", "bank_momentum", "momentum", "lr_decay_factor"):
-        value = getattr(config, field)
-        if not 0.0 <= value <= 1.0:
-            problems.append(f"--{field} must be in [0, 1], got {value}")
-    if not 0.0 <= config.dropout < 1.0:
-        problems.append(f"--dropout must be in [0, 1), got {config.dropout}")
-    if config.weight_decay < 0:
-        problems.append(f"--weight_decay must be >= 0, got {config.weight_decay}")
-    if any(not 0.0 < f < 1.0 for f in config.lr_decay_at):
-        problems.append(f"--lr_decay_at are fractions of --steps in (0, 1), got {list(config.lr_decay_at)}")
-    if config.method == "npid" and config.objective == "softmax":
-        problems.append("--objective=softmax needs surrogate classes: use it with --method=exemplar")
-    if config.method == "exemplar" and config.arch.startswith("resnet") and config.patch_size < 32:
-        problems.append("--patch_size must be >= 32 for ResNet encoders")
-    if config.seed_sampling == "online" and config.method != "exemplar":
-        problems.append("--seed_sampling=online draws Exemplar-CNN seed patches: use it with --method=exemplar (npid "
-                        "crops whole images its own way)")
-    if config.seed_sampling == "online" and config.fixed_copies:
-        problems.append("--fixed_copies is a pool of copies of fixed seeds: use it with --seed_sampling=fixed, not "
-                        "online (every visit draws a fresh patch)")
-    if (config.objective == "nce" and config.method == "exemplar" and config.seed_sampling == "fixed"
-            and config.nce_m >= config.num_seeds):
-        problems.append(f"--nce_m={config.nce_m} must be smaller than --num_seeds={config.num_seeds}")
-    if (config.uses_bank and config.arch in EXEMPLAR_ARCHS and not config.batch_norm
-            and not config.allow_unnormalised_bank):
-        problems.append(f"--objective={config.objective} on the {config.arch} Exemplar-CNN needs --batch_norm: without "
-                        "it the bank objective kills the fc ReLUs and every image gets the same code (BUILD_NOTES.md); "
-                        "--allow_unnormalised_bank runs it anyway")
-    if config.proximal_lambda < 0:
-        problems.append(f"--proximal_lambda must be >= 0, got {config.proximal_lambda}")
-    if config.proximal_lambda > 0 and not config.uses_bank:
-        problems.append(f"--proximal_lambda needs a memory bank: use --objective=nce or nonparametric, "
-                        f"not {config.objective}")
-    if config.bank_init == "features" and not config.uses_bank:
-        problems.append(f"--bank_init=features needs a memory bank: use --objective=nce or nonparametric, "
-                        f"not {config.objective}")
-    if config.bank_init == "features" and config.strategy == "multi_worker":
-        problems.append("--bank_init=features is not supported with --strategy=multi_worker (every worker would "
-                        "compute its own rows)")
-    problems += _merge_problems(config)
+def _run_problems(config: TrainConfig) -> list[str]:
+    """Where the run reads from and reports to: the TPU, the kNN monitor, bad-file skipping."""
+    problems = []
     if config.strategy == "tpu" and not config.tpu:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
     if config.knn_every and not config.knn_source:
@@ -234,8 +281,46 @@ def validate(config: TrainConfig) -> TrainConfig:
     if config.skip_bad_images and not config.source.startswith("folder:"):
         problems.append(f"--skip_bad_images applies to folder:<dir> sources (their files are checked one by one), "
                         f"not --source={config.source}")
-    if not config.run_dir:
-        problems.append("--run_dir must be set")
+    return problems
+
+
+CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
+    _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _run_problems)
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Raises InputError (a ValueError) listing every bad value, before any data is read or a model built: each
+    field's declared checks (valid values, ranges), then the rules between fields."""
+    problems = settings.field_problems(config)
+    for rule in CROSS_FIELD_RULES:
+        problems += rule(config)
     if problems:
         raise InputError("Bad training flags:\n  " + "\n  ".join(problems))
     return config
+
+
+FLAGS_DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                         "flags.md")
+
+
+def flags_doc() -> str:
+    """docs/flags.md: the flag table of `python -m exemplar_tf.train`, generated from TrainConfig."""
+    per_method = {field: ", ".join(f"`{recipe[field]}` ({method})" for method, recipe in METHOD_DEFAULTS.items())
+                  for field in METHOD_DEFAULTS["exemplar"]}
+    auto = ", ".join(f"`{labelled}` for --source={source}" for source, labelled in AUTO_KNN_SOURCES.items())
+    per_method["knn_source"] = f"`auto`: {auto}, else none"
+    return ("# Training flags\n\n"
+            "The flags of `python -m exemplar_tf.train`, one per `TrainConfig` field "
+            "(`exemplar_tf/training/config.py`), in declaration order; a run directory's `flags.cfg` holds them "
+            "all, resolved. Generated from the field declarations by `python -m exemplar_tf.training.config` (a test "
+            "fails when this file is out of date).\n\n" + settings.markdown_table(TrainConfig, per_method))
+
+
+def write_flags_doc(path: str = FLAGS_DOC) -> str:
+    with open(path, "w") as file:
+        file.write(flags_doc())
+    return path
+
+
+if __name__ == "__main__":
+    print(f"Wrote {write_flags_doc()}")

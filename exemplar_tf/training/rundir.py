@@ -12,7 +12,9 @@ import dataclasses
 import os
 import time
 
+from exemplar_tf.errors import InputError
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.training import settings
 from exemplar_tf.training.config import TrainConfig
 
 FLAGFILE = "flags.cfg"
@@ -98,28 +100,39 @@ def wait_for_file(path: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> N
         time.sleep(poll_s)
 
 
+def _flagfile_values(path: str, booleans: set[str]) -> dict[str, str]:
+    """`read_flagfile`, and absl's bare `--flag` / `--noflag` lines of the boolean flags `booleans` (hand-written
+    flagfiles use them) as "true" / "false"; a later line wins, as in absl."""
+    values = {}
+    with open(path) as file:
+        for line in file:
+            line = line.strip()
+            key, equals, value = line[2:].partition("=") if line.startswith("--") else ("", "", "")
+            if equals:
+                values[key] = value
+            elif key in booleans:
+                values[key] = "true"
+            elif key.startswith("no") and key[2:] in booleans:
+                values[key[2:]] = "false"
+    return values
+
+
 def config_from_flagfile(path: str) -> TrainConfig:
-    """The TrainConfig of a run from its resolved `flags.cfg` (`--key=value` lines written by train.py); values
-    are typed like the fields' defaults, keys that are not fields are ignored, missing ones keep the default
-    (run_dir: the flagfile's folder). Not validated: a run trained under older rules can still be exported."""
-    values = read_flagfile(path)
+    """The TrainConfig of a run from its resolved `flags.cfg` (`--key=value` lines written by train.py). Values
+    are typed by the fields' declarations (`settings.from_text`: an empty value of an optional field is None;
+    absl's bare `--flag` / `--noflag` set a boolean); keys that are not fields are ignored (flags since removed),
+    missing ones keep the default (flags added since the file was written; run_dir: the flagfile's folder). Not
+    validated: a run trained under older rules can still be exported. A value that does not parse as its field's
+    type raises InputError naming the file and the flag."""
+    declared = settings.spec_map(TrainConfig)
+    booleans = {name for name, spec in declared.items() if spec.kind == "bool"}
     typed = {}
-    for field in dataclasses.fields(TrainConfig):
-        if field.name not in values:
-            continue
-        raw, default = values[field.name], field.default
-        if isinstance(default, bool):
-            typed[field.name] = raw.lower() == "true"
-        elif isinstance(default, (int, float)):
-            typed[field.name] = type(default)(raw)
-        elif isinstance(default, tuple):
-            items = [item.strip() for item in raw.split(",") if item.strip()]
-            typed[field.name] = tuple(float(item) for item in items) if default and isinstance(default[0], float) \
-                else tuple(items)
-        elif default is None and "float" in str(field.type):
-            typed[field.name] = float(raw) if raw else None
-        else:
-            typed[field.name] = (raw or None) if default is None else raw
+    for key, raw in _flagfile_values(path, booleans).items():
+        if key in declared:
+            try:
+                typed[key] = settings.from_text(declared[key], raw)
+            except ValueError as error:
+                raise InputError(f"{path}: {error}") from None
     return TrainConfig(**{"run_dir": os.path.dirname(os.path.abspath(path)), **typed})
 
 
