@@ -54,19 +54,21 @@ def main(argv) -> int:
     if unknown:
         print(f"--baselines has unknown names {sorted(unknown)}; valid: random, scratch", file=sys.stderr)
         return 2
-    from exemplar_tf.finetuning import run
+    from exemplar_tf.finetuning import loop, run
 
     source = _SAVEDMODEL.value or _RUN_DIR.value
     name = os.path.basename(os.path.dirname(os.path.normpath(source))) if _SAVEDMODEL.value else \
         os.path.basename(os.path.normpath(source))
+    recipe = loop.Recipe(
+        steps=_STEPS.value, batch_size=_BATCH.value, encoder_lr=_ENCODER_LR.value, head_lr=_HEAD_LR.value,
+        lr_decay_at=tuple(float(f) for f in _DECAY_AT.value if f), lr_decay_factor=_DECAY.value,
+        weight_decay=_WEIGHT_DECAY.value, seed=_SEED.value, checkpoint_every=_CHECKPOINT_EVERY.value)
     options = run.Options(
         dataset=_DATASET.value, data_dir=_DATA_DIR.value, train_split=_TRAIN_SPLIT.value,
         test_split=_TEST_SPLIT.value, labels_per_class=_PER_CLASS.value, label_fraction=_FRACTION.value,
-        steps=_STEPS.value, batch_size=_BATCH.value, encoder_lr=_ENCODER_LR.value, head_lr=_HEAD_LR.value,
-        scratch_lr=_SCRATCH_LR.value or _HEAD_LR.value, lr_decay_at=tuple(float(f) for f in _DECAY_AT.value if f),
-        lr_decay_factor=_DECAY.value, weight_decay=_WEIGHT_DECAY.value, seed=_SEED.value,
-        baselines=tuple(_BASELINES.value), out_dir=_OUT_DIR.value or os.path.join("runs", f"{name}_finetune"),
-        export_base=_EXPORT_BASE.value, export_name=f"{name}_finetuned", checkpoint_every=_CHECKPOINT_EVERY.value)
+        recipe=recipe, scratch_lr=_SCRATCH_LR.value or _HEAD_LR.value, baselines=tuple(_BASELINES.value),
+        out_dir=_OUT_DIR.value or os.path.join("runs", f"{name}_finetune"), export_base=_EXPORT_BASE.value,
+        export_name=f"{name}_finetuned")
     report = run.compare(options, savedmodel=_SAVEDMODEL.value, run_dir=_RUN_DIR.value)
     print(run.table(report))
     print(json.dumps(report))

@@ -1,5 +1,6 @@
 """Fine-tuning: the class-balanced labelled subset, encoders read back from exports, and the whole comparison
 on the demo's labelled crops in a few steps (checkpoints, resume, the `classify` export)."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import tensorflow as tf
 from exemplar_tf import models
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation import savedmodel
-from exemplar_tf.finetuning import encoders, labels, run
+from exemplar_tf.finetuning import encoders, labels, loop, run
 from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,17 +46,47 @@ def _export_pair(base, batch_norm=True):
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_encoder_comes_back_from_its_export_with_its_weights(tmp_path, batch_norm):
     encoder, path = _export_pair(tmp_path, batch_norm)
-    loaded, spec = encoders.from_savedmodel(path)
-    assert (spec.arch, spec.input_size, spec.batch_norm) == ("small", 32, batch_norm)
+    loaded, options = encoders.from_savedmodel(path)
+    assert options == {"arch": "small", "input_size": 32, "dropout": 0.5, "batch_norm": batch_norm}
+    assert options == encoder.options() == loaded.options()
     x = tf.random.uniform([2, 32, 32, 3], seed=1)
     np.testing.assert_allclose(loaded(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-5)
     assert encoders.random_export(path, None) == os.path.join(str(tmp_path), "tiny_random", "1")
 
 
+def _drop_from_export_info(path, *keys):
+    """Rewrites the export's export_info.json without `keys`, as exports written before they were recorded."""
+    info_path = os.path.join(path, export.INFO_PATH)
+    info = json.load(open(info_path))
+    with open(info_path, "w") as f:
+        json.dump({key: value for key, value in info.items() if key not in keys}, f)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_exports_without_recorded_options_still_load(tmp_path, batch_norm):
+    """Older exports recorded arch and input_size only: batch norm is told by the variables, dropout is 0.5."""
+    encoder, path = _export_pair(tmp_path, batch_norm)
+    _drop_from_export_info(path, "dropout", "batch_norm")
+    loaded, options = encoders.from_savedmodel(path)
+    assert options == {"arch": "small", "input_size": 32, "dropout": 0.5, "batch_norm": batch_norm}
+    x = tf.random.uniform([2, 32, 32, 3], seed=1)
+    np.testing.assert_allclose(loaded(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_export_whose_variables_contradict_its_options_is_refused(tmp_path):
+    _, path = _export_pair(tmp_path, batch_norm=True)
+    info_path = os.path.join(path, export.INFO_PATH)
+    info = json.load(open(info_path))
+    with open(info_path, "w") as f:
+        json.dump({**info, "batch_norm": False}, f)
+    with pytest.raises(ValueError, match="do not match"):
+        encoders.from_savedmodel(path)
+
+
 def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
     _, path = _export_pair(tmp_path / "savedmodels")
     options = run.Options(dataset="demo_labelled", out_dir=str(tmp_path / "ft"), export_name="tiny_finetuned",
-                          labels_per_class=2, steps=6, batch_size=16, checkpoint_every=3,
+                          labels_per_class=2, recipe=loop.Recipe(steps=6, batch_size=16, checkpoint_every=3),
                           export_base=str(tmp_path / "savedmodels"))
     report = run.compare(options, savedmodel=path)
     assert set(report["runs"]) == {"pretrained", "random", "scratch"} and report["num_labelled"] == 30
@@ -75,15 +106,10 @@ def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
     assert accuracy == pytest.approx(report["runs"]["pretrained"]["test_accuracy"], abs=1 / 300 + 1e-9)
 
     capsys.readouterr()
-    resumed = run.compare(dataclasses_replace(options, steps=8, baselines=()), savedmodel=path)
+    resumed = run.compare(dataclasses.replace(options, recipe=dataclasses.replace(options.recipe, steps=8),
+                                              baselines=()), savedmodel=path)
     assert "Resuming" in capsys.readouterr().out and set(resumed["runs"]) == {"pretrained"}
     assert tf.train.latest_checkpoint(str(tmp_path / "ft" / "pretrained" / "checkpoints")).endswith("-8")
-
-
-def dataclasses_replace(options, **changes):
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
 
 
 def test_program_refuses_both_sources_and_both_label_counts():
@@ -103,11 +129,11 @@ def test_narrow_resnet_comes_back_from_its_export_and_as_a_float32_copy(tmp_path
     path = export.export_encoder(encoder, export_dir_base=str(tmp_path), name="narrow", percentiles=scales)
     info = savedmodel.read_export_info(path)
     assert (info["resnet_width"], info["resnet_stem"], info["representation_dim"]) == (16, "imagenet", 128)
-    loaded, spec = encoders.from_savedmodel(path)
-    assert spec.resnet == {"resnet_stem": "imagenet", "resnet_width": 16}
+    loaded, options = encoders.from_savedmodel(path)
+    assert options == {"arch": "resnet18", "input_size": 32, "resnet_stem": "imagenet", "resnet_width": 16}
     x = tf.random.uniform([2, 32, 32, 3], seed=2)
     np.testing.assert_allclose(loaded(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-5)
-    assert encoders.fresh(spec, (0.4, 0.5, 0.6), seed=0).representation_dim == 128
+    assert encoders.fresh(options, (0.4, 0.5, 0.6), seed=0).representation_dim == 128
     bf16 = models.build_encoder("resnet18", input_size=32, mean_rgb=(0.4, 0.5, 0.6), resnet_stem="imagenet",
                                 resnet_width=16, precision="mixed_bfloat16")
     copy = models.float32_copy(bf16)

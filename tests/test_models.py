@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf import models
+from exemplar_tf.choices import ARCHS
 from exemplar_tf.models import (
     MeanSubtraction,
     ProjectionHead,
@@ -224,3 +226,59 @@ def test_build_encoder_under_mirrored_strategy(two_cpus, rng):
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch"):
         build_encoder("vgg", input_size=32, mean_rgb=MEAN)
+
+
+# ---------------------------------------------------------------- the registry and encoder options
+
+
+def test_every_arch_is_registered():
+    assert sorted(models.ENCODERS) == sorted(ARCHS)
+    assert {models.ENCODERS[arch] for arch in ("small", "medium", "large")} == {models.ExemplarCNN}
+    assert {models.ENCODERS[arch] for arch in ("resnet18", "resnet50")} == {models.ResNet}
+
+
+@pytest.mark.parametrize("arch, keywords, own", [
+    ("small", {}, {"dropout": 0.5, "batch_norm": False}),
+    ("medium", {"dropout": 0.25, "batch_norm": True}, {"dropout": 0.25, "batch_norm": True}),
+    ("resnet18", {"resnet_width": 8}, {"resnet_stem": "cifar", "resnet_width": 8}),
+    ("resnet50", {"resnet_stem": "imagenet", "resnet_width": 4}, {"resnet_stem": "imagenet", "resnet_width": 4}),
+])
+def test_options_record_the_encoder_and_rebuild_it(arch, keywords, own, rng, tmp_path):
+    encoder = build_encoder(arch, input_size=32, mean_rgb=MEAN, **keywords)
+    options = encoder.options()
+    assert options == {"arch": arch, "input_size": 32, **own}
+    rebuilt = models.encoder_from_options(options)
+    assert rebuilt.options() == options and type(rebuilt) is type(encoder)
+    assert [(v.path, v.shape) for v in rebuilt.weights] == [(v.path, v.shape) for v in encoder.weights]
+    # The keywords of build_encoder are the options' names: its checkpoints restore into the rebuilt encoder.
+    again = build_encoder(**{**options, "mean_rgb": (0.0, 0.0, 0.0)})
+    path = tf.train.Checkpoint(encoder=encoder).save(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(encoder=again).restore(path).assert_consumed()
+    x = images(rng, 32)
+    np.testing.assert_allclose(again(x).numpy(), encoder(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_from_options_refuses_options_of_another_class():
+    with pytest.raises(TypeError, match="resnet_width"):
+        models.encoder_from_options({"arch": "small", "input_size": 32, "resnet_width": 8})
+    with pytest.raises(ValueError, match="unknown arch"):
+        models.encoder_from_options({"arch": "vgg", "input_size": 32})
+
+
+def test_recorded_options_fill_what_older_exports_lack():
+    full = {"arch": "small", "input_size": 32, "dropout": 0.0, "batch_norm": True, "name": "run", "step": 5}
+    assert models.recorded_options(full) == [{"arch": "small", "input_size": 32, "dropout": 0.0,
+                                              "batch_norm": True}]
+    # Exports before the options were recorded: batch norm unknown (both layouts, without first), dropout default.
+    assert models.recorded_options({"arch": "large", "input_size": 96}) == [
+        {"arch": "large", "input_size": 96, "dropout": 0.5, "batch_norm": False},
+        {"arch": "large", "input_size": 96, "dropout": 0.5, "batch_norm": True}]
+    # ResNet exports recorded stem and width before; older ones take the defaults.
+    assert models.recorded_options({"arch": "resnet18", "input_size": 32, "resnet_width": 32}) == [
+        {"arch": "resnet18", "input_size": 32, "resnet_stem": "auto", "resnet_width": 32}]
+
+    class Config:  # an object with the options as attributes (a TrainConfig)
+        arch, input_size, resnet_stem, resnet_width, batch_norm, dropout = "resnet50", 64, "auto", 16, True, 0.5
+
+    assert models.recorded_options(Config()) == [
+        {"arch": "resnet50", "input_size": 64, "resnet_stem": "auto", "resnet_width": 16}]

@@ -14,7 +14,9 @@ import tensorflow as tf
 
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.presets import ALL_TRANSFORMS
-from exemplar_tf.data import patches, sources, surrogate
+from exemplar_tf.augment import surrogate
+from exemplar_tf.data import patches, sources
+from exemplar_tf.data.images import tile
 
 GAP = 2  # pixels between cells (white)
 
@@ -33,14 +35,8 @@ def seed_rows(seeds: patches.Seeds, chain: TransformChain, copies: int, seed: in
 def grid_image(cells: np.ndarray, zoom: int = 1, gap: int = GAP) -> np.ndarray:
     """uint8 [R*(P*zoom+gap)+gap, C*(P*zoom+gap)+gap, 3] from cells float [R,C,P,P,3] in [0,1], each cell enlarged
     `zoom` times (nearest neighbour), on white."""
-    rows, cols, size = cells.shape[0], cells.shape[1], cells.shape[2] * zoom
-    grid = np.full((rows * (size + gap) + gap, cols * (size + gap) + gap, 3), 255, np.uint8)
     enlarged = np.repeat(np.repeat(np.clip(cells, 0, 1), zoom, axis=2), zoom, axis=3)
-    for r in range(rows):
-        for c in range(cols):
-            top, left = gap + r * (size + gap), gap + c * (size + gap)
-            grid[top:top + size, left:left + size] = np.round(enlarged[r, c] * 255).astype(np.uint8)
-    return grid
+    return tile(np.round(enlarged * 255).astype(np.uint8), gap=gap, margin=gap, fill=255)
 
 
 def write_preview(out: str, *, source: str = "demo", split: str = "train", num_seeds: int = 8, copies: int = 8,

@@ -90,57 +90,92 @@ def linear_probe(train: Extracted, test: Extracted, c_values: Sequence[float] = 
     `max_extension` times, with a warning; `edge` says if the chosen C is still on the edge after that.
     Every fit that did not converge is reported on stderr and in `fits`.
     """
-    fit_rows, held_rows = holdout_split(train.labels, HOLDOUT_FRACTION, np.random.default_rng(seed))
-    num_classes = int(train.labels.max()) + 1
-    fit_x, held_x = train.features[fit_rows], train.features[held_rows]
-    if standardize:
-        fit_x, held_x = standardized(fit_x, held_x)
-    fit_y, held_y = train.labels[fit_rows], train.labels[held_rows]
-    validation: dict[float, float] = {}
-    models: dict[float, svm.SvmModel] = {}
-    fits: list[Fit] = []
-
-    def try_c(c: float, init: svm.SvmModel | None) -> None:
-        started = time.monotonic()
-        model = _fit_svm(fit_x, fit_y, c, init, num_classes)
-        models[c], validation[c] = model, float(np.mean(model.predict(held_x) == held_y))
-        fits.append(_fit_record(c, validation[c], model, started))
-        _log_fit(f"C={c:g} held-out accuracy {validation[c]:.4f}", fit_x.shape, fits[-1])
-
-    def best_c() -> float:
-        return max(validation, key=lambda c: (validation[c], -c))  # ties: the smaller C (stronger regularisation)
-
+    search = _CSearch.held_out(train, seed, standardize)
     grid = sorted(float(c) for c in c_values)
+    walked_to_end = _walk_grid(search, grid)
+    edge = _extend_grid(search, _grid_ratio(grid), walked_to_end, max_extension)
+    chosen = search.best_c()
+    accuracy = _refit(search, train, test, chosen, standardize)
+    return ProbeResult(accuracy, chosen, search.validation, search.fits, edge)
+
+
+@dataclasses.dataclass
+class _CSearch:
+    """The choice of C: SVMs fitted on the fit rows and scored on the held-out rows, every fit recorded."""
+
+    fit_x: np.ndarray
+    fit_y: np.ndarray
+    held_x: np.ndarray
+    held_y: np.ndarray
+    num_classes: int
+    validation: dict[float, float] = dataclasses.field(default_factory=dict)  # C -> held-out accuracy
+    models: dict[float, svm.SvmModel] = dataclasses.field(default_factory=dict)
+    fits: list[Fit] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def held_out(cls, train: Extracted, seed: int, standardize: bool) -> "_CSearch":
+        """`HOLDOUT_FRACTION` of each class of `train` held out (seeded); `standardize` with the fit rows' stats."""
+        fit_rows, held_rows = holdout_split(train.labels, HOLDOUT_FRACTION, np.random.default_rng(seed))
+        fit_x, held_x = train.features[fit_rows], train.features[held_rows]
+        if standardize:
+            fit_x, held_x = standardized(fit_x, held_x)
+        return cls(fit_x, train.labels[fit_rows], held_x, train.labels[held_rows], int(train.labels.max()) + 1)
+
+    def try_c(self, c: float, init: svm.SvmModel | None) -> None:
+        """Fits at `c` (warm-started from `init`), scores it on the held-out rows, logs it."""
+        started = time.monotonic()
+        model = _fit_svm(self.fit_x, self.fit_y, c, init, self.num_classes)
+        self.models[c], self.validation[c] = model, float(np.mean(model.predict(self.held_x) == self.held_y))
+        self.fits.append(_fit_record(c, self.validation[c], model, started))
+        _log_fit(f"C={c:g} held-out accuracy {self.validation[c]:.4f}", self.fit_x.shape, self.fits[-1])
+
+    def best_c(self) -> float:
+        """The C of the best held-out accuracy; ties: the smaller C (stronger regularisation)."""
+        return max(self.validation, key=lambda c: (self.validation[c], -c))
+
+
+def _walk_grid(search: _CSearch, grid: Sequence[float]) -> bool:
+    """Tries the ascending `grid`, each fit warm-started from the previous one, until the held-out accuracy falls
+    below the best so far. Returns whether it walked to the end."""
     for c in grid:
-        try_c(c, models[max(models)] if models else None)
-        if validation[c] < max(validation.values()):
+        search.try_c(c, search.models[max(search.models)] if search.models else None)
+        if search.validation[c] < max(search.validation.values()):
             break
-    ratio, walked_to_end = _grid_ratio(grid), len(validation) == len(grid)
-    edge = _edge(best_c(), validation, walked_to_end)
+    return len(search.validation) == len(grid)
+
+
+def _extend_grid(search: _CSearch, ratio: float, walked_to_end: bool, max_extension: int) -> str | None:
+    """While the best C is on an edge of those tried (`_edge`), at most `max_extension` times: one more C beyond
+    that edge by `ratio`, with a warning. Returns the edge the best C is still on, if any (also a warning)."""
+    edge = _edge(search.best_c(), search.validation, walked_to_end)
     for _ in range(max_extension):
         if edge is None:
             break
-        best = best_c()
+        best = search.best_c()
         new_c = best / ratio if edge == "smallest" else best * ratio
         print(f"probe: WARNING: the best held-out C={best:g} is the {edge} C tried; extending the grid to "
               f"C={new_c:g}", file=sys.stderr)
-        try_c(new_c, models[best])
+        search.try_c(new_c, search.models[best])
         if edge == "largest":
-            walked_to_end = validation[new_c] >= validation[best]
-        edge = _edge(best_c(), validation, walked_to_end)
+            walked_to_end = search.validation[new_c] >= search.validation[best]
+        edge = _edge(search.best_c(), search.validation, walked_to_end)
     if edge is not None:
-        print(f"probe: WARNING: C={best_c():g} is still the {edge} C tried after extending the grid "
+        print(f"probe: WARNING: C={search.best_c():g} is still the {edge} C tried after extending the grid "
               f"{max_extension} times; pass a wider --c_values", file=sys.stderr)
+    return edge
 
-    chosen = best_c()
+
+def _refit(search: _CSearch, train: Extracted, test: Extracted, c: float, standardize: bool) -> float:
+    """Test accuracy of the SVM refitted at `c` on all training rows (warm-started from the held-out fit at `c`;
+    `standardize` with all training rows' stats); the fit is recorded in `search.fits` with no held-out score."""
     train_x, test_x = (standardized(train.features, test.features) if standardize
                        else (train.features, test.features))
     started = time.monotonic()
-    model = _fit_svm(train_x, train.labels, chosen, models[chosen], num_classes)
+    model = _fit_svm(train_x, train.labels, c, search.models[c], search.num_classes)
     accuracy = float(np.mean(model.predict(test_x) == test.labels))
-    fits.append(_fit_record(chosen, None, model, started))
-    _log_fit(f"refit with C={chosen:g}, test accuracy {accuracy:.4f}", train_x.shape, fits[-1])
-    return ProbeResult(accuracy, chosen, validation, fits, edge)
+    search.fits.append(_fit_record(c, None, model, started))
+    _log_fit(f"refit with C={c:g}, test accuracy {accuracy:.4f}", train_x.shape, search.fits[-1])
+    return accuracy
 
 
 def _edge(best: float, validation: dict[float, float], walked_to_end: bool) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.data import sources
-from exemplar_tf.data.images import resize_uint8, to_uint8
+from exemplar_tf.data.images import resize_uint8, tile, to_uint8
 from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
 
 THUMB_SIZE = 96
@@ -123,16 +123,11 @@ def results_html(query_ids, query_thumbs, index_ids, index_thumbs, rows, similar
 
 def results_grid(query_cells: list[np.ndarray], neighbour_cells: list[list[np.ndarray]]) -> np.ndarray:
     """uint8 [Q*(c+g), (1+k)*(c+g)+g, 3]: query column, a gap, then the neighbours; white background."""
-    step = GRID_CELL + GRID_GAP
-    k = max(len(cells) for cells in neighbour_cells)
-    canvas = np.full((len(query_cells) * step, (1 + k) * step + GRID_GAP, 3), 255, np.uint8)
-    for q, (query, cells) in enumerate(zip(query_cells, neighbour_cells)):
-        top = q * step
-        canvas[top:top + GRID_CELL, :GRID_CELL] = query
-        for j, cell in enumerate(cells):
-            left = (j + 1) * step + GRID_GAP
-            canvas[top:top + GRID_CELL, left:left + GRID_CELL] = cell
-    return canvas
+    below_and_right = (0, 0, GRID_GAP, GRID_GAP)  # (top, left, bottom, right)
+    queries = tile([[cell] for cell in query_cells], gap=GRID_GAP, margin=below_and_right, fill=255)
+    neighbours = tile(neighbour_cells, num_rows=len(query_cells), gap=GRID_GAP,
+                      margin=(0, GRID_GAP, GRID_GAP, GRID_GAP), fill=255)
+    return np.concatenate([queries, neighbours], axis=1)
 
 
 def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8, index_split: str = "train",

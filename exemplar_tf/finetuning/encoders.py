@@ -1,7 +1,10 @@
-"""Encoders to fine-tune: from an export (read by `evaluation.savedmodel`), a training run's checkpoint, or fresh."""
+"""Encoders to fine-tune: from an export (read by `evaluation.savedmodel`), a training run's checkpoint, or fresh.
+
+An encoder is described by its options (`Encoder.options()`, `models.encoder_from_options`): the export records
+them in export_info.json and a training run's config holds them, so nothing here depends on the architecture.
+"""
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Sequence
 
@@ -12,46 +15,40 @@ from exemplar_tf.serving import export, runs
 from exemplar_tf.training import rundir
 
 
-@dataclasses.dataclass
-class EncoderSpec:
-    arch: str
-    input_size: int
-    batch_norm: bool
-    resnet: dict = dataclasses.field(default_factory=dict)  # models.resnet_options of a ResNet
-
-
 def _short_name(variable_name: str) -> str:
     return variable_name.split(":")[0].split("/")[-1]
 
 
-def from_savedmodel(path: str) -> tuple[models.Encoder, EncoderSpec]:
-    """Rebuilds the exported encoder (arch and size from export_info.json) and copies its weights.
+def from_savedmodel(path: str) -> tuple[models.Encoder, dict]:
+    """(encoder, its options): the exported encoder rebuilt from the options in export_info.json, with the
+    export's weights.
 
     ExportArchive stores the tracked encoder's variables first, in `encoder.variables` order; the copy checks
-    every name and shape, and tells the Exemplar-CNN with batch norm from the one without by that check.
+    every name and shape. Exports written before the options were recorded lack some of them: every option set
+    they allow (`models.recorded_options`; an Exemplar-CNN with and without batch norm) is tried, and the first
+    whose variables match is kept.
     """
     model = SavedModelFeatures(path)
     info = model.info
     if not info.get("arch") or not info.get("input_size"):
         raise ValueError(f"{path}: no {export.INFO_PATH} with arch and input_size (not an exemplar_tf export)")
     saved = model.variables
-    resnet = {key: info[key] for key in ("resnet_stem", "resnet_width") if key in info}
-    for batch_norm in (False, True):
-        encoder = models.build_encoder(info["arch"], input_size=int(info["input_size"]), mean_rgb=(0.0, 0.0, 0.0),
-                                       batch_norm=batch_norm, **resnet)
+    for options in models.recorded_options(info):
+        encoder = models.encoder_from_options(options)
         own = encoder.variables
         if len(own) <= len(saved) and all(_short_name(s.name) == _short_name(o.path) and s.shape == o.shape
                                           for s, o in zip(saved, own)):
             for s, o in zip(saved, own):
                 o.assign(s)
-            return encoder, EncoderSpec(info["arch"], int(info["input_size"]), batch_norm, resnet)
-    raise ValueError(f"{path}: its variables do not match a {info['arch']} encoder (with or without batch norm)")
+            return encoder, options
+    raise ValueError(f"{path}: its variables do not match a {info['arch']} encoder of the options it records "
+                     f"(or allows)")
 
 
-def from_run(run_dir: str) -> tuple[models.Encoder, EncoderSpec]:
-    """The newest checkpoint of a training run (see `serving.runs.restore_run`)."""
-    encoder, _, run = runs.restore_run(run_dir)
-    return encoder, EncoderSpec(run.arch, int(encoder.input_size), run.batch_norm, models.resnet_options(encoder))
+def from_run(run_dir: str) -> tuple[models.Encoder, dict]:
+    """(encoder, its options) of the newest checkpoint of a training run (see `serving.runs.restore_run`)."""
+    encoder, _, _ = runs.restore_run(run_dir)
+    return encoder, encoder.options()
 
 
 def random_export(savedmodel: str | None, run_dir: str | None) -> str | None:
@@ -64,10 +61,9 @@ def random_export(savedmodel: str | None, run_dir: str | None) -> str | None:
     return os.path.join(sibling, str(version)) if version > 0 else None
 
 
-def fresh(spec: EncoderSpec, mean_rgb: Sequence[float], seed: int) -> models.Encoder:
-    """A newly initialised encoder of `spec` (seeded)."""
+def fresh(options: dict, mean_rgb: Sequence[float], seed: int) -> models.Encoder:
+    """A newly initialised encoder of `options` (seeded)."""
     import keras
 
     keras.utils.set_random_seed(seed)
-    return models.build_encoder(spec.arch, input_size=spec.input_size, mean_rgb=mean_rgb,
-                                batch_norm=spec.batch_norm, **spec.resnet)
+    return models.encoder_from_options(options, mean_rgb=mean_rgb)

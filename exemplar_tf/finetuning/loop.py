@@ -9,22 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.augment.npid import npid_augment
+from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.serving import export
 
 CLASSIFY_SIGNATURE = "classify"
 
 
 @dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    out_dir: str  # checkpoints/ of this fine-tuning
+class Recipe:
+    """How one encoder is fine-tuned (the comparison's `run.Options` holds one; each run sets its own lrs)."""
+
     steps: int = 1000
     batch_size: int = 64
     encoder_lr: float = 0.01
@@ -37,26 +37,25 @@ class FinetuneConfig:
     checkpoint_every: int = 500
 
 
-def _schedule(lr: float, config: FinetuneConfig):
-    boundaries = [int(f * config.steps) for f in sorted(config.lr_decay_at)]
-    if not boundaries:
-        return lr
-    return keras.optimizers.schedules.PiecewiseConstantDecay(
-        boundaries, [lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)])
+def _optimizer(lr: float, recipe: Recipe) -> keras.optimizers.Optimizer:
+    """SGD with momentum at `lr`, step-decayed (a constant rate stays a float: the checkpoint layout of
+    fine-tuning runs, see `optim.schedules.step_decay`)."""
+    schedule = step_decay(lr, recipe.steps, recipe.lr_decay_at, recipe.lr_decay_factor, constant_as_float=True)
+    return keras.optimizers.SGD(schedule, momentum=recipe.momentum)
 
 
-def training_batches(dataset: tf.data.Dataset, rows: np.ndarray, total: int, size: int, config: FinetuneConfig):
+def training_batches(dataset: tf.data.Dataset, rows: np.ndarray, total: int, size: int, recipe: Recipe):
     """Endless augmented batches {"image": float32 [B,size,size,3], "label"} of the examples whose "index" is in
     `rows` (the labelled subset; `total` = number of examples in `dataset`)."""
     keep = np.zeros(total, bool)
     keep[rows] = True
     keep = tf.constant(keep)
-    seeds = tf.data.Dataset.random(seed=config.seed).batch(2)
+    seeds = tf.data.Dataset.random(seed=recipe.seed).batch(2)
     labelled = dataset.filter(lambda e: tf.gather(keep, e["index"])).cache()
-    return (tf.data.Dataset.zip(labelled.shuffle(len(rows), seed=config.seed).repeat(), seeds)
+    return (tf.data.Dataset.zip(labelled.shuffle(len(rows), seed=recipe.seed).repeat(), seeds)
             .map(lambda e, s: {"image": npid_augment(e["image"], size, s), "label": e["label"]},
                  num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(config.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
+            .batch(recipe.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
 
 
 def classify_fn(encoder, head):
@@ -89,22 +88,22 @@ def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128
     return correct / count
 
 
-def finetune(encoder, num_classes: int, batches: tf.data.Dataset, config: FinetuneConfig):
-    """Trains encoder + a new linear head for `config.steps` steps, resuming from `out_dir/checkpoints`.
+def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str):
+    """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints`.
     Returns (head, final loss)."""
     head = keras.layers.Dense(num_classes, name="classifier")
     head.build((None, encoder.representation_dim))
-    encoder_opt = keras.optimizers.SGD(_schedule(config.encoder_lr, config), momentum=config.momentum)
-    head_opt = keras.optimizers.SGD(_schedule(config.head_lr, config), momentum=config.momentum)
+    encoder_opt = _optimizer(recipe.encoder_lr, recipe)
+    head_opt = _optimizer(recipe.head_lr, recipe)
     encoder_opt.build(encoder.trainable_variables)
     head_opt.build(head.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(encoder=encoder, head=head, encoder_opt=encoder_opt, head_opt=head_opt,
                                      step=step_var)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(config.out_dir, "checkpoints"), max_to_keep=2)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"Resuming {config.out_dir} from step {int(step_var)}/{config.steps}")
+        print(f"Resuming {out_dir} from step {int(step_var)}/{recipe.steps}")
     decayed = [v for v in encoder.trainable_variables + head.trainable_variables if len(v.shape) > 1]
 
     @tf.function
@@ -112,7 +111,7 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, config: Finetu
         with tf.GradientTape() as tape:
             logits = tf.cast(head(encoder(batch["image"], training=True)), tf.float32)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(batch["label"], logits))
-            total = loss + config.weight_decay * 0.5 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
+            total = loss + recipe.weight_decay * 0.5 * tf.add_n([tf.reduce_sum(tf.square(v)) for v in decayed])
         grads = tape.gradient(total, encoder.trainable_variables + head.trainable_variables)
         n = len(encoder.trainable_variables)
         encoder_opt.apply_gradients(zip(grads[:n], encoder.trainable_variables))
@@ -122,11 +121,11 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, config: Finetu
 
     loss = float("nan")
     iterator = iter(batches)
-    while int(step_var) < config.steps:
+    while int(step_var) < recipe.steps:
         loss = float(train_step(next(iterator)))
         if not np.isfinite(loss):
             raise FloatingPointError(f"fine-tuning loss became {loss} at step {int(step_var)}; try lower lrs")
-        if int(step_var) % config.checkpoint_every == 0:
+        if int(step_var) % recipe.checkpoint_every == 0:
             manager.save(checkpoint_number=int(step_var))
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{int(step_var)}"):
         manager.save(checkpoint_number=int(step_var))
@@ -141,17 +140,12 @@ def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_n
     archive.track(head)
     archive.add_endpoint(CLASSIFY_SIGNATURE, classify_fn(encoder, head),
                          input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
-    model_dir = os.path.join(export_dir_base, name)
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
-    try:
-        archive.write_out(os.path.join(tmp, "model"), verbose=False)
+
+    def write(path: str) -> None:
+        archive.write_out(path, verbose=False)
         if class_names:
-            os.makedirs(os.path.join(tmp, "model", "assets.extra"), exist_ok=True)
-            with open(os.path.join(tmp, "model", "assets.extra", "class_names.txt"), "w") as f:
+            os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+            with open(os.path.join(path, "assets.extra", "class_names.txt"), "w") as f:
                 f.write("\n".join(class_names) + "\n")
-        target = os.path.join(model_dir, str(export.next_version(model_dir)))
-        os.rename(os.path.join(tmp, "model"), target)
-        return target
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    return export.write_version(os.path.join(export_dir_base, name), write)

@@ -14,6 +14,9 @@ from exemplar_tf.finetuning import encoders, labels, loop
 
 @dataclasses.dataclass(frozen=True)
 class Options:
+    """The comparison: data, labelled subset, baselines, where results go, and the fine-tuning `recipe` every run
+    shares (the pretrained and random runs with its lrs, the scratch run with `scratch_lr` for encoder and head)."""
+
     dataset: str
     out_dir: str
     export_name: str
@@ -22,18 +25,10 @@ class Options:
     test_split: str = "test"
     labels_per_class: int = 0
     label_fraction: float = 0.0
-    steps: int = 1000
-    batch_size: int = 64
-    encoder_lr: float = 0.01
-    head_lr: float = 0.1
+    recipe: loop.Recipe = loop.Recipe()
     scratch_lr: float = 0.1
-    lr_decay_at: tuple[float, ...] = (0.6, 0.8)
-    lr_decay_factor: float = 0.1
-    weight_decay: float = 5e-4
-    seed: int = 0
     baselines: tuple[str, ...] = ("random", "scratch")
     export_base: str = "savedmodels"
-    checkpoint_every: int = 500
 
 
 def _labels_of(source: sources.Source) -> np.ndarray:
@@ -52,32 +47,33 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
         raise ValueError(f"{options.dataset}: fine-tuning needs labelled {options.train_split} and "
                          f"{options.test_split} splits")
     rows = labels.labelled_rows(_labels_of(train), per_class=options.labels_per_class,
-                                fraction=options.label_fraction, seed=options.seed)
-    pretrained, spec = encoders.from_savedmodel(savedmodel) if savedmodel else encoders.from_run(run_dir)
-    runs = {"pretrained": (pretrained, options.encoder_lr, options.head_lr)}
+                                fraction=options.label_fraction, seed=options.recipe.seed)
+    recipe = options.recipe
+    pretrained, encoder_options = (encoders.from_savedmodel(savedmodel) if savedmodel
+                                   else encoders.from_run(run_dir))
+    mean_rgb = np.asarray(pretrained.mean_subtraction.mean)
+    runs = {"pretrained": (pretrained, recipe.encoder_lr, recipe.head_lr)}
     if "random" in options.baselines:
         random_path = encoders.random_export(savedmodel, run_dir)
         if random_path:
             random_encoder, _ = encoders.from_savedmodel(random_path)
         else:
             print("WARNING: no <name>_random export; the random baseline is a fresh network", file=sys.stderr)
-            random_encoder = encoders.fresh(spec, np.asarray(pretrained.mean_subtraction.mean), options.seed)
-        runs["random"] = (random_encoder, options.encoder_lr, options.head_lr)
+            random_encoder = encoders.fresh(encoder_options, mean_rgb, recipe.seed)
+        runs["random"] = (random_encoder, recipe.encoder_lr, recipe.head_lr)
     if "scratch" in options.baselines:
-        scratch = encoders.fresh(spec, np.asarray(pretrained.mean_subtraction.mean), options.seed + 1)
+        scratch = encoders.fresh(encoder_options, mean_rgb, recipe.seed + 1)
         runs["scratch"] = (scratch, options.scratch_lr, options.scratch_lr)
 
     report = {"dataset": options.dataset, "num_labelled": int(len(rows)), "num_classes": train.num_classes,
               "labels_per_class": options.labels_per_class, "label_fraction": options.label_fraction,
-              "steps": options.steps, "source": savedmodel or run_dir, "runs": {}}
+              "steps": recipe.steps, "source": savedmodel or run_dir, "runs": {}}
     for kind, (encoder, encoder_lr, head_lr) in runs.items():
-        config = loop.FinetuneConfig(
-            out_dir=os.path.join(options.out_dir, kind), steps=options.steps, batch_size=options.batch_size,
-            encoder_lr=encoder_lr, head_lr=head_lr, lr_decay_at=options.lr_decay_at,
-            lr_decay_factor=options.lr_decay_factor, weight_decay=options.weight_decay, seed=options.seed,
-            checkpoint_every=options.checkpoint_every)
-        batches = loop.training_batches(train.dataset, rows, train.num_examples, spec.input_size, config)
-        head, loss = loop.finetune(encoder, train.num_classes, batches, config)
+        run_recipe = dataclasses.replace(recipe, encoder_lr=encoder_lr, head_lr=head_lr)
+        batches = loop.training_batches(train.dataset, rows, train.num_examples, encoder_options["input_size"],
+                                        run_recipe)
+        head, loss = loop.finetune(encoder, train.num_classes, batches, run_recipe,
+                                   os.path.join(options.out_dir, kind))
         accuracy = loop.test_accuracy(encoder, head, test.dataset)
         entry = {"test_accuracy": accuracy, "final_loss": loss, "encoder_lr": encoder_lr, "head_lr": head_lr}
         if kind == "pretrained":

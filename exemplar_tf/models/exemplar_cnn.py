@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from exemplar_tf.models import dft_conv
 from exemplar_tf.models.layers import Encoder, set_layers
+from exemplar_tf.models.registry import register_encoder
 
 # arch -> (conv widths, fc width)
 ARCHITECTURES = {
@@ -43,6 +44,7 @@ def pooled_size(input_size: int) -> int:
     return side
 
 
+@register_encoder(*ARCHITECTURES)
 class ExemplarCNN(Encoder):
     """Exemplar-CNN encoder; representation = fc activation [B, fc width].
 
@@ -51,7 +53,12 @@ class ExemplarCNN(Encoder):
     Dropout (`dropout`, 0.5 in the paper) acts on that vector when `training=True`. `feature_maps(x)` returns
     the post-ReLU maps [conv1, conv2, (conv3), fc] (convs before pooling), never with dropout;
     `evaluation_maps(x)` the same maps with the large convs computed through DFTs (`models.dft_conv`).
+    Options: `dropout`, `batch_norm` (exports written before options were recorded do not say whether they have
+    batch norm: both layouts are tried).
     """
+
+    OPTIONS = {"dropout": 0.5, "batch_norm": False}
+    UNRECORDED_GUESSES = {"batch_norm": (False, True)}
 
     def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], dropout: float = 0.5,
                  batch_norm: bool = False, **kwargs):
@@ -136,6 +143,9 @@ class ExemplarCNN(Encoder):
             multipliers[conv.kernel.path] = CONV_DECAY_MULTIPLIERS[position]
         multipliers[self.fc.kernel.path] = FC_DECAY_MULTIPLIER
         return multipliers
+
+    def _own_options(self):
+        return {"dropout": float(self.dropout.rate), "batch_norm": bool(self.batch_norm)}
 
     def get_config(self):
         return {**super().get_config(), "batch_norm": self.batch_norm}

@@ -1,7 +1,7 @@
 """Pieces shared by every encoder: mean subtraction, the `Encoder` interface and the weight-decay loss."""
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import keras
 import tensorflow as tf
@@ -38,10 +38,22 @@ class MeanSubtraction(keras.layers.Layer):
 class Encoder(keras.Model):
     """Image encoder: float32 [B,H,W,3] in [0,1] -> representation [B,F] (mean subtraction inside).
 
-    Subclasses set the layers and implement `call`, `feature_maps` and `weight_decay_multipliers`.
-    Attributes: `arch` (name passed to `build_encoder`), `input_size` (training resolution),
-    `representation_dim` (F).
+    Subclasses set the layers and implement `call`, `feature_maps` and `weight_decay_multipliers`; they register
+    their archs (`models.registry.register_encoder`) and declare their options. Attributes: `arch` (name passed to
+    `build_encoder`), `input_size` (training resolution), `representation_dim` (F).
     """
+
+    # The `build_encoder` keywords this class takes, with their defaults; `options()` records their values.
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    # Values to try, in order, for options that exports written before the options were recorded lack
+    # (`models.registry.recorded_options`); an option not listed takes its default.
+    UNRECORDED_GUESSES: ClassVar[dict[str, tuple]] = {}
+
+    @classmethod
+    def from_options(cls, arch: str, *, input_size: int, mean_rgb: Sequence[float], **options) -> "Encoder":
+        """The encoder of `arch` with `options` (every name in OPTIONS); classes whose constructor names them
+        differently override this."""
+        return cls(arch, input_size=input_size, mean_rgb=mean_rgb, **options)
 
     def __init__(self, *, arch: str, input_size: int, mean_rgb: Sequence[float], representation_dim: int, **kwargs):
         super().__init__(name=kwargs.pop("name", arch), **kwargs)
@@ -62,6 +74,15 @@ class Encoder(keras.Model):
     def weight_decay_multipliers(self) -> dict[str, float]:
         """{variable.path: multiplier} for every trainable variable (see `weight_decay_loss`)."""
         raise NotImplementedError
+
+    def options(self) -> dict:
+        """{"arch", "input_size", every OPTIONS name: its value here} as JSON values: what
+        `models.encoder_from_options` rebuilds this architecture from (the same variables, the same layout)."""
+        return {"arch": self.arch, "input_size": int(self.input_size), **self._own_options()}
+
+    def _own_options(self) -> dict:
+        """{name: value} for every name in OPTIONS (resolved, e.g. an "auto" choice as what it chose)."""
+        return {}
 
     def get_config(self):
         return {"arch": self.arch, "input_size": self.input_size, "mean_rgb": self.mean_subtraction.mean_rgb}

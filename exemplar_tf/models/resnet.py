@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.models.layers import Encoder, set_layers
+from exemplar_tf.models.registry import register_encoder
 
 # arch -> (block kind, blocks per stage); stage widths are w, 2w, 4w, 8w for base width w (64 in the papers;
 # x4 at the output of a bottleneck)
@@ -80,9 +81,17 @@ class ResidualBlock(keras.layers.Layer):
         return tf.nn.relu(x + shortcut)
 
 
+@register_encoder(*ARCHITECTURES)
 class ResNet(Encoder):
     """ResNet encoder. `call(x)` -> [B, 8 * width (x4 for bottlenecks)] global average pool of the last stage;
-    `feature_maps(x)` -> the four stage outputs [B,h,w,C]."""
+    `feature_maps(x)` -> the four stage outputs [B,h,w,C]. Options: `resnet_stem` (recorded as the stem it
+    resolved to, "cifar" | "imagenet") and `resnet_width`."""
+
+    OPTIONS = {"resnet_stem": "auto", "resnet_width": DEFAULT_WIDTH}
+
+    @classmethod
+    def from_options(cls, arch, *, input_size, mean_rgb, resnet_stem, resnet_width):
+        return cls(arch, input_size=input_size, mean_rgb=mean_rgb, stem=resnet_stem, width=resnet_width)
 
     def __init__(self, arch: str, *, input_size: int, mean_rgb: Sequence[float], stem: str = "auto",
                  width: int = DEFAULT_WIDTH, **kwargs):
@@ -140,10 +149,5 @@ class ResNet(Encoder):
         """1 for conv kernels, 0 for BatchNorm scales and offsets."""
         return {v.path: 1.0 if v.path.endswith("kernel") else 0.0 for v in self.trainable_variables}
 
-
-def resnet_options(encoder) -> dict:
-    """`build_encoder` keywords that rebuild a ResNet's shape: its resolved stem ("cifar" | "imagenet") and base
-    width; {} for other encoders."""
-    if not isinstance(encoder, ResNet):
-        return {}
-    return {"resnet_stem": "imagenet" if encoder.imagenet_stem else "cifar", "resnet_width": encoder.width}
+    def _own_options(self):
+        return {"resnet_stem": "imagenet" if self.imagenet_stem else "cifar", "resnet_width": int(self.width)}

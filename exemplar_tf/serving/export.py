@@ -17,14 +17,13 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import tensorflow as tf
 
 from exemplar_tf.models import features
 from exemplar_tf.models.heads import ProjectionHead
-from exemplar_tf.models.resnet import resnet_options
 
 
 SERVING_SIGNATURE = "serving_default"
@@ -106,7 +105,8 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],
         "feature_channels": [int(c) for c in channels],
-        **resnet_options(encoder),
+        # The encoder's options (`Encoder.options()`), read back by `models.recorded_options`.
+        **(encoder.options() if hasattr(encoder, "options") else {}),
     }
 
 
@@ -132,24 +132,35 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     probe = encoder.feature_maps(tf.zeros([1, encoder.input_size, encoder.input_size, 3]), training=False)
     if len(percentiles) != len(probe):
         raise ValueError(f"{len(percentiles)} percentiles for {len(probe)} feature maps")
-    model_dir = os.path.join(export_dir_base, name)
-    os.makedirs(model_dir, exist_ok=True)
-    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
-        raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
 
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
-    try:
-        _write_archive(encoder, head, percentiles, pooling, os.path.join(tmp, "model"))
-        info_path = os.path.join(tmp, "model", INFO_PATH)
+    def write(path: str) -> None:
+        _write_archive(encoder, head, percentiles, pooling, path)
+        info_path = os.path.join(path, INFO_PATH)
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
             json.dump(_export_info(encoder, head, percentiles, pooling, [int(m.shape[-1]) for m in probe], name,
                                    origin), f, indent=2)
+
+    return write_version(os.path.join(export_dir_base, name), write, version)
+
+
+def write_version(model_dir: str, write: Callable[[str], None], version: int | None = None) -> str:
+    """Writes a version folder `<model_dir>/<version>` and returns its path: `write(path)` fills a folder that
+    does not exist yet inside a hidden temporary folder in `model_dir`, which is then renamed into place, so TF
+    Serving never sees a half-written version. version: None takes the next integer (`next_version`, taken
+    again if another writer renames that one first); an explicit version that exists raises FileExistsError."""
+    os.makedirs(model_dir, exist_ok=True)
+    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
+        raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
+    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
+    try:
+        staged = os.path.join(tmp, "model")
+        write(staged)
         while True:
             chosen = version if version is not None else next_version(model_dir)
             target = os.path.join(model_dir, str(chosen))
             try:
-                os.rename(os.path.join(tmp, "model"), target)
+                os.rename(staged, target)
                 return target
             except OSError:
                 if version is not None or not os.path.exists(target):

@@ -9,20 +9,15 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf.data import sources
-from exemplar_tf.data.images import resize_uint8
+from exemplar_tf.data.images import resize_uint8, rows_of, tile
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import config as cfg
 
 
 def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    """Tiles float images [n,P,P,3] in [0,1] into one image [1, rows*P, columns*P, 3] (empty cells black)."""
-    n, p = images.shape[0], images.shape[1]
-    rows = -(-n // columns)
-    canvas = np.zeros((rows * p, columns * p, 3), np.float32)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[r * p:(r + 1) * p, c * p:(c + 1) * p] = image
-    return canvas[None]
+    """Tiles float images [n,P,P,3] in [0,1] into one float32 image [1, rows*P, columns*P, 3] (empty cells
+    black)."""
+    return tile(rows_of(np.asarray(images, np.float32), columns), num_columns=columns)[None]
 
 
 def distinct_pair_cosines(rows: tf.Tensor) -> tf.Tensor:
@@ -113,11 +108,7 @@ def sprite(images: np.ndarray) -> np.ndarray:
     thumb = sprite_thumb_side(n, side)
     if thumb != side:
         images = resize_uint8(images, thumb).numpy()
-    canvas = np.zeros((columns * thumb, columns * thumb, 3), np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = image
-    return canvas
+    return tile(rows_of(images, columns), num_rows=columns, num_columns=columns)
 
 
 def write_projector(log_dir: str, name: str, embeddings: np.ndarray, labelled: LabelledImages | None = None) -> None:

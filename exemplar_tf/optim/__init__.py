@@ -1,0 +1,1 @@
+"""Optimisation pieces shared by training and fine-tuning: `schedules` (the step-decay learning rate)."""
