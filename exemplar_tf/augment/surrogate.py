@@ -51,13 +51,15 @@ def fit_color_pca(seeds: Seeds, max_pixels: int = PCA_MAX_PIXELS) -> ColorPCA:
 
 def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, rng_seed: int,
                       augment_on: str = "host", fixed_copies: int | None = None, shuffle: bool = True,
-                      repeat: bool = True) -> tf.data.Dataset:
+                      repeat: bool = True, start_batch: int = 0) -> tf.data.Dataset:
     """Batches of transformed seeds.
 
     host:   {"image": float32 [B,P,P,3] in [0,1], "label": int64 [B]}
     device: {"window": uint8 [B,S,S,3], "label": int64 [B], "aug_seed": int32 [2] (online) or [B,2] (fixed)}
     label = seed id. With `repeat` the stream is endless and every batch full; without it one pass over the
     seeds (or seed copies), the last batch possibly smaller. `shuffle` reshuffles each pass (seeded by rng_seed).
+    `start_batch` (endless streams): begin at that batch of the stream, exactly as the uninterrupted stream has
+    it (the seed order is skipped, not computed; transformation seeds follow the batch number).
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
@@ -70,7 +72,9 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
     if shuffle:
         items = items.shuffle(len(seeds.windows) * copies, seed=rng_seed, reshuffle_each_iteration=True)
     if repeat:
-        items = items.repeat()
+        items = items.repeat().skip(start_batch * batch_size)
+    elif start_batch:
+        raise ValueError("start_batch needs the endless stream (repeat=True)")
 
     def element(batch_number, item):
         labels = item // copies
@@ -84,7 +88,7 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
         return {"image": chain(tf.cast(window, tf.float32) / 255.0, aug_seed), "label": labels}
 
     return (items.batch(batch_size, drop_remainder=repeat)
-            .enumerate()
+            .enumerate(start=start_batch)
             .map(element, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -130,7 +134,7 @@ def online_images(chain: TransformChain, images, seed, *, window_size: int,
 def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_size: int, rng_seed: int,
                    window_size: int, one_size: bool, augment_on: str = "host",
                    scales: Sequence[float] = patches.DEFAULT_SCALES,
-                   energy: EnergyCache | None = None) -> tf.data.Dataset:
+                   energy: EnergyCache | None = None, start_batch: int = 0) -> tf.data.Dataset:
     """Endless batches of online patches from `elements` ({"image": uint8 [H,W,3], "index": int64}, e.g.
     `instances.shuffled_epochs`); label = the image's index.
 
@@ -141,6 +145,8 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
     (rng_seed, element number), and the windows are batched before the chain. The device needs one size.
     energy: the `energy_cache` of the images the elements come from (by index; same patch size and scales), for
     one_size host batches only: each batch gathers its images' CDF rows instead of recomputing them (same batches).
+    start_batch: `elements` begin at element start_batch * batch_size of their stream (a resumed run); batch and
+    element numbers, hence every draw, continue from there as in the uninterrupted stream.
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
@@ -159,7 +165,7 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
                                            energy=cached),
                     "label": batch["index"]}
 
-        batches = elements.batch(batch_size, drop_remainder=True).enumerate()
+        batches = elements.batch(batch_size, drop_remainder=True).enumerate(start=start_batch)
         return batches.map(batch_of_images, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def window(number, element):
@@ -172,8 +178,8 @@ def online_dataset(elements: tf.data.Dataset, chain: TransformChain, *, batch_si
         seed = tf.random.experimental.stateless_fold_in(tf.stack([run_seed, tf.cast(batch_number, tf.int32)]), 1)
         return {"image": chain(batch["window"] / 255.0, seed), "label": batch["label"]}
 
-    return (elements.enumerate().map(window, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size, drop_remainder=True).enumerate()
+    return (elements.enumerate(start=start_batch * batch_size).map(window, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True).enumerate(start=start_batch)
             .map(transformed, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 

@@ -89,16 +89,19 @@ def epoch_permutations(num_examples: int, seed: int) -> tf.data.Dataset:
 
 
 def shuffled_epochs(source: sources.Source, *, seed: int, num_shards: int = 1, shard: int = 0,
-                    decoded: DecodedImages | None = None) -> tf.data.Dataset:
+                    decoded: DecodedImages | None = None, start: int = 0) -> tf.data.Dataset:
     """Infinite source elements, each epoch a full permutation; shard k of `num_shards` takes every k-th index of
     the same permutation, so the shards of one epoch are disjoint and together cover the source once.
 
     `decoded` (from `in_memory`) or the source's own `read` gives random access; without either, a
     STREAM_SHUFFLE_BUFFER shuffle of the streamed source (see the module docstring).
+    `start`: the shard's stream begins at its element `start` (a resumed run): the same elements the
+    uninterrupted stream has from there. Random access skips indices only (cheap); a streamed source reads and
+    skips the elements before it.
     """
     read = decoded.reader() if decoded is not None else source.read
     if read is None:
         return (source.dataset.shard(num_shards, shard)
-                .shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat())
-    return (epoch_permutations(source.num_examples, seed).shard(num_shards, shard)
+                .shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat().skip(start))
+    return (epoch_permutations(source.num_examples, seed).shard(num_shards, shard).skip(start)
             .map(read, num_parallel_calls=tf.data.AUTOTUNE))

@@ -41,7 +41,7 @@ class TrainingData:
 
     num_instances: int  # N: surrogate classes or image instances (bank rows)
     mean_rgb: np.ndarray  # float32 [3], in [0, 1]
-    dataset_fn: object  # tf.distribute.InputContext -> per-replica tf.data.Dataset
+    dataset_fn: DatasetFn  # (tf.distribute.InputContext, start batch) -> the per-replica batches from that batch on
     views: Views  # the contract: a batch of dataset_fn's -> its views (augmented here or in the step)
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
@@ -50,7 +50,7 @@ class TrainingData:
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files --skip_bad_images left out
 
 
-DatasetFn = Callable[[tf.distribute.InputContext], tf.data.Dataset]
+DatasetFn = Callable[[tf.distribute.InputContext, int], tf.data.Dataset]  # (context, first batch) -> batches
 
 
 def with_views(config: TrainConfig, count: int, host_fn: DatasetFn, raw_fn: DatasetFn,
@@ -63,7 +63,7 @@ def with_views(config: TrainConfig, count: int, host_fn: DatasetFn, raw_fn: Data
     views = device_views(augment, count)
     if config.augment_on == "device":
         return raw_fn, views
-    return (lambda ctx: views_on_host(raw_fn(ctx), views)), stacked_views
+    return (lambda ctx, start=0: views_on_host(raw_fn(ctx, start), views)), stacked_views
 
 
 def _limited_source(config: TrainConfig) -> sources.Source:
@@ -135,7 +135,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> Tr
     chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
     mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
 
-    def seed_batches(ctx: tf.distribute.InputContext, augment_on: str) -> tf.data.Dataset:
+    def seed_batches(ctx: tf.distribute.InputContext, start: int, augment_on: str) -> tf.data.Dataset:
         return surrogate.surrogate_dataset(
             seeds,
             chain,
@@ -143,10 +143,12 @@ def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> Tr
             rng_seed=config.seed * 1000 + ctx.input_pipeline_id,
             augment_on=augment_on,
             fixed_copies=config.fixed_copies or None,
+            start_batch=start,
         )
 
-    dataset_fn, batch_views = with_views(config, views, lambda ctx: seed_batches(ctx, "host"),
-                                         lambda ctx: seed_batches(ctx, "device"), surrogate.window_augment(chain))
+    dataset_fn, batch_views = with_views(config, views, lambda ctx, start=0: seed_batches(ctx, start, "host"),
+                                         lambda ctx, start=0: seed_batches(ctx, start, "device"),
+                                         surrogate.window_augment(chain))
 
     preview = surrogate.surrogate_dataset(seeds, chain, batch_size=32, rng_seed=config.seed, augment_on="host")
     preview_images = next(iter(preview))["image"].numpy()
@@ -201,16 +203,20 @@ def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
             print(f"Energy CDFs of the {source.num_examples} images kept in memory "
                   f"({energy.cdf.shape[1] * source.num_examples * 4 / 2**20:.0f} MiB)")
 
-    def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
+    def dataset_fn(ctx: tf.distribute.InputContext, start: int = 0,
+                   augment_on: str = config.augment_on) -> tf.data.Dataset:
+        batch_size = ctx.get_per_replica_batch_size(config.batch_size)
         elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
-                                                  shard=ctx.input_pipeline_id, decoded=decoded)
-        return surrogate.online_dataset(elements, chain, batch_size=ctx.get_per_replica_batch_size(config.batch_size),
+                                                  shard=ctx.input_pipeline_id, decoded=decoded,
+                                                  start=start * batch_size)
+        return surrogate.online_dataset(elements, chain, batch_size=batch_size,
                                         rng_seed=config.seed * 1000 + ctx.input_pipeline_id, window_size=window_size,
                                         one_size=same_size, augment_on=augment_on,
-                                        energy=energy if augment_on == "host" else None)
+                                        energy=energy if augment_on == "host" else None, start_batch=start)
 
     preview = dataset_fn(tf.distribute.InputContext(1, 0, 1), augment_on="host")
-    batches_fn, batch_views = with_views(config, views, dataset_fn, lambda ctx: dataset_fn(ctx, augment_on="device"),
+    batches_fn, batch_views = with_views(config, views, dataset_fn,
+                                         lambda ctx, start=0: dataset_fn(ctx, start, augment_on="device"),
                                          surrogate.source_image_augment(chain, window_size=window_size))
     return TrainingData(
         num_instances=source.num_examples,
@@ -257,11 +263,13 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
         raise InputError(f"--method=npid with {views} views per instance (--momentum_encoder) needs images of one "
                          f"size (the views are drawn from whole-image batches); --source={config.source} has several")
 
-    def dataset_fn(ctx: tf.distribute.InputContext, augment_on: str = config.augment_on) -> tf.data.Dataset:
-        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
-                                                  shard=ctx.input_pipeline_id, decoded=decoded)
+    def dataset_fn(ctx: tf.distribute.InputContext, start: int = 0,
+                   augment_on: str = config.augment_on) -> tf.data.Dataset:
         rng_seed = config.seed * 1000 + ctx.input_pipeline_id
         batch_size = ctx.get_per_replica_batch_size(config.batch_size)
+        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
+                                                  shard=ctx.input_pipeline_id, decoded=decoded,
+                                                  start=start * batch_size)
         if augment_on == "device":
             run_seed = tf.constant(rng_seed % 2**31, tf.int32)
 
@@ -269,10 +277,10 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
                 return {"source_image": tf.cast(batch["image"], tf.uint8), "label": batch["index"],
                         "aug_seed": tf.stack([run_seed, tf.cast(batch_number, tf.int32)])}
 
-            return (elements.batch(batch_size, drop_remainder=True).enumerate()
+            return (elements.batch(batch_size, drop_remainder=True).enumerate(start=start)
                     .map(device_batch, num_parallel_calls=tf.data.AUTOTUNE)
                     .prefetch(tf.data.AUTOTUNE))
-        seeds = tf.data.Dataset.random(seed=rng_seed).batch(2)
+        seeds = tf.data.Dataset.random(seed=rng_seed).batch(2).skip(start * batch_size)
         return (
             tf.data.Dataset.zip(elements, seeds)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
@@ -282,7 +290,8 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
 
     preview_ctx = tf.distribute.InputContext(1, 0, 1)
     preview_images = next(iter(dataset_fn(preview_ctx, augment_on="host").unbatch().batch(32)))["image"].numpy()
-    batches_fn, batch_views = with_views(config, views, dataset_fn, lambda ctx: dataset_fn(ctx, augment_on="device"),
+    batches_fn, batch_views = with_views(config, views, dataset_fn,
+                                         lambda ctx, start=0: dataset_fn(ctx, start, augment_on="device"),
                                          npid_batch_augment(config.image_size))
     return TrainingData(
         num_instances=source.num_examples,

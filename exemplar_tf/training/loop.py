@@ -168,6 +168,15 @@ def steps_this_call(config: TrainConfig, step: int) -> int:
     return min(config.steps_per_call, next_event - step)
 
 
+def restore(state: ModelState, path: str) -> None:
+    """Restores checkpoint `path` into `state`. A checkpoint written before it held the resume state (input
+    position, random seed generators) resumes the input at the restored step (its run fed one batch per step)."""
+    has_resume_state = any(name.startswith("resume/") for name, _ in tf.train.list_variables(path))
+    state.checkpoint(with_resume_state=has_resume_state).restore(path).assert_existing_objects_matched()
+    if not has_resume_state:
+        state.input_position.assign(state.optimizer.iterations)
+
+
 @dataclasses.dataclass
 class _Run:
     """One training run as the loop drives it."""
@@ -226,7 +235,7 @@ def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Export
     run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
     if resume_from:
-        state.checkpoint().restore(resume_from).assert_existing_objects_matched()
+        restore(state, resume_from)
         logging.info("Resumed from %s (step %d)", resume_from, state.step)
         print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
         return run
@@ -249,7 +258,8 @@ def _train(run: _Run) -> float:
     their steps. Returns the last logged loss (NaN when no step ran)."""
     config, state = run.config, run.state
     train_steps = make_train_step(config, run.strategy, state)
-    iterator = iter(run.strategy.distribute_datasets_from_function(run.data.dataset_fn))
+    start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
+    iterator = iter(run.strategy.distribute_datasets_from_function(lambda ctx: run.data.dataset_fn(ctx, start)))
     progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and run.chief),
                     desc=config.name, unit="step", dynamic_ncols=True)
     loss = float("nan")

@@ -26,14 +26,28 @@ class ModelState:
     objective: Objective  # head(s) and state of the method (built)
     optimizer: keras.optimizers.Optimizer
     views: Views  # the input contract: how a batch becomes the objective's views (host or device augmentation)
+    input_position: tf.Variable  # int64: batches each input pipeline has delivered (a resumed run starts there)
 
     @property
     def trainable_variables(self) -> list:
         return self.encoder.trainable_variables + [v for layer in self.objective.trainable_layers
                                                    for v in layer.trainable_variables]
 
-    def checkpoint(self) -> tf.train.Checkpoint:
-        return tf.train.Checkpoint(encoder=self.encoder, optimizer=self.optimizer, **self.objective.checkpoint_parts())
+    def resume_state(self) -> tf.train.Checkpoint:
+        """What an exact resume needs beyond the model: the input position and the state of every Keras random
+        seed generator (dropout masks), which Keras layers do not put into a tf.train.Checkpoint themselves."""
+        layers = [self.encoder] + [part for part in self.objective.checkpoint_parts().values()
+                                   if isinstance(part, keras.layers.Layer)]
+        seeds = [v.value for layer in layers for v in layer.variables if "seed_generator_state" in v.path]
+        return tf.train.Checkpoint(input_batches=self.input_position,
+                                   **{f"seed_generator_{i}": seed for i, seed in enumerate(seeds)})
+
+    def checkpoint(self, with_resume_state: bool = True) -> tf.train.Checkpoint:
+        """The run's checkpoint; `with_resume_state=False` reads checkpoints written before it held
+        `resume_state`."""
+        resume = {"resume": self.resume_state()} if with_resume_state else {}
+        return tf.train.Checkpoint(encoder=self.encoder, optimizer=self.optimizer, **self.objective.checkpoint_parts(),
+                                   **resume)
 
     @property
     def step(self) -> int:
@@ -75,7 +89,9 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, v
     optimizer = keras.optimizers.SGD(learning_rate_schedule(config), momentum=config.momentum)
     if models.needs_loss_scaling(config.precision):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
-    state = ModelState(encoder, objective, optimizer, views)
+    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_batches",
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    state = ModelState(encoder, objective, optimizer, views, position)
     optimizer.build(state.trainable_variables)
     return state
 
@@ -153,6 +169,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
 
     def one_step(distributed_batch):
         per_replica = strategy.run(replica_step, args=(distributed_batch,))
+        state.input_position.assign_add(1)  # counted even when loss scaling skips the update: the batch is used
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["loss"], axis=None)
         bad_weights = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica["bad_weights"], axis=None)
         finite = tf.logical_and(tf.math.is_finite(loss), tf.equal(bad_weights, 0.0))
