@@ -148,3 +148,9 @@ def test_unknown_names_are_rejected_with_the_valid_ones(pca):
         TransformChain("paper", ["rotate", "blur"], pca, P)
     with pytest.raises(ValueError, match="unknown preset 'nope'.*paper, release_code"):
         TransformChain("nope", ALL_TRANSFORMS, pca, P)
+
+
+def test_the_presets_are_the_valid_preset_choices():
+    from exemplar_tf import choices
+
+    assert tuple(PRESETS) == choices.PRESETS and ALL_TRANSFORMS == choices.TRANSFORMS

@@ -1,4 +1,4 @@
-"""Objectives against NumPy references written from the formulas (METHOD.md §4), plus sampling and descent."""
+"""Objectives against NumPy references written from the formulas (docs/method.md §4), plus sampling and descent."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -73,7 +73,6 @@ def test_every_old_citation_can_be_rewritten_to_the_same_section():
     assert not bad, f"sections not in docs/method.md (it has {sorted(sections)}):\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=False, reason="citations rewritten in a separate commit")
 def test_code_and_tests_no_longer_cite_the_private_notes():
     left = [f"{path}:{number}: {line.strip()}"
             for path in text_files(("exemplar_tf", "tests")) if path.resolve() != THIS_FILE

@@ -1,6 +1,6 @@
 """Parameter ranges of Exemplar-CNN's transformations: the paper's values and the authors' released code.
 
-Every number comes from METHOD.md §1. `PRESETS["paper"]` is the default recipe, `PRESETS["release_code"]` the
+Every number comes from docs/method.md §1. `PRESETS["paper"]` is the default recipe, `PRESETS["release_code"]` the
 2014 MATLAB release. Distributions (per sample, independent):
 
   translate         dx, dy ~ U(-t, t) * patch_size pixels, each axis
@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-ALL_TRANSFORMS = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")
+from exemplar_tf.choices import TRANSFORMS as ALL_TRANSFORMS  # the chain's steps, in order
+
 GEOMETRIC_TRANSFORMS = ("translate", "scale", "rotate")
 
 

@@ -5,9 +5,6 @@ and the packages that act on a choice (models, objectives, data) check their arg
 The training settings declare theirs with these (`training.config.TrainConfig`, `choices=`); the flags, the
 validation and docs/flags.md read them from there.
 """
-from exemplar_tf.augment.presets import ALL_TRANSFORMS as TRANSFORMS  # noqa: F401 -- the chain's names, in order
-from exemplar_tf.augment.presets import PRESETS as _PRESET_RANGES
-
 EXEMPLAR_ARCHS = ("small", "medium", "large")  # the Exemplar-CNNs (models.exemplar_cnn)
 RESNET_ARCHS = ("resnet18", "resnet50")  # models.resnet
 ARCHS = EXEMPLAR_ARCHS + RESNET_ARCHS
@@ -17,10 +14,11 @@ OBJECTIVES = ("softmax", "nonparametric", "nce")  # objectives.objective
 BANK_OBJECTIVES = ("nonparametric", "nce")  # the objectives that keep a memory bank
 NCE_NOISE = ("per_example", "shared")  # how NCE draws its noise instances (objectives)
 BANK_INITS = ("random", "features")  # the memory bank at step 0
-AUGMENT_ON = ("host", "device")  # where the augmentation runs (data.surrogate, augment.npid): tf.data or the step
+AUGMENT_ON = ("host", "device")  # where the augmentation runs (augment.surrogate, augment.npid): tf.data or the step
 METHODS = ("exemplar", "npid")  # Exemplar-CNN surrogate classes, or NPID's one instance per image
 SEED_SAMPLINGS = ("fixed", "online")  # Exemplar-CNN: seeds drawn once, or a fresh patch per visit
-PRESETS = tuple(_PRESET_RANGES)  # Exemplar-CNN transformation ranges (augment.presets): paper, release_code
+PRESETS = ("paper", "release_code")  # Exemplar-CNN transformation ranges (augment.presets.PRESETS, keyed alike)
+TRANSFORMS = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")  # the chain's steps, in order
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")  # tf.distribute strategies (training.distribute)
 # Image files the TensorFlow decoders read (data.sources.folder); the matching benchmark's OpenCV reads more.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

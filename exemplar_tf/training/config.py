@@ -61,7 +61,7 @@ class TrainConfig:
                                    help="Exemplar-CNN: seeds drawn from each chosen image (0: as few as reach "
                                         "--num_seeds, at least 1).")
     patch_size: int = setting(32, check=POSITIVE, help="Exemplar-CNN: seed patch size in pixels.")
-    preset: str = setting("paper", choices=PRESETS, help="Transformation ranges (METHOD.md section 1).")
+    preset: str = setting("paper", choices=PRESETS, help="Transformation ranges (docs/method.md section 1).")
     transforms: Sequence[str] = setting(TRANSFORMS, choices=TRANSFORMS,
                                         help="Transformations to apply (ablations: leave some out).")
     fixed_copies: int = setting(0, check=NON_NEGATIVE, help="K > 0: the paper's fixed pool of K copies per seed; "
