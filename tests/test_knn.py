@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf.evaluation import knn
-from exemplar_tf.metrics import knn as metrics_knn, savedmodel
+from exemplar_tf.evaluation import knn, savedmodel
+from exemplar_tf.metrics import knn as metrics_knn
 from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
 from exemplar_tf.serving import export

@@ -19,8 +19,15 @@ def _config(tmp_path, **change):
                        **{**TINY, "name": "rd", "steps": 2, **change})
 
 
+def _trained(config):
+    """Records `config` in its run directory as a run that has written a checkpoint (its state file)."""
+    rundir.write_flagfile(config)
+    os.makedirs(os.path.join(config.run_dir, "checkpoints"), exist_ok=True)
+    open(os.path.join(config.run_dir, "checkpoints", "checkpoint"), "w").close()
+
+
 def test_changed_training_settings_are_refused_naming_each_flag(tmp_path):
-    rundir.write_flagfile(_config(tmp_path))
+    _trained(_config(tmp_path))
     with pytest.raises(rundir.RunDirMismatch) as error:
         rundir.check_reuse(_config(tmp_path, num_seeds=32, arch="medium"), overwrite=False)
     message = str(error.value)
@@ -118,7 +125,7 @@ def test_a_flagfile_without_a_newer_setting_resumes_and_reads_it_as_the_default(
 
 
 def test_a_changed_momentum_encoder_is_refused_on_resume(tmp_path, tiny_config):
-    rundir.write_flagfile(tiny_config(tmp_path / "run"))
+    _trained(tiny_config(tmp_path / "run"))
     with pytest.raises(rundir.RunDirMismatch, match="--momentum_encoder was '0.0', now '0.99'"):
         rundir.check_reuse(tiny_config(tmp_path / "run", momentum_encoder=0.99), overwrite=False)
 

@@ -17,6 +17,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from exemplar_tf.choices import RESNET_STEMS
 from exemplar_tf.models.layers import Encoder, set_layers
 from exemplar_tf.models.registry import register_encoder
 
@@ -27,7 +28,7 @@ DEFAULT_WIDTH = 64
 STAGE_MULTIPLIERS = (1, 2, 4, 8)
 BOTTLENECK_EXPANSION = 4
 CIFAR_STEM_MAX_SIZE = 64
-STEMS = ("auto", "cifar", "imagenet")
+STEMS = RESNET_STEMS  # auto picks by input size (choices)
 
 
 def conv(filters: int, size: int, stride: int = 1, name: str | None = None):

@@ -106,7 +106,7 @@ def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: boo
     """The run's seeds: read from `<run_dir>/seeds.npz`, or sampled once by the chief and written atomically
     (other workers wait for the chief's file). A reused run directory's flags were checked against this run's
     (`rundir.check_reuse`), so its seeds belong to the same settings."""
-    path = os.path.join(config.run_dir, "seeds.npz")
+    path = os.path.join(config.run_dir, rundir.SEEDS_FILE)
     if not chief:
         rundir.wait_for_file(path)
     if os.path.exists(path):

@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from exemplar_tf import models
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.io.lock import DirectoryLock
 from exemplar_tf.metrics.knn import knn_accuracy
-from exemplar_tf.training import distribute, inputs, rundir, summaries
+from exemplar_tf.training import checkpoints, distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import ModelState, build_state, make_train_step, merge_classes, objective_of
 
@@ -51,10 +52,11 @@ class WriteFailed(RuntimeError):
 @dataclasses.dataclass
 class RunResult:
     step: int
-    loss: float
+    loss: float  # the last logged loss (NaN when no step ran)
     export_dir: str | None
     log_dir: str
     checkpoint_dir: str
+    steps_run: int = 0  # steps this call trained (0: the run was already at --steps)
 
 
 def _checkpoint_dir(config: TrainConfig, strategy) -> str:
@@ -69,17 +71,29 @@ def _chief_checkpoint_dir(config: TrainConfig) -> str:
     return os.path.join(config.run_dir, "checkpoints")
 
 
-def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> None:
-    """Refuses a run directory made with other training settings (or moves it aside with --overwrite), then the
-    chief records the resolved flags; every worker waits for that before reading the directory."""
+def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> DirectoryLock | None:
+    """The chief locks the run directory, refuses one made with other training settings (or moves it aside with
+    --overwrite) and settles which checkpoint to resume from (moving unreadable ones aside); every worker waits
+    for that before reading the directory. Returns the chief's lock. Nothing is written before a refusal but
+    the lock's holder file."""
+    lock = None
     if chief:
-        kept = rundir.check_reuse(config, config.overwrite)
-        if kept:
-            print(f"--overwrite: moved the earlier run to {kept}")
-        rundir.write_flagfile(config)
+        rundir.check_usable(config.run_dir)
+        lock = DirectoryLock(config.run_dir)
+        try:
+            kept = rundir.check_reuse(config, config.overwrite)
+            if kept:
+                print(f"--overwrite: moved the earlier run to {kept}")
+                lock.release()
+                lock = DirectoryLock(config.run_dir)
+            checkpoints.resume_checkpoint(_chief_checkpoint_dir(config))
+        except BaseException:
+            lock.release()
+            raise
     elif not config.overwrite:
         rundir.check_reuse(config, overwrite=False)
     distribute.barrier(strategy)
+    return lock
 
 
 def _save(manager: tf.train.CheckpointManager, step: int) -> None:
@@ -190,11 +204,19 @@ class _Run:
     writer: object  # tf.summary writer (a no-op one on non-chief workers)
     knn_reading: Callable[[ModelState], KnnReading] | None
     export: Exporter
+    lock: DirectoryLock | None  # the chief's lock on the run directory, held until the run ends
 
     def export_encoder(self, name: str) -> str:
-        """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision."""
-        return self.export(self.config, models.float32_copy(self.state.encoder), self.state.objective.embedding_head,
-                           self.data.eval_images, name=name, step=self.state.step)
+        """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision;
+        a failed write (disk full, permissions) becomes WriteFailed, the checkpoints kept."""
+        try:
+            return self.export(self.config, models.float32_copy(self.state.encoder),
+                               self.state.objective.embedding_head, self.data.eval_images, name=name,
+                               step=self.state.step)
+        except (OSError, tf.errors.OpError) as error:
+            raise WriteFailed(f"could not write the export under {self.config.export_base}/{name} "
+                              f"({' '.join(str(error).split())[:200]}); the checkpoints are kept: python -m "
+                              f"exemplar_tf.export --run_dir={self.config.run_dir}") from None
 
     def merge_if_due(self) -> None:
         """At --merge_classes_at (or on resuming past it a run that never merged): clusters the seeds into
@@ -220,10 +242,21 @@ def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Export
     """Prepares the run directory, data and state; restores the newest checkpoint, or on a fresh run exports the
     random baseline, lets the objective initialise its state and writes the step-0 summaries."""
     chief = distribute.is_chief(strategy)
-    _prepare_run_dir(config, strategy, chief)
+    lock = _prepare_run_dir(config, strategy, chief)
+    try:
+        return _start_locked(config, strategy, export, chief, lock)
+    except BaseException:
+        if lock:
+            lock.release()
+        raise
+
+
+def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, lock) -> _Run:
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     objective = objective_of(config)
     data = inputs.training_data(config, chief=chief, views=objective.views)
+    if chief:  # the data is readable: the settings are the run directory's from now on
+        rundir.write_flagfile(config)
     if config.skip_bad_images and chief:
         print(record_skipped(config.run_dir, data.skipped))
     with strategy.scope():
@@ -232,7 +265,8 @@ def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Export
                                          max_to_keep=config.keep_checkpoints)
     writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if chief \
         else tf.summary.create_noop_writer()
-    run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export)
+    run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export,
+               lock)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
     if resume_from:
         restore(state, resume_from)
@@ -293,7 +327,7 @@ def _train(run: _Run) -> float:
     return loss
 
 
-def _finish(run: _Run, loss: float) -> RunResult:
+def _finish(run: _Run, loss: float, first_step: int) -> RunResult:
     """The final checkpoint, the last kNN reading and projector, and (chief) the final export."""
     config, state, manager = run.config, run.state, run.manager
     log_dir = os.path.join(config.run_dir, "tensorboard")
@@ -303,7 +337,7 @@ def _finish(run: _Run, loss: float) -> RunResult:
         logging.info("worker state at step %d: fingerprint %s", state.step, state_fingerprint(state))
     if not run.chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
-        return RunResult(state.step, loss, None, log_dir, manager.directory)
+        return RunResult(state.step, loss, None, log_dir, manager.directory, state.step - first_step)
     if run.knn_reading:
         reading = run.knn_reading(state)
         _log_knn(run.writer, state.step, reading)
@@ -311,13 +345,8 @@ def _finish(run: _Run, loss: float) -> RunResult:
     elif (rows := state.objective.projector_rows()) is not None:  # e.g. a memory bank's rows
         summaries.write_projector(log_dir, "bank_rows", rows)
     run.writer.flush()
-    try:
-        export_dir = run.export_encoder(config.name)
-    except (OSError, tf.errors.OpError) as error:
-        raise WriteFailed(f"could not write the export under {config.export_base}/{config.name} ({error}); the "
-                          f"final checkpoint {manager.latest_checkpoint} is kept: python -m exemplar_tf.export "
-                          f"--run_dir={config.run_dir}") from None
-    return RunResult(state.step, loss, export_dir, log_dir, manager.directory)
+    export_dir = run.export_encoder(config.name)
+    return RunResult(state.step, loss, export_dir, log_dir, manager.directory, state.step - first_step)
 
 
 def run(config: TrainConfig, export: Exporter, strategy: tf.distribute.Strategy | None = None) -> RunResult:
@@ -328,4 +357,9 @@ def run(config: TrainConfig, export: Exporter, strategy: tf.distribute.Strategy 
                         "(BUILD_NOTES.md)", config.objective, config.arch)
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
     run = _start(config, strategy, export)
-    return _finish(run, _train(run))
+    try:
+        first_step = run.state.step
+        return _finish(run, _train(run), first_step)
+    finally:
+        if run.lock:
+            run.lock.release()

@@ -18,6 +18,7 @@ from exemplar_tf.training import settings
 from exemplar_tf.training.config import TrainConfig
 
 FLAGFILE = "flags.cfg"
+SEEDS_FILE = "seeds.npz"  # the exemplar seed cache (training.inputs.load_or_sample_seeds)
 # Settings that may change when a run resumes: length, book-keeping, monitoring, where things go and how fast
 # the step runs. Every other setting defines what is trained (data, seeds, model, objective, N, optimiser).
 RESUME_SAFE = frozenset({
@@ -57,23 +58,53 @@ def read_flagfile(path: str) -> dict[str, str]:
 def changed_settings(saved: dict[str, str], config: TrainConfig) -> list[tuple[str, str, str]]:
     """(flag, old, new) for every setting outside RESUME_SAFE whose value differs from the saved flagfile's.
 
-    Settings the saved file does not name (flags added since it was written) are not compared.
+    A setting the saved file does not name (a flag added since it was written) is compared with its default, the
+    value that run trained with.
     """
     current = dict(line[2:].split("=", 1) for line in config_lines(config))
-    return [(key, saved[key], value) for key, value in current.items()
-            if key not in RESUME_SAFE and key in saved and saved[key] != value]
+    defaults = {field.name: flag_line(field.name, field.default)[len(field.name) + 3:]
+                for field in dataclasses.fields(TrainConfig) if field.default not in (None, dataclasses.MISSING)}
+    before = {key: saved.get(key, defaults.get(key)) for key in current}
+    return [(key, before[key], value) for key, value in current.items()
+            if before[key] is not None and before[key] != value
+            and (key not in RESUME_SAFE or _changes_optimizer(key, before[key], value))]
+
+
+def _changes_optimizer(key: str, old: str, new: str) -> bool:
+    """A precision switch to or from mixed_float16 adds or drops the loss-scale optimizer's variables: the
+    checkpoint no longer fits, so it is not resume-safe although other precision switches are."""
+    return key == "precision" and "mixed_float16" in (old, new)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether training wrote anything to resume from (a checkpoint state or checkpoint files)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(folder) and any(name == "checkpoint" or name.startswith("ckpt-") for name in os.listdir(folder))
+
+
+def check_usable(run_dir: str) -> None:
+    """Raises InputError when `run_dir` exists and is not a folder (before anything is created)."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise InputError(f"{run_dir}: --run_dir is a file, not a folder; give a folder path")
 
 
 def check_reuse(config: TrainConfig, overwrite: bool) -> str | None:
-    """Before a run starts: raises RunDirMismatch if `config.run_dir` holds a run with other training settings
-    (unless `overwrite`); with `overwrite`, moves an existing run directory aside and returns where to."""
+    """Before a run starts: raises RunDirMismatch if `config.run_dir` holds checkpoints of a run with other
+    training settings (unless `overwrite`); with `overwrite`, moves an existing run directory aside and returns
+    where to. A run directory with no checkpoint yet (a start that failed before training) takes the new
+    settings; a seed cache drawn for other (or unrecorded) settings is removed."""
     path = os.path.join(config.run_dir, FLAGFILE)
-    if not os.path.exists(path):
-        return None
-    if overwrite:
+    if overwrite and os.path.exists(path):
         kept = f"{config.run_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         os.replace(config.run_dir, kept)
         return kept
+    if not has_checkpoint(config.run_dir):
+        seeds = os.path.join(config.run_dir, SEEDS_FILE)
+        if os.path.exists(seeds) and (not os.path.exists(path) or changed_settings(read_flagfile(path), config)):
+            os.remove(seeds)
+        return None
+    if not os.path.exists(path):
+        return None
     changes = changed_settings(read_flagfile(path), config)
     if changes:
         listed = "; ".join(f"--{key} was {old!r}, now {new!r}" for key, old, new in changes)

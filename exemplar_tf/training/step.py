@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from exemplar_tf import models, objectives
 from exemplar_tf.objectives import Objective
+from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.views import Views, one_host_view
 
@@ -54,15 +55,6 @@ class ModelState:
         return int(self.optimizer.iterations.numpy())
 
 
-def learning_rate_schedule(config: TrainConfig) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Step decay: lr, multiplied by lr_decay_factor at each fraction of the run in lr_decay_at."""
-    boundaries = [int(f * config.steps) for f in sorted(config.lr_decay_at)]
-    values = [config.lr * config.lr_decay_factor**i for i in range(len(boundaries) + 1)]
-    if not boundaries:
-        return keras.optimizers.schedules.PiecewiseConstantDecay([config.steps], [config.lr, config.lr])
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
 def objective_of(config: TrainConfig) -> Objective:
     """The run's objective with its settings from the config (not built)."""
     return objectives.make(config.objective, objectives.Settings(
@@ -86,7 +78,8 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, v
     encoder = new_encoder()
     objective = objective or objective_of(config)
     objective.build(encoder, num_instances, new_encoder)
-    optimizer = keras.optimizers.SGD(learning_rate_schedule(config), momentum=config.momentum)
+    schedule = step_decay(config.lr, config.steps, config.lr_decay_at, config.lr_decay_factor)
+    optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
     if models.needs_loss_scaling(config.precision):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
     position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_batches",
