@@ -2,13 +2,14 @@
 import numpy as np
 import pytest
 
+from exemplar_tf.objectives.bank import bank_statistics
 from exemplar_tf.training import summaries
 
 
 def test_bank_statistics_of_orthogonal_and_identical_rows():
-    orthogonal = summaries.bank_statistics(np.eye(4, dtype=np.float32), sample=4)
+    orthogonal = bank_statistics(np.eye(4, dtype=np.float32), sample=4)
     assert orthogonal == pytest.approx({"bank/mean_norm": 1.0, "bank/mean_cosine": 0.0, "bank/max_cosine": 0.0})
-    identical = summaries.bank_statistics(np.tile([[0.6, 0.8]], (5, 1)).astype(np.float32), sample=5)
+    identical = bank_statistics(np.tile([[0.6, 0.8]], (5, 1)).astype(np.float32), sample=5)
     assert identical["bank/mean_cosine"] == pytest.approx(1.0)
 
 

@@ -1,4 +1,5 @@
-"""TensorBoard content beyond scalars: sample grids, bank statistics, kNN monitoring, the projector."""
+"""TensorBoard content beyond scalars: sample grids, kNN monitoring and collapse signs, the projector (the bank's
+statistics are its objective's: `objectives.bank.bank_statistics`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +12,7 @@ import tensorflow as tf
 from exemplar_tf.data import sources
 from exemplar_tf.data.images import resize_uint8, rows_of, tile
 from exemplar_tf.errors import InputError
+from exemplar_tf.objectives.bank import distinct_pair_cosines
 from exemplar_tf.training import config as cfg
 
 
@@ -18,29 +20,6 @@ def image_grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
     """Tiles float images [n,P,P,3] in [0,1] into one float32 image [1, rows*P, columns*P, 3] (empty cells
     black)."""
     return tile(rows_of(np.asarray(images, np.float32), columns), num_columns=columns)[None]
-
-
-def distinct_pair_cosines(rows: tf.Tensor) -> tf.Tensor:
-    """Cosines between every ordered pair of distinct rows of [n,D] -> float [n*(n-1)]."""
-    unit = tf.math.l2_normalize(tf.cast(rows, tf.float32), -1)
-    cosine = tf.matmul(unit, unit, transpose_b=True)
-    return tf.boolean_mask(cosine, ~tf.eye(tf.shape(rows)[0], dtype=tf.bool))
-
-
-def bank_statistics(bank: tf.Tensor, sample: int = 1024, seed: int = 0) -> dict[str, float]:
-    """Health of the memory bank [N,D]: mean row norm and the mean / max cosine between random distinct rows.
-
-    A collapsing bank shows mean cosine drifting towards 1; a healthy one stays near 0.
-    """
-    rng = np.random.default_rng(seed)
-    n = int(bank.shape[0])
-    rows = tf.gather(bank, rng.choice(n, size=min(sample, n), replace=False))
-    cosines = distinct_pair_cosines(rows)
-    return {
-        "bank/mean_norm": float(tf.reduce_mean(tf.norm(rows, axis=-1))),
-        "bank/mean_cosine": float(tf.reduce_mean(cosines)),
-        "bank/max_cosine": float(tf.reduce_max(cosines)),
-    }
 
 
 def representation_health(representations: np.ndarray, codes: np.ndarray) -> dict[str, float]:
