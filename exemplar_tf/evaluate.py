@@ -31,40 +31,52 @@ from __future__ import annotations
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.evaluation import probe, protocols, savedmodel
+from exemplar_tf.errors import cli
+
+# The library's names and defaults, read here without importing TensorFlow (tests/test_program_flags.py holds them
+# equal to evaluation.protocols.PROTOCOLS, evaluation.savedmodel.FEATURE_SIGNATURES, evaluation.probe's C_GRID
+# and MAX_GRID_EXTENSION).
+PROTOCOLS = ("stl10", "cifar10", "cifar10_400", "caltech101", "folder")
+FEATURES = ("embedding", "features", "pyramid", "quadrants")
+C_GRID = ("0.0002", "0.00112468", "0.00632456", "0.0355656", "0.2")  # log-uniform [2e-4, 0.2], as f"{c:g}"
+MAX_GRID_EXTENSION = 3
 
 flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
 flags.DEFINE_string("dataset", None, "Labelled source spec: stl10, stl10_binary:<dir>, cifar10, caltech101, "
                     "folder:<dir>, demo_labelled.", required=True)
-flags.DEFINE_enum("protocol", None, protocols.PROTOCOLS, "Evaluation protocol (default: from --dataset).")
+flags.DEFINE_enum("protocol", None, PROTOCOLS, "Evaluation protocol (default: from --dataset).")
 flags.DEFINE_string("baseline_savedmodel", None, "Randomly initialised export of the same architecture "
                     "(default: the newest <name>_random version next to --savedmodel exported by the same "
                     "training run).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_integer("eval_size", None, "Resize images to this square size (default: 96 STL native, 64 CIFAR, "
                      "150 Caltech, native for folders; 0: native size).")
-flags.DEFINE_enum("feature", None, sorted(savedmodel.FEATURE_SIGNATURES), "SavedModel output to probe "
+flags.DEFINE_enum("feature", None, FEATURES, "SavedModel output to probe "
                   "(default: pyramid for caltech101, features otherwise).")
 flags.DEFINE_integer("max_train", 0, "Use at most this many images per training set (0: all).")
 flags.DEFINE_integer("max_test", 0, "Use at most this many test images (0: all).")
 flags.DEFINE_integer("splits", None, "Random draws for cifar10_400 (default 10) and caltech101 (default 1).")
-flags.DEFINE_list("c_values", [f"{c:g}" for c in probe.C_GRID], "SVM C grid searched on held-out training data "
+flags.DEFINE_list("c_values", list(C_GRID), "SVM C grid searched on held-out training data "
                   "(default: the paper's log-uniform [2e-4, 0.2]).")
-flags.DEFINE_integer("max_grid_extension", probe.MAX_GRID_EXTENSION, "When the best C is on an edge of the grid, "
+flags.DEFINE_integer("max_grid_extension", MAX_GRID_EXTENSION, "When the best C is on an edge of the grid, "
                      "try up to this many more C values beyond it (0: never).")
 flags.DEFINE_boolean("standardize", False, "Standardise every feature column before the SVM (not the paper: "
                      "it cancels the export's per-layer percentile scaling).")
 flags.DEFINE_integer("seed", 0, "Seed of the per-class draws and the held-out split.")
 flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
 flags.DEFINE_string("out_json", None, "Write the results as JSON here.")
+cli.check("splits", cli.POSITIVE)
+cli.check("max_grid_extension", cli.NON_NEGATIVE)
+cli.check("c_values", cli.Each(cli.POSITIVE))
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # errors.run refuses positional arguments
+    from exemplar_tf.evaluation import protocols
+
     values = flags.FLAGS
     protocol = values.protocol or protocols.protocol_for(values.dataset)
     options = protocols.ProtocolOptions(

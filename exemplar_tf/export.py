@@ -22,20 +22,22 @@ cells * C_l; TF Serving ignores the file).
 """
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.serving import runs
+from exemplar_tf.errors import cli
 
 flags.DEFINE_string("run_dir", None, "Training run directory (checkpoints/, flags.cfg).", required=True)
 flags.DEFINE_string("name", None, "Export name (default: the run's --name).")
 flags.DEFINE_integer("version", None, "Integer version (default: the next free one).")
 flags.DEFINE_string("export_base", None, "Export base directory (default: the run's --export_base).")
+cli.check("version", cli.POSITIVE)
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # errors.run refuses positional arguments
+    from exemplar_tf.serving import runs
+
     values = flags.FLAGS
     print(runs.export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))
 

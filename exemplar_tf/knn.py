@@ -6,17 +6,24 @@ the k most similar vote for their class with weight exp(similarity / tau).
 
 With --checkpoint the training features are the run's memory bank (row i = training example with index i),
 read from the checkpoint file and never written; queries always go through the SavedModel's `embedding`
-(`exemplar_tf.evaluation.knn`, `exemplar_tf.evaluation.savedmodel`).
+(`exemplar_tf.evaluation.knn`, `exemplar_tf.evaluation.savedmodel`). With --baseline_savedmodel (a path, or
+`auto` for the run's `<name>_random` export) the randomly initialised encoder is classified the same way beside it.
+
+Output: one human line on stderr (top-1, top-5, the random baseline's and the gain over it) and the results as one
+JSON line on stdout (`> knn.json` keeps only it): savedmodel, bank, k, tau, train, test, top1, top5,
+random_baseline ({savedmodel, train, top1, top5} or null), gain_over_random (trained minus random top-1, or null).
 """
 from __future__ import annotations
 
 import json
+import sys
 
-from absl import app, flags
+from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.evaluation import knn, savedmodel
-from exemplar_tf.metrics.knn import DEFAULT_K, DEFAULT_TAU, knn_accuracy
+
+DEFAULT_K = 200  # metrics.knn.DEFAULT_K, DEFAULT_TAU (read here without importing TensorFlow; a test holds them equal)
+DEFAULT_TAU = 0.07
 
 flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
 flags.DEFINE_string("train", None, "Labelled source spec for the neighbours (and the bank's labels).",
@@ -26,6 +33,10 @@ flags.DEFINE_string("train_split", "train", "Split of --train.")
 flags.DEFINE_string("test_split", "test", "Split of --test.")
 flags.DEFINE_string("checkpoint", "", "Training checkpoint (file prefix or folder): use its memory bank as "
                     "the training features (read only).")
+flags.DEFINE_string("baseline_savedmodel", "", "Randomly initialised export of the same architecture, classified "
+                    "the same way beside --savedmodel (its own codes as neighbours, also with --checkpoint); 'auto': "
+                    "the newest <name>_random version next to --savedmodel exported by the same training run (as "
+                    "evaluate finds it); empty: none.")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_integer("k", DEFAULT_K, "Neighbours.")
 flags.DEFINE_float("tau", DEFAULT_TAU, "Vote temperature: weight exp(cos / tau).")
@@ -35,27 +46,69 @@ flags.DEFINE_integer("max_test", 0, "Use at most this many test images (0: all).
 flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
 
 
+def baseline_path(savedmodel: str, flag: str) -> str | None:
+    """The random baseline export --baseline_savedmodel names (None: none); 'auto' finds it as evaluate does."""
+    from exemplar_tf.evaluation import protocols
+
+    if not flag:
+        return None
+    path = protocols.random_baseline_path(savedmodel) if flag == "auto" else flag
+    if path is None:
+        print(protocols.missing_baseline_message(savedmodel), file=sys.stderr)
+        return None
+    mismatch = protocols.baseline_mismatch(savedmodel, path)
+    if mismatch:
+        raise errors.InputError(mismatch.removeprefix("evaluate: "))
+    return path
+
+
+def human_line(report: dict) -> str:
+    """One line: top-1/top-5 of the trained encoder and, with a baseline, the random one's and the gain."""
+    line = (f"kNN (k={report['k']}, tau={report['tau']:g}, {report['test']} queries, {report['train']} training "
+            f"{'bank rows' if report['bank'] == 'checkpoint' else 'images'}): top-1 {100 * report['top1']:.2f}%, "
+            f"top-5 {100 * report['top5']:.2f}%")
+    baseline = report["random_baseline"]
+    if baseline is None:
+        return line + "; no random baseline (--baseline_savedmodel)"
+    return (line + f"; random baseline top-1 {100 * baseline['top1']:.2f}%, top-5 {100 * baseline['top5']:.2f}%; "
+            f"gain over random {100 * report['gain_over_random']:+.2f} points")
+
+
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # errors.run refuses positional arguments
+    from exemplar_tf.evaluation import knn, savedmodel
+    from exemplar_tf.metrics.knn import knn_accuracy
+
     values = flags.FLAGS
-    model = savedmodel.SavedModelFeatures(values.savedmodel, batch_size=values.batch_size)
+    baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
     load = dict(key="embedding", eval_size=values.eval_size or None, data_dir=values.data_dir)
-    test = model.extract(values.test, values.test_split, max_examples=values.max_test, desc="test", **load)
-    if values.checkpoint:
-        train_codes = knn.read_memory_bank(values.checkpoint)
-        train_labels = knn.bank_labels(knn.source_labels(values.train, values.train_split, values.data_dir),
-                                       len(train_codes))
-    else:
-        train = model.extract(values.train, values.train_split, max_examples=values.max_train, desc="train",
-                              **load)
-        train_codes, train_labels = train.features, train.labels
-    num_classes = int(max(train_labels.max(), test.labels.max()) + 1)
-    accuracy = knn_accuracy(train_codes, train_labels, test.features, test.labels, k=values.k,
-                                tau=values.tau, num_classes=num_classes)
-    print(json.dumps({"savedmodel": values.savedmodel, "bank": "checkpoint" if values.checkpoint else "savedmodel",
-                      "k": values.k, "tau": values.tau, "train": len(train_labels), "test": len(test.labels),
-                      **accuracy}))
+
+    def classify(path: str, bank: str):
+        model = savedmodel.SavedModelFeatures(path, batch_size=values.batch_size)
+        test = model.extract(values.test, values.test_split, max_examples=values.max_test, desc="test", **load)
+        if bank:
+            train_codes = knn.read_memory_bank(bank)
+            train_labels = knn.bank_labels(knn.source_labels(values.train, values.train_split, values.data_dir),
+                                           len(train_codes))
+        else:
+            train = model.extract(values.train, values.train_split, max_examples=values.max_train, desc="train",
+                                  **load)
+            train_codes, train_labels = train.features, train.labels
+        num_classes = int(max(train_labels.max(), test.labels.max()) + 1)
+        accuracy = knn_accuracy(train_codes, train_labels, test.features, test.labels, k=values.k, tau=values.tau,
+                                num_classes=num_classes)
+        return accuracy, len(train_labels), len(test.labels)
+
+    accuracy, num_train, num_test = classify(values.savedmodel, values.checkpoint)
+    report = {"savedmodel": values.savedmodel, "bank": "checkpoint" if values.checkpoint else "savedmodel",
+              "k": values.k, "tau": values.tau, "train": num_train, "test": num_test, **accuracy,
+              "random_baseline": None, "gain_over_random": None}
+    if baseline:
+        baseline_accuracy, baseline_train, _ = classify(baseline, "")
+        report["random_baseline"] = {"savedmodel": baseline, "train": baseline_train, **baseline_accuracy}
+        report["gain_over_random"] = accuracy["top1"] - baseline_accuracy["top1"]
+    print(human_line(report), file=sys.stderr)  # stdout is the JSON alone: scripts redirect it to a .json file
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags
+from absl import flags
 
 from exemplar_tf import errors
+from exemplar_tf.errors import cli
 from exemplar_tf.matching import benchmark, descriptors, ellipses, images, orientation, report, warps
 
 
@@ -70,6 +71,18 @@ flags.DEFINE_integer("cnn_patch_size", 113, "Patch side for the CNN and raw-pixe
 flags.DEFINE_integer("sift_patch_size", 157, "Patch side for SIFT.")
 flags.DEFINE_string("out_dir", "runs/match", "Where match.json and the PNG plots go.")
 flags.DEFINE_integer("seed", 0, "Seed of the random transformation parameters.")
+for _name in ("num_images", "max_regions", "mser_delta", "mser_min_area", "cnn_patch_size", "sift_patch_size"):
+    cli.check(_name, cli.POSITIVE)
+cli.check("mser_max_area", cli.Bound(low=0, high=1, low_open=True))
+cli.check("mser_max_variation", cli.POSITIVE)
+cli.check("mser_min_diversity", cli.UNIT_INTERVAL)
+cli.check("context", cli.POSITIVE)
+cli.check("iou_threshold", cli.Bound(low=0, high=1, low_open=True))
+cli.check("max_side", cli.NON_NEGATIVE)
+
+
+def _families(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
 
 
 def _levels(text: str) -> list[int]:
@@ -80,18 +93,32 @@ def _orientations(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _known_names(values: flags.FlagValues) -> str | None:
+    """--families, --orientation and --strengths name known families, orientations and levels."""
+    unknown = sorted(set(_families(values.families)) - set(warps.FAMILIES))
+    if unknown:
+        return f"--families has unknown names {unknown}; valid: {', '.join(warps.FAMILIES)}"
+    unknown = sorted(set(_orientations(values.orientation)) - set(orientation.ORIENTATIONS))
+    if unknown:
+        return f"--orientation has unknown names {unknown}; valid: {', '.join(orientation.ORIENTATIONS)}"
+    try:
+        levels = _levels(values.strengths)
+    except ValueError:
+        return f"--strengths must be comma-separated integers, got {values.strengths!r}"
+    top = min(len(warps.FAMILIES[name].strengths) for name in _families(values.families) or warps.FAMILIES)
+    if any(not 1 <= level <= top for level in levels):
+        return f"--strengths are levels 1..{top}, got {values.strengths!r}"
+    return None
+
+
+cli.check_flags(_known_names)
+
+
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # errors.run refuses positional arguments
     values = flags.FLAGS
-    families = [name for name in values.families.split(",") if name]
-    unknown = sorted(set(families) - set(warps.FAMILIES))
-    if unknown:
-        raise app.UsageError(f"unknown families {unknown}; known: {list(warps.FAMILIES)}")
+    families = _families(values.families)
     chosen = _orientations(values.orientation)
-    unknown = sorted(set(chosen) - set(orientation.ORIENTATIONS))
-    if unknown:
-        raise app.UsageError(f"unknown orientations {unknown}; known: {list(orientation.ORIENTATIONS)}")
     mser = ellipses.MserParameters(delta=values.mser_delta, min_area=values.mser_min_area,
                                    max_area_fraction=values.mser_max_area, max_variation=values.mser_max_variation,
                                    min_diversity=values.mser_min_diversity)

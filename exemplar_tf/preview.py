@@ -9,8 +9,8 @@ from __future__ import annotations
 from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.augment import preview
-from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS
+from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # names only: no TensorFlow
+from exemplar_tf.errors import cli
 
 flags.DEFINE_string("source", "demo", "image source (see exemplar_tf.data.sources)")
 flags.DEFINE_string("split", "train", "split of the source")
@@ -23,10 +23,22 @@ flags.DEFINE_list("transforms", list(ALL_TRANSFORMS), f"subset of {','.join(ALL_
 flags.DEFINE_integer("patch_size", 32, "seed patch side")
 flags.DEFINE_integer("seed", 0, "seed for choosing seeds and drawing transformations")
 flags.DEFINE_integer("zoom", 2, "each patch enlarged this many times")
+cli.check("copies", cli.POSITIVE)
+cli.check("zoom", cli.POSITIVE)
+
+
+def _unknown_transforms(values: flags.FlagValues) -> str | None:
+    unknown = [name for name in values.transforms if name not in ALL_TRANSFORMS]
+    return f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}" if unknown else None
+
+
+cli.check_flags(_unknown_transforms)
 
 
 def main(argv):
-    del argv
+    del argv  # errors.run refuses positional arguments
+    from exemplar_tf.augment import preview
+
     options = flags.FLAGS
     grid = preview.write_preview(options.out, source=options.source, split=options.split,
                                  num_seeds=options.num_seeds, copies=options.copies, preset=options.preset,

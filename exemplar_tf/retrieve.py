@@ -17,10 +17,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.evaluation import retrieval
+from exemplar_tf.errors import cli
 
 flags.DEFINE_string("savedmodel", None, "Export folder savedmodels/<name>/<version>.", required=True)
 flags.DEFINE_string("index", None, "Folder of images, or a source spec, to index.", required=True)
@@ -37,11 +37,14 @@ flags.DEFINE_enum("codes", "float16", ["float16", "float32"], "Stored code preci
 flags.DEFINE_integer("max_index", 0, "Index at most this many images (0: all).")
 flags.DEFINE_integer("max_queries", 0, "Use at most this many queries (0: all).")
 flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
+cli.check("max_index", cli.NON_NEGATIVE)
+cli.check("max_queries", cli.NON_NEGATIVE)
 
 
 def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    del argv  # errors.run refuses positional arguments
+    from exemplar_tf.evaluation import retrieval
+
     values = flags.FLAGS
     summary = retrieval.retrieve(values.savedmodel, values.index, values.queries, values.out, k=values.k,
                        index_split=values.index_split, query_split=values.query_split, data_dir=values.data_dir,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from exemplar_tf import errors
+from exemplar_tf.errors import cli
 from exemplar_tf.training import config as cfg
 from exemplar_tf.training import rundir, settings
 
@@ -43,6 +44,28 @@ def _value(spec: settings.Spec, value):
     return None if spec.optional and value == "" else value
 
 
+def _range_check(spec: settings.Spec):
+    """The field's own range check as a flag check, run while the flags are parsed (one line, exit 2)."""
+    return lambda value: spec.check.problem(spec.name, _value(spec, value))
+
+
+def _config_problems(values: flags.FlagValues) -> str | None:
+    """cfg.validate's problems (the rules between fields) as one line: "--a ...; --b ..."."""
+    del values  # config_from_flags reads the parsed flags
+    try:
+        config_from_flags()
+    except errors.InputError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return "; ".join(lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines)
+    return None
+
+
+for _spec in settings.specs(cfg.TrainConfig):  # each field's range, then the rules between fields, while parsing
+    if isinstance(_spec.check, (settings.Range, settings.EachIn)):
+        cli.check(_spec.name, _range_check(_spec))
+cli.check_flags(_config_problems)
+
+
 def config_from_flags() -> cfg.TrainConfig:
     """Builds the TrainConfig from the parsed flags (the only place global flag values are read)."""
     values = {spec.name: _value(spec, _FLAGS[spec.name].value) for spec in settings.specs(cfg.TrainConfig)}
@@ -55,21 +78,20 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
     from exemplar_tf.serving import runs  # after flag validation: importing TensorFlow takes seconds
+    from exemplar_tf.io.lock import DirectoryLocked
     from exemplar_tf.training import loop
-
-    if not flags.FLAGS["verbosity"].present:  # keep TensorFlow's INFO lines (savers, exports) off the console
-        logging.set_verbosity(logging.WARNING)
 
     try:
         result = runs.train(config)
-    except rundir.RunDirMismatch as error:
+    except (rundir.RunDirMismatch, DirectoryLocked) as error:
         print(error, file=sys.stderr)
         return 2
     except (loop.TrainingDiverged, loop.WriteFailed) as error:
         print(f"Training stopped: {error}", file=sys.stderr)
         return 3
     if result.export_dir:
-        print(f"Finished {result.step} steps, final loss {result.loss:.4f}")
+        trained = f"final loss {result.loss:.4f}" if result.steps_run else "nothing left to train"
+        print(f"Finished {result.step} steps, {trained}")
         print(f"Export:      {result.export_dir}")
         print(f"TensorBoard: tensorboard --logdir {result.log_dir}")
         print(f"Checkpoints: {result.checkpoint_dir}")
