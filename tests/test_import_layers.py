@@ -20,7 +20,7 @@ LAYERS = [
     ("serving",),
     ("probe",),
     ("evaluation",),
-    ("finetuning", "matching"),
+    ("finetuning", "matching", "api"),
 ]
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
 
