@@ -6,8 +6,10 @@ the same fine-tuning from the random network and a supervised-from-scratch run o
 
 random: the `<name>_random` export (the same network at initialisation), or a fresh one when it is missing.
 scratch: a fresh network with --scratch_lr for every layer. Each run keeps checkpoints under
-<out_dir>/<pretrained|random|scratch>/ (re-running resumes); the pretrained classifier is exported with a
-`classify` signature (images uint8 [B,H,W,3] -> probabilities [B,C]) to <export_base>/<name>_finetuned/<v>.
+<out_dir>/<pretrained|random|scratch>/ (re-running resumes; settings recorded in <out_dir>/settings.json, a rerun
+with other ones is refused naming them unless --overwrite); the pretrained classifier is exported with a
+`classify` signature (images uint8 [B,H,W,3] -> probabilities [B,C]) to <export_base>/<export_name>/<v>
+(default name: the --out_dir folder's, runs/<name>_finetune giving <name>_finetuned).
 """
 from __future__ import annotations
 
@@ -39,6 +41,10 @@ _BASELINES = flags.DEFINE_list("baselines", "random,scratch", "Baselines to run 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Fine-tuning directory (default: runs/<name>_finetune).")
 _EXPORT_BASE = flags.DEFINE_string("export_base", "savedmodels", "Export base directory.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start over when --out_dir holds fine-tuning with other settings "
+                               "(the old directory is kept as <out_dir>.old-<time>); without it that is refused.")
+_EXPORT_NAME = flags.DEFINE_string("export_name", None, "Export name of the fine-tuned classifier (default: the "
+                                   "--out_dir folder's name, runs/<name>_finetune giving <name>_finetuned).")
 
 
 def main(argv) -> int:
@@ -54,11 +60,13 @@ def main(argv) -> int:
     if unknown:
         print(f"--baselines has unknown names {sorted(unknown)}; valid: random, scratch", file=sys.stderr)
         return 2
+    from exemplar_tf import errors
     from exemplar_tf.finetuning import loop, run
 
     source = _SAVEDMODEL.value or _RUN_DIR.value
     name = os.path.basename(os.path.dirname(os.path.normpath(source))) if _SAVEDMODEL.value else \
         os.path.basename(os.path.normpath(source))
+    out_dir = _OUT_DIR.value or os.path.join("runs", f"{name}_finetune")
     recipe = loop.Recipe(
         steps=_STEPS.value, batch_size=_BATCH.value, encoder_lr=_ENCODER_LR.value, head_lr=_HEAD_LR.value,
         lr_decay_at=tuple(float(f) for f in _DECAY_AT.value if f), lr_decay_factor=_DECAY.value,
@@ -67,11 +75,15 @@ def main(argv) -> int:
         dataset=_DATASET.value, data_dir=_DATA_DIR.value, train_split=_TRAIN_SPLIT.value,
         test_split=_TEST_SPLIT.value, labels_per_class=_PER_CLASS.value, label_fraction=_FRACTION.value,
         recipe=recipe, scratch_lr=_SCRATCH_LR.value or _HEAD_LR.value, baselines=tuple(_BASELINES.value),
-        out_dir=_OUT_DIR.value or os.path.join("runs", f"{name}_finetune"), export_base=_EXPORT_BASE.value,
-        export_name=f"{name}_finetuned")
-    report = run.compare(options, savedmodel=_SAVEDMODEL.value, run_dir=_RUN_DIR.value)
+        out_dir=out_dir, export_base=_EXPORT_BASE.value,
+        export_name=_EXPORT_NAME.value or run.default_export_name(out_dir), overwrite=_OVERWRITE.value)
+    try:
+        report = run.compare(options, savedmodel=_SAVEDMODEL.value, run_dir=_RUN_DIR.value)
+    except errors.InputError as error:  # one line, as under errors.run
+        print(f"Error: {error}", file=sys.stderr)
+        return errors.EXIT_INPUT_ERROR
     print(run.table(report))
-    print(json.dumps(report))
+    print(json.dumps(report, allow_nan=False))
     return 0
 
 

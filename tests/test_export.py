@@ -1,4 +1,6 @@
-"""Evaluation-feature pooling and the SavedModel export (signatures, numbers in a fresh process, versions)."""
+"""Evaluation-feature pooling and the SavedModel export (signatures, numbers in a fresh process, versions, one run
+per model name, exports of a moved project)."""
+import json
 import os
 import subprocess
 import sys
@@ -282,7 +284,113 @@ def test_export_info_records_name_origin_and_creation_time(model, tmp_path):
                                  origin={"run_dir": "runs/r7", "step": 1234})
     info = savedmodel.read_export_info(path)
     assert info["name"] == "run7" and info["run_dir"] == os.path.abspath("runs/r7") and info["step"] == 1234
+    assert info["run_dir_relative"] == os.path.relpath(os.path.abspath("runs/r7"), str(tmp_path))
     assert info["arch"] == "small" and info["input_size"] == 32 and info["created"][:2] == "20"
     plain = savedmodel.read_export_info(export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="p",
                                                           percentiles=percentiles))
     assert plain["run_dir"] is None and plain["step"] is None
+
+
+# ---------------------------------------------------------------- a model name is one run's (issue 32.2)
+
+
+def _fake_version(path, **info):
+    """A version folder with only assets.extra/export_info.json: all the name check and the reader look at."""
+    os.makedirs(os.path.join(path, "assets.extra"))
+    with open(os.path.join(path, export.INFO_PATH), "w") as f:
+        json.dump(info, f)
+    return str(path)
+
+
+def test_a_model_name_takes_versions_from_one_run_and_one_network(model, tmp_path):
+    encoder, head, percentiles = model
+    kwargs = dict(export_dir_base=str(tmp_path), name="m", percentiles=percentiles)
+    export.export_encoder(encoder, head, origin={"run_dir": str(tmp_path / "runs" / "a"), "step": 0}, **kwargs)
+    assert export.export_encoder(encoder, head, origin={"run_dir": str(tmp_path / "runs" / "a"), "step": 9},
+                                 **kwargs).endswith(os.sep + "2")  # the same run: a new version
+    with pytest.raises(export.ExportNameTaken) as refused:
+        export.export_encoder(encoder, head, origin={"run_dir": str(tmp_path / "runs" / "b"), "step": 9}, **kwargs)
+    message = str(refused.value)
+    assert "\n" not in message and f"exported from run {tmp_path / 'runs' / 'a'}" in message
+    assert f"this export is from run {tmp_path / 'runs' / 'b'}" in message and "own --name" in message
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]  # nothing written, no staging folder left
+    with pytest.raises(export.ExportNameTaken, match="no recorded run"):
+        export.export_encoder(encoder, head, **kwargs)  # a library export without a run does not join either
+
+    # Exports written before run_dir_relative (absolute run_dir only); the same run directory started over with
+    # another network (--overwrite): arch or input size differ.
+    run_x = str(tmp_path / "runs" / "x")
+    os.makedirs(run_x)
+    _fake_version(tmp_path / "n" / "1", run_dir=run_x, arch="small", input_size=32)
+    export.check_model_name(str(tmp_path), "n", run_x, {"arch": "small", "input_size": 32})
+    with pytest.raises(export.ExportNameTaken, match="arch=small, and this export has arch=resnet18"):
+        export.check_model_name(str(tmp_path), "n", run_x, {"arch": "resnet18", "input_size": 32})
+    with pytest.raises(export.ExportNameTaken, match=f"exported from run {run_x}, and this export is from run /r/y"):
+        export.check_model_name(str(tmp_path), "n", "/r/y")
+    os.makedirs(tmp_path / "n" / "2")  # no export_info.json (not an exemplar_tf export): not compared
+    export.check_model_name(str(tmp_path), "n", run_x)
+    export.check_model_name(str(tmp_path), "missing", "/r/y")
+    # An old export whose absolute run directory is gone (the project moved) cannot be placed: only the network
+    # is compared.
+    _fake_version(tmp_path / "moved" / "1", run_dir="/gone/runs/x", arch="small", input_size=32)
+    export.check_model_name(str(tmp_path), "moved", "/new/runs/x", {"arch": "small", "input_size": 32})
+    with pytest.raises(export.ExportNameTaken, match="input_size=32, and this export has input_size=64"):
+        export.check_model_name(str(tmp_path), "moved", "/new/runs/x", {"arch": "small", "input_size": 64})
+
+
+def test_program_refuses_a_name_whose_versions_come_from_another_run(tmp_path):
+    """`--flagfile=flags/demo.cfg --run_dir=elsewhere`: the name's versions are the README's demo run's."""
+    run_dir = tmp_path / "elsewhere"
+    encoder = build_encoder("small", input_size=32, mean_rgb=MEAN_RGB)  # a run the program could export
+    tf.train.CheckpointManager(tf.train.Checkpoint(encoder=encoder), str(run_dir / "checkpoints"),
+                               max_to_keep=1).save(checkpoint_number=3)
+    (run_dir / "flags.cfg").write_text(
+        f"--name=demo\n--source=demo\n--split=train\n--method=exemplar\n--arch=small\n--patch_size=32\n"
+        f"--image_size=32\n--objective=softmax\n--export_base={tmp_path / 'sm'}\n")
+    _fake_version(tmp_path / "sm" / "demo" / "1", name="demo", run_dir=str(tmp_path / "runs" / "demo"),
+                  run_dir_relative=os.path.join("..", "runs", "demo"), arch="small", input_size=32)
+    result = subprocess.run([sys.executable, "-m", "exemplar_tf.export", f"--run_dir={run_dir}"],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (f"Error: {tmp_path / 'sm' / 'demo'} holds version 1 exported from run {tmp_path / 'runs' / 'demo'}"
+                    f", and this export is from run {run_dir}: every version of a model name must come from one run "
+                    f"(TF Serving serves the newest); give this one its own --name")
+    assert os.listdir(tmp_path / "sm" / "demo") == ["1"]
+
+
+def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tmp_path):
+    from exemplar_tf.serving import runs
+
+    config = tiny_config(tmp_path / "runs" / "tiny")
+    runs.check_export_name(config)  # nothing exported yet
+    _fake_version(os.path.join(config.export_base, "tiny_random", "1"),
+                  **export.origin_fields(config.run_dir, config.export_base), arch="small", input_size=config.input_size)
+    runs.check_export_name(config)  # its own run's baseline
+    with pytest.raises(export.ExportNameTaken, match=r"tiny_random holds version 1 exported from run"):
+        runs.check_export_name(tiny_config(tmp_path / "runs" / "other"))
+    with pytest.raises(export.ExportNameTaken, match="arch=small, and this export has arch=resnet18"):
+        runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", arch="resnet18"))
+    runs.check_export_name(tiny_config(tmp_path / "runs" / "other"), name="other_name")
+
+
+def test_a_moved_project_keeps_pairing_exports_with_their_run_and_baseline(model, tmp_path):
+    """export_info.json records the run relative to the export base too: after the project moves, a new export
+    from the moved run joins its name and finds the baseline written before the move."""
+    from exemplar_tf.evaluation import protocols
+
+    encoder, head, percentiles = model
+    old, new = tmp_path / "old", tmp_path / "new"
+    for name, step in (("tiny_random", 0), ("tiny", 4)):
+        export.export_encoder(encoder, head, export_dir_base=str(old / "savedmodels"), name=name,
+                              percentiles=percentiles, origin={"run_dir": str(old / "runs" / "tiny"), "step": step})
+    os.rename(old, new)
+    info = savedmodel.read_export_info(str(new / "savedmodels" / "tiny" / "1"))
+    assert info["run_dir"] == str(new / "runs" / "tiny") and info["run_dir_at_export"] == str(old / "runs" / "tiny")
+    again = export.export_encoder(encoder, head, export_dir_base=str(new / "savedmodels"), name="tiny",
+                                  percentiles=percentiles, origin={"run_dir": str(new / "runs" / "tiny"), "step": 8})
+    assert protocols.random_baseline_path(again) == str(new / "savedmodels" / "tiny_random" / "1")
+    # Exports written before the relative path was recorded still read as they are.
+    legacy = _fake_version(tmp_path / "legacy" / "m" / "1", run_dir="/somewhere/runs/m", arch="small", input_size=32)
+    assert savedmodel.read_export_info(legacy)["run_dir"] == "/somewhere/runs/m"

@@ -13,7 +13,7 @@ import tensorflow as tf
 from exemplar_tf import models
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation import savedmodel
-from exemplar_tf.finetuning import encoders, labels, loop, run
+from exemplar_tf.finetuning import encoders, labels, loop, outdir, run
 from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,3 +138,112 @@ def test_narrow_resnet_comes_back_from_its_export_and_as_a_float32_copy(tmp_path
                                 resnet_width=16, precision="mixed_bfloat16")
     copy = models.float32_copy(bf16)
     assert (copy.width, copy.imagenet_stem, copy.compute_dtype) == (16, True, "float32")
+
+
+# ---------------------------------------------------------------- reusing a fine-tuning directory (issue 32.1)
+
+
+def _fake_checkpoint(out_dir, kind="pretrained"):
+    os.makedirs(os.path.join(out_dir, kind, "checkpoints"))
+    open(os.path.join(out_dir, kind, "checkpoints", "checkpoint"), "w").close()
+
+
+def test_a_fine_tuning_directory_is_reused_only_with_its_own_settings(tmp_path):
+    out_dir = str(tmp_path / "ft")
+    first = {"savedmodel": "savedmodels/demo/1", "run_dir": None, "labels_per_class": 10, "label_fraction": 0.0,
+             "encoder_lr": 0.01, "lr_decay_at": [0.6, 0.8], "steps": 300, "baselines": ["random", "scratch"]}
+    assert outdir.check_reuse(out_dir, first) is None  # new: recorded
+    assert json.load(open(os.path.join(out_dir, outdir.SETTINGS_FILE))) == first
+    outdir.check_reuse(out_dir, {**first, "labels_per_class": 5})  # no checkpoint yet: takes the new settings
+    outdir.check_reuse(out_dir, first)
+    _fake_checkpoint(out_dir)
+    longer = {**first, "steps": 600, "baselines": [], "savedmodel": "./savedmodels/demo/1"}
+    outdir.check_reuse(out_dir, longer)  # length, baselines and a spelling of the same path may change
+    with pytest.raises(outdir.OutDirMismatch) as refused:
+        outdir.check_reuse(out_dir, {**longer, "savedmodel": None, "run_dir": "runs/demo", "labels_per_class": 0,
+                                     "label_fraction": 0.05})
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{out_dir} holds fine-tuning checkpoints made with other")
+    for part in ("--savedmodel was './savedmodels/demo/1', now unset", "--run_dir was unset, now 'runs/demo'",
+                 "--labels_per_class was 10, now 0", "--label_fraction was 0.0, now 0.05", "--overwrite"):
+        assert part in message
+    with pytest.raises(outdir.OutDirMismatch, match=r"--lr_decay_at was '0.6,0.8', now '0.5'"):
+        outdir.check_reuse(out_dir, {**longer, "lr_decay_at": [0.5]})
+    kept = outdir.check_reuse(out_dir, {**longer, "labels_per_class": 3}, overwrite=True)
+    assert kept.startswith(out_dir + ".old-") and outdir.has_checkpoints(kept) and not outdir.has_checkpoints(out_dir)
+    legacy = str(tmp_path / "legacy")
+    _fake_checkpoint(legacy, "random")  # written before settings were recorded
+    with pytest.raises(outdir.OutDirMismatch, match="whose settings were not recorded"):
+        outdir.check_reuse(legacy, first)
+
+
+def test_export_name_defaults_to_the_fine_tuning_directory():
+    assert run.default_export_name("runs/demo_finetune") == "demo_finetuned"
+    assert run.default_export_name("runs/demo_5pc/") == "demo_5pc"
+    assert run.json_safe({"a": [float("nan"), 1.5, float("inf")], "b": None}) == {"a": [None, 1.5, None], "b": None}
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def test_program_refuses_a_rerun_with_other_settings_and_writes_strict_json(tmp_path):
+    """The README's two commands on one directory: the second (other labels) is refused naming what changed, not
+    answered with the first one's accuracies; a rerun of the same command resumes and writes valid JSON."""
+    _, path = _export_pair(tmp_path / "savedmodels")
+    out_dir = tmp_path / "tiny_finetune"
+
+    def finetune(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "exemplar_tf.finetune", f"--savedmodel={path}", "--dataset=demo_labelled",
+             "--steps=2", "--batch_size=8", "--baselines=", f"--out_dir={out_dir}",
+             f"--export_base={tmp_path / 'savedmodels'}", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    first = finetune("--labels_per_class=2")
+    assert first.returncode == 0, first.stderr
+    results = _strict_json(out_dir / "results.json")
+    assert results["num_labelled"] == 30 and os.listdir(tmp_path / "savedmodels" / "tiny_finetuned") == ["1"]
+
+    other = finetune("--label_fraction=0.05", "--encoder_lr=0.02")
+    assert other.returncode == 2, other.stderr
+    assert other.stderr.strip().splitlines()[-1] == (
+        f"Error: {out_dir} holds fine-tuning checkpoints made with other settings (--labels_per_class was 2, now 0; "
+        f"--label_fraction was 0.0, now 0.05; --encoder_lr was 0.01, now 0.02). Use another --out_dir, or "
+        f"--overwrite to start over (the old directory is kept as {out_dir}.old-<time>)")
+    assert _strict_json(out_dir / "results.json") == results
+    assert os.listdir(tmp_path / "savedmodels" / "tiny_finetuned") == ["1"]
+
+    again = finetune("--labels_per_class=2")
+    assert again.returncode == 0, again.stderr
+    assert "from step 2/2" in again.stdout
+    rerun = _strict_json(out_dir / "results.json")
+    assert rerun["runs"]["pretrained"]["final_loss"] is None  # no step ran: null, not NaN
+    assert rerun["runs"]["pretrained"]["test_accuracy"] == results["runs"]["pretrained"]["test_accuracy"]
+    info = savedmodel.read_export_info(str(tmp_path / "savedmodels" / "tiny_finetuned" / "2"))
+    assert info["run_dir"] == str(out_dir) and info["num_classes"] == 15 and info["kind"] == "classifier"
+
+    # Another directory exports under a name of its own; taking this one's name is refused before fine-tuning.
+    taken = finetune("--label_fraction=0.05", f"--out_dir={tmp_path / 'fraction'}", "--export_name=tiny_finetuned")
+    assert taken.returncode == 2, taken.stderr
+    assert taken.stderr.strip().splitlines()[-1].endswith(
+        f"exported from run {out_dir}, and this export is from run {tmp_path / 'fraction'}: every version of a "
+        f"model name must come from one run (TF Serving serves the newest); give this one its own --export_name")
+    assert not outdir.has_checkpoints(str(tmp_path / "fraction"))
+
+
+def test_the_random_baseline_of_a_run_is_its_own_export(tmp_path):
+    """Of a training run (--run_dir), the newest `<name>_random` version that this run exported, not any newest."""
+    base, run_dir, other = tmp_path / "sm", tmp_path / "runs" / "r", tmp_path / "runs" / "other"
+    os.makedirs(other)
+    os.makedirs(run_dir)
+    (run_dir / "flags.cfg").write_text(f"--name=r\n--source=demo\n--arch=small\n--export_base={base}\n")
+    for version, origin in ((1, run_dir), (2, other)):
+        folder = base / "r_random" / str(version) / "assets.extra"
+        os.makedirs(folder)
+        (folder / "export_info.json").write_text(json.dumps(export.origin_fields(str(origin), str(base))))
+    assert encoders.random_export(None, str(run_dir)) == str(base / "r_random" / "1")

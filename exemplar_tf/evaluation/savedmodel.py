@@ -24,7 +24,7 @@ from tqdm import tqdm
 from exemplar_tf import errors
 from exemplar_tf.data import sources
 from exemplar_tf.data.images import resize_uint8
-from exemplar_tf.serving.export import INFO_PATH, POOLED_SIGNATURE, SERVING_SIGNATURE
+from exemplar_tf.serving.export import INFO_PATH, POOLED_SIGNATURE, SERVING_SIGNATURE, resolved_run_dir
 
 FEATURE_SIGNATURES = {  # output -> the signature that computes it
     "features": SERVING_SIGNATURE,
@@ -35,12 +35,21 @@ FEATURE_SIGNATURES = {  # output -> the signature that computes it
 
 
 def read_export_info(path: str) -> dict:
-    """The export's `export_info.json`, or {} for a SavedModel written by something else."""
+    """The export's `export_info.json`, or {} for a SavedModel written by something else.
+
+    "run_dir" is where the run the export came from is now: recorded relative to the export base too, it is
+    resolved from the export's own location, so a project moved or copied with its runs and exports still pairs an
+    export with its run and its `<name>_random` baseline; "run_dir_at_export" keeps the absolute path as written.
+    Exports written before the relative path was recorded give their absolute "run_dir" as it is."""
     info_path = os.path.join(path, INFO_PATH)
     if not os.path.exists(info_path):
         return {}
     with open(info_path) as f:
-        return json.load(f)
+        info = json.load(f)
+    if info.get("run_dir_relative"):
+        info["run_dir_at_export"] = info.get("run_dir")
+        info["run_dir"] = resolved_run_dir(info, path)
+    return info
 
 
 @dataclasses.dataclass

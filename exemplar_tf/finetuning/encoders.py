@@ -10,7 +10,7 @@ from typing import Sequence
 
 from exemplar_tf import models
 from exemplar_tf.evaluation import protocols
-from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
+from exemplar_tf.evaluation.savedmodel import SavedModelFeatures, read_export_info
 from exemplar_tf.serving import export, runs
 from exemplar_tf.training import rundir
 
@@ -52,13 +52,23 @@ def from_run(run_dir: str) -> tuple[models.Encoder, dict]:
 
 
 def random_export(savedmodel: str | None, run_dir: str | None) -> str | None:
-    """The `<name>_random` export (the same network at initialisation, written by train.py at step 0), if any."""
+    """The `<name>_random` export (the same network at initialisation, written by train.py at step 0), if any: of
+    a training run, the newest version that records that run (where it is now, so a moved project still finds
+    it), records none, or (written before the relative path was recorded) records one that no longer exists."""
     if savedmodel:
         return protocols.random_baseline_path(savedmodel)
     run = rundir.read_run_config(run_dir)
     sibling = os.path.join(run.export_base, run.name + "_random")
-    version = export.next_version(sibling) - 1
-    return os.path.join(sibling, str(version)) if version > 0 else None
+    if not os.path.isdir(sibling):
+        return None
+    for version in sorted((int(v) for v in os.listdir(sibling) if v.isdigit()), reverse=True):
+        path = os.path.join(sibling, str(version))
+        info = read_export_info(path)
+        recorded = {info.get("run_dir"), info.get("run_dir_at_export")} - {None}
+        unplaced = not info.get("run_dir_relative") and not any(map(os.path.exists, recorded))  # older, moved
+        if unplaced or os.path.abspath(run_dir) in recorded:
+            return path
+    return None
 
 
 def fresh(options: dict, mean_rgb: Sequence[float], seed: int) -> models.Encoder:

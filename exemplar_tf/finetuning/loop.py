@@ -8,12 +8,15 @@ the same function the export's `classify` signature runs.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from exemplar_tf import errors
 from exemplar_tf.augment.npid import npid_augment
 from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.serving import export
@@ -90,7 +93,8 @@ def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128
 
 def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str):
     """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints`.
-    Returns (head, final loss)."""
+    Returns (head, the last step's loss, or None when no step ran: a finished run resumed). A checkpoint past
+    `recipe.steps` is refused (errors.InputError) rather than reported as a run of `recipe.steps` steps."""
     head = keras.layers.Dense(num_classes, name="classifier")
     head.build((None, encoder.representation_dim))
     encoder_opt = _optimizer(recipe.encoder_lr, recipe)
@@ -103,6 +107,9 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        if int(step_var) > recipe.steps:
+            raise errors.InputError(f"{out_dir} is fine-tuned to step {int(step_var)}, past --steps={recipe.steps}: "
+                                    f"give --steps={int(step_var)} or more, or another --out_dir")
         print(f"Resuming {out_dir} from step {int(step_var)}/{recipe.steps}")
     decayed = [v for v in encoder.trainable_variables + head.trainable_variables if len(v.shape) > 1]
 
@@ -119,7 +126,7 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
         step_var.assign_add(1)
         return loss
 
-    loss = float("nan")
+    loss = None
     iterator = iter(batches)
     while int(step_var) < recipe.steps:
         loss = float(train_step(next(iterator)))
@@ -132,9 +139,30 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
     return head, loss
 
 
-def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_names=None) -> str:
+def classifier_identity(encoder, num_classes: int) -> dict:
+    """The export_info.json fields every version of one classifier name must share (`export.check_model_name`)."""
+    return {"arch": getattr(encoder, "arch", type(encoder).__name__), "input_size": int(encoder.input_size),
+            "num_classes": int(num_classes)}
+
+
+def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_names=None,
+                      origin: dict | None = None) -> str:
     """SavedModel `<base>/<name>/<next version>` with signature `classify`: `images` uint8 [B,H,W,3] ->
-    {"probabilities": float32 [B,C]}, written to a temporary folder and renamed into place."""
+    {"probabilities": float32 [B,C]}, written to a temporary folder and renamed into place.
+
+    origin: {"run_dir": the fine-tuning directory, "source", "step"}; assets.extra/export_info.json records it (the
+    directory absolute and relative to the export base, as training's exports do) with the classifier's
+    identity. A name whose versions come from another fine-tuning directory, or are another network or class
+    count, is refused (`export.check_model_name`, ExportNameTaken)."""
+    num_classes = int(head.units)
+    run_dir = origin.get("run_dir") if origin else None
+    identity = classifier_identity(encoder, num_classes)
+    export.check_model_name(export_dir_base, name, run_dir, identity, flag="--export_name")
+    info = {"name": name, **export.origin_fields(run_dir, export_dir_base), "kind": "classifier",
+            "source": origin.get("source") if origin else None,
+            "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity,
+            **(encoder.options() if hasattr(encoder, "options") else {})}
     archive = keras.export.ExportArchive()
     archive.track(encoder)
     archive.track(head)
@@ -143,8 +171,10 @@ def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_n
 
     def write(path: str) -> None:
         archive.write_out(path, verbose=False)
+        os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+        with open(os.path.join(path, export.INFO_PATH), "w") as f:
+            json.dump(info, f, indent=2)
         if class_names:
-            os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
             with open(os.path.join(path, "assets.extra", "class_names.txt"), "w") as f:
                 f.write("\n".join(class_names) + "\n")
 

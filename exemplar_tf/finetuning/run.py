@@ -1,15 +1,24 @@
-"""The fine-tuning comparison: pretrained vs random-network vs from-scratch on the same labelled subset."""
+"""The fine-tuning comparison: pretrained vs random-network vs from-scratch on the same labelled subset.
+
+The comparison's settings are recorded in its directory and a rerun with other ones is refused before anything is
+loaded (`outdir.check_reuse`); its classifier export belongs to that directory (`export.check_model_name`).
+`results.json` is strict JSON (a value that is not a finite number is null)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
 import numpy as np
+import tensorflow as tf
 
 from exemplar_tf.data import sources
-from exemplar_tf.finetuning import encoders, labels, loop
+from exemplar_tf.errors import InputError
+from exemplar_tf.evaluation.savedmodel import read_export_info
+from exemplar_tf.finetuning import encoders, labels, loop, outdir
+from exemplar_tf.serving import export
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +38,57 @@ class Options:
     scratch_lr: float = 0.1
     baselines: tuple[str, ...] = ("random", "scratch")
     export_base: str = "savedmodels"
+    overwrite: bool = False  # start over in out_dir (kept as <out_dir>.old-<time>) when its settings differ
+
+
+def default_export_name(out_dir: str) -> str:
+    """The classifier's export name for a fine-tuning directory: its folder name, `<name>_finetune` giving
+    `<name>_finetuned` (the default `runs/<name>_finetune`), so each directory exports under a name of its own."""
+    folder = os.path.basename(os.path.normpath(out_dir))
+    return folder + "d" if folder.endswith("_finetune") else folder
+
+
+def _checkpoint_step(folder: str) -> int | None:
+    latest = tf.train.latest_checkpoint(folder)
+    return int(latest.rsplit("-", 1)[1]) if latest else None
+
+
+def settings(options: Options, savedmodel: str | None, run_dir: str | None) -> dict:
+    """The resolved settings recorded in `<out_dir>/settings.json` (plain JSON values): the source (and the step
+    its weights are from), the data and labelled subset, the recipe, the baselines and where the export goes."""
+    if savedmodel:
+        source_step = read_export_info(savedmodel).get("step")
+    else:
+        source_step = _checkpoint_step(os.path.join(run_dir, "checkpoints"))
+    values = {"savedmodel": savedmodel and os.path.normpath(savedmodel),
+              "run_dir": run_dir and os.path.normpath(run_dir), "source_step": source_step,
+              "dataset": options.dataset, "data_dir": options.data_dir, "train_split": options.train_split,
+              "test_split": options.test_split, "labels_per_class": options.labels_per_class,
+              "label_fraction": options.label_fraction, **dataclasses.asdict(options.recipe),
+              "scratch_lr": options.scratch_lr, "baselines": list(options.baselines),
+              "export_base": options.export_base, "export_name": options.export_name}
+    return json.loads(json.dumps(values))  # tuples as lists: the form read back from the file
+
+
+def _check_steps(options: Options, kinds) -> None:
+    """A run already fine-tuned past --steps is refused before anything is loaded (its accuracy is not a run of
+    --steps steps)."""
+    for kind in kinds:
+        step = _checkpoint_step(os.path.join(options.out_dir, kind, "checkpoints"))
+        if step is not None and step > options.recipe.steps:
+            raise InputError(f"{os.path.join(options.out_dir, kind)} is fine-tuned to step {step}, past "
+                             f"--steps={options.recipe.steps}: give --steps={step} or more, or another --out_dir")
+
+
+def json_safe(value):
+    """`value` with every float that is not finite (NaN, inf) replaced by None, for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
 
 
 def _labels_of(source: sources.Source) -> np.ndarray:
@@ -40,7 +100,15 @@ def _labels_of(source: sources.Source) -> np.ndarray:
 
 
 def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | None = None) -> dict:
-    """Fine-tunes the given encoder and the requested baselines; returns the report (also out_dir/results.json)."""
+    """Fine-tunes the given encoder and the requested baselines; returns the report (also out_dir/results.json).
+
+    Refuses (errors.InputError, one line) before loading anything when `out_dir` holds checkpoints made with other
+    settings (`outdir.check_reuse`) or past `--steps`, and before fine-tuning when the export name holds another
+    directory's classifiers."""
+    kept = outdir.check_reuse(options.out_dir, settings(options, savedmodel, run_dir), options.overwrite)
+    if kept:
+        print(f"--overwrite: the previous fine-tuning directory is kept as {kept}", file=sys.stderr)
+    _check_steps(options, ("pretrained",) + tuple(options.baselines))
     train = sources.load_source(options.dataset, options.train_split, data_dir=options.data_dir)
     test = sources.load_source(options.dataset, options.test_split, data_dir=options.data_dir)
     if train.num_classes is None or test.num_classes is None:
@@ -52,6 +120,8 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     pretrained, encoder_options = (encoders.from_savedmodel(savedmodel) if savedmodel
                                    else encoders.from_run(run_dir))
     mean_rgb = np.asarray(pretrained.mean_subtraction.mean)
+    export.check_model_name(options.export_base, options.export_name, options.out_dir,
+                            loop.classifier_identity(pretrained, train.num_classes), flag="--export_name")
     runs = {"pretrained": (pretrained, recipe.encoder_lr, recipe.head_lr)}
     if "random" in options.baselines:
         random_path = encoders.random_export(savedmodel, run_dir)
@@ -77,13 +147,16 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
         accuracy = loop.test_accuracy(encoder, head, test.dataset)
         entry = {"test_accuracy": accuracy, "final_loss": loss, "encoder_lr": encoder_lr, "head_lr": head_lr}
         if kind == "pretrained":
-            entry["export"] = loop.export_classifier(encoder, head, export_dir_base=options.export_base,
-                                                     name=options.export_name, class_names=train.class_names)
+            entry["export"] = loop.export_classifier(
+                encoder, head, export_dir_base=options.export_base, name=options.export_name,
+                class_names=train.class_names,
+                origin={"run_dir": options.out_dir, "source": savedmodel or run_dir, "step": recipe.steps})
         report["runs"][kind] = entry
         print(f"{kind}: test accuracy {accuracy:.4f}", file=sys.stderr)
+    report = json_safe(report)
     os.makedirs(options.out_dir, exist_ok=True)
     with open(os.path.join(options.out_dir, "results.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        json.dump(report, f, indent=2, allow_nan=False)
     return report
 
 

@@ -9,6 +9,13 @@ per-layer activation percentiles) and `pooled_features` (both poolings); their s
 `assets.extra/export_info.json` are listed in the program's docstring (`exemplar_tf/export.py`) and in
 BUILD_NOTES.md. The encoder and the head only: no bank, no optimizer. The version folder appears by a rename,
 never half-written.
+
+A model name belongs to one run: every version of `<base>/<name>/` comes from the same origin (a training run
+directory; for fine-tuned classifiers the fine-tuning directory), so TF Serving, which serves a name's newest
+version, never switches to another run's network. `check_model_name` refuses an export whose origin (or
+architecture) differs from the versions already there. export_info.json records the origin both absolute
+("run_dir", as before) and relative to the export base ("run_dir_relative"), so a project moved or copied with its
+runs and exports keeps finding the run (`resolved_run_dir`).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from typing import Callable, Sequence
 import keras
 import tensorflow as tf
 
+from exemplar_tf import errors
 from exemplar_tf.models import features
 from exemplar_tf.models.heads import ProjectionHead
 
@@ -89,11 +97,85 @@ def _write_archive(encoder, head, percentiles: Sequence[float], pooling: str, pa
     archive.write_out(path, verbose=False)
 
 
+class ExportNameTaken(errors.InputError):
+    """`<base>/<name>/` holds versions from another run (or of another architecture): a model name is one run's."""
+
+
+def origin_fields(run_dir: str | None, export_dir_base: str) -> dict:
+    """export_info.json's record of the run (or fine-tuning) directory a version comes from: "run_dir" absolute at
+    export time and "run_dir_relative" relative to the export base (both None without one)."""
+    if not run_dir:
+        return {"run_dir": None, "run_dir_relative": None}
+    absolute = os.path.abspath(run_dir)
+    return {"run_dir": absolute, "run_dir_relative": os.path.relpath(absolute, os.path.abspath(export_dir_base))}
+
+
+def export_base_of(version_path: str) -> str:
+    """The absolute export base of `<base>/<name>/<version>`."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(version_path)))
+
+
+def resolved_run_dir(info: dict, version_path: str) -> str | None:
+    """Where the run an export records is now: its "run_dir_relative" taken from the export's own base (so a moved
+    or copied project still finds it), else (exports written before it was recorded) the absolute "run_dir"."""
+    relative = info.get("run_dir_relative")
+    if relative:
+        return os.path.normpath(os.path.join(export_base_of(version_path), relative))
+    return info.get("run_dir")
+
+
+def _read_info(version_path: str) -> dict | None:
+    try:
+        with open(os.path.join(version_path, INFO_PATH)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # not an exemplar_tf export, or unreadable: nothing to compare with
+
+
+def check_model_name(export_dir_base: str, name: str, run_dir: str | None, identity: dict | None = None, *,
+                     flag: str = "--name") -> None:
+    """Raises ExportNameTaken (one line, naming the other run and suggesting `flag`) when `<export_dir_base>/<name>/`
+    already has a version exported from another origin than `run_dir`, or from the same one with another value of
+    an `identity` field (e.g. arch, input_size: the run directory was started over with another network).
+
+    Two records are the same origin when the absolute paths agree or the paths relative to the export base do
+    (a moved or copied project). Versions without export_info.json, or with no "run_dir" entry at all, are not
+    compared; a version recording no run (a library export, run_dir null) differs from one that records a run. A
+    version written before "run_dir_relative" was recorded whose absolute run directory no longer exists (a moved
+    project) cannot be placed: only its identity fields are compared."""
+    model_dir = os.path.join(export_dir_base, name)
+    if not os.path.isdir(model_dir):
+        return
+    ours = os.path.abspath(run_dir) if run_dir else None
+    for version in sorted((int(v) for v in os.listdir(model_dir) if v.isdigit()), reverse=True):
+        path = os.path.join(model_dir, str(version))
+        info = _read_info(path)
+        if info is None or "run_dir" not in info:
+            continue
+        theirs = resolved_run_dir(info, path)
+        placed = bool(info.get("run_dir_relative")) or not info["run_dir"] or os.path.exists(info["run_dir"])
+        if placed and ours not in {info.get("run_dir"), theirs}:
+            raise ExportNameTaken(
+                f"{model_dir} holds version {version} exported from {_origin_text(theirs)}, and this export is from "
+                f"{_origin_text(ours)}: every version of a model name must come from one run (TF Serving serves the "
+                f"newest); give this one its own {flag}")
+        for key, value in (identity or {}).items():
+            if key in info and info[key] != value:
+                raise ExportNameTaken(
+                    f"{model_dir} holds version {version} of {_origin_text(theirs)} with {key}={info[key]}, and this "
+                    f"export has {key}={value} (the directory was started over with another network): every "
+                    f"version of a model name must be the same network; give this one its own {flag}")
+
+
+def _origin_text(run_dir: str | None) -> str:
+    return f"run {run_dir}" if run_dir else "no recorded run"
+
+
 def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, channels: Sequence[int], name: str,
-                 origin: dict | None) -> dict:
+                 origin: dict | None, export_dir_base: str) -> dict:
     return {
         "name": name,
-        "run_dir": os.path.abspath(origin["run_dir"]) if origin and origin.get("run_dir") else None,
+        **origin_fields(origin.get("run_dir") if origin else None, export_dir_base),
         "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "arch": getattr(encoder, "arch", type(encoder).__name__),
@@ -110,6 +192,11 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
     }
 
 
+def encoder_identity(encoder) -> dict:
+    """The export_info.json fields every version of one model name must share: the network TF Serving runs."""
+    return {"arch": getattr(encoder, "arch", type(encoder).__name__), "input_size": int(encoder.input_size)}
+
+
 def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,
                    version: int | None = None, percentiles: Sequence[float], pooling: str = "quadrants",
                    origin: dict | None = None) -> str:
@@ -122,6 +209,8 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     version: None picks the next integer; an existing explicit version raises FileExistsError.
     origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
       the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
+      Versions of another origin, or of another arch or input size, already under `<export_dir_base>/<name>/`
+      refuse the export (`check_model_name`, ExportNameTaken) before anything is written.
     The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
     TF Serving never sees a half-written version.
     """
@@ -132,6 +221,7 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     probe = encoder.feature_maps(tf.zeros([1, encoder.input_size, encoder.input_size, 3]), training=False)
     if len(percentiles) != len(probe):
         raise ValueError(f"{len(percentiles)} percentiles for {len(probe)} feature maps")
+    check_model_name(export_dir_base, name, origin.get("run_dir") if origin else None, encoder_identity(encoder))
 
     def write(path: str) -> None:
         _write_archive(encoder, head, percentiles, pooling, path)
@@ -139,9 +229,26 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
         os.makedirs(os.path.dirname(info_path), exist_ok=True)
         with open(info_path, "w") as f:
             json.dump(_export_info(encoder, head, percentiles, pooling, [int(m.shape[-1]) for m in probe], name,
-                                   origin), f, indent=2)
+                                   origin, export_dir_base), f, indent=2)
 
     return write_version(os.path.join(export_dir_base, name), write, version)
+
+
+STAGING_PREFIX = ".tmp-export-"  # + "<pid>-<random>": the writer's staging folder inside the model folder
+
+
+def remove_abandoned_staging(model_dir: str) -> None:
+    """Removes staging folders whose writer process is gone (killed mid-export); live writers' are left alone."""
+    for entry in os.listdir(model_dir):
+        pid = entry[len(STAGING_PREFIX):].split("-", 1)[0]
+        if not entry.startswith(STAGING_PREFIX) or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(model_dir, entry), ignore_errors=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def write_version(model_dir: str, write: Callable[[str], None], version: int | None = None) -> str:
@@ -152,7 +259,8 @@ def write_version(model_dir: str, write: Callable[[str], None], version: int | N
     os.makedirs(model_dir, exist_ok=True)
     if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
         raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
-    tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=model_dir)
+    remove_abandoned_staging(model_dir)
+    tmp = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir)
     try:
         staged = os.path.join(tmp, "model")
         write(staged)

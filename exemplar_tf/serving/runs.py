@@ -7,7 +7,7 @@ import os
 import tensorflow as tf
 
 from exemplar_tf import models
-from exemplar_tf.serving.export import export_encoder, measure_percentiles
+from exemplar_tf.serving.export import check_model_name, export_encoder, measure_percentiles
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.step import objective_of
 from exemplar_tf.training.config import TrainConfig
@@ -22,6 +22,19 @@ def export_training_run(config: TrainConfig, encoder, head, images, *, name: str
     return export_encoder(encoder, head, export_dir_base=export_dir_base or config.export_base, name=name,
                           version=version, percentiles=measure_percentiles(encoder, images),
                           origin={"run_dir": config.run_dir, "step": step})
+
+
+def check_export_name(config: TrainConfig, *, name: str | None = None, export_dir_base: str | None = None) -> None:
+    """Cheap pre-check before a run trains or a checkpoint is restored: raises `serving.export.ExportNameTaken` (an
+    `errors.InputError`, one line) when the run's exports would land among another run's versions, or among
+    versions of another arch / input size: `<export_base>/<name>/` and `<export_base>/<name>_random/` (training's
+    two model names), or only `<export_dir_base>/<name>/` when `name` is given (`export_run`). Reads only the
+    export_info.json files already there; nothing is written."""
+    (options,) = models.recorded_options(config)  # the config has every option of its arch
+    identity = {"arch": options["arch"], "input_size": int(options["input_size"])}
+    base = export_dir_base or config.export_base
+    for model_name in [name] if name else [config.name, f"{config.name}_random"]:
+        check_model_name(base, model_name, config.run_dir, identity)
 
 
 def train(config: TrainConfig, strategy=None) -> loop.RunResult:
@@ -57,7 +70,10 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
                export_dir_base: str | None = None) -> str:
     """Restores the newest checkpoint of a training run (`restore_run`) and exports it as training did: the
     percentile images come from the same function as in training, so re-exporting the final checkpoint
-    reproduces the training-time export's `features`."""
+    reproduces the training-time export's `features`. A name whose versions come from another run is refused
+    (`check_export_name`) before the checkpoint is read."""
+    config = rundir.read_run_config(run_dir)
+    check_export_name(config, name=name or config.name, export_dir_base=export_dir_base)  # before any restoring
     encoder, head, config = restore_run(run_dir)
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     return export_training_run(config, encoder, head, percentile_images(config), name=name or config.name,

@@ -1,0 +1,96 @@
+"""The fine-tuning directory (`--out_dir`): its recorded settings and the rule for reusing it.
+
+`<out_dir>/settings.json` holds the resolved settings of the comparison (source, data, labelled subset, recipe,
+baselines). Re-running on a directory that holds fine-tuning checkpoints resumes it only when every setting that
+defines what is trained is unchanged: otherwise the run is refused with one line naming each changed setting with
+its old and new value (training's rule for its run directory), and `--overwrite` starts over, keeping the old
+directory as `<out_dir>.old-<time>`. `--steps`, `--checkpoint_every`, `--baselines`, `--test_split`, `--data_dir`
+and where the export goes may change on a rerun. A directory without checkpoints takes the new settings.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from exemplar_tf.errors import InputError
+from exemplar_tf.io.atomic import atomic_write
+
+SETTINGS_FILE = "settings.json"
+KINDS = ("pretrained", "random", "scratch")
+# May change when a fine-tuning directory is reused: length, book-keeping, which baselines run, evaluation only,
+# where data and exports are. Everything else decides the weights a checkpoint holds.
+RESUME_SAFE = frozenset({"steps", "checkpoint_every", "baselines", "test_split", "data_dir", "export_base",
+                         "export_name"})
+PATH_SETTINGS = frozenset({"savedmodel", "run_dir"})
+
+
+class OutDirMismatch(InputError):
+    """The fine-tuning directory holds checkpoints made with other settings."""
+
+
+def has_checkpoints(out_dir: str) -> bool:
+    """Whether any fine-tuning run (pretrained, random, scratch) of `out_dir` wrote a checkpoint."""
+    for kind in KINDS:
+        folder = os.path.join(out_dir, kind, "checkpoints")
+        if os.path.isdir(folder) and any(name == "checkpoint" or name.startswith("ckpt-")
+                                         for name in os.listdir(folder)):
+            return True
+    return False
+
+
+def _same(key: str, old, new) -> bool:
+    if old == new:
+        return True
+    if key in PATH_SETTINGS and isinstance(old, str) and isinstance(new, str):
+        return os.path.normpath(old) == os.path.normpath(new) or (
+            os.path.exists(old) and os.path.exists(new) and os.path.samefile(old, new))
+    return False
+
+
+def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, object]]:
+    """(setting, old, new) for every recorded setting outside RESUME_SAFE whose value differs."""
+    return [(key, saved[key], value) for key, value in current.items()
+            if key not in RESUME_SAFE and key in saved and not _same(key, saved[key], value)]
+
+
+def _describe(key: str, old, new) -> str:
+    if key == "source_step":
+        return f"the source's checkpoint step was {old}, now {new}"
+    return f"--{key} was {_flag_value(old)}, now {_flag_value(new)}"
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, list):
+        return repr(",".join(map(str, value)))
+    return "unset" if value is None else repr(value)
+
+
+def check_reuse(out_dir: str, settings: dict, overwrite: bool = False) -> str | None:
+    """Before anything is fine-tuned: raises OutDirMismatch (one line) if `out_dir` holds fine-tuning checkpoints
+    made with other settings, or with no recorded settings (directories written before they were recorded), unless
+    `overwrite`, which moves an existing `out_dir` aside and returns where to. Then records `settings` (JSON values;
+    the resume-safe ones as given this time) in `<out_dir>/settings.json`."""
+    kept = None
+    if overwrite and os.path.exists(out_dir):
+        kept = f"{out_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(out_dir, kept)
+    elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: --out_dir is a file, not a folder; give a folder path")
+    elif has_checkpoints(out_dir):
+        advice = (f"Use another --out_dir, or --overwrite to start over (the old directory is kept as "
+                  f"{out_dir.rstrip(os.sep)}.old-<time>)")
+        path = os.path.join(out_dir, SETTINGS_FILE)
+        if not os.path.exists(path):
+            raise OutDirMismatch(f"{out_dir} holds fine-tuning checkpoints whose settings were not recorded (made "
+                                 f"before {SETTINGS_FILE} was written), so they may differ from these. {advice}")
+        with open(path) as f:
+            saved = json.load(f)
+        changes = changed_settings(saved, settings)
+        if changes:
+            listed = "; ".join(_describe(*change) for change in changes)
+            raise OutDirMismatch(f"{out_dir} holds fine-tuning checkpoints made with other settings ({listed}). "
+                                 f"{advice}")
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write(os.path.join(out_dir, SETTINGS_FILE), (json.dumps(settings, indent=2) + "\n").encode())
+    return kept
