@@ -17,7 +17,10 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from exemplar_tf import errors
+from exemplar_tf.errors import cli
 
 _SAVEDMODEL = flags.DEFINE_string("savedmodel", None, "Export savedmodels/<name>/<version> to fine-tune.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "Or: a training run directory (newest checkpoint).")
@@ -46,21 +49,34 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start over when --out_dir ho
 _EXPORT_NAME = flags.DEFINE_string("export_name", None, "Export name of the fine-tuned classifier (default: the "
                                    "--out_dir folder's name, runs/<name>_finetune giving <name>_finetuned).")
 
+cli.check("labels_per_class", cli.NON_NEGATIVE)
+cli.check("label_fraction", cli.UNIT_INTERVAL)
+cli.check("encoder_lr", cli.NON_NEGATIVE)  # 0: the encoder stays as it is
+cli.check("head_lr", cli.POSITIVE)
+cli.check("scratch_lr", cli.POSITIVE)
+
+
+def _one_source(values: flags.FlagValues) -> str | None:
+    return None if bool(values.savedmodel) != bool(values.run_dir) else "give exactly one of --savedmodel or --run_dir"
+
+
+def _one_label_amount(values: flags.FlagValues) -> str | None:
+    if (values.labels_per_class > 0) != (values.label_fraction > 0):
+        return None
+    return "give exactly one of --labels_per_class or --label_fraction"
+
+
+def _known_baselines(values: flags.FlagValues) -> str | None:
+    unknown = set(values.baselines) - {"random", "scratch"}
+    return f"--baselines has unknown names {sorted(unknown)}; valid: random, scratch" if unknown else None
+
+
+for _rule in (_one_source, _one_label_amount, _known_baselines):  # checked with the flags, before TensorFlow loads
+    cli.check_flags(_rule)
+
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    if bool(_SAVEDMODEL.value) == bool(_RUN_DIR.value):
-        print("give exactly one of --savedmodel or --run_dir", file=sys.stderr)
-        return 2
-    if (_PER_CLASS.value > 0) == (_FRACTION.value > 0):
-        print("give exactly one of --labels_per_class or --label_fraction", file=sys.stderr)
-        return 2
-    unknown = set(_BASELINES.value) - {"random", "scratch"}
-    if unknown:
-        print(f"--baselines has unknown names {sorted(unknown)}; valid: random, scratch", file=sys.stderr)
-        return 2
-    from exemplar_tf import errors
+    del argv  # errors.run refuses positional arguments
     from exemplar_tf.finetuning import loop, run
 
     source = _SAVEDMODEL.value or _RUN_DIR.value
@@ -88,4 +104,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -48,9 +48,9 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config, c
     settings = dict(steps=6, checkpoint_every=3, lr_decay_at=(), nce_m=8, **CASES[case])
     if settings.get("source") == "folder:{images}":
         settings["source"] = f"folder:{_one_size_folder(tmp_path / 'images')}"
-    whole = tiny_config(tmp_path / "whole", **settings)
+    whole = tiny_config(tmp_path / "whole", name="whole", **settings)  # a model name is one run's
     runs.train(whole)
-    parts = tiny_config(tmp_path / "parts", **settings)
+    parts = tiny_config(tmp_path / "parts", name="parts", **settings)
     runs.train(dataclasses.replace(parts, steps=3))
     result = runs.train(parts)
     assert result.step == 6

@@ -194,3 +194,12 @@ def test_a_full_disk_is_one_line_with_exit_3_and_keeps_what_was_written(tmp_path
     finally:
         subprocess.run(["umount", str(disk)], check=False)
         shutil.rmtree(disk, ignore_errors=True)
+
+
+def test_a_model_name_of_another_run_is_refused_before_training(tmp_path, tiny_config):
+    first = _trained(tiny_config, tmp_path)
+    other = tiny_config(tmp_path / "other")  # same --name and export base, another run directory
+    with pytest.raises(InputError, match="exported from run"):
+        runs.train(other)
+    assert not os.path.exists(other.run_dir)  # refused before the run directory was made
+    assert runs.train(dataclasses.replace(other, name="other")).step == first.steps

@@ -10,7 +10,7 @@ from exemplar_tf import models
 from exemplar_tf.serving.export import check_model_name, export_encoder, measure_percentiles
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.step import objective_of
-from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.inputs import percentile_images
 
 
@@ -39,7 +39,9 @@ def check_export_name(config: TrainConfig, *, name: str | None = None, export_di
 
 def train(config: TrainConfig, strategy=None) -> loop.RunResult:
     """Trains (or resumes) the run `config` describes and exports it: the random baseline at step 0 as
-    <export_base>/<name>_random/<version> and the final encoder as <export_base>/<name>/<version>."""
+    <export_base>/<name>_random/<version> and the final encoder as <export_base>/<name>/<version>. A model name
+    that holds another run's versions is refused before anything else happens (`check_export_name`)."""
+    check_export_name(validate(config))
     return loop.run(config, export=export_training_run, strategy=strategy)
 
 

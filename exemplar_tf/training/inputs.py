@@ -239,20 +239,41 @@ def npid_batch_augment(size: int) -> Augment:
     return augment
 
 
-def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
-    """Every source image is instance i (bank row i). host: per-image `npid_augment` in `Dataset.map`, seeded from a
-    per-pipeline random stream, then batched; device: batches of whole images {"source_image": uint8 [b,H,W,3],
-    "label", "aug_seed": int32 [2] = (pipeline seed, batch number)} for `NpidDeviceAugment` (one image size)."""
-    source = _limited_source(config)
-    eval_images = percentile_images(config, source)
-    mean_rgb = (eval_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
+def npid_batches(config: TrainConfig, source: sources.Source, decoded, ctx: tf.distribute.InputContext,
+                 start: int = 0, augment_on: str = "host") -> tf.data.Dataset:
+    """NPID's per-replica batches from batch `start` on. host: `npid_augment` per image in `Dataset.map`, seeded
+    from the pipeline's random stream -> {"image", "label"}; device: {"source_image": uint8 [b,H,W,3], "label",
+    "aug_seed": int32 [2] = (pipeline seed, batch number)} (`npid_batch_augment`, one image size)."""
+    rng_seed = config.seed * 1000 + ctx.input_pipeline_id
+    batch_size = ctx.get_per_replica_batch_size(config.batch_size)
+    elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
+                                              shard=ctx.input_pipeline_id, decoded=decoded, start=start * batch_size)
+    if augment_on == "device":
+        run_seed = tf.constant(rng_seed % 2**31, tf.int32)
+
+        def device_batch(batch_number, batch):
+            return {"source_image": tf.cast(batch["image"], tf.uint8), "label": batch["index"],
+                    "aug_seed": tf.stack([run_seed, tf.cast(batch_number, tf.int32)])}
+
+        return (elements.batch(batch_size, drop_remainder=True).enumerate(start=start)
+                .map(device_batch, num_parallel_calls=tf.data.AUTOTUNE)
+                .prefetch(tf.data.AUTOTUNE))
 
     def augment(element, seed):
-        return {
-            "image": npid_augment.npid_augment(element["image"], config.image_size, seed),
-            "label": element["index"],
-        }
+        return {"image": npid_augment.npid_augment(element["image"], config.image_size, seed),
+                "label": element["index"]}
 
+    seeds = tf.data.Dataset.random(seed=rng_seed).batch(2).skip(start * batch_size)
+    return (tf.data.Dataset.zip(elements, seeds)
+            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
+    """Every source image is instance i (bank row i), augmented by NPID's crop/jitter/gray/flip (`npid_batches`)."""
+    source = _limited_source(config)
+    eval_images = percentile_images(config, source)
     decoded = data_instances.in_memory(source)
     if decoded is not None:
         print(f"Decoded the {source.num_examples} training images into memory ({decoded.flat.nbytes / 2**20:.0f} MiB)")
@@ -262,43 +283,17 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
     if views > 1 and not one_size(source, decoded):
         raise InputError(f"--method=npid with {views} views per instance (--momentum_encoder) needs images of one "
                          f"size (the views are drawn from whole-image batches); --source={config.source} has several")
-
-    def dataset_fn(ctx: tf.distribute.InputContext, start: int = 0,
-                   augment_on: str = config.augment_on) -> tf.data.Dataset:
-        rng_seed = config.seed * 1000 + ctx.input_pipeline_id
-        batch_size = ctx.get_per_replica_batch_size(config.batch_size)
-        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
-                                                  shard=ctx.input_pipeline_id, decoded=decoded,
-                                                  start=start * batch_size)
-        if augment_on == "device":
-            run_seed = tf.constant(rng_seed % 2**31, tf.int32)
-
-            def device_batch(batch_number, batch):
-                return {"source_image": tf.cast(batch["image"], tf.uint8), "label": batch["index"],
-                        "aug_seed": tf.stack([run_seed, tf.cast(batch_number, tf.int32)])}
-
-            return (elements.batch(batch_size, drop_remainder=True).enumerate(start=start)
-                    .map(device_batch, num_parallel_calls=tf.data.AUTOTUNE)
-                    .prefetch(tf.data.AUTOTUNE))
-        seeds = tf.data.Dataset.random(seed=rng_seed).batch(2).skip(start * batch_size)
-        return (
-            tf.data.Dataset.zip(elements, seeds)
-            .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-
-    preview_ctx = tf.distribute.InputContext(1, 0, 1)
-    preview_images = next(iter(dataset_fn(preview_ctx, augment_on="host").unbatch().batch(32)))["image"].numpy()
-    batches_fn, batch_views = with_views(config, views, dataset_fn,
-                                         lambda ctx, start=0: dataset_fn(ctx, start, augment_on="device"),
-                                         npid_batch_augment(config.image_size))
+    preview = npid_batches(config, source, decoded, tf.distribute.InputContext(1, 0, 1))
+    batches_fn, batch_views = with_views(
+        config, views, lambda ctx, start=0: npid_batches(config, source, decoded, ctx, start, config.augment_on),
+        lambda ctx, start=0: npid_batches(config, source, decoded, ctx, start, "device"),
+        npid_batch_augment(config.image_size))
     return TrainingData(
         num_instances=source.num_examples,
-        mean_rgb=mean_rgb,
+        mean_rgb=(eval_images.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32),
         dataset_fn=batches_fn,
         views=batch_views,
-        preview_images=preview_images,
+        preview_images=next(iter(preview.unbatch().batch(32)))["image"].numpy(),
         eval_images=eval_images,
         instances=lambda: _as_instances(source.dataset, config.image_size),
         skipped=source.skipped,
