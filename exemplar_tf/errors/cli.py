@@ -42,12 +42,14 @@ class Rule(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Bound:
-    """A numeric range of a flag; None (an unset optional flag) passes. Reads as training.settings.Range."""
+    """A numeric range of a flag or setting; None (an unset optional flag) passes. `describe()` is how error
+    messages and the docs state it ("> 0", "in [0, 1)"); the training settings use it as `settings.Range`."""
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    text: str | None = None  # stated in words instead ("a positive number of channels")
 
     def contains(self, value) -> bool:
         above = self.low is None or (value > self.low if self.low_open else value >= self.low)
@@ -55,6 +57,8 @@ class Bound:
         return above and below
 
     def describe(self) -> str:
+        if self.text:
+            return self.text
         if self.high is None:
             return f"{'>' if self.low_open else '>='} {self.low:g}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"

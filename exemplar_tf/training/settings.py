@@ -16,35 +16,10 @@ import types
 import typing
 from typing import Any, Sequence
 
+from exemplar_tf.errors.cli import Bound
+
 _META = "setting"  # key of the dataclasses.field metadata
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A numeric range; `describe()` is how error messages and the docs state it ("> 0", "in [0, 1)")."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    text: str | None = None  # stated in words instead ("a positive number of channels")
-
-    def contains(self, value) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def describe(self) -> str:
-        if self.text:
-            return self.text
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
-
-    def problem(self, name: str, value) -> str | None:
-        if value is None or self.contains(value):
-            return None
-        return f"--{name} must be {self.describe()}, got {value}"
+Range = Bound  # a numeric range of a setting: the programs' flags (errors.cli) read the same rules
 
 
 @dataclasses.dataclass(frozen=True)
