@@ -59,3 +59,38 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config, c
     assert int(got["resume/input_batches/.ATTRIBUTES/VARIABLE_VALUE"]) == 6
     different = [name for name in want if not np.array_equal(want[name], got[name])]
     assert not different, f"resumed run differs in {different}"
+
+
+@pytest.mark.slow
+def test_a_run_sigkilled_at_a_random_step_and_rerun_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config):
+    """The program killed (SIGKILL) at a random moment, then the same command again until it finishes."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = ["--source=demo", "--arch=small", "--objective=nce", "--batch_norm", "--nce_m=8", "--num_seeds=64",
+             "--seeds_per_image=8", "--batch_size=16", "--steps=40", "--checkpoint_every=5", "--lr_decay_at=",
+             "--knn_source=", "--noprogress", f"--export_base={tmp_path}/savedmodels"]
+
+    def command(run_dir, name):
+        return [sys.executable, "-m", "exemplar_tf.train", f"--run_dir={run_dir}", f"--name={name}", *flags]
+
+    subprocess.run(command(tmp_path / "whole", "whole"), cwd=repo, check=True, capture_output=True, timeout=600)
+    killed = subprocess.Popen(command(tmp_path / "parts", "parts"), cwd=repo, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(tmp_path / "parts" / "checkpoints" / "checkpoint") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(random.uniform(0.0, 3.0))  # somewhere past the first checkpoint
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    subprocess.run(command(tmp_path / "parts", "parts"), cwd=repo, check=True, capture_output=True, timeout=600)
+    want, got = _checkpoint_values(tmp_path / "whole"), _checkpoint_values(tmp_path / "parts")
+    different = [name for name in want if not np.array_equal(want[name], got[name])]
+    assert not different, f"resumed run differs in {different}"
