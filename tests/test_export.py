@@ -375,6 +375,7 @@ def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tm
     runs.check_export_name(tiny_config(tmp_path / "runs" / "other"), name="other_name")
 
 
+@pytest.mark.slow  # ~16 s
 def test_a_moved_project_keeps_pairing_exports_with_their_run_and_baseline(model, tmp_path):
     """export_info.json records the run relative to the export base too: after the project moves, a new export
     from the moved run joins its name and finds the baseline written before the move."""

@@ -191,6 +191,7 @@ def _strict_json(path):
         return json.load(f, parse_constant=refuse)
 
 
+@pytest.mark.slow  # 45 s of subprocess training; the rule itself: test_a_fine_tuning_directory_is_reused_...
 def test_program_refuses_a_rerun_with_other_settings_and_writes_strict_json(tmp_path):
     """The README's two commands on one directory: the second (other labels) is refused naming what changed, not
     answered with the first one's accuracies; a rerun of the same command resumes and writes valid JSON."""

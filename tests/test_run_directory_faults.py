@@ -70,7 +70,7 @@ def _trained(tiny_config, tmp_path, **overrides):
     return config
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip"])
+@pytest.mark.parametrize("damage", ["truncate", pytest.param("flip", marks=pytest.mark.slow)])
 def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_previous_one_resumed(tmp_path, tiny_config, capsys,
                                                                                      damage):
     config = _trained(tiny_config, tmp_path)  # checkpoints at steps 2 and 4
@@ -92,6 +92,7 @@ def test_an_unreadable_newest_checkpoint_is_moved_aside_and_the_previous_one_res
     assert len(aside) == 1 and os.listdir(os.path.join(folder, aside[0]))  # kept, not deleted
 
 
+@pytest.mark.slow  # two trainings, ~30 s
 def test_deleted_checkpoint_files_are_refused_not_restarted_at_step_zero(tmp_path, tiny_config):
     config = _trained(tiny_config, tmp_path)
     folder = os.path.join(config.run_dir, "checkpoints")
@@ -152,6 +153,7 @@ def test_files_follow_the_umask(tmp_path, tiny_config):
         assert os.stat(os.path.join(config.run_dir, name)).st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow  # two program runs, ~35 s
 def test_a_rerun_at_the_final_step_says_there_is_nothing_left(tmp_path):
     run_dir = str(tmp_path / "run")
     assert _train_program(run_dir).returncode == 0
@@ -196,6 +198,7 @@ def test_a_full_disk_is_one_line_with_exit_3_and_keeps_what_was_written(tmp_path
         shutil.rmtree(disk, ignore_errors=True)
 
 
+@pytest.mark.slow  # two trainings; test_export's pre-check tests cover the rule
 def test_a_model_name_of_another_run_is_refused_before_training(tmp_path, tiny_config):
     first = _trained(tiny_config, tmp_path)
     other = tiny_config(tmp_path / "other")  # same --name and export base, another run directory
