@@ -41,6 +41,7 @@ from absl import app, flags  # noqa: E402
 from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
 from exemplar_tf.training.inputs import training_data  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
+from exemplar_tf.training.views import one_host_view  # noqa: E402
 from machine import cpu_flags, cpu_name  # noqa: E402  (benchmarks/ is on the path when run)
 
 FLAGS = flags.FLAGS
@@ -90,14 +91,14 @@ def make_runner(arch, objective, precision, jit_compile, source="synthetic"):
                          augment_on="device" if source == "folder_device" else "host",
                          **({"source": f"folder:{FLAGS.data}", "split": "train"} if folder else {}))
     strategy = tf.distribute.get_strategy()
-    device_augment = None
+    views = one_host_view
     if folder:
         data = training_data(config)
-        num_labels, dataset_fn, device_augment = data.num_instances, data.dataset_fn, data.device_augment
+        num_labels, dataset_fn, views = data.num_instances, data.dataset_fn, data.views
     else:
         num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
         dataset_fn = lambda context: synthetic_batches(num_labels)  # noqa: E731
-    state = build_state(config, num_labels, np.full(3, 0.45, np.float32), device_augment)
+    state = build_state(config, num_labels, np.full(3, 0.45, np.float32), views)
     train_steps = make_train_step(config, strategy, state)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     steps = tf.constant(FLAGS.steps, tf.int32)
