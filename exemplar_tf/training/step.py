@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from exemplar_tf import models, objectives
+from exemplar_tf.data import merging
 from exemplar_tf.objectives import Objective
 from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.training.config import TrainConfig
@@ -102,8 +103,6 @@ def seed_codes(encoder: keras.Model, instances: tf.data.Dataset, batch_size: int
 def merge_classes(state: ModelState, instances: tf.data.Dataset, k: int, seed: int) -> np.ndarray:
     """Clusters the seeds into k classes on the current encoder's representation (`merging.merge_labels`) and
     hands the seed -> class map to the objective (`Objective.merge_classes`). Returns int64 [N] labels."""
-    from exemplar_tf.data import merging
-
     labels = merging.merge_labels(seed_codes(state.encoder, instances), k, seed=seed)
     state.objective.merge_classes(labels)
     return labels
