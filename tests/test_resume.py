@@ -17,7 +17,7 @@ CASES = {
                                       max_instances=40),
     "online_device_momentum": dict(seed_sampling="online", objective="nce", batch_norm=True, augment_on="device",
                                    source="folder:{images}", momentum_encoder=0.9),
-    "npid_host": dict(method="npid", arch="small", objective="nce", batch_norm=True, image_size=32,
+    "npid_host": dict(method="npid", arch="small", objective="nce", nce_m=8, batch_norm=True, image_size=32,
                       max_instances=40),
 }
 

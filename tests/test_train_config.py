@@ -124,8 +124,8 @@ def test_npid_flags_accept_device_side_augmentation():
 ])
 def test_each_method_gets_its_papers_recipe_unless_a_flag_says_otherwise(method, expected):
     with flagsaver.flagsaver():
-        config = _parse(f"--method={method}")
-        overridden = _parse(f"--method={method}", "--lr=0.5", "--weight_decay=0", "--arch=medium", "--batch_norm")
+        config = _parse(f"--method={method}", "--source=cifar10")
+        overridden = _parse(f"--method={method}", "--source=cifar10", "--lr=0.5", "--weight_decay=0", "--arch=medium", "--batch_norm")
     assert {field: getattr(config, field) for field in expected} == expected
     assert (overridden.lr, overridden.weight_decay, overridden.arch) == (0.5, 0.0, "medium")
     assert overridden.lr_decay_factor == expected["lr_decay_factor"]
@@ -143,6 +143,31 @@ def test_the_bare_command_resolves_to_a_recipe_that_fits_the_demo():
     assert config.knn_source == "demo_labelled"
     with flagsaver.flagsaver():
         assert _parse("--run_dir=/tmp/x", "--source=stl10").knn_source == ""
+
+
+def test_the_bare_npid_command_uses_the_exact_softmax_on_the_demo_only():
+    """The demo has 15 photographs: NCE's 4096 noise samples cannot come from 15 bank rows, the exact softmax can."""
+    with flagsaver.flagsaver():
+        on_demo = _parse("--run_dir=/tmp/x", "--method=npid")
+        asked = _parse("--run_dir=/tmp/x", "--method=npid", "--objective=nce", "--nce_m=7")
+        elsewhere = _parse("--run_dir=/tmp/x", "--method=npid", "--source=folder:/data")
+    assert (on_demo.objective, asked.objective, elsewhere.objective) == ("nonparametric", "nce", "nce")
+    assert cfg.instance_problems(on_demo, 15) == [] and cfg.instance_problems(asked, 15) == []
+
+
+@pytest.mark.parametrize("change, num_instances, message", [
+    (dict(nce_m=4096), 15, "--nce_m=4096 must be smaller than the 15 instances of --source=folder:/data: pass "
+                           "--nce_m=7 or --objective=nonparametric"),
+    (dict(nce_m=15), 15, "--nce_m=15 must be smaller than the 15 instances"),
+    (dict(nce_m=8, nce_noise="shared", batch_size=16), 16, "the source's 16 instances must be more than "
+                                                           "--batch_size=16"),
+])
+def test_nce_needs_more_instances_than_noise_samples(change, num_instances, message):
+    config = TrainConfig(run_dir="/tmp/x", method="npid", source="folder:/data", **change)
+    assert message in "; ".join(cfg.instance_problems(config, num_instances))
+    assert cfg.instance_problems(config, num_instances + 5000) == []
+    with pytest.raises(cfg.InputError, match="Bad training flags for this source"):
+        cfg.check_instances(config, num_instances)
 
 
 def test_an_unnormalised_bank_runs_only_when_allowed():
@@ -183,7 +208,7 @@ def test_importing_the_package_turns_onednn_on_unless_the_user_chose(user_value,
 
 def test_a_momentum_encoder_on_a_bank_objective_is_accepted_from_the_flags():
     with flagsaver.flagsaver():
-        config = _parse("--run_dir=/tmp/x", "--method=npid", "--momentum_encoder=0.999")
+        config = _parse("--run_dir=/tmp/x", "--method=npid", "--source=cifar10", "--momentum_encoder=0.999")
     assert (config.momentum_encoder, config.objective) == (0.999, "nce")
     assert validate(config) is config
     assert "momentum_encoder" not in rundir.RESUME_SAFE  # it changes what is trained

@@ -26,6 +26,10 @@ METHOD_DEFAULTS = {
     "exemplar": {"arch": "small", "objective": "softmax", "lr": 0.01, "weight_decay": 0.004, "lr_decay_factor": 0.3},
     "npid": {"arch": "resnet18", "objective": "nce", "lr": 0.03, "weight_decay": 5e-4, "lr_decay_factor": 0.1},
 }
+# What a field left at None becomes for one method on one source, before METHOD_DEFAULTS: recipes that fit a
+# source's size. NPID on the demo's 15 photographs: the exact softmax over the 15 bank rows (NCE's m noise samples
+# need m < N instances, and the exact softmax is cheaper than NCE at this N anyway).
+SOURCE_DEFAULTS = {("demo", "npid"): {"objective": "nonparametric"}}
 # --knn_source=auto: the labelled set that goes with a source, where there is one without asking.
 AUTO_KNN_SOURCES = {"demo": "demo_labelled"}
 
@@ -88,7 +92,7 @@ class TrainConfig:
     objective: str | None = setting(None, choices=OBJECTIVES,
                                     help="softmax: parametric N-way classifier; nonparametric: exact softmax over the "
                                          "memory bank; nce: NCE with --nce_m noise samples (default: softmax for "
-                                         "exemplar, nce for npid).")
+                                         "exemplar, nce for npid, nonparametric for npid on the demo).")
     embedding_dim: int = setting(128, check=POSITIVE, help="Projection head / memory bank dimension.")
     dropout: float = setting(0.5, check=UNIT_INTERVAL_OPEN,
                              help="Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
@@ -163,8 +167,10 @@ class TrainConfig:
     progress: bool = setting(True, help="Show a progress bar.")
 
     def __post_init__(self):
-        """Fills the fields left at None (and knn_source=auto) from the method's defaults."""
-        for field, value in METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["exemplar"]).items():
+        """Fills the fields left at None (and knn_source=auto) from the source's and the method's defaults."""
+        recipe = {**METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["exemplar"]),
+                  **SOURCE_DEFAULTS.get((self.source, self.method), {})}
+        for field, value in recipe.items():
             if getattr(self, field) is None:
                 object.__setattr__(self, field, value)
         if self.knn_source == "auto":
@@ -284,6 +290,30 @@ def _run_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
+def instance_problems(config: TrainConfig, num_instances: int) -> list[str]:
+    """The rules that need N, the number of instances (bank rows) the source gave: checked once the data is open,
+    before anything is written. NCE draws m noise rows out of N (uniform, Pn = 1/N): with m >= N every instance
+    is scored as noise more often than as data and the codes collapse."""
+    if config.objective != "nce":
+        return []
+    problems = []
+    if config.nce_m >= num_instances:
+        problems.append(f"--nce_m={config.nce_m} must be smaller than the {num_instances} instances of --source="
+                        f"{config.source}: pass --nce_m={max(1, num_instances // 2)} or --objective=nonparametric (the "
+                        f"exact softmax over the bank, cheap for small sources)")
+    if config.nce_noise == "shared" and num_instances <= config.batch_size:
+        problems.append(f"--nce_noise=shared draws noise from the instances not in the batch: the source's "
+                        f"{num_instances} instances must be more than --batch_size={config.batch_size}")
+    return problems
+
+
+def check_instances(config: TrainConfig, num_instances: int) -> None:
+    """Raises InputError (one line) when `instance_problems` finds any."""
+    problems = instance_problems(config, num_instances)
+    if problems:
+        raise InputError("Bad training flags for this source: " + "; ".join(problems))
+
+
 CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
     _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _run_problems)
 
@@ -307,6 +337,9 @@ def flags_doc() -> str:
     """docs/flags.md: the flag table of `python -m exemplar_tf.train`, generated from TrainConfig."""
     per_method = {field: ", ".join(f"`{recipe[field]}` ({method})" for method, recipe in METHOD_DEFAULTS.items())
                   for field in METHOD_DEFAULTS["exemplar"]}
+    for (source, method), recipe in SOURCE_DEFAULTS.items():
+        for field, value in recipe.items():
+            per_method[field] += f"; `{value}` ({method} on --source={source})"
     auto = ", ".join(f"`{labelled}` for --source={source}" for source, labelled in AUTO_KNN_SOURCES.items())
     per_method["knn_source"] = f"`auto`: {auto}, else none"
     return ("# Training flags\n\n"

@@ -30,7 +30,7 @@ from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.io.lock import DirectoryLock
 from exemplar_tf.metrics.knn import knn_accuracy
 from exemplar_tf.training import checkpoints, distribute, inputs, rundir, summaries
-from exemplar_tf.training.config import TrainConfig, validate
+from exemplar_tf.training.config import TrainConfig, check_instances, validate
 from exemplar_tf.training.step import ModelState, build_state, make_train_step, merge_classes, objective_of
 
 
@@ -255,6 +255,7 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     objective = objective_of(config)
     data = inputs.training_data(config, chief=chief, views=objective.views)
+    check_instances(config, data.num_instances)
     if chief:  # the data is readable: the settings are the run directory's from now on
         rundir.write_flagfile(config)
     if config.skip_bad_images and chief:
