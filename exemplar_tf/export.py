@@ -19,8 +19,12 @@ Library: `exemplar_tf.serving.export` (the writer), `exemplar_tf.serving.runs` (
 `assets.extra/export_info.json` records name, run_dir and step of origin, creation time, arch, sizes, pooling,
 percentiles and feature_channels (C_l per layer, so a user can split `features` into its layer blocks of
 cells * C_l; TF Serving ignores the file).
+Prints the version folder written on stdout; a status line naming it goes to stderr before the export starts.
 """
 from __future__ import annotations
+
+import os
+import sys
 
 from absl import flags
 
@@ -36,9 +40,14 @@ cli.check("version", cli.POSITIVE)
 
 def main(argv) -> None:
     del argv  # errors.run refuses positional arguments
-    from exemplar_tf.serving import runs
+    from exemplar_tf.serving import export, runs
+    from exemplar_tf.training import rundir
 
     values = flags.FLAGS
+    config = rundir.read_run_config(values.run_dir)
+    model_dir = os.path.join(values.export_base or config.export_base, values.name or config.name)
+    print(f"Writing the SavedModel of the newest checkpoint of {values.run_dir} to "
+          f"{export.version_path(model_dir, values.version)} ...", file=sys.stderr, flush=True)
     print(runs.export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))
 
 

@@ -10,7 +10,8 @@ Writes to --out:
   thumbs/*.png    thumbnails of every query and every retrieved image
   results.html    one row per query: the query, then its k neighbours (cosine similarity), relative img links
   neighbours.png  the same as a grid: one row per query, query in the first column
-(`exemplar_tf.evaluation.retrieval`). Prints the indexing speed (codes per second) and the code size (bytes per image).
+(`exemplar_tf.evaluation.retrieval`). Prints the indexing speed (codes per second) and the code size (bytes per image);
+a status line before each phase and progress bars over the images (embedding, thumbnails) go to stderr.
 """
 from __future__ import annotations
 

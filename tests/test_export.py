@@ -238,6 +238,8 @@ def test_versions_are_integers_and_auto_increment(model, tmp_path):
     with pytest.raises(FileExistsError):
         export.export_encoder(encoder, head, version=2, **kwargs)
     assert sorted(os.listdir(tmp_path / "v"), key=int) == ["1", "2", "7", "8"]  # no temporary folders left
+    assert export.version_path(str(tmp_path / "v")) == os.path.join(str(tmp_path), "v", "9")
+    assert export.version_path(str(tmp_path / "v"), 3) == os.path.join(str(tmp_path), "v", "3")
     assert export.next_version(str(tmp_path / "missing")) == 1
 
 
@@ -271,6 +273,9 @@ def test_program_exports_the_latest_checkpoint_of_a_run(tmp_path):
     assert result.returncode == 0, result.stderr
     path = result.stdout.strip().splitlines()[-1]
     assert path == str(tmp_path / "sm" / "myrun" / "3")
+    # the status line before the export, on stderr: stdout stays the path alone (issue 32 item 8)
+    assert result.stdout.strip() == path
+    assert f"Writing the SavedModel of the newest checkpoint of {run_dir} to {path} ..." in result.stderr.splitlines()
     images = np.random.default_rng(8).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
     expected, _ = _reference(encoder, head, [1.0, 1.0, 1.0], images)

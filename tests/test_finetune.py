@@ -19,6 +19,13 @@ from exemplar_tf.serving import export
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def lines_in_order(out: str, *starts: str) -> None:
+    """Asserts that a line of `out` (progress bar redraws are lines) begins with each of `starts`, in this order."""
+    lines = out.splitlines()
+    found = [next((i for i, line in enumerate(lines) if line.startswith(start)), None) for start in starts]
+    assert None not in found and found == sorted(found), f"expected lines starting with {starts} in order:\n{out}"
+
+
 def test_labelled_rows_are_class_balanced_seeded_and_exclusive():
     y = np.repeat(np.arange(3), [10, 20, 40])
     rows = labels.labelled_rows(y, per_class=4, seed=1)
@@ -105,7 +112,17 @@ def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
     accuracy = float(np.mean(probabilities.argmax(axis=1) == truth))
     assert accuracy == pytest.approx(report["runs"]["pretrained"]["test_accuracy"], abs=1 / 300 + 1e-9)
 
-    capsys.readouterr()
+    # a status line before each phase that takes seconds, and a progress bar over each run's steps (issue 32 item 8)
+    err = capsys.readouterr().err
+    starts = ["Reading demo_labelled (train and test splits) ...", f"Loading the encoder to fine-tune from {path} ...",
+              f"Loading the random baseline from {tmp_path / 'savedmodels' / 'tiny_random' / '1'} ..."]
+    for kind in report["runs"]:
+        starts += [f"{kind}: fine-tuning on the 30 labelled images", f"{kind}:   0%|", f"{kind}: 100%|",
+                   f"{kind}: classifying the 300 test images ..."]
+        if kind == "pretrained":
+            starts.append(f"{kind}: exporting the classifier to {tmp_path / 'savedmodels' / 'tiny_finetuned'}/ ...")
+        starts.append(f"{kind}: test accuracy")
+    lines_in_order(err, *starts)
     resumed = run.compare(dataclasses.replace(options, recipe=dataclasses.replace(options.recipe, steps=8),
                                               baselines=()), savedmodel=path)
     assert "Resuming" in capsys.readouterr().out and set(resumed["runs"]) == {"pretrained"}

@@ -16,6 +16,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3
 
 
+def lines_in_order(out: str, *starts: str) -> None:
+    """Asserts that a line of `out` (progress bar redraws are lines) begins with each of `starts`, in this order."""
+    lines = out.splitlines()
+    found = [next((i for i, line in enumerate(lines) if line.startswith(start)), None) for start in starts]
+    assert None not in found and found == sorted(found), f"expected lines starting with {starts} in order:\n{out}"
+
+
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     tf.keras.utils.set_random_seed(0)
@@ -66,7 +73,7 @@ def test_results_grid_places_query_then_neighbours():
     assert grid[0, 64, 0] == 255  # gap
 
 
-def test_folder_end_to_end_finds_exact_copies_and_writes_every_output(tiny_export, folders, tmp_path):
+def test_folder_end_to_end_finds_exact_copies_and_writes_every_output(tiny_export, folders, tmp_path, capsys):
     root, index_paths = folders
     out = tmp_path / "out"
     summary = retrieval.retrieve(tiny_export, str(root / "index"), str(root / "queries"), str(out), k=K,
@@ -89,6 +96,12 @@ def test_folder_end_to_end_finds_exact_copies_and_writes_every_output(tiny_expor
     assert max(tf.io.decode_png(tf.io.read_file(str(out / sources[0]))).shape[:2]) <= retrieval.THUMB_SIZE
     grid = tf.io.decode_png(tf.io.read_file(str(out / "neighbours.png"))).numpy()
     assert grid.shape == (2 * 68, (1 + K) * 68 + 4, 3)
+    # a status line before each phase, progress bars over the passes that write thumbnails (issue 32 item 8)
+    lines_in_order(capsys.readouterr().err, f"Loading the SavedModel {tiny_export} ...",
+                   f"Indexing {root / 'index'} ...", f"Querying with {root / 'queries'} ...",
+                   "Writing the thumbnails of the 2 queries and their ",
+                   "query thumbnails: 100%|", "index thumbnails: 100%|",
+                   f"Writing {out / 'neighbours.png'} ({(1 + K) * 68 + 4} x {2 * 68} px) ...")
 
 
 def test_program_prints_speed_and_code_size_with_float32_codes(tiny_export, folders, tmp_path):

@@ -132,6 +132,7 @@ def test_hparams_lists_the_run_with_its_config_and_final_knn(run):
     post = werkzeug_test.Client(plugin.get_plugin_apps()["/session_groups"]).post("/", data=json.dumps(request))
     assert post.status_code == 200, post.get_data(as_text=True)
     (group,) = json.loads(post.get_data())["sessionGroups"]
+    assert group["name"] == "tiny"  # the run's row is labelled by its run directory, not by a hash of its values
     assert group["hparams"]["objective"] == "nce" and group["hparams"]["arch"] == "small"
     assert group["hparams"]["tau"] == pytest.approx(config.tau) and group["hparams"]["batch_norm"] is True
     (session,) = group["sessions"]

@@ -28,7 +28,14 @@ def _tags(log_dir):
     return tags
 
 
-def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
+def lines_in_order(out: str, *starts: str) -> None:
+    """Asserts that a line of `out` begins with each of `starts`, in this order (first occurrences)."""
+    lines = out.splitlines()
+    found = [next((i for i, line in enumerate(lines) if line.startswith(start)), None) for start in starts]
+    assert None not in found and found == sorted(found), f"expected lines starting with {starts} in order:\n{out}"
+
+
+def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path, capsys):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="tiny", steps=6, export_base=str(tmp_path / "sm"),
                          objective="nce", batch_norm=True, knn_source="demo_labelled", knn_every=3,
                          knn_max_examples=40, **TINY)
@@ -45,14 +52,26 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path):
                 "representation/code_mean_cosine"):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
     assert os.path.exists(os.path.join(result.log_dir, "projector_config.pbtxt"))  # beside the event file
+    # one status line before each phase that takes seconds, with --noprogress too (issue 32 item 8)
+    lines_in_order(capsys.readouterr().out,
+                   f"Reading --source=demo and drawing 64 seed patches (cached in {tmp_path / 'run' / 'seeds.npz'})",
+                   "Building the small encoder and a memory bank of 64 x 128 ...",
+                   "Reading the kNN monitor's labelled images (--knn_source=demo_labelled) ...",
+                   f"Exporting the randomly initialised encoder (baseline) to {tmp_path / 'sm' / 'tiny_random'}/ ...",
+                   "step 0: kNN top-1", "Compiling the training step", "step 3: kNN top-1",
+                   "step 6: last kNN reading and the TensorBoard projector", "step 6: kNN top-1",
+                   f"Exporting the trained encoder (step 6) to {tmp_path / 'sm' / 'tiny'}/ ...")
 
 
 def test_rerun_with_more_steps_resumes_from_the_last_checkpoint(tmp_path, capsys):
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="resume", steps=4, objective="softmax",
                          export_base=str(tmp_path / "sm"), **TINY)
     assert runs.train(config).step == 4
+    capsys.readouterr()
     result = runs.train(dataclasses.replace(config, steps=6))
-    assert f"Resuming {tmp_path / 'run'} from step 4/6" in capsys.readouterr().out
+    lines_in_order(capsys.readouterr().out,
+                   f"Reading --source=demo and the seed patches cached in {tmp_path / 'run' / 'seeds.npz'} ...",
+                   f"Resuming {tmp_path / 'run'} from step 4/6", "Compiling the training step")
     assert result.step == 6 and tf.train.latest_checkpoint(result.checkpoint_dir).endswith("-6")
 
 

@@ -6,16 +6,19 @@ A collection is a folder of image files (searched recursively) or a source spec 
   thumbs/*.png    thumbnails of every query and every retrieved image
   results.html    one row per query: the query, then its k neighbours (cosine similarity), relative img links
   neighbours.png  the same as a grid: one row per query, query in the first column
+Each phase prints a status line on stderr before it starts, and the passes over the images show progress bars.
 """
 from __future__ import annotations
 
 import dataclasses
 import html
 import os
+import sys
 import time
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from exemplar_tf.data import sources
 from exemplar_tf.data.images import resize_uint8, tile, to_uint8
@@ -94,11 +97,20 @@ def grid_cell(image: np.ndarray, size: int) -> np.ndarray:
     return to_uint8(padded).numpy()
 
 
-def write_thumbnails(collection: Collection, positions: set[int], folder: str, prefix: str) -> dict[int, tuple]:
+def _status(line: str) -> None:
+    """The status line of a phase that takes seconds, on stderr (beside the progress bars) before it starts."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def write_thumbnails(collection: Collection, positions: set[int], folder: str, prefix: str,
+                     desc: str = "thumbnails") -> dict[int, tuple]:
     """Writes `<folder>/<prefix><position>.png` for the wanted positions (one more pass over the images, no
-    model). Returns {position: (file name, grid cell uint8 [GRID_CELL,GRID_CELL,3])}."""
+    model; a progress bar `desc` over the pass on stderr). Returns {position: (file name, grid cell uint8
+    [GRID_CELL,GRID_CELL,3])}."""
     written = {}
-    for example in collection.dataset.as_numpy_iterator():
+    examples = tqdm(collection.dataset.as_numpy_iterator(), total=len(collection.ids), desc=desc, unit="img",
+                    dynamic_ncols=True, file=sys.stderr)
+    for example in examples:
         position = int(example["index"])
         if position in positions:
             name = f"{prefix}{position}.png"
@@ -134,7 +146,9 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
              query_split: str = "test", data_dir: str | None = None, eval_size: int | None = None,
              codes_dtype: str = "float16", max_index: int = 0, max_queries: int = 0, batch_size: int = 128) -> dict:
     """Indexes, queries and writes everything listed in the module docstring; returns a summary dict."""
+    _status(f"Loading the SavedModel {savedmodel} ...")
     model = SavedModelFeatures(savedmodel, batch_size)
+    _status(f"Indexing {index} ...")
     index_collection = open_collection(index, index_split, data_dir=data_dir, limit=max_index)
     start = time.perf_counter()
     index_codes = model.extract_dataset(index_collection.dataset, len(index_collection.ids), "embedding",
@@ -144,20 +158,26 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
     save_index(os.path.join(out, "index.npz"), index_codes.features, index_collection.ids, codes_dtype)
     codes, ids = load_index(os.path.join(out, "index.npz"))  # search what was saved (float16 if so)
 
+    _status(f"Querying with {queries} ...")
     query_collection = open_collection(queries, query_split, data_dir=data_dir, limit=max_queries)
     query_codes = model.extract_dataset(query_collection.dataset, len(query_collection.ids), "embedding",
                                         eval_size=eval_size, desc="queries")
     rows, similarities = nearest(codes, query_codes.features, k)
 
     thumbs_dir = os.path.join(out, "thumbs")
-    query_thumbs = write_thumbnails(query_collection, set(range(len(query_collection.ids))), thumbs_dir, "q")
-    index_thumbs = write_thumbnails(index_collection, set(rows.ravel().tolist()), thumbs_dir, "i")
+    retrieved = set(rows.ravel().tolist())
+    _status(f"Writing the thumbnails of the {len(rows)} queries and their {len(retrieved)} distinct neighbours to "
+            f"{thumbs_dir} ...")
+    query_thumbs = write_thumbnails(query_collection, set(range(len(query_collection.ids))), thumbs_dir, "q",
+                                    "query thumbnails")
+    index_thumbs = write_thumbnails(index_collection, retrieved, thumbs_dir, "i", "index thumbnails")
     page = results_html(query_collection.ids, {q: name for q, (name, _) in query_thumbs.items()}, ids,
                         {r: name for r, (name, _) in index_thumbs.items()}, rows, similarities)
     with open(os.path.join(out, "results.html"), "w") as f:
         f.write(page)
     grid = results_grid([query_thumbs[q][1] for q in range(len(rows))],
                         [[index_thumbs[r][1] for r in neighbours] for neighbours in rows])
+    _status(f"Writing {os.path.join(out, 'neighbours.png')} ({grid.shape[1]} x {grid.shape[0]} px) ...")
     tf.io.write_file(os.path.join(out, "neighbours.png"), tf.io.encode_png(grid))
     return {
         "index_images": len(ids),

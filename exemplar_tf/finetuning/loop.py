@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
 from exemplar_tf import errors
 from exemplar_tf.augment.npid import npid_augment
@@ -91,10 +93,12 @@ def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128
     return correct / count
 
 
-def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str):
-    """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints`.
-    Returns (head, the last step's loss, or None when no step ran: a finished run resumed). A checkpoint past
-    `recipe.steps` is refused (errors.InputError) rather than reported as a run of `recipe.steps` steps."""
+def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str, *,
+             desc: str = "fine-tuning"):
+    """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints`, with a
+    progress bar named `desc` on stderr. Returns (head, the last step's loss, or None when no step ran: a finished
+    run resumed). A checkpoint past `recipe.steps` is refused (errors.InputError) rather than reported as a run of
+    `recipe.steps` steps."""
     head = keras.layers.Dense(num_classes, name="classifier")
     head.build((None, encoder.representation_dim))
     encoder_opt = _optimizer(recipe.encoder_lr, recipe)
@@ -128,12 +132,16 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
 
     loss = None
     iterator = iter(batches)
-    while int(step_var) < recipe.steps:
-        loss = float(train_step(next(iterator)))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"fine-tuning loss became {loss} at step {int(step_var)}; try lower lrs")
-        if int(step_var) % recipe.checkpoint_every == 0:
-            manager.save(checkpoint_number=int(step_var))
+    with tqdm(total=recipe.steps, initial=int(step_var), desc=desc, unit="step", dynamic_ncols=True,
+              file=sys.stderr) as progress:
+        while int(step_var) < recipe.steps:
+            loss = float(train_step(next(iterator)))
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"fine-tuning loss became {loss} at step {int(step_var)}; try lower lrs")
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if int(step_var) % recipe.checkpoint_every == 0:
+                manager.save(checkpoint_number=int(step_var))
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{int(step_var)}"):
         manager.save(checkpoint_number=int(step_var))
     return head, loss

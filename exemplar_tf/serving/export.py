@@ -52,6 +52,12 @@ def next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
+def version_path(model_dir: str, version: int | None = None) -> str:
+    """`<model_dir>/<version>`: the folder `write_version` writes, the next free version when `version` is None
+    (another writer may take that one first: the folder written is what `write_version` returns)."""
+    return os.path.join(model_dir, str(version if version is not None else next_version(model_dir)))
+
+
 def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str):
     """(serve, pooled): the two endpoint functions of uint8 images [B,H,W,3]."""
     scales = tf.Variable(list(percentiles), dtype=tf.float32, trainable=False, name="feature_percentiles")
@@ -265,8 +271,7 @@ def write_version(model_dir: str, write: Callable[[str], None], version: int | N
         staged = os.path.join(tmp, "model")
         write(staged)
         while True:
-            chosen = version if version is not None else next_version(model_dir)
-            target = os.path.join(model_dir, str(chosen))
+            target = version_path(model_dir, version)
             try:
                 os.rename(staged, target)
                 return target

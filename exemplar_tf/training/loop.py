@@ -4,7 +4,9 @@ Re-running with the same run directory resumes from the newest checkpoint. A NaN
 after an update, stops the run before anything is saved, so the last good checkpoint is kept. The steps run
 --steps_per_call at a time in one tf.function; the host reads values (loss, learning rate, the objective's
 scalars) only at log points and the "finite" flag once per call. The loop knows no method: it calls the
-objective's hooks (`start`, `scalars`, `merge_classes`) and the step's reported values.
+objective's hooks (`start`, `scalars`, `merge_classes`) and the step's reported values. Every phase that takes
+seconds (reading the data, building the state, the kNN monitor's images, the exports, the first call's compile, the
+last kNN reading) prints one status line before it starts, with or without the progress bar.
 
 Exports are the caller's: `run(config, export=...)` gets the function that writes one (`serving.runs.train`
 passes the SavedModel writer), so training imports nothing from the serving layer above it.
@@ -160,6 +162,32 @@ def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
     return f"Skipped {len(skipped)} unreadable or too-small image files" + (f", listed in {path}" if skipped else "")
 
 
+def _status(line: str) -> None:
+    """Prints the status line of a phase that takes seconds, before it starts (flushed, so a piped log shows it
+    at once too). Status lines print with or without --progress."""
+    print(line, flush=True)
+
+
+def _data_status(config: TrainConfig) -> str:
+    """The line before the training data is read: the source, and the seed patches drawn (or read back) when
+    --seed_sampling=fixed."""
+    line = f"Reading --source={config.source}"
+    if config.method == "exemplar" and config.seed_sampling == "fixed":
+        seeds = os.path.join(config.run_dir, rundir.SEEDS_FILE)
+        if os.path.exists(seeds):
+            return f"{line} and the seed patches cached in {seeds} ..."
+        return f"{line} and drawing {config.num_seeds} seed patches (cached in {seeds}) ..."
+    return f"{line} ..."
+
+
+def _build_status(config: TrainConfig, num_instances: int) -> str:
+    """The line before the model state is built: the encoder, and the memory bank or classifier over the
+    instances."""
+    per_instance = (f"a memory bank of {num_instances} x {config.embedding_dim}" if config.uses_bank
+                    else f"a {num_instances}-way classifier")
+    return f"Building the {config.arch} encoder and {per_instance} ..."
+
+
 def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
@@ -206,9 +234,11 @@ class _Run:
     export: Exporter
     lock: DirectoryLock | None  # the chief's lock on the run directory, held until the run ends
 
-    def export_encoder(self, name: str) -> str:
-        """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision;
-        a failed write (disk full, permissions) becomes WriteFailed, the checkpoints kept."""
+    def export_encoder(self, name: str, what: str) -> str:
+        """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision,
+        after the status line "Exporting <what> to <export_base>/<name>/ ..."; a failed write (disk full,
+        permissions) becomes WriteFailed, the checkpoints kept."""
+        _status(f"Exporting {what} to {os.path.join(self.config.export_base, name, '')} ...")
         try:
             return self.export(self.config, models.float32_copy(self.state.encoder),
                                self.state.objective.embedding_head, self.data.eval_images, name=name,
@@ -254,18 +284,22 @@ def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Export
 def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, lock) -> _Run:
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     objective = objective_of(config)
+    _status(_data_status(config))
     data = inputs.training_data(config, chief=chief, views=objective.views)
     check_instances(config, data.num_instances)
     if chief:  # the data is readable: the settings are the run directory's from now on
         rundir.write_flagfile(config)
     if config.skip_bad_images and chief:
         print(record_skipped(config.run_dir, data.skipped))
+    _status(_build_status(config, data.num_instances))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective)
     manager = tf.train.CheckpointManager(state.checkpoint(), _checkpoint_dir(config, strategy),
                                          max_to_keep=config.keep_checkpoints)
     writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if chief \
         else tf.summary.create_noop_writer()
+    if chief and config.knn_source:
+        _status(f"Reading the kNN monitor's labelled images (--knn_source={config.knn_source}) ...")
     run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export,
                lock)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
@@ -275,7 +309,7 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
         print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
         return run
     if chief:
-        print(f"Exported the randomly initialised encoder (baseline) to {run.export_encoder(f'{config.name}_random')}")
+        run.export_encoder(f"{config.name}_random", "the randomly initialised encoder (baseline)")
     started = time.perf_counter()
     said = objective.start(state.encoder, data.instances, progress=config.progress)
     if said:
@@ -292,6 +326,8 @@ def _train(run: _Run) -> float:
     """Runs the steps from the current one to --steps, with logs, kNN readings, merges and checkpoints on
     their steps. Returns the last logged loss (NaN when no step ran)."""
     config, state = run.config, run.state
+    if state.step < config.steps:
+        _status("Compiling the training step (on its first call) ...")
     train_steps = make_train_step(config, run.strategy, state)
     start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
     iterator = iter(run.strategy.distribute_datasets_from_function(lambda ctx: run.data.dataset_fn(ctx, start)))
@@ -340,13 +376,14 @@ def _finish(run: _Run, loss: float, first_step: int) -> RunResult:
         shutil.rmtree(manager.directory, ignore_errors=True)
         return RunResult(state.step, loss, None, log_dir, manager.directory, state.step - first_step)
     if run.knn_reading:
+        _status(f"step {state.step}: last kNN reading and the TensorBoard projector of its codes ...")
         reading = run.knn_reading(state)
         _log_knn(run.writer, state.step, reading)
         summaries.write_projector(log_dir, "knn_test_codes", reading.codes, reading.test)
     elif (rows := state.objective.projector_rows()) is not None:  # e.g. a memory bank's rows
         summaries.write_projector(log_dir, "bank_rows", rows)
     run.writer.flush()
-    export_dir = run.export_encoder(config.name)
+    export_dir = run.export_encoder(config.name, f"the trained encoder (step {state.step})")
     return RunResult(state.step, loss, export_dir, log_dir, manager.directory, state.step - first_step)
 
 

@@ -142,10 +142,16 @@ _CHOICES = {"method": cfg.METHODS, "objective": cfg.OBJECTIVES, "arch": cfg.ARCH
             "bank_init": cfg.BANK_INITS, "resnet_stem": cfg.RESNET_STEMS}
 
 
+def run_name(config: cfg.TrainConfig) -> str:
+    """The run's label in TensorBoard's HParams table: its run directory's folder name (`runs/<name>` by default,
+    so runs side by side under `--logdir runs/` have names of their own; runs with one label would share a row)."""
+    return os.path.basename(os.path.normpath(config.run_dir))
+
+
 def write_config(writer, config: cfg.TrainConfig) -> None:
     """Writes the resolved config at step 0 as TensorBoard hparams (an experiment listing every field, choice
-    fields with their domains, and the metrics knn_top1 = the last kNN top-1 and loss) and as a text table
-    `config`."""
+    fields with their domains, and the metrics knn_top1 = the last kNN top-1 and loss; the run's row labelled
+    `run_name`, not a hash of its values) and as a text table `config`."""
     from tensorboard.plugins.hparams import api as hp
 
     values = config_hparams(config)
@@ -162,5 +168,5 @@ def write_config(writer, config: cfg.TrainConfig) -> None:
     table = "| flag | value |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in values.items())
     with writer.as_default(step=0):
         hp.hparams_config(hparams=hparams, metrics=metrics)
-        hp.hparams(values)
+        hp.hparams(values, trial_id=run_name(config))
         tf.summary.text("config", table, step=0)
