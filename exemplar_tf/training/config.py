@@ -45,7 +45,8 @@ class TrainConfig:
     source: str = setting("demo", help="Image source: demo, stl10, cifar10, caltech101 (tfds), stl10_binary:<dir>, "
                                        "folder:<dir>.")
     split: str = setting("train", help="Split of --source to learn from (stl10: unlabelled).")
-    data_dir: str | None = setting(None, help="tensorflow-datasets data_dir (local copies; no download).")
+    data_dir: str | None = setting(None, help="tensorflow-datasets data_dir (default ~/tensorflow_datasets): tfds "
+                                              "sources not prepared there are downloaded into it (README: which).")
     method: str = setting("exemplar", choices=METHODS,
                           help="exemplar: surrogate classes from seed patches; npid: every image is an instance.")
     max_instances: int = setting(0, check=NON_NEGATIVE, help="Use at most N source images, evenly spread over the "
