@@ -58,13 +58,10 @@ flags.DEFINE_integer("input_size", 32, "image side")
 flags.DEFINE_integer("instances", 50_000, "memory-bank rows (CIFAR-10's 50 000 images)")
 flags.DEFINE_integer("classes", 8000, "surrogate classes of the softmax head (Exemplar-CNN's 8000)")
 flags.DEFINE_integer("noise", 4096, "NCE noise samples m")
+flags.DEFINE_boolean("grappler_bf16", False, "turn on Grappler's oneDNN bfloat16 auto-mixed-precision rewrite "
+                     "(auto_mixed_precision_onednn_bfloat16) for every graph of this process")
 flags.DEFINE_string("data", "", "image folder for the end-to-end figures (e.g. /tmp/cifar10/..: the folder with "
                     "train/); empty: synthetic input only")
-
-
-
-
-
 
 
 def synthetic_batches(num_labels: int) -> tf.data.Dataset:
@@ -165,10 +162,13 @@ def benchmark_arch(arch, common):
 
 def main(argv):
     del argv
+    if FLAGS.grappler_bf16:
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
     common = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(), "batch_size": FLAGS.batch_size,
               "input_size": FLAGS.input_size, "instances": FLAGS.instances, "classes": FLAGS.classes,
               "noise": FLAGS.noise,
-              "steps": FLAGS.steps, "repeats": FLAGS.repeats, "data": FLAGS.data or None}
+              "steps": FLAGS.steps, "repeats": FLAGS.repeats, "data": FLAGS.data or None,
+              "grappler_bf16": FLAGS.grappler_bf16}
     for arch in FLAGS.archs:
         for record in benchmark_arch(arch, common):
             print(json.dumps(record), flush=True)

@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.models import dft_conv
-from exemplar_tf.models.layers import Encoder, set_layers
+from exemplar_tf.models.layers import Encoder, FusedBatchNormalization, set_layers
 from exemplar_tf.models.registry import register_encoder
 
 # arch -> (conv widths, fc width)
@@ -81,7 +81,7 @@ class ExemplarCNN(Encoder):
                                       kernel_initializer="he_normal", name="fc")
         # One BatchNormalization per conv and the fc, in that order (none without batch_norm).
         self.norm_names = tuple(f"{name}_bn" for name in (*self.conv_names, "fc")) if batch_norm else ()
-        set_layers(self, self.norm_names, [keras.layers.BatchNormalization(name=name) for name in self.norm_names])
+        set_layers(self, self.norm_names, [FusedBatchNormalization(name=name) for name in self.norm_names])
         self.dropout = keras.layers.Dropout(dropout)
 
     @property

@@ -35,6 +35,33 @@ class MeanSubtraction(keras.layers.Layer):
         return {**super().get_config(), "mean_rgb": self.mean_rgb}
 
 
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization with its training pass in one fused kernel (TensorFlow's FusedBatchNormV3:
+    oneDNN's on CPU, cuDNN's on GPU) and its gradient in one more, for NHWC inputs [B,H,W,C] normalised over C.
+
+    Keras 3 computes training-mode batch norm as moments plus elementwise ops in float32 (inputs cast up from
+    bfloat16): on a 2-core CPU those ops cost ~40 % as much op time as all of ResNet-18's convolutions
+    (BUILD_NOTES.md, step profile). Same variables, same outputs, the same moving-average update (the population
+    variance, as Keras); inference, masks and other ranks take Keras' own path.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or len(inputs.shape) != 4 or \
+                self.axis not in (-1, 3) or self.renorm or self.synchronized:
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones([channels])
+        offset = self.beta if self.center else tf.zeros([channels])
+        outputs, mean, corrected_variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, tf.cast(scale, tf.float32), tf.cast(offset, tf.float32), epsilon=self.epsilon,
+            data_format="NHWC", is_training=True)
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+        variance = corrected_variance * (count - 1.0) / count  # the kernel returns the unbiased (n - 1) variance
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return tf.cast(outputs, self.compute_dtype)
+
+
 class Encoder(keras.Model):
     """Image encoder: float32 [B,H,W,3] in [0,1] -> representation [B,F] (mean subtraction inside).
 

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.choices import RESNET_STEMS
-from exemplar_tf.models.layers import Encoder, set_layers
+from exemplar_tf.models.layers import Encoder, FusedBatchNormalization, set_layers
 from exemplar_tf.models.registry import register_encoder
 
 # arch -> (block kind, blocks per stage); stage widths are w, 2w, 4w, 8w for base width w (64 in the papers;
@@ -37,7 +37,7 @@ def conv(filters: int, size: int, stride: int = 1, name: str | None = None):
 
 
 def batch_norm(name: str | None = None):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return FusedBatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
 
 
 class ResidualBlock(keras.layers.Layer):
