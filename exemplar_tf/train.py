@@ -77,6 +77,7 @@ def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = config_from_flags()
+    print(f"Loading TensorFlow for {config.run_dir} ...", flush=True)
     from exemplar_tf.serving import runs  # after flag validation: importing TensorFlow takes seconds
     from exemplar_tf.io.lock import DirectoryLocked
     from exemplar_tf.training import loop
