@@ -23,6 +23,7 @@ from tqdm import tqdm
 from exemplar_tf.data import sources
 from exemplar_tf.data.images import resize_uint8, tile, to_uint8
 from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
+from exemplar_tf.io.status import status
 
 THUMB_SIZE = 96
 GRID_CELL = 64
@@ -97,10 +98,6 @@ def grid_cell(image: np.ndarray, size: int) -> np.ndarray:
     return to_uint8(padded).numpy()
 
 
-def _status(line: str) -> None:
-    """The status line of a phase that takes seconds, on stderr (beside the progress bars) before it starts."""
-    print(line, file=sys.stderr, flush=True)
-
 
 def write_thumbnails(collection: Collection, positions: set[int], folder: str, prefix: str,
                      desc: str = "thumbnails") -> dict[int, tuple]:
@@ -146,9 +143,9 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
              query_split: str = "test", data_dir: str | None = None, eval_size: int | None = None,
              codes_dtype: str = "float16", max_index: int = 0, max_queries: int = 0, batch_size: int = 128) -> dict:
     """Indexes, queries and writes everything listed in the module docstring; returns a summary dict."""
-    _status(f"Loading the SavedModel {savedmodel} ...")
+    status(f"Loading the SavedModel {savedmodel} ...", sys.stderr)
     model = SavedModelFeatures(savedmodel, batch_size)
-    _status(f"Indexing {index} ...")
+    status(f"Indexing {index} ...", sys.stderr)
     index_collection = open_collection(index, index_split, data_dir=data_dir, limit=max_index)
     start = time.perf_counter()
     index_codes = model.extract_dataset(index_collection.dataset, len(index_collection.ids), "embedding",
@@ -158,7 +155,7 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
     save_index(os.path.join(out, "index.npz"), index_codes.features, index_collection.ids, codes_dtype)
     codes, ids = load_index(os.path.join(out, "index.npz"))  # search what was saved (float16 if so)
 
-    _status(f"Querying with {queries} ...")
+    status(f"Querying with {queries} ...", sys.stderr)
     query_collection = open_collection(queries, query_split, data_dir=data_dir, limit=max_queries)
     query_codes = model.extract_dataset(query_collection.dataset, len(query_collection.ids), "embedding",
                                         eval_size=eval_size, desc="queries")
@@ -166,8 +163,8 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
 
     thumbs_dir = os.path.join(out, "thumbs")
     retrieved = set(rows.ravel().tolist())
-    _status(f"Writing the thumbnails of the {len(rows)} queries and their {len(retrieved)} distinct neighbours to "
-            f"{thumbs_dir} ...")
+    status(f"Writing the thumbnails of the {len(rows)} queries and their {len(retrieved)} distinct neighbours to "
+           f"{thumbs_dir} ...", sys.stderr)
     query_thumbs = write_thumbnails(query_collection, set(range(len(query_collection.ids))), thumbs_dir, "q",
                                     "query thumbnails")
     index_thumbs = write_thumbnails(index_collection, retrieved, thumbs_dir, "i", "index thumbnails")
@@ -177,7 +174,7 @@ def retrieve(savedmodel: str, index: str, queries: str, out: str, *, k: int = 8,
         f.write(page)
     grid = results_grid([query_thumbs[q][1] for q in range(len(rows))],
                         [[index_thumbs[r][1] for r in neighbours] for neighbours in rows])
-    _status(f"Writing {os.path.join(out, 'neighbours.png')} ({grid.shape[1]} x {grid.shape[0]} px) ...")
+    status(f"Writing {os.path.join(out, 'neighbours.png')} ({grid.shape[1]} x {grid.shape[0]} px) ...", sys.stderr)
     tf.io.write_file(os.path.join(out, "neighbours.png"), tf.io.encode_png(grid))
     return {
         "index_images": len(ids),

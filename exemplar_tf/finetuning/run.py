@@ -19,6 +19,7 @@ from exemplar_tf.errors import InputError
 from exemplar_tf.evaluation.savedmodel import read_export_info
 from exemplar_tf.finetuning import encoders, labels, loop, outdir
 from exemplar_tf.serving import export
+from exemplar_tf.io.status import status
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +92,6 @@ def json_safe(value):
     return value
 
 
-def _status(line: str) -> None:
-    """The status line of a phase that takes seconds, on stderr before it starts (stdout is the program's report)."""
-    print(line, file=sys.stderr, flush=True)
-
 
 def _labels_of(source: sources.Source) -> np.ndarray:
     """int64 [n] labels in index order."""
@@ -114,7 +111,7 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     if kept:
         print(f"--overwrite: the previous fine-tuning directory is kept as {kept}", file=sys.stderr)
     _check_steps(options, ("pretrained",) + tuple(options.baselines))
-    _status(f"Reading {options.dataset} ({options.train_split} and {options.test_split} splits) ...")
+    status(f"Reading {options.dataset} ({options.train_split} and {options.test_split} splits) ...", sys.stderr)
     train = sources.load_source(options.dataset, options.train_split, data_dir=options.data_dir)
     test = sources.load_source(options.dataset, options.test_split, data_dir=options.data_dir)
     if train.num_classes is None or test.num_classes is None:
@@ -123,7 +120,7 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     rows = labels.labelled_rows(_labels_of(train), per_class=options.labels_per_class,
                                 fraction=options.label_fraction, seed=options.recipe.seed)
     recipe = options.recipe
-    _status(f"Loading the encoder to fine-tune from {savedmodel or run_dir} ...")
+    status(f"Loading the encoder to fine-tune from {savedmodel or run_dir} ...", sys.stderr)
     pretrained, encoder_options = (encoders.from_savedmodel(savedmodel) if savedmodel
                                    else encoders.from_run(run_dir))
     mean_rgb = np.asarray(pretrained.mean_subtraction.mean)
@@ -133,7 +130,7 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     if "random" in options.baselines:
         random_path = encoders.random_export(savedmodel, run_dir)
         if random_path:
-            _status(f"Loading the random baseline from {random_path} ...")
+            status(f"Loading the random baseline from {random_path} ...", sys.stderr)
             random_encoder, _ = encoders.from_savedmodel(random_path)
         else:
             print("WARNING: no <name>_random export; the random baseline is a fresh network", file=sys.stderr)
@@ -150,15 +147,15 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
         run_recipe = dataclasses.replace(recipe, encoder_lr=encoder_lr, head_lr=head_lr)
         batches = loop.training_batches(train.dataset, rows, train.num_examples, encoder_options["input_size"],
                                         run_recipe)
-        _status(f"{kind}: fine-tuning on the {len(rows)} labelled images (the first step compiles) ...")
+        status(f"{kind}: fine-tuning on the {len(rows)} labelled images (the first step compiles) ...", sys.stderr)
         head, loss = loop.finetune(encoder, train.num_classes, batches, run_recipe,
                                    os.path.join(options.out_dir, kind), desc=kind)
-        _status(f"{kind}: classifying the {test.num_examples} {options.test_split} images ...")
+        status(f"{kind}: classifying the {test.num_examples} {options.test_split} images ...", sys.stderr)
         accuracy = loop.test_accuracy(encoder, head, test.dataset)
         entry = {"test_accuracy": accuracy, "final_loss": loss, "encoder_lr": encoder_lr, "head_lr": head_lr}
         if kind == "pretrained":
-            _status(f"{kind}: exporting the classifier to "
-                    f"{os.path.join(options.export_base, options.export_name, '')} ...")
+            status(f"{kind}: exporting the classifier to "
+                   f"{os.path.join(options.export_base, options.export_name, '')} ...", sys.stderr)
             entry["export"] = loop.export_classifier(
                 encoder, head, export_dir_base=options.export_base, name=options.export_name,
                 class_names=train.class_names,

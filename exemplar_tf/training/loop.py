@@ -34,6 +34,7 @@ from exemplar_tf.metrics.knn import knn_accuracy
 from exemplar_tf.training import checkpoints, distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, check_instances, validate
 from exemplar_tf.training.step import ModelState, build_state, make_train_step, merge_classes, objective_of
+from exemplar_tf.io.status import status
 
 
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
@@ -162,11 +163,6 @@ def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
     return f"Skipped {len(skipped)} unreadable or too-small image files" + (f", listed in {path}" if skipped else "")
 
 
-def _status(line: str) -> None:
-    """Prints the status line of a phase that takes seconds, before it starts (flushed, so a piped log shows it
-    at once too). Status lines print with or without --progress."""
-    print(line, flush=True)
-
 
 def _data_status(config: TrainConfig) -> str:
     """The line before the training data is read: the source, and the seed patches drawn (or read back) when
@@ -238,7 +234,7 @@ class _Run:
         """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision,
         after the status line "Exporting <what> to <export_base>/<name>/ ..."; a failed write (disk full,
         permissions) becomes WriteFailed, the checkpoints kept."""
-        _status(f"Exporting {what} to {os.path.join(self.config.export_base, name, '')} ...")
+        status(f"Exporting {what} to {os.path.join(self.config.export_base, name, '')} ...")
         try:
             return self.export(self.config, models.float32_copy(self.state.encoder),
                                self.state.objective.embedding_head, self.data.eval_images, name=name,
@@ -284,14 +280,14 @@ def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Export
 def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, lock) -> _Run:
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     objective = objective_of(config)
-    _status(_data_status(config))
+    status(_data_status(config))
     data = inputs.training_data(config, chief=chief, views=objective.views)
     check_instances(config, data.num_instances)
     if chief:  # the data is readable: the settings are the run directory's from now on
         rundir.write_flagfile(config)
     if config.skip_bad_images and chief:
         print(record_skipped(config.run_dir, data.skipped))
-    _status(_build_status(config, data.num_instances))
+    status(_build_status(config, data.num_instances))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective)
     manager = tf.train.CheckpointManager(state.checkpoint(), _checkpoint_dir(config, strategy),
@@ -299,7 +295,7 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
     writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if chief \
         else tf.summary.create_noop_writer()
     if chief and config.knn_source:
-        _status(f"Reading the kNN monitor's labelled images (--knn_source={config.knn_source}) ...")
+        status(f"Reading the kNN monitor's labelled images (--knn_source={config.knn_source}) ...")
     run = _Run(config, strategy, chief, data, state, manager, writer, _knn_monitor(config) if chief else None, export,
                lock)
     resume_from = tf.train.latest_checkpoint(_chief_checkpoint_dir(config))  # the same one on every worker
@@ -327,7 +323,7 @@ def _train(run: _Run) -> float:
     their steps. Returns the last logged loss (NaN when no step ran)."""
     config, state = run.config, run.state
     if state.step < config.steps:
-        _status("Compiling the training step (on its first call) ...")
+        status("Compiling the training step (on its first call) ...")
     train_steps = make_train_step(config, run.strategy, state)
     start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
     iterator = iter(run.strategy.distribute_datasets_from_function(lambda ctx: run.data.dataset_fn(ctx, start)))
@@ -376,7 +372,7 @@ def _finish(run: _Run, loss: float, first_step: int) -> RunResult:
         shutil.rmtree(manager.directory, ignore_errors=True)
         return RunResult(state.step, loss, None, log_dir, manager.directory, state.step - first_step)
     if run.knn_reading:
-        _status(f"step {state.step}: last kNN reading and the TensorBoard projector of its codes ...")
+        status(f"step {state.step}: last kNN reading and the TensorBoard projector of its codes ...")
         reading = run.knn_reading(state)
         _log_knn(run.writer, state.step, reading)
         summaries.write_projector(log_dir, "knn_test_codes", reading.codes, reading.test)
