@@ -155,6 +155,22 @@ def state_fingerprint(state: ModelState) -> str:
     return f"{whole} ({', '.join(f'{name} {value}' for name, value in digests.items())})"
 
 
+def input_split_line(ctx: tf.distribute.InputContext, dataset: tf.data.Dataset, global_batch: int) -> str:
+    """How one input pipeline (one per worker) splits the global batch: the batch size its dataset yields (the
+    static leading dimension of its elements) and the replica count that global batch is spread over."""
+    batch = tf.nest.flatten(dataset.element_spec)[0].shape[0]
+    return (f"input pipeline {ctx.input_pipeline_id} of {ctx.num_input_pipelines}: per-replica batch {batch} "
+            f"of the global {global_batch} over {ctx.num_replicas_in_sync} replicas")
+
+
+def _say_worker_state(run: _Run) -> None:
+    """Under --strategy=multi_worker, every worker prints its state fingerprint after each checkpoint save (and
+    at the end), "worker state at step N: fingerprint ...": the bank, weights and optimizer parts must be equal
+    on every worker (BatchNorm moving statistics follow each worker's own batches)."""
+    if run.config.strategy == "multi_worker":
+        tqdm.write(f"worker state at step {run.state.step}: fingerprint {state_fingerprint(run.state)}")
+
+
 def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
     """Writes `<run_dir>/skipped_images.txt`, one `<path>\t<reason>` line per image file --skip_bad_images left
     out (empty: none), and returns the line that tells the user."""
@@ -326,7 +342,14 @@ def _train(run: _Run) -> float:
         status("Compiling the training step (on its first call) ...")
     train_steps = make_train_step(config, run.strategy, state)
     start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
-    iterator = iter(run.strategy.distribute_datasets_from_function(lambda ctx: run.data.dataset_fn(ctx, start)))
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        dataset = run.data.dataset_fn(ctx, start)
+        if ctx.num_input_pipelines > 1:
+            tqdm.write(input_split_line(ctx, dataset, config.batch_size))
+        return dataset
+
+    iterator = iter(run.strategy.distribute_datasets_from_function(dataset_fn))
     progress = tqdm(total=config.steps, initial=state.step, disable=not (config.progress and run.chief),
                     desc=config.name, unit="step", dynamic_ncols=True)
     loss = float("nan")
@@ -356,6 +379,7 @@ def _train(run: _Run) -> float:
             _log_knn(run.writer, step, run.knn_reading(state))
         if step % config.checkpoint_every == 0 and step < config.steps:
             _save(run.manager, step)
+            _say_worker_state(run)
     progress.close()
     return loss
 
@@ -366,8 +390,7 @@ def _finish(run: _Run, loss: float, first_step: int) -> RunResult:
     log_dir = os.path.join(config.run_dir, "tensorboard")
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{state.step}"):
         _save(manager, state.step)
-    if config.strategy == "multi_worker":  # the workers' states must be bitwise equal (tests compare these)
-        logging.info("worker state at step %d: fingerprint %s", state.step, state_fingerprint(state))
+    _say_worker_state(run)
     if not run.chief:
         shutil.rmtree(manager.directory, ignore_errors=True)
         return RunResult(state.step, loss, None, log_dir, manager.directory, state.step - first_step)
