@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, EXEMPLAR_ARCHS,  # noqa: F401
                                  METHODS, NCE_NOISE, OBJECTIVES, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS,
                                  STRATEGIES, TRANSFORMS)
+from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import settings
 from exemplar_tf.training.settings import (NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, UNIT_INTERVAL_OPEN, EachIn, NonEmpty,
@@ -150,6 +151,10 @@ class TrainConfig:
     # Distribution.
     strategy: str = setting("default", choices=STRATEGIES, help="tf.distribute strategy.")
     tpu: str = setting("", help="TPU name or grpc:// address for --strategy=tpu.")
+    data_service: str = setting("", help="grpc://HOST:PORT of a tf.data service dispatcher (python -m "
+                                         "exemplar_tf.data_service): the training input runs on its workers, each "
+                                         "batch number made once (distributed_epoch); a resumed run restarts at the "
+                                         "checkpoint's input position, not exactly (README). Empty: in-process.")
     # Book-keeping.
     seed: int = setting(0, help="Random seed (seeds, transformations, noise, initialisation).")
     log_every: int = setting(50, check=POSITIVE, help="Steps between TensorBoard scalar summaries.")
@@ -283,6 +288,8 @@ def _run_problems(config: TrainConfig) -> list[str]:
     problems = []
     if config.strategy == "tpu" and not config.tpu:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
+    if config.data_service and (problem := service.address_problem("data_service", config.data_service)):
+        problems.append(problem)
     if config.knn_every and not config.knn_source:
         problems.append("--knn_every needs --knn_source (a labelled source)")
     if config.skip_bad_images and not config.source.startswith("folder:"):
