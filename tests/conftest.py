@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TensorFlow, two logical CPU devices for tf.distribute tests."""
+"""Shared test set-up: quiet TensorFlow, four logical CPU devices for tf.distribute tests."""
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -8,9 +8,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
-)
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 4)
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +20,15 @@ def two_cpus():
     collective instance". Tests share this one instead of creating their own.
     """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
+def four_cpus():
+    """A MirroredStrategy over four logical CPUs that reduces through copies to one device instead of collective
+    ops: collectives of a second strategy in the process would reuse `two_cpus`'s group key with another group
+    size ("joining a group with size 4, but that group has size 2")."""
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(4)],
+                                          cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 A bank objective owns a `MemoryBank` (one unit row per instance), a `ProjectionHead` whose codes are the
 embedding, NPID's optional proximal term and, for NCE, the normaliser Z. After each gradient step every replica
 gathers the global batch's (class, code) pairs and applies the same bank update, so the copies stay bitwise
-equal (memory_bank.py); Z moves by the replicas' mean estimate.
+equal (memory_bank.py); Z moves by the replicas' mean estimate. With --bank_sharding=sharded each replica holds
+N/R rows instead and the losses combine the shards' scores (sharded_bank.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from tqdm import tqdm
 from exemplar_tf.data import merging
 from exemplar_tf.models.heads import ProjectionHead
 from exemplar_tf.objectives import losses
-from exemplar_tf.objectives.memory_bank import MemoryBank
+from exemplar_tf.objectives.memory_bank import MemoryBank, gather_batch
+from exemplar_tf.objectives.sharded_bank import (ShardedMemoryBank, all_reduce_sum, own_block, own_rows, pair_scores,
+                                                 shard_log_sum_exps, shared_noise_scores)
 from exemplar_tf.objectives.objective import Forward, Objective
 
 
@@ -80,14 +83,19 @@ class BankObjective(Objective):
 
     def build(self, encoder, num_instances, new_encoder):
         super().build(encoder, num_instances, new_encoder)
-        self.bank = MemoryBank(num_instances, self.settings.embedding_dim, momentum=self.settings.bank_momentum,
-                               seed=self.settings.seed)
+        strategy = tf.distribute.get_strategy()
+        if self.settings.bank_sharding == "sharded" and strategy.num_replicas_in_sync > 1:
+            self.bank = ShardedMemoryBank(num_instances, self.settings.embedding_dim, self.settings.bank_momentum,
+                                          self.settings.seed, strategy)
+        else:  # one replica: the bank is whole anyway
+            self.bank = MemoryBank(num_instances, self.settings.embedding_dim, momentum=self.settings.bank_momentum,
+                                   seed=self.settings.seed)
 
     def make_head(self, num_instances: int) -> keras.layers.Layer:
         return ProjectionHead(self.settings.embedding_dim)
 
     def checkpoint_parts(self):
-        return {**super().checkpoint_parts(), "bank": self.bank}
+        return {**super().checkpoint_parts(), "bank": self.bank.checkpoint_node if self.bank.sharded else self.bank}
 
     @property
     def reports(self) -> tuple[str, ...]:
@@ -108,7 +116,11 @@ class BankObjective(Objective):
         `positives` when given (a key encoder's codes), else with the codes themselves."""
         classes, num_active = self.classes(labels)
         loss, extras = self.bank_loss(codes, classes, num_active, noise_seed, positives)
-        if self.settings.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
+        if self.settings.proximal_lambda and self.bank.sharded:  # the rows came with the shards' scores
+            extras["proximal_loss"] = losses.proximal_loss_from_rows(codes, extras.pop("previous_rows"),
+                                                                     self.settings.proximal_lambda)
+            loss += extras["proximal_loss"]
+        elif self.settings.proximal_lambda:  # v_i^(t-1): the bank row before this step's update (read in place)
             extras["proximal_loss"] = losses.proximal_loss(codes, self.bank.variable, classes,
                                                            self.settings.proximal_lambda)
             loss += extras["proximal_loss"]
@@ -123,12 +135,12 @@ class BankObjective(Objective):
     def start(self, encoder, instances, progress=False):
         if self.settings.bank_init != "features":
             return ""
-        self.bank.bank.assign(encoder_bank_rows(encoder, self.head, self.bank, instances(), progress=progress))
+        self.bank.assign_whole(encoder_bank_rows(encoder, self.head, self.bank, instances(), progress=progress))
         return f"Memory bank: {self.bank.num_instances} rows from the initial encoder's codes"
 
     def rows_in_use(self) -> tf.Tensor:
         """The bank's rows [K,D] that training uses: all N, or the K class rows after a merge."""
-        rows = self.bank()
+        rows = self.bank.whole()
         return rows if self.relabel is None else rows[:self.num_classes]
 
     def scalars(self, step):
@@ -138,13 +150,23 @@ class BankObjective(Objective):
         return self.rows_in_use()[:limit].numpy()
 
     def fingerprint_parts(self):
-        return {**super().fingerprint_parts(), "bank": self.bank.variables}
+        return {**super().fingerprint_parts(), "bank": [self.bank.whole()]}
 
     def merge_classes(self, labels):
         """Row c becomes the normalised mean of its members' current rows (rows >= K are inactive from now on).
         The projection head is not touched."""
         super().merge_classes(labels)
-        self.bank.bank.assign(merging.merged_bank_rows(self.bank().numpy(), labels))
+        self.bank.assign_whole(merging.merged_bank_rows(self.bank.whole().numpy(), labels))
+
+    def sharded_reduce(self, context, parts, classes):
+        """Sharded bank: sums this shard's `parts` (float32 [B,...] each, over the global batch) across the shards
+        in one all-reduce, with the own bank rows of `classes` int64 [B] appended when the proximal term needs them.
+        Returns (this replica's examples of each part [b,...], extras: {"previous_rows": [b,D]} or {})."""
+        replica, shard = self.bank.replica(context), self.bank.local_shard(context)
+        if self.settings.proximal_lambda:
+            parts = parts + [own_rows(shard, classes, replica, self.bank.rows_per_shard)]
+        blocks = [own_block(x, self.bank.num_shards, replica) for x in all_reduce_sum(context, parts)]
+        return blocks, ({"previous_rows": blocks.pop()} if self.settings.proximal_lambda else {})
 
 
 class NonParametric(BankObjective):
@@ -153,8 +175,30 @@ class NonParametric(BankObjective):
     name = "nonparametric"
 
     def bank_loss(self, codes, classes, num_active, noise_seed, positives):
+        if self.bank.sharded:
+            return self.sharded_bank_loss(codes, classes, num_active, positives)
         return losses.nonparametric_softmax_loss(codes, self.bank.variable, classes, self.settings.tau, num_active,
                                                  positives=positives), {}
+
+
+    def sharded_bank_loss(self, codes, classes, num_active, positives):
+        """The exact softmax over the shards: each scores the global batch against its rows, and one all-reduce
+        gathers the shards' log-sum-exps [B,R] and sums the own-row logits [B] (sharded_bank.py)."""
+        context = tf.distribute.get_replica_context()
+        replica, tau = self.bank.replica(context), self.settings.tau
+        classes, codes = gather_batch(context, classes, codes)  # [B], [B,D]
+        num_rows = self.bank.num_instances if num_active is None else num_active
+        log_sum_exps, own_logits = shard_log_sum_exps(codes, self.bank.local_shard(context), classes, replica,
+                                                      self.bank.rows_per_shard, num_rows, tau,
+                                                      leave_out_own=positives is not None)
+        in_column = tf.range(self.bank.num_shards)[tf.newaxis, :] == replica  # [1,R]: all-gathered by the sum
+        (log_sum_exps, own_logits), extras = self.sharded_reduce(
+            context, [tf.where(in_column, log_sum_exps[:, tf.newaxis], 0.0), own_logits], classes)
+        if positives is not None:  # the key encoder's code stands in for the own row
+            own_logits = tf.reduce_sum(own_block(codes, self.bank.num_shards, replica)
+                                       * tf.stop_gradient(tf.cast(positives, tf.float32)), axis=-1) / tau
+            log_sum_exps = tf.concat([log_sum_exps, own_logits[:, tf.newaxis]], axis=1)
+        return tf.reduce_mean(tf.reduce_logsumexp(log_sum_exps, axis=1) - own_logits), extras
 
 
 class NCE(BankObjective):
@@ -187,6 +231,8 @@ class NCE(BankObjective):
         return sample(classes, num_rows, self.settings.nce_m, noise_seed)
 
     def bank_loss(self, codes, classes, num_active, noise_seed, positives):
+        if self.bank.sharded:
+            return self.sharded_bank_loss(codes, classes, num_active, noise_seed, positives)
         num_rows = self.bank.num_instances if num_active is None else num_active
         noise = self.noise(classes, num_rows, noise_seed)
         tau = self.settings.tau
@@ -196,6 +242,35 @@ class NCE(BankObjective):
         loss, z_batch = losses.nce_loss(codes, self.bank.variable, classes, noise, tau, z_now, num_active=num_active,
                                         positives=positives)
         return loss, {"z_batch": z_batch}
+
+    def sharded_bank_loss(self, codes, classes, num_active, noise_seed, positives):
+        """NCE over the shards: every replica draws every replica's noise (replica s's seed is the step's
+        (seed, step * R + s), `noise_seed` minus this replica's id plus s), scores the global batch against its
+        rows and one all-reduce sums the [B,1+m] scores (own row, then noise; sharded_bank.py)."""
+        context = tf.distribute.get_replica_context()
+        replica, num_shards, size = self.bank.replica(context), self.bank.num_shards, self.bank.rows_per_shard
+        shard, tau = self.bank.local_shard(context), self.settings.tau
+        own_codes = tf.cast(codes, tf.float32)
+        classes, codes = gather_batch(context, classes, codes)  # [B], [B,D]
+        num_rows = self.bank.num_instances if num_active is None else num_active
+        noise = [self.noise(replica_classes, num_rows, noise_seed + tf.constant([0, s - replica], noise_seed.dtype))
+                 for s, replica_classes in enumerate(tf.split(classes, num_shards))]  # R x [b,m] or R x [m]
+        if self.settings.nce_noise == "shared":
+            noise_scores = shared_noise_scores(codes, shard, tf.stack(noise), replica, size)
+        else:
+            noise_scores = pair_scores(codes, shard, tf.concat(noise, axis=0), replica, size)
+        positive_scores = pair_scores(codes, shard, classes[:, tf.newaxis], replica, size)
+        (scores,), extras = self.sharded_reduce(context, [tf.concat([positive_scores, noise_scores], axis=1)], classes)
+        negative_scores = scores[:, 1:]
+        if positives is None:
+            positive_scores = scores[:, 0]
+        else:  # the key encoder's codes
+            positive_scores = tf.reduce_sum(own_codes * tf.stop_gradient(tf.cast(positives, tf.float32)), axis=-1)
+        first_estimate = lambda: tf.cast(num_rows, tf.float32) * tf.reduce_mean(  # noqa: E731
+            tf.exp(tf.stop_gradient(negative_scores) / tau))
+        z_now = tf.cond(self.z > 0, lambda: tf.identity(self.z), first_estimate)
+        loss, z_batch = losses.nce_loss_from_scores(positive_scores, negative_scores, tau, z_now, num_rows)
+        return loss, {"z_batch": z_batch, **extras}
 
     def update(self, forward):
         reports = super().update(forward)

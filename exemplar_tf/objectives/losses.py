@@ -151,12 +151,19 @@ def nce_loss(v, bank, indices, noise, tau, z, scores: str = "auto", num_active=N
     max score / tau + log N < 88, e.g. tau >= 0.02 for N = 1.28M unit rows).
     """
     v = tf.cast(v, tf.float32)
-    num_instances = tf.cast(num_rows(bank) if num_active is None else num_active, tf.float32)
-    num_noise = tf.cast(tf.shape(noise)[-1], tf.float32)
     positive_rows = gather_rows(bank, indices) if positives is None else tf.stop_gradient(tf.cast(positives, tf.float32))
     positive_scores = tf.reduce_sum(v * positive_rows, axis=-1)
     negative_scores = noise_scores(v, bank, noise, scores)
+    return nce_loss_from_scores(positive_scores, negative_scores, tau, z,
+                                num_rows(bank) if num_active is None else num_active)
 
+
+def nce_loss_from_scores(positive_scores, negative_scores, tau, z, num_instances):
+    """`nce_loss` from the scores: positive_scores float32 [B] (v . positive row), negative_scores float32 [B,m]
+    (v . noise rows), tau, z as there; num_instances: N of Pn = 1/N (K after a merge). Returns (loss, z_estimate)
+    as `nce_loss` (a sharded bank computes the scores itself, objectives/sharded_bank.py)."""
+    num_instances = tf.cast(num_instances, tf.float32)
+    num_noise = tf.cast(tf.shape(negative_scores)[-1], tf.float32)
     log_z = tf.math.log(tf.cast(z, tf.float32))
     log_m_pn = tf.math.log(num_noise / num_instances)
     positive_term = tf.nn.softplus(log_m_pn - (positive_scores / tau - log_z))
@@ -188,6 +195,10 @@ def proximal_loss(v, bank, indices, strength):
     only pulls the new code towards the old one and fades as training converges. v: float [B,D];
     bank: float [N,D]; indices: int [B]; strength: lambda >= 0. Returns float32 scalar.
     """
+    return proximal_loss_from_rows(v, tf.gather(tf.stop_gradient(tf.cast(bank, tf.float32)), indices), strength)
+
+
+def proximal_loss_from_rows(v, previous, strength):
+    """`proximal_loss` with the rows w_i already read: v float [B,D], previous float32 [B,D] (no gradient)."""
     v = tf.cast(v, tf.float32)
-    previous = tf.gather(tf.stop_gradient(tf.cast(bank, tf.float32)), indices)
     return tf.cast(strength, tf.float32) * tf.reduce_mean(tf.reduce_sum(tf.square(v - previous), axis=-1))

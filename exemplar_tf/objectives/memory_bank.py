@@ -54,6 +54,15 @@ def all_gather_by_sum(context: tf.distribute.ReplicaContext, x):
     return tf.reshape(summed, tf.concat([[-1], tf.shape(x)[1:]], axis=0))
 
 
+def gather_batch(context: tf.distribute.ReplicaContext, indices, v):
+    """Every replica's `indices` int [B] and `v` float [B,D], concatenated in replica order (one float32 all-reduce:
+    indices < 2**24 are exact in float32) -> (int64 [R*B], float32 [R*B,D]). Differentiable in `v` (the gradient
+    of an all-reduce SUM is the all-reduce SUM of the gradients)."""
+    packed = tf.concat([tf.cast(v, tf.float32), tf.cast(indices, tf.float32)[:, tf.newaxis]], axis=1)
+    packed = all_gather_by_sum(context, packed)
+    return tf.cast(packed[:, -1], tf.int64), packed[:, :-1]
+
+
 class MemoryBank(keras.layers.Layer):
     """Holds the non-trainable bank `[num_instances, dim]` (variable name "memory_bank").
 
@@ -89,6 +98,16 @@ class MemoryBank(keras.layers.Layer):
         """The bank's tf.Variable [N,D] (a MirroredVariable under a strategy); `tf.gather` on it reads in place."""
         return self.bank.value
 
+    sharded = False  # every replica holds all N rows (sharded_bank.ShardedMemoryBank: N/R each)
+
+    def whole(self) -> tf.Tensor:
+        """The bank [N,D] (eager or cross-replica context)."""
+        return tf.convert_to_tensor(self.bank.value)
+
+    def assign_whole(self, rows):
+        """Sets the bank to `rows` float [N,D]."""
+        return self.bank.assign(rows)
+
     def call(self, indices=None):
         """Returns the bank [N,D], or the rows at `indices` (int [B]) as [B,D]."""
         if indices is None:
@@ -107,10 +126,7 @@ class MemoryBank(keras.layers.Layer):
         Elsewhere (no strategy, or cross-replica context) it updates with what it is given."""
         context = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and context is not None:
-            # One float32 collective for both: indices < 2**24 (checked in __init__) are exact in float32.
-            packed = tf.concat([tf.cast(v, tf.float32), tf.cast(indices, tf.float32)[:, tf.newaxis]], axis=1)
-            packed = all_gather_by_sum(context, packed)
-            indices, v = tf.cast(packed[:, -1], tf.int64), packed[:, :-1]
+            indices, v = gather_batch(context, indices, v)  # indices < 2**24: checked in __init__
         self.update(indices, v)
 
     def get_config(self):

@@ -33,6 +33,7 @@ class Settings:
     nce_z_momentum: float = 0.99
     bank_momentum: float = 0.5
     bank_init: str = "random"
+    bank_sharding: str = "replicated"  # sharded: each replica holds N/R bank rows (objectives/sharded_bank.py)
     proximal_lambda: float = 0.0
     momentum_encoder: float = 0.0  # > 0: a key encoder (EMA of the encoder) writes the bank; two views
     merges_classes: bool = False  # --merge_to: keep a seed -> class map (`relabel`)

@@ -11,9 +11,9 @@ import dataclasses
 import os
 from typing import Callable, Sequence
 
-from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, EXEMPLAR_ARCHS,  # noqa: F401
-                                 METHODS, NCE_NOISE, OBJECTIVES, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS,
-                                 STRATEGIES, TRANSFORMS)
+from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, BANK_SHARDINGS,  # noqa: F401
+                                 EXEMPLAR_ARCHS, METHODS, NCE_NOISE, OBJECTIVES, PRECISIONS, PRESETS, RESNET_STEMS,
+                                 SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import settings
@@ -115,6 +115,11 @@ class TrainConfig:
                              help="Memory bank at step 0. random: random unit rows (NPID); features: row i is the "
                                   "randomly initialised encoder's code of instance i (not in the papers, see "
                                   "BUILD_NOTES.md).")
+    bank_sharding: str = setting("replicated", choices=BANK_SHARDINGS,
+                                 help="replicated: every replica holds the whole memory bank (N x D); sharded: "
+                                      "--strategy=mirrored replicas each hold N/R rows and combine their scores "
+                                      "with all-reduces (the same results up to float rounding; checkpoints hold "
+                                      "the whole bank either way).")
     proximal_lambda: float = setting(0.0, check=NON_NEGATIVE, help="NPID's proximal regulariser: adds lambda * "
                                                                    "||v_i - w_i||^2, w_i the bank row before this "
                                                                    "step's update (0: off).")
@@ -247,6 +252,14 @@ def _bank_problems(config: TrainConfig) -> list[str]:
         if config.strategy == "multi_worker":
             problems.append("--bank_init=features is not supported with --strategy=multi_worker (every worker would "
                             "compute its own rows)")
+    if config.bank_sharding == "sharded":
+        problems += _needs_bank(config, "--bank_sharding=sharded")
+        if config.strategy in ("multi_worker", "tpu"):
+            problems.append(f"--bank_sharding=sharded is not supported with --strategy={config.strategy} (it keeps "
+                            f"each replica's rows in one process's per-device variables): use --strategy=mirrored")
+        if config.jit_compile:
+            problems.append("--bank_sharding=sharded is not supported with --jit_compile (its all-reduces run inside "
+                            "the forward pass)")
     if config.momentum_encoder > 0:
         problems += _needs_bank(config, "--momentum_encoder")
         if config.merge_classes_at or config.merge_to:
