@@ -196,3 +196,52 @@ def test_sharding_is_refused_where_it_cannot_work(overrides, message):
                                                    "strategy": "mirrored", **overrides})
     with pytest.raises(InputError, match=message.replace("-", r"\-")):
         validate(config)
+
+
+def test_the_training_step_with_a_sharded_bank_follows_the_replicated_one_and_checkpoints_restore(two_cpus, tmp_path):
+    """The real step (build_state, make_train_step) with a key encoder (MomentumNCE): the same losses and bank;
+    the run's checkpoint restores into a replicated state; the fingerprint reads the bank whole."""
+    from exemplar_tf.training.loop import state_fingerprint
+    from exemplar_tf.training.step import build_state, make_train_step
+    from exemplar_tf.training.views import stacked_views
+
+    rng = np.random.default_rng(2)
+    images = rng.uniform(size=(2 * STEPS, GLOBAL_BATCH // 2, 32, 32, 3)).astype(np.float32)
+    batches = {"views": np.stack([images, images[:, :, ::-1]], axis=1),  # query and key views
+               "label": rng.permutation(N)[:STEPS * GLOBAL_BATCH].reshape(2 * STEPS, -1).astype(np.int64)}
+
+    def run(sharding):
+        config = TrainConfig(run_dir="/tmp/unused", arch="small", objective="nce", num_seeds=N, nce_m=M,
+                             batch_size=GLOBAL_BATCH, steps=10, lr=0.05, tau=0.1, dropout=0.0, momentum_encoder=0.5,
+                             bank_sharding=sharding)
+        tf.keras.utils.set_random_seed(0)
+        with two_cpus.scope():
+            state = build_state(config, N, np.full(3, 0.5, np.float32), stacked_views)
+        dataset = tf.data.Dataset.from_tensor_slices(batches)
+        iterator = iter(two_cpus.distribute_datasets_from_function(lambda context: dataset))
+        out = make_train_step(config, two_cpus, state)(iterator, tf.constant(STEPS))
+        assert int(out["steps"]) == STEPS and bool(out["finite"])
+        return state, float(out["loss"]), float(out["nce_z"])
+
+    replicated, replicated_loss, replicated_z = run("replicated")
+    sharded, sharded_loss, sharded_z = run("sharded")
+    assert sharded.objective.bank.sharded
+    np.testing.assert_allclose([sharded_loss, sharded_z], [replicated_loss, replicated_z], rtol=1e-5)
+    np.testing.assert_allclose(sharded.objective.bank.whole().numpy(), replicated.objective.bank.whole().numpy(),
+                               atol=1e-6)
+    path = sharded.checkpoint().save(str(tmp_path / "ckpt"))
+    replicated.checkpoint().restore(path).assert_existing_objects_matched()
+    assert state_fingerprint(replicated) == state_fingerprint(sharded)
+
+
+def test_merging_classes_writes_the_class_rows_into_the_shards(four_cpus):
+    replicated = _build(four_cpus, "nonparametric", "replicated", relabel=np.arange(N))
+    sharded = _build(four_cpus, "nonparametric", "sharded", relabel=np.arange(N))
+    for objective in (replicated, sharded):
+        objective.merge_classes(_merged_relabel())
+    merged = replicated.bank.whole().numpy()
+    assert not np.array_equal(merged[:12], _build(tf.distribute.get_strategy(), "nce", "replicated").bank.whole()[:12])
+    np.testing.assert_array_equal(sharded.bank.whole().numpy(), merged)
+    np.testing.assert_array_equal(four_cpus.experimental_local_results(sharded.bank.variable)[1].numpy()[:2],
+                                  merged[10:12])  # rows 10, 11 (classes) are the second shard's first rows
+    assert sharded.num_classes == 12 and sharded.scalars(0)["bank/mean_norm"] == pytest.approx(1.0)

@@ -101,6 +101,10 @@ class BankObjective(Objective):
     def reports(self) -> tuple[str, ...]:
         return ("proximal_loss",) if self.settings.proximal_lambda else ()
 
+    @property
+    def synchronizes_in_loss(self) -> bool:
+        return self.bank.sharded
+
     @abc.abstractmethod
     def bank_loss(self, codes: tf.Tensor, classes: tf.Tensor, num_active: tf.Tensor | None, noise_seed: tf.Tensor,
                   positives: tf.Tensor | None) -> tuple[tf.Tensor, dict]:

@@ -115,6 +115,11 @@ class Objective(abc.ABC):
         """Names of the scalars `update` returns (TensorBoard tags)."""
         return ()
 
+    @property
+    def synchronizes_in_loss(self) -> bool:
+        """Whether `loss` runs cross-replica collectives (the step then calls it outside a nested tf.function)."""
+        return False
+
     def update(self, forward: Forward) -> dict[str, tf.Tensor]:
         """The state update after the gradient step (replica context: gather first, then apply the same update on
         every replica). Returns scalars to report (averaged over replicas by the step)."""

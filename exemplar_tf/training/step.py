@@ -116,12 +116,13 @@ def _all_finite(tensors) -> tf.Tensor:
 
 def _forward_backward(config: TrainConfig, state: ModelState, num_replicas: int):
     """tf.function (XLA with --jit_compile) (views, labels, noise_seed) -> (scaled loss, objective.Forward,
-    gradients): the replica's loss plus weight decay, divided by the replica count."""
+    gradients): the replica's loss plus weight decay, divided by the replica count. A plain function when the
+    objective's loss synchronizes the replicas (a sharded bank's all-reduces): a merge call cannot run in a
+    tf.function nested in the replica function."""
     variables = state.trainable_variables
     decayed = [state.encoder] + state.objective.trainable_layers
     loss_scaled = isinstance(state.optimizer, keras.optimizers.LossScaleOptimizer)
 
-    @tf.function(jit_compile=config.jit_compile)
     def forward_backward(views, labels, noise_seed):
         with tf.GradientTape() as tape:
             loss, forward = state.objective.loss(state.encoder, views, labels, noise_seed)
@@ -131,7 +132,9 @@ def _forward_backward(config: TrainConfig, state: ModelState, num_replicas: int)
             differentiated = state.optimizer.scale_loss(scaled) if loss_scaled else scaled
         return scaled, forward, tape.gradient(differentiated, variables)
 
-    return forward_backward
+    if state.objective.synchronizes_in_loss:
+        return forward_backward
+    return tf.function(forward_backward, jit_compile=config.jit_compile)
 
 
 def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState):
