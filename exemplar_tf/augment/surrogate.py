@@ -51,7 +51,7 @@ def fit_color_pca(seeds: Seeds, max_pixels: int = PCA_MAX_PIXELS) -> ColorPCA:
 
 def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, rng_seed: int,
                       augment_on: str = "host", fixed_copies: int | None = None, shuffle: bool = True,
-                      repeat: bool = True, start_batch: int = 0) -> tf.data.Dataset:
+                      repeat: bool = True, start_batch=0, items: tf.data.Dataset | None = None) -> tf.data.Dataset:
     """Batches of transformed seeds.
 
     host:   {"image": float32 [B,P,P,3] in [0,1], "label": int64 [B]}
@@ -60,6 +60,8 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
     seeds (or seed copies), the last batch possibly smaller. `shuffle` reshuffles each pass (seeded by rng_seed).
     `start_batch` (endless streams): begin at that batch of the stream, exactly as the uninterrupted stream has
     it (the seed order is skipped, not computed; transformation seeds follow the batch number).
+    `items`: the item numbers (seed * copies + copy) from batch `start_batch` on, instead of the shuffled passes
+    (one batch found by its number for the tf.data service: `start_batch` may then be a tensor).
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
@@ -68,13 +70,14 @@ def surrogate_dataset(seeds: Seeds, chain: TransformChain, *, batch_size: int, r
     copies = fixed_copies or 1
     windows = tf.constant(seeds.windows)
     run_seed = tf.constant(rng_seed % 2**31, tf.int32)
-    items = tf.data.Dataset.range(len(seeds.windows) * copies)  # item = seed * copies + copy
-    if shuffle:
-        items = items.shuffle(len(seeds.windows) * copies, seed=rng_seed, reshuffle_each_iteration=True)
-    if repeat:
-        items = items.repeat().skip(start_batch * batch_size)
-    elif start_batch:
-        raise ValueError("start_batch needs the endless stream (repeat=True)")
+    if items is None:
+        items = tf.data.Dataset.range(len(seeds.windows) * copies)  # item = seed * copies + copy
+        if shuffle:
+            items = items.shuffle(len(seeds.windows) * copies, seed=rng_seed, reshuffle_each_iteration=True)
+        if repeat:
+            items = items.repeat().skip(start_batch * batch_size)
+        elif start_batch:
+            raise ValueError("start_batch needs the endless stream (repeat=True)")
 
     def element(batch_number, item):
         labels = item // copies

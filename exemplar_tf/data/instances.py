@@ -79,13 +79,26 @@ def in_memory(source: sources.Source, max_bytes: int = DEFAULT_MAX_CACHE_BYTES) 
     return DecodedImages(flat, offsets, shapes, labels)
 
 
-def epoch_permutations(num_examples: int, seed: int) -> tf.data.Dataset:
-    """Infinite int64 indices: epoch e is a full permutation of 0..N-1 drawn statelessly from (seed, e)."""
+def epoch_permutations(num_examples: int, seed: int, first_epoch=0) -> tf.data.Dataset:
+    """Infinite int64 indices: epoch e is a full permutation of 0..N-1 drawn statelessly from (seed, e); the stream
+    begins at epoch `first_epoch` (an int or an int64 tensor)."""
     def permutation(epoch):
         return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(
             tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])))
 
-    return tf.data.Dataset.range(2**62).flat_map(permutation)
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(permutation)
+
+
+def permuted_indices(num_examples: int, *, seed: int, num_shards: int = 1, shard: int = 0, first,
+                     count: int) -> tf.data.Dataset:
+    """The `count` indices from element `first` (an int or an int64 tensor) of shard `shard` of
+    `epoch_permutations(num_examples, seed)`, the indices `shuffled_epochs(start=first)` reads, computed from the
+    epochs they fall in: a batch found by its number (the tf.data service's unit) costs one or two permutations
+    of N, not the skip over everything before it."""
+    position = tf.cast(first, tf.int64) * num_shards + shard  # in the unsharded stream
+    epoch = position // num_examples
+    return (epoch_permutations(num_examples, seed, first_epoch=epoch).skip(position - epoch * num_examples)
+            .shard(num_shards, 0).take(count))
 
 
 def shuffled_epochs(source: sources.Source, *, seed: int, num_shards: int = 1, shard: int = 0,
@@ -104,4 +117,17 @@ def shuffled_epochs(source: sources.Source, *, seed: int, num_shards: int = 1, s
         return (source.dataset.shard(num_shards, shard)
                 .shuffle(STREAM_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True).repeat().skip(start))
     return (epoch_permutations(source.num_examples, seed).shard(num_shards, shard).skip(start)
+            .map(read, num_parallel_calls=tf.data.AUTOTUNE))
+
+
+def elements_at(source: sources.Source, *, seed: int, num_shards: int = 1, shard: int = 0,
+                decoded: DecodedImages | None = None, first, count: int) -> tf.data.Dataset:
+    """The `count` elements of `shuffled_epochs(...)` from its element `first` on (`permuted_indices`, then read):
+    the same elements, found without reading the stream before them. Needs random access (`decoded` or
+    `source.read`)."""
+    read = decoded.reader() if decoded is not None else source.read
+    if read is None:
+        raise ValueError("elements_at needs random access: decoded images or a source with read")
+    return (permuted_indices(source.num_examples, seed=seed, num_shards=num_shards, shard=shard, first=first,
+                             count=count)
             .map(read, num_parallel_calls=tf.data.AUTOTUNE))

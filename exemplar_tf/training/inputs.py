@@ -25,9 +25,10 @@ from exemplar_tf.augment import surrogate
 from exemplar_tf.augment.chain import TransformChain
 from exemplar_tf.augment.transforms import ColorPCA
 from exemplar_tf.data import instances as data_instances
-from exemplar_tf.data import patches, sources
+from exemplar_tf.data import patches, service, sources
 from exemplar_tf.data.images import resize_uint8
 from exemplar_tf.errors import InputError
+from exemplar_tf.io.status import status
 from exemplar_tf.training import rundir
 from exemplar_tf.training.views import Augment, Views, device_views, one_host_view, stacked_views, views_on_host
 from exemplar_tf.training.config import TrainConfig, seeds_per_image_for
@@ -136,15 +137,19 @@ def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> Tr
     mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
 
     def seed_batches(ctx: tf.distribute.InputContext, start: int, augment_on: str) -> tf.data.Dataset:
-        return surrogate.surrogate_dataset(
-            seeds,
-            chain,
-            batch_size=ctx.get_per_replica_batch_size(config.batch_size),
-            rng_seed=config.seed * 1000 + ctx.input_pipeline_id,
-            augment_on=augment_on,
-            fixed_copies=config.fixed_copies or None,
-            start_batch=start,
-        )
+        batch_size = ctx.get_per_replica_batch_size(config.batch_size)
+        rng_seed = config.seed * 1000 + ctx.input_pipeline_id
+
+        def from_batch(first, items=None):
+            return surrogate.surrogate_dataset(seeds, chain, batch_size=batch_size, rng_seed=rng_seed,
+                                               augment_on=augment_on, fixed_copies=config.fixed_copies or None,
+                                               start_batch=first, items=items)
+
+        if not config.data_service:
+            return from_batch(start)
+        num_items = len(seeds.windows) * (config.fixed_copies or 1)  # the service's order: stateless permutations
+        return by_batch_number(start, lambda number: from_batch(number, data_instances.permuted_indices(
+            num_items, seed=rng_seed, first=number * batch_size, count=batch_size)))
 
     dataset_fn, batch_views = with_views(config, views, lambda ctx, start=0: seed_batches(ctx, start, "host"),
                                          lambda ctx, start=0: seed_batches(ctx, start, "device"),
@@ -187,6 +192,7 @@ def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
     chain = TransformChain(config.preset, config.transforms, pca, config.patch_size)
     window_size = round(config.patch_size * WINDOW_FACTOR)
     decoded = data_instances.in_memory(source)
+    check_servable(config, source, decoded)
     same_size = one_size(source, decoded)
     if config.augment_on == "device" and not same_size:
         raise InputError(f"--seed_sampling=online --augment_on=device needs images of one size (a batch carries "
@@ -206,13 +212,14 @@ def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
     def dataset_fn(ctx: tf.distribute.InputContext, start: int = 0,
                    augment_on: str = config.augment_on) -> tf.data.Dataset:
         batch_size = ctx.get_per_replica_batch_size(config.batch_size)
-        elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
-                                                  shard=ctx.input_pipeline_id, decoded=decoded,
-                                                  start=start * batch_size)
-        return surrogate.online_dataset(elements, chain, batch_size=batch_size,
-                                        rng_seed=config.seed * 1000 + ctx.input_pipeline_id, window_size=window_size,
-                                        one_size=same_size, augment_on=augment_on,
-                                        energy=energy if augment_on == "host" else None, start_batch=start)
+
+        def from_batch(first, elements):
+            return surrogate.online_dataset(elements, chain, batch_size=batch_size,
+                                            rng_seed=config.seed * 1000 + ctx.input_pipeline_id,
+                                            window_size=window_size, one_size=same_size, augment_on=augment_on,
+                                            energy=energy if augment_on == "host" else None, start_batch=first)
+
+        return instance_batches(config, source, decoded, ctx, start, from_batch)
 
     preview = dataset_fn(tf.distribute.InputContext(1, 0, 1), augment_on="host")
     batches_fn, batch_views = with_views(config, views, dataset_fn,
@@ -242,12 +249,27 @@ def npid_batch_augment(size: int) -> Augment:
 def npid_batches(config: TrainConfig, source: sources.Source, decoded, ctx: tf.distribute.InputContext,
                  start: int = 0, augment_on: str = "host") -> tf.data.Dataset:
     """NPID's per-replica batches from batch `start` on. host: `npid_augment` per image in `Dataset.map`, seeded
-    from the pipeline's random stream -> {"image", "label"}; device: {"source_image": uint8 [b,H,W,3], "label",
-    "aug_seed": int32 [2] = (pipeline seed, batch number)} (`npid_batch_augment`, one image size)."""
+    from the pipeline's random stream (on the tf.data service, whose batches are found by number: from (pipeline
+    seed, element number), as that stream cannot skip ahead cheaply) -> {"image", "label"}; device:
+    {"source_image": uint8 [b,H,W,3], "label", "aug_seed": int32 [2] = (pipeline seed, batch number)}
+    (`npid_batch_augment`, one image size)."""
     rng_seed = config.seed * 1000 + ctx.input_pipeline_id
     batch_size = ctx.get_per_replica_batch_size(config.batch_size)
-    elements = data_instances.shuffled_epochs(source, seed=config.seed, num_shards=ctx.num_input_pipelines,
-                                              shard=ctx.input_pipeline_id, decoded=decoded, start=start * batch_size)
+
+    def from_batch(first, elements):
+        if config.data_service:
+            seeds = tf.data.Dataset.range(first * batch_size, first * batch_size + batch_size).map(
+                lambda number: tf.stack([tf.constant(rng_seed, tf.int64), number]))
+        else:
+            seeds = tf.data.Dataset.random(seed=rng_seed).batch(2).skip(first * batch_size)
+        return npid_batches_of(config, elements, seeds, rng_seed, batch_size, first, augment_on)
+
+    return instance_batches(config, source, decoded, ctx, start, from_batch)
+
+
+def npid_batches_of(config: TrainConfig, elements: tf.data.Dataset, seeds: tf.data.Dataset, rng_seed: int,
+                    batch_size: int, start, augment_on: str) -> tf.data.Dataset:
+    """`npid_batches` from its source elements and per-element augmentation seeds (host), batch `start` first."""
     if augment_on == "device":
         run_seed = tf.constant(rng_seed % 2**31, tf.int32)
 
@@ -263,7 +285,6 @@ def npid_batches(config: TrainConfig, source: sources.Source, decoded, ctx: tf.d
         return {"image": npid_augment.npid_augment(element["image"], config.image_size, seed),
                 "label": element["index"]}
 
-    seeds = tf.data.Dataset.random(seed=rng_seed).batch(2).skip(start * batch_size)
     return (tf.data.Dataset.zip(elements, seeds)
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
             .batch(batch_size, drop_remainder=True)
@@ -275,6 +296,7 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
     source = _limited_source(config)
     eval_images = percentile_images(config, source)
     decoded = data_instances.in_memory(source)
+    check_servable(config, source, decoded)
     if decoded is not None:
         print(f"Decoded the {source.num_examples} training images into memory ({decoded.flat.nbytes / 2**20:.0f} MiB)")
     if config.augment_on == "device" and not one_size(source, decoded):
@@ -300,7 +322,53 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
     )
 
 
+def by_batch_number(start, batch_at: Callable[[tf.Tensor], tf.data.Dataset]) -> tf.data.Dataset:
+    """The batches numbered start, start+1, ..., batch b made by `batch_at(b)` (a one-batch dataset), several at a
+    time, in number order. The source is the range of batch numbers: what the tf.data service shards
+    (`data.service`); batch b holds what the in-process stream's batch b holds (fixed seeds: drawn in their own
+    stateless order)."""
+    return (tf.data.Dataset.range(start, 2**62)
+            .interleave(batch_at, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def instance_batches(config: TrainConfig, source: sources.Source, decoded, ctx: tf.distribute.InputContext,
+                     start, from_batch: Callable[..., tf.data.Dataset]) -> tf.data.Dataset:
+    """`from_batch(first batch, source elements from there)` over this pipeline's shard of `shuffled_epochs`:
+    one stream from `start` in-process, one batch per number on the tf.data service (`by_batch_number`)."""
+    batch_size = ctx.get_per_replica_batch_size(config.batch_size)
+    shard = dict(seed=config.seed, num_shards=ctx.num_input_pipelines, shard=ctx.input_pipeline_id, decoded=decoded)
+    if not config.data_service:
+        return from_batch(start, data_instances.shuffled_epochs(source, start=start * batch_size, **shard))
+    return by_batch_number(start, lambda number: from_batch(number, data_instances.elements_at(
+        source, first=number * batch_size, count=batch_size, **shard)))
+
+
+def check_servable(config: TrainConfig, source: sources.Source, decoded) -> None:
+    """On the tf.data service a batch is found by its number, which needs the source's images by index."""
+    if config.data_service and decoded is None and source.read is None:
+        raise InputError(f"--data_service needs the images of --source={config.source} by index (decoded in memory "
+                         f"or an image folder); this source is too large to keep and is streamed: use a folder:<dir> "
+                         f"copy of it, or train without --data_service")
+
+
+def on_service(config: TrainConfig, dataset_fn: DatasetFn) -> DatasetFn:
+    """`dataset_fn` run on the tf.data service's workers (`data.service`: distributed_epoch over batch numbers,
+    one job per input pipeline and trainer process); the dispatcher must answer within seconds."""
+    service.wait_for_dispatcher(config.data_service)
+
+    def served_fn(ctx: tf.distribute.InputContext, start: int = 0) -> tf.data.Dataset:
+        name = service.job_name(config.run_dir, ctx.input_pipeline_id, ctx.num_input_pipelines, start)
+        status(service.start_line(config.data_service, name, start))
+        return service.served(dataset_fn(ctx, start), config.data_service, name)
+
+    return served_fn
+
+
 def training_data(config: TrainConfig, chief: bool = True, views: int = 1) -> TrainingData:
     """The run's data with `views` augmented views of each instance per batch (the objective's `views`); only the
-    chief writes shared files (the seed cache)."""
-    return exemplar_data(config, chief, views) if config.method == "exemplar" else npid_data(config, views)
+    chief writes shared files (the seed cache). With --data_service its batches come from the tf.data service."""
+    data = exemplar_data(config, chief, views) if config.method == "exemplar" else npid_data(config, views)
+    if config.data_service:
+        return dataclasses.replace(data, dataset_fn=on_service(config, data.dataset_fn))
+    return data
