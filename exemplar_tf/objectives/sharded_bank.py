@@ -161,11 +161,14 @@ class ShardedMemoryBank:
         return tf.concat([shard.read_value() for shard in self.shards()], axis=0)[:self.num_instances]
 
     def assign_whole(self, rows):
-        """Sets the bank to `rows` float [N,D]: each shard takes its block (the padding rows are zeros)."""
-        padding = self.num_shards * self.rows_per_shard - self.num_instances
-        padded = tf.pad(tf.cast(rows, tf.float32), [[0, padding], [0, 0]])
-        size = self.rows_per_shard
-        return tf.group([shard.assign(padded[i * size:(i + 1) * size]) for i, shard in enumerate(self.shards())])
+        """Sets the bank to `rows` float [N,D]: each shard takes its block (the padding rows are zeros; no padded
+        copy of the whole bank is made)."""
+        rows, size = tf.cast(rows, tf.float32), self.rows_per_shard
+        assigned = []
+        for i, shard in enumerate(self.shards()):
+            block = rows[i * size:(i + 1) * size]
+            assigned.append(shard.assign(tf.pad(block, [[0, size - tf.shape(block)[0]], [0, 0]])))
+        return tf.group(assigned)
 
     def gather_and_update(self, indices, v):
         """`MemoryBank.gather_and_update` in a replica context: gathers the global batch's `indices` [b] and `v`
