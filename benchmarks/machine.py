@@ -4,6 +4,8 @@ from __future__ import annotations
 import platform
 import subprocess
 
+from exemplar_tf.training import machine
+
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
 
 
@@ -19,6 +21,5 @@ def cpu_name() -> str:
 
 def cpu_flags() -> list[str]:
     """Those of CPU_FLAGS that /proc/cpuinfo lists."""
-    with open("/proc/cpuinfo") as f:
-        present = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    present = machine.cpu_flags()
     return [name for name in CPU_FLAGS if name in present]

@@ -10,6 +10,7 @@ RESNET_ARCHS = ("resnet18", "resnet50")  # models.resnet
 ARCHS = EXEMPLAR_ARCHS + RESNET_ARCHS
 RESNET_STEMS = ("auto", "cifar", "imagenet")  # models.resnet: auto picks by input size
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies (models.precision)
+PRECISION_SETTINGS = ("auto",) + PRECISIONS  # --precision: auto picks one for the machine (training.machine)
 OBJECTIVES = ("softmax", "nonparametric", "nce")  # objectives.objective
 BANK_OBJECTIVES = ("nonparametric", "nce")  # the objectives that keep a memory bank
 NCE_NOISE = ("per_example", "shared")  # how NCE draws its noise instances (objectives)

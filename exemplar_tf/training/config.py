@@ -12,11 +12,11 @@ import os
 from typing import Callable, Sequence
 
 from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, BANK_SHARDINGS,  # noqa: F401
-                                 EXEMPLAR_ARCHS, METHODS, NCE_NOISE, OBJECTIVES, PRECISIONS, PRESETS, RESNET_STEMS,
-                                 SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
+                                 EXEMPLAR_ARCHS, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS, PRECISIONS,
+                                 PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
-from exemplar_tf.training import settings
+from exemplar_tf.training import machine, settings
 from exemplar_tf.training.settings import (NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, UNIT_INTERVAL_OPEN, EachIn, NonEmpty,
                                            Range, setting)
 
@@ -143,10 +143,12 @@ class TrainConfig:
     weight_decay: float | None = setting(None, check=NON_NEGATIVE, help="L2 weight decay times per-layer multipliers "
                                                                         "(default: 0.004 exemplar, 5e-4 npid).")
     # Speed.
-    precision: str = setting("float32", choices=PRECISIONS,
+    precision: str = setting("auto", choices=PRECISION_SETTINGS,
                              help="Keras dtype policy of the encoder: float32, or mixed_bfloat16 / mixed_float16 "
-                                  "(float32 variables, 16-bit compute; mixed_float16 adds dynamic loss scaling). "
-                                  "Heads, losses, the memory bank, kNN and exports stay float32.")
+                                  "(float32 variables, 16-bit compute; mixed_float16 adds dynamic loss scaling); "
+                                  "auto: mixed_bfloat16 on a CPU-only machine with AVX-512-BF16 or AMX-BF16, else "
+                                  "float32 (the run's flags.cfg records which). Heads, losses, the memory bank, kNN "
+                                  "and exports stay float32.")
     steps_per_call: int = setting(10, check=POSITIVE,
                                   help="Training steps per tf.function call (one host round trip per call; calls end "
                                        "at every log, checkpoint and kNN step).")
@@ -178,7 +180,8 @@ class TrainConfig:
     progress: bool = setting(True, help="Show a progress bar.")
 
     def __post_init__(self):
-        """Fills the fields left at None (and knn_source=auto) from the source's and the method's defaults."""
+        """Fills the fields left at None (and knn_source=auto) from the source's and the method's defaults, and
+        precision=auto from the machine (`machine.default_precision`)."""
         recipe = {**METHOD_DEFAULTS.get(self.method, METHOD_DEFAULTS["exemplar"]),
                   **SOURCE_DEFAULTS.get((self.source, self.method), {})}
         for field, value in recipe.items():
@@ -186,6 +189,8 @@ class TrainConfig:
                 object.__setattr__(self, field, value)
         if self.knn_source == "auto":
             object.__setattr__(self, "knn_source", AUTO_KNN_SOURCES.get(self.source, ""))
+        if self.precision == "auto":
+            object.__setattr__(self, "precision", machine.this_machines_precision())
 
     @property
     def uses_bank(self) -> bool:
