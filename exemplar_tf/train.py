@@ -87,7 +87,7 @@ def main(argv: list[str]) -> int:
     except (rundir.RunDirMismatch, DirectoryLocked) as error:
         print(error, file=sys.stderr)
         return 2
-    except (loop.TrainingDiverged, loop.WriteFailed) as error:
+    except (loop.TrainingDiverged, loop.WriteFailed, loop.WorkerLost) as error:
         print(f"Training stopped: {error}", file=sys.stderr)
         return 3
     if result.export_dir:

@@ -52,6 +52,20 @@ class WriteFailed(RuntimeError):
     """A checkpoint or export could not be written (disk full, permissions); the previous checkpoint is kept."""
 
 
+class WorkerLost(RuntimeError):
+    """A multi-worker run lost a worker: TensorFlow aborted the collectives (UnavailableError when the peer's
+    connection closed or it stopped sending heartbeats to the coordination service; DeadlineExceededError when
+    the coordination service's leader, the chief, stopped answering heartbeats)."""
+
+
+def _abort_reason(message: str) -> str:
+    """The reason in a collective abort's error message ("Collective ops is aborted by: <reason>", possibly
+    nested), else its first line; at most 200 characters."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = next((line for line in lines if "aborted by:" in line), lines[0] if lines else "no message")
+    return line.rsplit("aborted by:", 1)[-1].strip()[:200]
+
+
 @dataclasses.dataclass
 class RunResult:
     step: int
@@ -413,10 +427,17 @@ def run(config: TrainConfig, export: Exporter, strategy: tf.distribute.Strategy 
         logging.warning("--objective=%s without --batch_norm on the %s Exemplar-CNN: expect the codes to collapse "
                         "(BUILD_NOTES.md)", config.objective, config.arch)
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
-    run = _start(config, strategy, export)
     try:
-        first_step = run.state.step
-        return _finish(run, _train(run), first_step)
-    finally:
-        if run.lock:
-            run.lock.release()
+        run = _start(config, strategy, export)
+        try:
+            first_step = run.state.step
+            return _finish(run, _train(run), first_step)
+        finally:
+            if run.lock:
+                run.lock.release()
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as error:  # a collective aborted
+        if config.strategy != "multi_worker":
+            raise
+        raise WorkerLost(f"a worker of the cluster is gone ({_abort_reason(error.message)}); the last checkpoint "
+                         f"({tf.train.latest_checkpoint(_chief_checkpoint_dir(config)) or 'none yet'}) is kept: "
+                         f"restart every worker with the same command to resume from it") from None
