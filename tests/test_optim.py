@@ -1,10 +1,10 @@
-"""optim.schedules.step_decay: the learning rate of training and fine-tuning, and the checkpoint layout each gets."""
+"""optim.schedules: step decay (training and fine-tuning, and the checkpoint layout each gets) and cosine decay."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf.optim.schedules import step_decay
+from exemplar_tf.optim.schedules import cosine_decay, step_decay
 
 
 def test_step_decay_drops_at_each_fraction_in_order():
@@ -22,3 +22,38 @@ def test_a_constant_rate_is_a_schedule_or_a_float_with_its_own_checkpoint_layout
     names = [v.path.split("/")[-1] for v in optimizer.variables]
     # Training checkpoints (schedule) hold no learning-rate variable; fine-tuning ones (float) do.
     assert ("learning_rate" in names) == constant_as_float
+
+
+def test_cosine_decay_warms_up_linearly_then_follows_half_a_cosine_to_zero():
+    schedule = cosine_decay(0.2, 110, warmup_steps=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 60, 110)]
+    # warm-up 0 -> 0.2 over 10 steps; then 0.2 * (1 + cos(pi * t / 100)) / 2 for t = step - 10
+    np.testing.assert_allclose(rates, [0.0, 0.1, 0.2, 0.1, 0.0], atol=1e-7)
+    plain = cosine_decay(0.2, 100)
+    np.testing.assert_allclose([float(plain(s)) for s in (0, 25, 100)], [0.2, 0.2 * (1 + np.sqrt(0.5)) / 2, 0.0],
+                               atol=1e-7)
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        cosine_decay(0.2, 100, warmup_steps=100)
+
+
+def test_the_training_config_refuses_a_warm_up_it_would_not_use():
+    from exemplar_tf.errors import InputError
+    from exemplar_tf.training.config import TrainConfig, validate
+
+    with pytest.raises(InputError, match="--lr_warmup_steps applies to --lr_schedule=cosine"):
+        validate(TrainConfig(run_dir="/tmp/unused", lr_warmup_steps=5))
+    with pytest.raises(InputError, match="--lr_warmup_steps=100 must be fewer than --steps=100"):
+        validate(TrainConfig(run_dir="/tmp/unused", lr_schedule="cosine", lr_warmup_steps=100, steps=100))
+    validate(TrainConfig(run_dir="/tmp/unused", lr_schedule="cosine", lr_warmup_steps=10, steps=100))
+
+
+def test_the_training_step_follows_the_configured_schedule():
+    from exemplar_tf.training.config import TrainConfig
+    from exemplar_tf.training.step import build_state
+
+    config = TrainConfig(run_dir="/tmp/unused", lr=0.2, steps=110, lr_schedule="cosine", lr_warmup_steps=10)
+    state = build_state(config, 16, np.full(3, 0.5, np.float32))
+    rate = state.optimizer.learning_rate  # read at the optimizer's iteration 0
+    assert float(rate) == 0.0
+    state.optimizer.iterations.assign(60)
+    assert float(state.optimizer.learning_rate) == pytest.approx(0.1, abs=1e-6)

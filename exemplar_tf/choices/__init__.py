@@ -16,6 +16,7 @@ BANK_OBJECTIVES = ("nonparametric", "nce")  # the objectives that keep a memory 
 NCE_NOISE = ("per_example", "shared")  # how NCE draws its noise instances (objectives)
 BANK_INITS = ("random", "features")  # the memory bank at step 0
 BANK_SHARDINGS = ("replicated", "sharded")  # every replica holds the whole bank, or N/R rows of it
+LR_SCHEDULES = ("step", "cosine")  # optim.schedules: step decay, or cosine decay after a linear warm-up
 AUGMENT_ON = ("host", "device")  # where the augmentation runs (augment.surrogate, augment.npid): tf.data or the step
 METHODS = ("exemplar", "npid")  # Exemplar-CNN surrogate classes, or NPID's one instance per image
 SEED_SAMPLINGS = ("fixed", "online")  # Exemplar-CNN: seeds drawn once, or a fresh patch per visit

@@ -12,8 +12,8 @@ import os
 from typing import Callable, Sequence
 
 from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, BANK_SHARDINGS,  # noqa: F401
-                                 EXEMPLAR_ARCHS, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS, PRECISIONS,
-                                 PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
+                                 EXEMPLAR_ARCHS, LR_SCHEDULES, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS,
+                                 PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import machine, settings
@@ -133,6 +133,12 @@ class TrainConfig:
     steps: int = setting(10000, check=POSITIVE, help="Training steps.")
     lr: float | None = setting(None, check=POSITIVE,
                                help="Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
+    lr_schedule: str = setting("step", choices=LR_SCHEDULES,
+                               help="step: --lr multiplied by --lr_decay_factor at each --lr_decay_at; cosine: a "
+                                    "linear warm-up over --lr_warmup_steps, then half a cosine from --lr to 0 at "
+                                    "--steps (--lr_decay_at and --lr_decay_factor unused).")
+    lr_warmup_steps: int = setting(0, check=NON_NEGATIVE, help="--lr_schedule=cosine: steps of linear warm-up "
+                                                               "from 0 to --lr.")
     lr_decay_at: Sequence[float] = setting(
         (0.6, 0.8), check=EachIn(Range(low=0, high=1, low_open=True, high_open=True),
                                  message="--{name} are fractions of --steps {range}, got {value}"),
@@ -301,6 +307,15 @@ def _merge_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
+def _schedule_problems(config: TrainConfig) -> list[str]:
+    """The learning-rate schedule's warm-up against the schedule and the run's length."""
+    if config.lr_warmup_steps and config.lr_schedule != "cosine":
+        return [f"--lr_warmup_steps applies to --lr_schedule=cosine, not --lr_schedule={config.lr_schedule}"]
+    if config.lr_warmup_steps >= config.steps:
+        return [f"--lr_warmup_steps={config.lr_warmup_steps} must be fewer than --steps={config.steps}"]
+    return []
+
+
 def _run_problems(config: TrainConfig) -> list[str]:
     """Where the run reads from and reports to: the TPU, the kNN monitor, bad-file skipping."""
     problems = []
@@ -341,7 +356,8 @@ def check_instances(config: TrainConfig, num_instances: int) -> None:
 
 
 CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
-    _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _run_problems)
+    _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _schedule_problems,
+    _run_problems)
 
 
 def validate(config: TrainConfig) -> TrainConfig:

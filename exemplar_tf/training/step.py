@@ -15,7 +15,7 @@ import tensorflow as tf
 from exemplar_tf import models, objectives
 from exemplar_tf.data import merging
 from exemplar_tf.objectives import Objective
-from exemplar_tf.optim.schedules import step_decay
+from exemplar_tf.optim.schedules import cosine_decay, step_decay
 from exemplar_tf.training.config import TrainConfig
 from exemplar_tf.training.views import Views, one_host_view
 
@@ -80,7 +80,8 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, v
     encoder = new_encoder()
     objective = objective or objective_of(config)
     objective.build(encoder, num_instances, new_encoder)
-    schedule = step_decay(config.lr, config.steps, config.lr_decay_at, config.lr_decay_factor)
+    schedule = (cosine_decay(config.lr, config.steps, config.lr_warmup_steps) if config.lr_schedule == "cosine"
+                else step_decay(config.lr, config.steps, config.lr_decay_at, config.lr_decay_factor))
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
     if models.needs_loss_scaling(config.precision):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
