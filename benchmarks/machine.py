@@ -4,7 +4,7 @@ from __future__ import annotations
 import platform
 import subprocess
 
-from exemplar_tf.training import machine
+from exemplar_tf.training.machine import cpu_flags as present_cpu_flags
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16")
 
@@ -21,5 +21,5 @@ def cpu_name() -> str:
 
 def cpu_flags() -> list[str]:
     """Those of CPU_FLAGS that /proc/cpuinfo lists."""
-    present = machine.cpu_flags()
+    present = present_cpu_flags()
     return [name for name in CPU_FLAGS if name in present]

@@ -15,7 +15,8 @@ After `--warmup` untimed calls (tracing, XLA compilation) it times `--repeats` c
 setting, interleaved so that a busy machine slows them alike; a figure is the median call. A setting that fails
 to build or compile prints one line with "error" instead.
 One JSON line per figure (each names the CPU): images/s per setting, then the ratios bf16_over_float32 and
-fp16_over_float32 (images/s), nce_over_softmax_step_time and jit_over_no_jit (images/s), all from this run.
+fp16_over_float32 (images/s), nce_over_softmax_step_time and jit_over_no_jit (images/s), all from this run, and
+per arch and objective the fastest setting measured ("best_setting") beside what `--precision=auto` picks here.
 With --data=<image folder> (the CIFAR-10 JPEG training folder) every objective is also timed at float32 without
 XLA on the real NPID input pipeline (`training.inputs.training_data`: images decoded once into memory, a fresh
 permutation per epoch, NPID's augmentation in `Dataset.map`, sharing the cores with the step), interleaved with
@@ -38,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+from exemplar_tf.training.machine import this_machines_precision  # noqa: E402
 from exemplar_tf.training.config import PRECISIONS, TrainConfig  # noqa: E402
 from exemplar_tf.training.inputs import training_data  # noqa: E402
 from exemplar_tf.training.step import build_state, make_train_step  # noqa: E402
@@ -158,6 +160,14 @@ def benchmark_arch(arch, common):
         no_jit = step_s.get((objective, precision, False, "synthetic"))
         if jit and no_jit:
             yield {**where, "figure": "jit_over_no_jit", "ratio": round(no_jit / seconds, 3)}
+    for objective in FLAGS.objectives:
+        timed = {(precision, jit): seconds for (name, precision, jit, source), seconds in step_s.items()
+                 if name == objective and source == "synthetic"}
+        if timed:
+            (precision, jit), seconds = min(timed.items(), key=lambda item: item[1])
+            yield {**common, "arch": arch, "objective": objective, "figure": "best_setting", "precision": precision,
+                   "jit_compile": jit, "images_per_s": round(FLAGS.batch_size / seconds, 1),
+                   "auto_precision": this_machines_precision()}
 
 
 def main(argv):
