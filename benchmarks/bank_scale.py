@@ -30,7 +30,8 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("instances", ["1281167", "14000000"], "bank sizes N")
-flags.DEFINE_list("layouts", ["replicated:1", "sharded:2", "sharded:4"], "layout:replicas")
+flags.DEFINE_list("layouts", ["replicated:1", "sharded:2", "sharded:4", "replicated:2", "replicated:4"],
+                  "layout:replicas")
 flags.DEFINE_integer("noise", 4096, "noise samples m per example")
 flags.DEFINE_integer("batch_size", 256, "global batch B")
 flags.DEFINE_integer("dim", 128, "embedding size D")
@@ -57,10 +58,12 @@ def collective_bytes_per_step(layout: str, replicas: int, batch: int, dim: int, 
 
 
 def peak_bytes(num_instances: int, layout: str, replicas: int, batch: int, dim: int, noise: int) -> int:
-    """Estimated peak: the bank (plus its initial value, once whole), and per replica the gathered noise rows."""
+    """Estimated peak: the bank (R copies replicated, one in R shards sharded) plus its initial value, once
+    whole, and per replica the gathered noise rows (sharded: and the gathered codes of the owned pairs)."""
     whole = num_instances * dim * FLOAT
-    per_replica_rows = batch * noise // replicas if layout == "replicated" else batch * noise // replicas * 2
-    return 2 * whole + replicas * per_replica_rows * dim * FLOAT
+    copies = replicas if layout == "replicated" else 1
+    per_replica_rows = batch * noise // replicas * (1 if layout == "replicated" else 2)
+    return (copies + 1) * whole + replicas * per_replica_rows * dim * FLOAT
 
 
 def available_bytes() -> int:

@@ -37,6 +37,7 @@ import tensorflow as tf
 from exemplar_tf.objectives.memory_bank import (MAX_INSTANCES, average_duplicates, blend_rows, gather_batch,
                                                 random_unit_rows)
 
+HOST = "/cpu:0"  # where the whole bank is assembled (initial rows, checkpoints, merging, statistics)
 # Stands for -inf in a shard's logits (rows not in use): a shard whose rows are all out of use gets a finite
 # log-sum-exp (exp of it is exactly 0 beside any real logit), where -inf would give NaN gradients.
 MASKED_LOGIT = -1e30
@@ -139,7 +140,8 @@ class ShardedMemoryBank:
         self.variable = tf.Variable(lambda: tf.zeros([self.rows_per_shard, dim]), trainable=False,
                                     name="memory_bank_shard", synchronization=tf.VariableSynchronization.ON_READ,
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        self.assign_whole(random_unit_rows(seed)((num_instances, dim)))
+        with tf.device(HOST):  # the whole initial bank never sits on one accelerator
+            self.assign_whole(random_unit_rows(seed)((num_instances, dim)))
         self.checkpoint_node = tf.Module()  # what a checkpoint holds as "bank": its "bank" is the whole bank
         self.checkpoint_node.bank = _WholeBankValue(self)
 
@@ -157,8 +159,9 @@ class ShardedMemoryBank:
         return int(tf.get_static_value(context.replica_id_in_sync_group))
 
     def whole(self) -> tf.Tensor:
-        """The bank [N,D] (eager or cross-replica context)."""
-        return tf.concat([shard.read_value() for shard in self.shards()], axis=0)[:self.num_instances]
+        """The bank [N,D] (eager or cross-replica context), assembled in host memory."""
+        with tf.device(HOST):
+            return tf.concat([shard.read_value() for shard in self.shards()], axis=0)[:self.num_instances]
 
     def assign_whole(self, rows):
         """Sets the bank to `rows` float [N,D]: each shard takes its block (the padding rows are zeros; no padded
