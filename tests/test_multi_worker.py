@@ -12,6 +12,8 @@ import time
 import pytest
 import tensorflow as tf
 
+from exemplar_tf.training import loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -209,3 +211,25 @@ def test_three_workers_split_the_batch_keep_one_bank_and_resume_after_a_worker_i
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_input_split_line_names_the_per_replica_batch_of_the_global_batch():
+    context = tf.distribute.InputContext(num_input_pipelines=3, input_pipeline_id=1, num_replicas_in_sync=3)
+    dataset = tf.data.Dataset.range(100).batch(context.get_per_replica_batch_size(24), drop_remainder=True)
+    assert loop.input_split_line(context, dataset, 24) == \
+        "input pipeline 1 of 3: per-replica batch 8 of the global 24 over 3 replicas"
+
+
+@pytest.mark.parametrize("message, reason", [
+    # TF 2.21's messages when a peer is SIGKILLed, SIGSTOPped (heartbeats stop) and when the chief is SIGSTOPped
+    ("Graph execution error:\n\nDetected at node x\nCollective ops is aborted by: Socket closed\nAdditional GRPC error "
+     "information from remote target /job:worker/replica:0/task:0", "Socket closed"),
+    ("Collective ops is aborted by: Collective ops is aborted by: Error reported from /job:worker/task:2: The "
+     "following tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:2",
+     "Error reported from /job:worker/task:2: The following tasks are unhealthy (stopped sending heartbeats):"),
+    ("Collective ops is aborted by: Deadline Exceeded\n\nRPC: /tensorflow.CoordinationService/Heartbeat",
+     "Deadline Exceeded"),
+    ("Graph execution error:\nsomething else", "Graph execution error:"),
+])
+def test_abort_reason_is_the_innermost_reason_of_a_collective_abort(message, reason):
+    assert loop._abort_reason(message) == reason
