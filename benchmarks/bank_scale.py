@@ -106,11 +106,12 @@ def measure(num_instances: int, layout: str, replicas: int) -> dict:
     def step(index):
         def replica_step():
             replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            own = tf.identity(codes[replica * per_replica:(replica + 1) * per_replica])
+            part = slice(replica * per_replica, (replica + 1) * per_replica)
+            own = tf.identity(codes[part])
+            noise_seed = tf.stack([tf.constant(0, tf.int64), index * replicas + tf.cast(replica, tf.int64)])
             with tf.GradientTape() as tape:
                 tape.watch(own)
-                loss, forward = objective.loss_on_codes(own, labels[replica * per_replica:(replica + 1) * per_replica],
-                                                        tf.stack([index, index * replicas + tf.cast(replica, tf.int64)]))
+                loss, forward = objective.loss_on_codes(own, labels[part], noise_seed)
             gradient = tape.gradient(loss, own)
             objective.update(forward)
             return loss, gradient
@@ -120,7 +121,8 @@ def measure(num_instances: int, layout: str, replicas: int) -> dict:
     times = []
     for index in range(FLAGS.steps + 1):
         started = time.perf_counter()
-        tf.nest.map_structure(lambda x: x.numpy(), strategy.experimental_local_results(step(tf.constant(index, tf.int64))))
+        outputs = strategy.experimental_local_results(step(tf.constant(index, tf.int64)))
+        tf.nest.map_structure(lambda x: x.numpy(), outputs)
         times.append(time.perf_counter() - started)
     return {"step_ms": round(1000 * statistics.median(times[1:]), 1), "first_step_ms": round(1000 * times[0], 1)}
 

@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf import objectives
+from exemplar_tf.errors import InputError
 from exemplar_tf.objectives.sharded_bank import ShardedMemoryBank
 from exemplar_tf.training.config import TrainConfig, validate
-from exemplar_tf.errors import InputError
 
 N, D, F, GLOBAL_BATCH, M, STEPS, SEED = 37, 8, 6, 8, 5, 3, 3  # N = 37: not a multiple of 2 or 4 (padded shards)
 

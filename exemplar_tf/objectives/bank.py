@@ -184,7 +184,6 @@ class NonParametric(BankObjective):
         return losses.nonparametric_softmax_loss(codes, self.bank.variable, classes, self.settings.tau, num_active,
                                                  positives=positives), {}
 
-
     def sharded_bank_loss(self, codes, classes, num_active, positives):
         """The exact softmax over the shards: each scores the global batch against its rows, and one all-reduce
         gathers the shards' log-sum-exps [B,R] and sums the own-row logits [B] (sharded_bank.py)."""
