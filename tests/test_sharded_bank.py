@@ -245,3 +245,17 @@ def test_merging_classes_writes_the_class_rows_into_the_shards(four_cpus):
     np.testing.assert_array_equal(four_cpus.experimental_local_results(sharded.bank.variable)[1].numpy()[:2],
                                   merged[10:12])  # rows 10, 11 (classes) are the second shard's first rows
     assert sharded.num_classes == 12 and sharded.scalars(0)["bank/mean_norm"] == pytest.approx(1.0)
+
+
+def test_bank_init_from_features_fills_every_shard(two_cpus):
+    images = np.random.default_rng(7).uniform(size=(N, 2, 2, 3)).astype(np.float32)
+    instances = lambda: tf.data.Dataset.from_tensor_slices({"image": images, "index": np.arange(N)})  # noqa: E731
+    replicated = _build(two_cpus, "nce", "replicated", bank_init="features")
+    sharded = _build(two_cpus, "nce", "sharded", bank_init="features")
+    sharded.head.set_weights(replicated.head.get_weights())
+    encoder = _tiny_encoder()
+    encoder(images[:1])
+    for objective in (replicated, sharded):
+        assert objective.start(encoder, instances).startswith(f"Memory bank: {N} rows")
+    np.testing.assert_array_equal(sharded.bank.whole().numpy(), replicated.bank.whole().numpy())
+    assert not np.array_equal(sharded.bank.whole().numpy(), _build(two_cpus, "nce", "sharded").bank.whole().numpy())
