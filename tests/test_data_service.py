@@ -192,7 +192,8 @@ def test_training_reads_from_two_worker_processes_and_survives_a_killed_worker(t
     its batches from them: the dispatcher gives both workers a task of the run's job and hands out the batch
     numbers (splits), each once. After the first checkpoint worker 0 is SIGKILLed and worker 1 stopped (SIGSTOP):
     the trainer cannot reach step 40 without a serving worker (35 steps take well under a second here). A new
-    worker is started: it gets a task and training goes on to step 40."""
+    worker is started: it gets a task and training goes on to step 40. Rerun with --steps=45, the run resumes
+    from step 40 in a new job that starts at batch 40 and says so."""
     processes = Processes(tmp_path)
     port = _free_port()
     try:
@@ -225,5 +226,17 @@ def test_training_reads_from_two_worker_processes_and_survives_a_killed_worker(t
         assert new_address in tasked, (new_address, tasked)
         assert len(set(splits)) == len(splits) >= 40, splits
         assert os.listdir(tmp_path / "journal")  # the dispatcher's journal (fault-tolerant mode)
+        # Resumed with more steps: a new job from the checkpoint's input position, and the line that says so. The
+        # stopped worker is killed first: a worker that hangs (not dead) stalls the dispatcher's next task
+        # assignment (README).
+        workers[1][0].send_signal(signal.SIGKILL)
+        workers[1][0].wait(timeout=30)
+        trainer, trainer_log = processes.start("resumed", _train_command(tmp_path, port, 45))
+        assert trainer.wait(timeout=300) == 0, trainer_log.read_text()[-3000:]
+        log = trainer_log.read_text()
+        assert re.search(r"\(job \S+-pipeline0of1-from40-\S+, batches from 40 on\): resumed at the checkpoint's "
+                         r"input position 40 in a new job; batches the stopped run had in flight around it may "
+                         r"repeat or be skipped", log), log[-3000:]
+        assert "Finished 45 steps" in log
     finally:
         processes.stop_all()

@@ -10,6 +10,9 @@ its objective asks for (`views.py` states the contract): one view augmented in t
 images (online) and npid whole uint8 images, with a seed, and the sampler / chain / NPID's augmentation run
 batched inside the step (`TrainingData.views`). Several views augmented on the host are the device computation
 run in tf.data (`views.views_on_host`), so both places give the same views.
+
+With --data_service every pipeline is built batch by batch from batch numbers (`by_batch_number`, the source the
+tf.data service shards among its workers, `data.service`) and read from the service (`on_service`).
 """
 from __future__ import annotations
 
