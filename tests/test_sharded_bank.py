@@ -4,7 +4,8 @@ proximal term, a key encoder's positives); checkpoints hold the whole bank and r
 counts.
 
 Equality: the noise indices, the rows each update writes and the first step's bank are bitwise equal; losses,
-gradients and later rows agree to float rounding (rtol 1e-5), because the sharded bank computes the noise dot
+gradients and later rows agree to float rounding (measured: losses within 3e-7 relative, summed gradients within
+1e-6, rows within 1.4e-7; asserted: rtol 1e-5, 1e-4 + 1e-6, 1e-6), because the sharded bank computes the noise dot
 products with other kernels (a product and sum per owned (example, row) pair instead of a batched matmul), splits
 the exact softmax's log-sum-exp over shards, and the codes of later steps come from those gradients.
 """
