@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(REPO, "tests", "data", "resolved_flagfiles.json")) as _file:
     GOLDEN = json.load(_file)
 # Fields added after the golden file was written: {name: their flagfile line at the default}.
-ADDED = {"momentum_encoder": "--momentum_encoder=0.0"}
+ADDED = {"momentum_encoder": "--momentum_encoder=0.0", "bank_sharding": "--bank_sharding=replicated"}
 
 
 def _without_added(lines):
@@ -101,5 +101,6 @@ def test_the_training_program_has_the_same_flags_and_defaults_plus_the_added_fie
     now = _flags_of_train_program()
     added = {name: now.pop(name, None) for name in ADDED}
     assert now == GOLDEN["train_flags"]
-    assert added == {"momentum_encoder": {"type": "float", "default": "0.0", "enum": None}}
+    assert added == {"momentum_encoder": {"type": "float", "default": "0.0", "enum": None},
+                     "bank_sharding": {"type": "string enum", "default": "replicated", "enum": ["replicated", "sharded"]}}
     assert set(now) | set(added) == {field.name for field in dataclasses.fields(TrainConfig)}

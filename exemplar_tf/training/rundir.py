@@ -24,7 +24,7 @@ SEEDS_FILE = "seeds.npz"  # the exemplar seed cache (training.inputs.load_or_sam
 RESUME_SAFE = frozenset({
     "run_dir", "name", "data_dir", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "knn_source",
     "knn_split", "knn_train_split", "knn_every", "knn_max_examples", "export_base", "progress", "strategy", "tpu",
-    "overwrite", "precision", "steps_per_call", "jit_compile", "data_service",
+    "overwrite", "precision", "steps_per_call", "jit_compile", "data_service", "bank_sharding",
 })
 
 
