@@ -260,3 +260,24 @@ def test_bank_init_from_features_fills_every_shard(two_cpus):
         assert objective.start(encoder, instances).startswith(f"Memory bank: {N} rows")
     np.testing.assert_array_equal(sharded.bank.whole().numpy(), replicated.bank.whole().numpy())
     assert not np.array_equal(sharded.bank.whole().numpy(), _build(two_cpus, "nce", "sharded").bank.whole().numpy())
+
+
+@pytest.mark.slow  # two short demo trainings with exports: ~35 s
+def test_a_run_trains_with_a_sharded_bank_and_resumes_with_a_replicated_one(tmp_path, tiny_config, two_cpus):
+    """The training loop end to end on two replicas (data, step, bank statistics, checkpoints, exports): 2 steps
+    sharded, then resumed replicated to step 4 from the sharded run's checkpoint (the flag is resume-safe)."""
+    import dataclasses
+
+    from exemplar_tf.serving import runs
+
+    config = tiny_config(tmp_path / "run", objective="nce", batch_norm=True, nce_m=8, steps=4, checkpoint_every=2,
+                         strategy="mirrored", bank_sharding="sharded")
+    first = runs.train(dataclasses.replace(config, steps=2), strategy=two_cpus)
+    bank_key = "bank/bank/.ATTRIBUTES/VARIABLE_VALUE"
+    sharded_bank = tf.train.load_checkpoint(tf.train.latest_checkpoint(first.checkpoint_dir)).get_tensor(bank_key)
+    assert first.step == 2 and sharded_bank.shape == (64, 128)
+    resumed = runs.train(dataclasses.replace(config, bank_sharding="replicated"), strategy=two_cpus)
+    assert resumed.step == 4 and resumed.steps_run == 2 and np.isfinite(resumed.loss)
+    replicated_bank = tf.train.load_checkpoint(tf.train.latest_checkpoint(resumed.checkpoint_dir)).get_tensor(bank_key)
+    moved = np.abs(replicated_bank - sharded_bank).max(axis=1) > 0
+    assert 0 < moved.sum() <= 2 * 16  # the rows of the two resumed batches moved, the others kept the sharded run's
