@@ -240,3 +240,37 @@ def test_training_reads_from_two_worker_processes_and_survives_a_killed_worker(t
         assert "Finished 45 steps" in log
     finally:
         processes.stop_all()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_trainer_workers_read_one_job_each_and_stay_equal(tmp_path):
+    """--strategy=multi_worker on two processes with --data_service: each trainer worker's input pipeline is its
+    own job (pipeline 0 of 2, 1 of 2) on the same dispatcher and workers, and the workers' states after 10 steps
+    are equal but for the BatchNorm statistics (each worker's own batches, as in-process: test_multi_worker.py)."""
+    import json
+
+    processes = Processes(tmp_path)
+    port = _free_port()
+    try:
+        dispatcher, dispatcher_log = processes.start(
+            "dispatcher", ["exemplar_tf.data_service", "--dispatcher", f"--port={port}"], env=SERVICE_ENV)
+        _wait_for(dispatcher_log, rf"dispatcher serving at grpc://localhost:{port}", dispatcher)
+        for i in range(2):
+            _start_worker(processes, f"worker{i}", port)
+        cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+        command = _train_command(tmp_path, port, 10) + ["--strategy=multi_worker", "--objective=nce",
+                                                        "--batch_norm", "--nce_m=32"]
+        trainers = [processes.start(f"trainer{i}", command, env=dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": i}}))) for i in range(2)]
+        for trainer, log in trainers:
+            assert trainer.wait(timeout=480) == 0, log.read_text()[-3000:]
+        logs = [log.read_text() for _, log in trainers]
+        for index, log in enumerate(logs):
+            assert re.search(rf"\(job exemplar_tf-run-\S+-pipeline{index}of2-from0-\S+, batches from 0 on\)", log)
+        states = [re.findall(r"worker state at step 10: fingerprint [0-9a-f]+ \((.*)\)", log) for log in logs]
+        states = [[re.sub(r"statistics [0-9a-f]+, ", "", state) for state in found] for found in states]
+        assert states[0] and states[0] == states[1], states
+        assert len(set(_handed_out(dispatcher_log)[0])) >= 10
+    finally:
+        processes.stop_all()
