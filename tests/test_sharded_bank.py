@@ -21,10 +21,6 @@ from exemplar_tf.training.config import TrainConfig, validate
 N, D, F, GLOBAL_BATCH, M, STEPS, SEED = 37, 8, 6, 8, 5, 3, 3  # N = 37: not a multiple of 2 or 4 (padded shards)
 
 
-def _settings(objective, sharding, **kw):
-    return objectives.Settings(embedding_dim=D, tau=0.1, nce_m=M, bank_sharding=sharding, seed=SEED, **kw)
-
-
 def _tiny_encoder():
     encoder = tf.keras.Sequential([tf.keras.layers.Flatten(), tf.keras.layers.Dense(4)])
     encoder.input_size = 2
@@ -32,7 +28,9 @@ def _tiny_encoder():
 
 
 def _build(strategy, objective, sharding, relabel=None, **kw):
-    built = objectives.make(objective, _settings(objective, sharding, merges_classes=relabel is not None, **kw))
+    settings = objectives.Settings(embedding_dim=D, tau=0.1, nce_m=M, bank_sharding=sharding, seed=SEED,
+                                   merges_classes=relabel is not None, **kw)
+    built = objectives.make(objective, settings)
     with strategy.scope():
         built.build(_tiny_encoder(), N, _tiny_encoder)
     if relabel is not None:
