@@ -167,7 +167,7 @@ def benchmark_arch(arch, common):
             (precision, jit), seconds = min(timed.items(), key=lambda item: item[1])
             yield {**common, "arch": arch, "objective": objective, "figure": "best_setting", "precision": precision,
                    "jit_compile": jit, "images_per_s": round(FLAGS.batch_size / seconds, 1),
-                   "auto_precision": this_machines_precision()}
+                   "auto_precision": this_machines_precision(arch.partition(":")[0])}
 
 
 def main(argv):

@@ -33,12 +33,12 @@ def four_cpus():
 
 @pytest.fixture(autouse=True)
 def float32_by_default(monkeypatch):
-    """In-process tests train in float32 on every machine: `--precision=auto` would pick mixed_bfloat16 on CPUs with
-    AVX-512-BF16 only, and the suite must mean the same on the CI's machines. tests/test_machine_precision.py tests
+    """In-process tests train in float32 on every machine: `--precision=auto` would pick mixed_bfloat16 for ResNets on
+    CPUs with AVX-512-BF16 only, and the suite must mean the same on the CI's machines. tests/test_machine_precision.py tests
     the rule itself; programs started as subprocesses resolve auto for real."""
     from exemplar_tf.training import machine
 
-    monkeypatch.setattr(machine, "this_machines_precision", lambda: "float32")
+    monkeypatch.setattr(machine, "this_machines_precision", lambda arch: "float32")
 
 
 @pytest.fixture

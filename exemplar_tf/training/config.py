@@ -152,8 +152,8 @@ class TrainConfig:
     precision: str = setting("auto", choices=PRECISION_SETTINGS,
                              help="Keras dtype policy of the encoder: float32, or mixed_bfloat16 / mixed_float16 "
                                   "(float32 variables, 16-bit compute; mixed_float16 adds dynamic loss scaling); "
-                                  "auto: mixed_bfloat16 on a CPU-only machine with AVX-512-BF16 or AMX-BF16, else "
-                                  "float32 (the run's flags.cfg records which). Heads, losses, the memory bank, kNN "
+                                  "auto: mixed_bfloat16 for a ResNet on a CPU-only machine with AVX-512-BF16 or "
+                                  "AMX-BF16, else float32 (the run's flags.cfg records which). Heads, losses, the memory bank, kNN "
                                   "and exports stay float32.")
     steps_per_call: int = setting(10, check=POSITIVE,
                                   help="Training steps per tf.function call (one host round trip per call; calls end "
@@ -196,7 +196,7 @@ class TrainConfig:
         if self.knn_source == "auto":
             object.__setattr__(self, "knn_source", AUTO_KNN_SOURCES.get(self.source, ""))
         if self.precision == "auto":
-            object.__setattr__(self, "precision", machine.this_machines_precision())
+            object.__setattr__(self, "precision", machine.this_machines_precision(self.arch))
 
     @property
     def uses_bank(self) -> bool:
