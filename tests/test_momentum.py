@@ -1,12 +1,15 @@
 """The momentum (key) encoder (objectives/momentum.py, docs/method.md §7): an EMA copy that is never trained,
 scores the positive of each query and writes the bank rows; checkpointed; replicas stay equal."""
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from exemplar_tf import objectives
 from exemplar_tf.objectives import losses
-from exemplar_tf.training.config import TrainConfig
+from exemplar_tf.objectives.momentum import (SHUFFLE_STREAM, batch_permutation, grouped_forward,
+                                             shuffled_grouped_forward)
+from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import build_state, make_train_step
 
 N, B, M = 24, 8, 0.9
@@ -114,3 +117,102 @@ def test_key_copies_and_banks_stay_bitwise_equal_on_two_replicas(two_cpus):
         value = variable.value if hasattr(variable, "path") else variable
         first, second = [v.numpy() for v in two_cpus.experimental_local_results(value)]
         np.testing.assert_array_equal(first, second)
+
+
+# --bn_groups: MoCo's shuffling BN on one device.
+
+def _batch_norm(epsilon=1e-3):
+    """forward [b,F] -> [b,F]: one BatchNormalization layer (gamma 1, beta 0) in training mode."""
+    layer = keras.layers.BatchNormalization(epsilon=epsilon)
+    return lambda x: layer(x, training=True)
+
+
+def _normalised(x, epsilon=1e-3):
+    """Batch normalisation of the rows of x [b,F] by their own mean and (biased) variance, in float64."""
+    x = x.astype(np.float64)
+    return (x - x.mean(0)) / np.sqrt(x.var(0) + epsilon)
+
+
+def _rows(seed=0, batch=8, features=3):
+    return np.random.default_rng(seed).normal(2.0, 3.0, size=(batch, features)).astype(np.float32)
+
+
+def test_one_group_is_the_plain_forward():
+    x = tf.constant(_rows())
+    forward = _batch_norm()
+    plain = forward(x).numpy()
+    np.testing.assert_array_equal(grouped_forward(forward, x, 1).numpy(), plain)
+    np.testing.assert_array_equal(shuffled_grouped_forward(forward, x, 1, tf.constant([0, 1], tf.int64)).numpy(),
+                                  plain)
+
+
+def test_grouped_batch_norm_normalises_each_contiguous_group_by_its_own_statistics():
+    x = _rows()
+    got = grouped_forward(_batch_norm(), tf.constant(x), 2).numpy()
+    np.testing.assert_allclose(got, np.concatenate([_normalised(x[:4]), _normalised(x[4:])]), atol=1e-5)
+    assert not np.allclose(got, _normalised(x), atol=1e-3)  # not the whole batch's statistics
+
+
+def test_grouped_forward_refuses_a_batch_the_groups_do_not_divide():
+    with pytest.raises(ValueError, match="--bn_groups=3 must divide the per-replica batch size, 8"):
+        grouped_forward(_batch_norm(), tf.constant(_rows()), 3)
+
+
+def test_shuffled_groups_give_each_row_back_to_its_instance():
+    x, seed = _rows(1), tf.constant([5, 7], tf.int64)
+    dense = keras.layers.Dense(4)
+    np.testing.assert_allclose(shuffled_grouped_forward(dense, tf.constant(x), 4, seed).numpy(),
+                               dense(tf.constant(x)).numpy(), rtol=1e-6, atol=1e-6)
+    permutation = batch_permutation(8, seed).numpy()
+    want = np.zeros((8, 3))
+    for group in permutation.reshape(2, 4):  # instance i normalised within the group the permutation put it in
+        want[group] = _normalised(x[group])
+    np.testing.assert_allclose(shuffled_grouped_forward(_batch_norm(), tf.constant(x), 2, seed).numpy(), want,
+                               atol=1e-5)
+    assert not np.allclose(want, np.concatenate([_normalised(x[:4]), _normalised(x[4:])]), atol=1e-3)
+
+
+def test_the_permutation_is_fixed_by_its_seed():
+    first = batch_permutation(32, tf.constant([0, 3], tf.int64)).numpy()
+    np.testing.assert_array_equal(np.sort(first), np.arange(32))
+    np.testing.assert_array_equal(batch_permutation(32, tf.constant([0, 3], tf.int64)).numpy(), first)
+    assert not np.array_equal(batch_permutation(32, tf.constant([0, 4], tf.int64)).numpy(), first)
+
+
+def test_the_loss_runs_queries_in_groups_and_keys_in_shuffled_groups():
+    state = _state(_config("nonparametric", bn_groups=2))
+    key = state.objective
+    batch = _two_views(2)
+    views = [tf.constant(v) for v in batch["views"]]
+    noise_seed = tf.constant([0, 1], tf.int64)
+    keys = shuffled_grouped_forward(lambda x: key.key_head(key.key_encoder(x, training=True), training=True),
+                                    views[1], 2, tf.random.experimental.stateless_fold_in(noise_seed, SHUFFLE_STREAM))
+    _, forward = key.loss(state.encoder, views, tf.constant(batch["label"]), noise_seed)
+    np.testing.assert_allclose(forward.codes.numpy(), keys.numpy(), atol=1e-6)
+    whole = key.key_head(key.key_encoder(views[1], training=True), training=True)
+    assert not np.allclose(forward.codes.numpy(), whole.numpy(), atol=1e-4)
+
+
+def test_a_compiled_step_with_shuffled_bn_groups_trains():
+    config = _config(bn_groups=4)
+    step = make_train_step(config, tf.distribute.get_strategy(), _state(config))
+    out = step(iter(tf.data.Dataset.from_tensors(_two_views()).repeat()), tf.constant(2))
+    assert bool(out["finite"]) and int(out["steps"]) == 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(bn_groups=2), "--bn_groups=2 shuffles the key encoder's BatchNorm groups: use it with --momentum_encoder"),
+    (dict(bn_groups=3, momentum_encoder=0.99, objective="nce", batch_norm=True, nce_m=50),
+     "--bn_groups=3 must divide the batch size, --batch_size=128"),
+    (dict(bn_groups=0), "--bn_groups must be > 0, got 0"),
+])
+def test_bad_bn_groups_are_refused_with_the_flag_named(change, message):
+    with pytest.raises(ValueError, match="Bad training flags") as error:
+        validate(TrainConfig(run_dir="/tmp/x", **change))
+    assert message in str(error.value)
+
+
+def test_bn_groups_with_a_momentum_encoder_are_accepted():
+    config = TrainConfig(run_dir="/tmp/x", bn_groups=4, momentum_encoder=0.99, objective="nce", batch_norm=True,
+                         nce_m=50)
+    assert validate(config) is config and objectives.Settings(bn_groups=4).bn_groups == 4

@@ -7,6 +7,12 @@ embeds view 1 (the key k, no gradient). The loss scores q against k as its posit
 negatives (NCE's noise rows, or every other row for the exact softmax), and the instance's bank row is written
 with k (the bank's own momentum rule). The export stays the online encoder.
 
+With --bn_groups=G > 1, MoCo's "shuffling BN" on one device: BatchNorm over a batch that holds both an
+instance's query and its key lets the batch statistics tell which key belongs to which query. So the queries run
+through the online network in G contiguous groups of B/G (BatchNorm statistics per group), and the keys are
+permuted by a random permutation of the batch, run through the key network in G groups and put back in order:
+query group j and key group j then hold (mostly) different instances (`grouped_forward`, `shuffled_grouped_forward`).
+
 Shapes: B per-replica batch, D embedding size. Replicas: the online weights are equal on every replica after the
 all-reduced update, so the same EMA on each keeps the key copies equal too.
 """
@@ -15,6 +21,37 @@ from __future__ import annotations
 import tensorflow as tf
 
 from exemplar_tf.objectives.bank import NCE, NonParametric
+
+SHUFFLE_STREAM = 2  # folded into the step's noise seed for the key permutation (apart from the NCE noise draw)
+
+
+def grouped_forward(forward, x: tf.Tensor, groups: int) -> tf.Tensor:
+    """`forward` (a network in training mode, [b,...] -> [b,...]) applied to `x` [B,...] in `groups` contiguous
+    groups of B/groups, the outputs concatenated in order: BatchNorm normalises each group by its own statistics
+    (and updates its moving statistics once per group). groups=1: `forward(x)` itself. B must be a multiple of
+    `groups`."""
+    if groups == 1:
+        return forward(x)
+    batch = x.shape[0]
+    if batch is not None and batch % groups:
+        raise ValueError(f"--bn_groups={groups} must divide the per-replica batch size, {batch}")
+    return tf.concat([forward(part) for part in tf.split(x, groups)], axis=0)
+
+
+def batch_permutation(batch_size, seed: tf.Tensor) -> tf.Tensor:
+    """A random permutation int32 [B] of range(B), stateless from `seed` int [2]: the same seed, the same one."""
+    return tf.argsort(tf.random.stateless_uniform([batch_size], seed))
+
+
+def shuffled_grouped_forward(forward, x: tf.Tensor, groups: int, seed: tf.Tensor) -> tf.Tensor:
+    """`grouped_forward` of `x` [B,...] in the order of `batch_permutation(B, seed)`, the outputs put back in the
+    order of `x`: row i is instance i's output, computed in the group the permutation put it in. groups=1:
+    `forward(x)` itself."""
+    if groups == 1:
+        return forward(x)
+    permutation = batch_permutation(tf.shape(x)[0], seed)
+    shuffled = grouped_forward(forward, tf.gather(x, permutation), groups)
+    return tf.gather(shuffled, tf.math.invert_permutation(permutation))
 
 
 class KeyEncoder:
@@ -33,8 +70,12 @@ class KeyEncoder:
         self.key_weights = self.key_encoder.trainable_variables + self.key_head.trainable_variables
 
     def loss(self, encoder, views, labels, noise_seed):
-        queries = self.head(encoder(views[0], training=True), training=True)  # [B,D]
-        keys = self.key_head(self.key_encoder(views[1], training=True), training=True)  # [B,D]
+        groups = self.settings.bn_groups
+        queries = grouped_forward(lambda x: self.head(encoder(x, training=True), training=True),
+                                  views[0], groups)  # [B,D]
+        keys = shuffled_grouped_forward(lambda x: self.key_head(self.key_encoder(x, training=True), training=True),
+                                        views[1], groups,
+                                        tf.random.experimental.stateless_fold_in(noise_seed, SHUFFLE_STREAM))  # [B,D]
         return self.loss_on_codes(queries, labels, noise_seed, positives=tf.stop_gradient(keys))
 
     def update(self, forward):

@@ -36,6 +36,7 @@ class Settings:
     bank_sharding: str = "replicated"  # sharded: each replica holds N/R bank rows (objectives/sharded_bank.py)
     proximal_lambda: float = 0.0
     momentum_encoder: float = 0.0  # > 0: a key encoder (EMA of the encoder) writes the bank; two views
+    bn_groups: int = 1  # > 1 (momentum encoder only): BatchNorm groups per batch, keys shuffled across them
     merges_classes: bool = False  # --merge_to: keep a seed -> class map (`relabel`)
     seed: int = 0
 

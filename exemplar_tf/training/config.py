@@ -128,6 +128,12 @@ class TrainConfig:
                                            "EMA copy of the encoder and head, theta_k <- m theta_k + (1 - m) "
                                            "theta_q, not trained; with it on, each instance gives two views per "
                                            "batch (query: the online encoder, key: the EMA copy). 0: off (NPID).")
+    bn_groups: int = setting(1, check=POSITIVE,
+                             help="--momentum_encoder: BatchNorm in G groups per batch, MoCo's shuffling BN on one "
+                                  "device: the queries run in G contiguous groups, the keys in G groups of a random "
+                                  "permutation of the batch, so an instance's query and key are normalised with "
+                                  "different batch mates. G must divide the per-replica batch (--batch_size / replicas). 1: one "
+                                  "group (off).")
     # Optimisation.
     batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
     steps: int = setting(10000, check=POSITIVE, help="Training steps.")
@@ -276,6 +282,12 @@ def _bank_problems(config: TrainConfig) -> list[str]:
         if config.merge_classes_at or config.merge_to:
             problems.append("--momentum_encoder is not supported with --merge_to (merging replaces the bank's "
                             "instance rows by class rows; the key encoder writes instance rows)")
+    if config.bn_groups > 1 and not config.momentum_encoder > 0:
+        problems.append(f"--bn_groups={config.bn_groups} shuffles the key encoder's BatchNorm groups: use it with "
+                        f"--momentum_encoder > 0")
+    if config.bn_groups > 0 and config.batch_size % config.bn_groups:  # per replica: momentum.grouped_forward
+        problems.append(f"--bn_groups={config.bn_groups} must divide the batch size, --batch_size="
+                        f"{config.batch_size} (on each replica: --batch_size / replicas)")
     return problems
 
 

@@ -62,7 +62,7 @@ def objective_of(config: TrainConfig) -> Objective:
         embedding_dim=config.embedding_dim, tau=config.tau, nce_m=config.nce_m, nce_noise=config.nce_noise,
         nce_z_momentum=config.nce_z_momentum, bank_momentum=config.bank_momentum, bank_init=config.bank_init,
         bank_sharding=config.bank_sharding,
-        proximal_lambda=config.proximal_lambda, momentum_encoder=config.momentum_encoder,
+        proximal_lambda=config.proximal_lambda, momentum_encoder=config.momentum_encoder, bn_groups=config.bn_groups,
         merges_classes=bool(config.merge_to), seed=config.seed))
 
 
