@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from exemplar_tf import objectives
 from exemplar_tf.objectives import losses
-from exemplar_tf.objectives.momentum import (SHUFFLE_STREAM, batch_permutation, grouped_forward,
+from exemplar_tf.objectives.momentum import (SHUFFLE_STREAM, batch_permutation, embedder, grouped_forward,
                                              shuffled_grouped_forward)
 from exemplar_tf.training.config import TrainConfig, validate
 from exemplar_tf.training.step import build_state, make_train_step
@@ -185,12 +185,18 @@ def test_the_loss_runs_queries_in_groups_and_keys_in_shuffled_groups():
     batch = _two_views(2)
     views = [tf.constant(v) for v in batch["views"]]
     noise_seed = tf.constant([0, 1], tf.int64)
-    keys = shuffled_grouped_forward(lambda x: key.key_head(key.key_encoder(x, training=True), training=True),
-                                    views[1], 2, tf.random.experimental.stateless_fold_in(noise_seed, SHUFFLE_STREAM))
-    _, forward = key.loss(state.encoder, views, tf.constant(batch["label"]), noise_seed)
+    labels = tf.constant(batch["label"])
+    keys = shuffled_grouped_forward(embedder(key.key_encoder, key.key_head), views[1], 2,
+                                    tf.random.experimental.stateless_fold_in(noise_seed, SHUFFLE_STREAM))
+    queries = grouped_forward(embedder(state.encoder, key.head), views[0], 2)
+    loss, forward = key.loss(state.encoder, views, labels, noise_seed)
     np.testing.assert_allclose(forward.codes.numpy(), keys.numpy(), atol=1e-6)
-    whole = key.key_head(key.key_encoder(views[1], training=True), training=True)
+    whole = embedder(key.key_encoder, key.key_head)(views[1])
     assert not np.allclose(forward.codes.numpy(), whole.numpy(), atol=1e-4)
+    want, _ = key.loss_on_codes(queries, labels, noise_seed, positives=keys)
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+    ungrouped, _ = key.loss_on_codes(embedder(state.encoder, key.head)(views[0]), labels, noise_seed, positives=keys)
+    assert abs(float(ungrouped) - float(want)) > 1e-4  # the queries' grouping changes the loss
 
 
 def test_a_compiled_step_with_shuffled_bn_groups_trains():

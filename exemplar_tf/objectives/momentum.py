@@ -38,6 +38,11 @@ def grouped_forward(forward, x: tf.Tensor, groups: int) -> tf.Tensor:
     return tf.concat([forward(part) for part in tf.split(x, groups)], axis=0)
 
 
+def embedder(network, head):
+    """The training-mode forward of `network` then `head`: images [b,H,W,3] -> codes [b,D]."""
+    return lambda x: head(network(x, training=True), training=True)
+
+
 def batch_permutation(batch_size, seed: tf.Tensor) -> tf.Tensor:
     """A random permutation int32 [B] of range(B), stateless from `seed` int [2]: the same seed, the same one."""
     return tf.argsort(tf.random.stateless_uniform([batch_size], seed))
@@ -71,10 +76,8 @@ class KeyEncoder:
 
     def loss(self, encoder, views, labels, noise_seed):
         groups = self.settings.bn_groups
-        queries = grouped_forward(lambda x: self.head(encoder(x, training=True), training=True),
-                                  views[0], groups)  # [B,D]
-        keys = shuffled_grouped_forward(lambda x: self.key_head(self.key_encoder(x, training=True), training=True),
-                                        views[1], groups,
+        queries = grouped_forward(embedder(encoder, self.head), views[0], groups)  # [B,D]
+        keys = shuffled_grouped_forward(embedder(self.key_encoder, self.key_head), views[1], groups,
                                         tf.random.experimental.stateless_fold_in(noise_seed, SHUFFLE_STREAM))  # [B,D]
         return self.loss_on_codes(queries, labels, noise_seed, positives=tf.stop_gradient(keys))
 
