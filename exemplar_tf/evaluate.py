@@ -40,7 +40,7 @@ from exemplar_tf.errors import cli
 # equal to evaluation.protocols.PROTOCOLS, evaluation.savedmodel.FEATURE_SIGNATURES, evaluation.probe's C_GRID
 # and MAX_GRID_EXTENSION).
 PROTOCOLS = ("stl10", "cifar10", "cifar10_400", "caltech101", "folder")
-FEATURES = ("embedding", "features", "pyramid", "quadrants")
+FEATURES = ("embedding", "features", "pyramid", "quadrants", "representation")
 C_GRID = ("0.0002", "0.00112468", "0.00632456", "0.0355656", "0.2")  # log-uniform [2e-4, 0.2], as f"{c:g}"
 MAX_GRID_EXTENSION = 3
 

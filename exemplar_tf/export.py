@@ -4,9 +4,12 @@
 
 Signatures (both take `images`: uint8 [batch, height, width, 3], any height/width; /255 happens inside, the
 mean subtraction is the encoder's first layer):
-  serving_default -> {"embedding": float32 [B,D] unit rows, "features": float32 [B, 4*sum(C_l)] (or 21*sum(C_l))}
+  serving_default -> {"embedding": float32 [B,D] unit rows, "representation": float32 [B,F] unit rows,
+                      "features": float32 [B, 4*sum(C_l)] (or 21*sum(C_l))}
       embedding: images resized (bilinear, antialiased) to encoder.input_size, then the 128-d projection head
       (NPID-style models) or the L2-normalised representation (models exported without a head).
+      representation: the same resized images, the encoder's pooled representation (below any head) L2-normalised;
+      the feature to read for kNN when the head is an MLP (--head_hidden_dim).
       features: Exemplar-CNN evaluation features at the size given (sides below input_size are upsampled):
       every `encoder.feature_maps` layer max-pooled over the stored grid ("quadrants" or "pyramid"), divided by
       the layer's 99.99th-percentile activation on training data, concatenated (the maps come from

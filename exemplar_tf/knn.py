@@ -37,6 +37,9 @@ flags.DEFINE_string("baseline_savedmodel", "", "Randomly initialised export of t
                     "the same way beside --savedmodel (its own codes as neighbours, also with --checkpoint); 'auto': "
                     "the newest <name>_random version next to --savedmodel exported by the same training run (as "
                     "evaluate finds it); empty: none.")
+flags.DEFINE_enum("output", "embedding", ["embedding", "representation"], "Export output classified: the embedding "
+                  "(the projection head's codes, what the memory bank holds) or the representation below the head "
+                  "(L2-normalised; the feature to read when the head is an MLP, --head_hidden_dim).")
 flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_integer("k", DEFAULT_K, "Neighbours.")
 flags.DEFINE_float("tau", DEFAULT_TAU, "Vote temperature: weight exp(cos / tau).")
@@ -81,7 +84,10 @@ def main(argv) -> None:
 
     values = flags.FLAGS
     baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
-    load = dict(key="embedding", eval_size=values.eval_size or None, data_dir=values.data_dir)
+    if values.checkpoint and values.output != "embedding":
+        raise errors.InputError(f"--checkpoint: the memory bank holds embeddings; --output={values.output} cannot "
+                                f"be compared against it")
+    load = dict(key=values.output, eval_size=values.eval_size or None, data_dir=values.data_dir)
 
     def classify(path: str, bank: str):
         model = savedmodel.SavedModelFeatures(path, batch_size=values.batch_size)
@@ -100,7 +106,7 @@ def main(argv) -> None:
         return accuracy, len(train_labels), len(test.labels)
 
     accuracy, num_train, num_test = classify(values.savedmodel, values.checkpoint)
-    report = {"savedmodel": values.savedmodel, "bank": "checkpoint" if values.checkpoint else "savedmodel",
+    report = {"savedmodel": values.savedmodel, "output": values.output, "bank": "checkpoint" if values.checkpoint else "savedmodel",
               "k": values.k, "tau": values.tau, "train": num_train, "test": num_test, **accuracy,
               "random_baseline": None, "gain_over_random": None}
     if baseline:

@@ -18,6 +18,7 @@ from exemplar_tf.metrics.knn import knn_accuracy
 
 flags.DEFINE_string("savedmodel", None, "Export folder.", required=True)
 flags.DEFINE_string("data", "folder:/tmp/cifar10", "Labelled source with a train split.")
+flags.DEFINE_enum("output", "embedding", ["embedding", "representation"], "Export output classified.")
 flags.DEFINE_integer("images", 12000, "Training images embedded (evenly spread).")
 flags.DEFINE_integer("query_every", 6, "Every n-th embedded image is a query, the others the memory.")
 FLAGS = flags.FLAGS
@@ -26,11 +27,12 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
     del argv
     model = savedmodel.SavedModelFeatures(FLAGS.savedmodel)
-    train = model.extract(FLAGS.data, "train", key="embedding", max_examples=FLAGS.images, desc="train")
+    train = model.extract(FLAGS.data, "train", key=FLAGS.output, max_examples=FLAGS.images, desc="train")
     query = np.arange(len(train.labels)) % FLAGS.query_every == 0
     accuracy = knn_accuracy(train.features[~query], train.labels[~query], train.features[query], train.labels[query],
                             num_classes=int(train.labels.max()) + 1)
     print(json.dumps({"savedmodel": FLAGS.savedmodel, "memory": int((~query).sum()), "queries": int(query.sum()),
+                      "output": FLAGS.output,
                       "heldout_knn_top1": accuracy["top1"]}))
 
 

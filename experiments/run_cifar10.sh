@@ -7,6 +7,8 @@
 #   bash experiments/run_cifar10.sh cifar10_exemplar_softmax   (or cifar10_exemplar_nce, cifar10_npid)
 # KNN_MAX_TRAIN=N uses N evenly spread training images as the kNN memory instead of all 50 000 (RESULTS.md says
 # where; set for ResNet-18, whose 2 x 55 000 forward passes alone take longer than training on a 2-core CPU).
+# KNN_OUTPUTS="embedding representation" also classifies the representation below the head (knn_representation_*.json;
+# for runs with an MLP head, --head_hidden_dim).
 # Needs the JPEG folders at /tmp/cifar10 (tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp).
 set -euo pipefail
 name=$1
@@ -29,11 +31,14 @@ fi
 
 export_dir=$(ls -d savedmodels/$name/* | sort -t/ -k3 -n | tail -1)
 random_dir=$(ls -d savedmodels/${name}_random/* | sort -t/ -k3 -n | tail -1)
-for model in "$export_dir" "$random_dir"; do
-  tag=$([ "$model" = "$random_dir" ] && echo random || echo trained)
-  python -m exemplar_tf.knn --savedmodel="$model" --train="folder:$data" --test="folder:$data" \
-      --max_train="${KNN_MAX_TRAIN:-0}" \
-      2> "$out/knn_$tag.log" > "$out/knn_$tag.json"
+for output in ${KNN_OUTPUTS:-embedding}; do
+  prefix=$([ "$output" = embedding ] && echo knn || echo "knn_$output")
+  for model in "$export_dir" "$random_dir"; do
+    tag=$([ "$model" = "$random_dir" ] && echo random || echo trained)
+    python -m exemplar_tf.knn --savedmodel="$model" --train="folder:$data" --test="folder:$data" \
+        --max_train="${KNN_MAX_TRAIN:-0}" --output="$output" \
+        2> "$out/${prefix}_$tag.log" > "$out/${prefix}_$tag.json"
+  done
 done
 python -m exemplar_tf.evaluate --savedmodel="$export_dir" --baseline_savedmodel="$random_dir" \
   --dataset="folder:$data" --protocol=cifar10 --eval_size=32 --max_train="${PROBE_MAX_TRAIN:-0}" \

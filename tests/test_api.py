@@ -119,7 +119,7 @@ def test_keras_tfsmlayer_reads_the_export(trained):
     images = _images(3, 4, 40, 48)
     layer = keras.layers.TFSMLayer(result.export_dir, call_endpoint="serving_default")
     outputs = layer(images)
-    assert set(outputs) == {"embedding", "features"}
+    assert set(outputs) == {"embedding", "representation", "features"}
     np.testing.assert_allclose(outputs["embedding"], exemplar_tf.load_encoder(result.export_dir)(images), atol=1e-6)
     np.testing.assert_allclose(exemplar_tf.embed(layer, images, output="features"),
                                exemplar_tf.embed(result.export_dir, images, output="features"), atol=1e-5)

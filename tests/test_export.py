@@ -228,6 +228,25 @@ def test_headless_export_embeds_with_the_normalised_representation_and_stores_py
     assert info["embedding"] == "representation" and info["embedding_dim"] == 128 and info["input_size"] == 32
 
 
+def test_representation_output_is_the_normalised_encoder_output_below_an_mlp_head(model, tmp_path):
+    """serving_default's `representation` is normalise(encoder(images)) and `embedding` the MLP head on it."""
+    encoder, _, percentiles = model
+    head = ProjectionHead(128, hidden_dim=64)
+    head.build((None, encoder.representation_dim))
+    path = export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="mlp", percentiles=percentiles)
+    images = np.random.default_rng(8).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    out = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    representation = encoder(tf.constant(images, tf.float32) / 255.0, training=False)
+    np.testing.assert_allclose(out["representation"].numpy(), tf.math.l2_normalize(representation, -1).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(out["embedding"].numpy(), head(representation).numpy(), atol=1e-5)
+    assert not np.allclose(out["embedding"].numpy()[:, :8], out["representation"].numpy()[:, :8], atol=1e-2)
+    info = savedmodel.read_export_info(path)
+    assert info["head_hidden_dim"] == 64 and info["embedding"] == "projection_head" and info["embedding_dim"] == 128
+    features = savedmodel.SavedModelFeatures(path)
+    np.testing.assert_allclose(features(images, "representation"), out["representation"].numpy(), atol=1e-6)
+
+
 def test_versions_are_integers_and_auto_increment(model, tmp_path):
     encoder, head, percentiles = model
     kwargs = dict(export_dir_base=str(tmp_path), name="v", percentiles=percentiles)

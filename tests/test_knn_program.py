@@ -103,3 +103,23 @@ def test_knn_without_a_baseline_says_so_and_refuses_a_baseline_of_another_archit
     assert refused.stderr.strip().splitlines() == [
         f"Error: the random baseline {other} has arch=medium but {trained} has arch=small; "
         "pass --baseline_savedmodel=<random export of the same arch>"]
+
+
+def test_knn_on_the_representation_below_the_head_matches_the_library(exports_and_images):
+    """--output=representation classifies the export's `representation` (not the embedding): the same top-1 as
+    knn_accuracy on those features in process; a memory bank (--checkpoint) holds embeddings and is refused."""
+    trained, _, spec = exports_and_images
+    report = json.loads(run_knn(f"--savedmodel={trained}", f"--train={spec}", f"--test={spec}", "--k=5",
+                                "--output=representation").stdout)
+    model = savedmodel.SavedModelFeatures(trained)
+    train, test = (model.extract(spec, split, key="representation") for split in ("train", "test"))
+    expected = knn_metrics.knn_accuracy(train.features, train.labels, test.features, test.labels, k=5, num_classes=3)
+    assert report["output"] == "representation" and report["top1"] == pytest.approx(expected["top1"])
+    embedded = json.loads(run_knn(f"--savedmodel={trained}", f"--train={spec}", f"--test={spec}", "--k=5").stdout)
+    assert embedded["output"] == "embedding"
+    refused = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train={spec}",
+                              f"--test={spec}", "--checkpoint=runs/x", "--output=representation"],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "Error: --checkpoint: the memory bank holds embeddings; --output=representation cannot be compared against it"]

@@ -197,6 +197,25 @@ def test_heads(rng):
     assert sorted(classifier.weight_decay_multipliers().values()) == [0.0, 4.0]
 
 
+def test_mlp_projection_head_is_dense_relu_dense_then_unit_rows(rng):
+    """--head_hidden_dim: v = normalise(W2 relu(W1 f + b1) + b2), every kernel decayed, no bias."""
+    features = rng.normal(size=(5, 16)).astype(np.float32)
+    head = ProjectionHead(8, hidden_dim=12)
+    head.build((None, 16))
+    w1, b1, w2, b2 = (rng.normal(size=shape).astype(np.float32) for shape in [(16, 12), (12,), (12, 8), (8,)])
+    for variable, value in zip([head.hidden.kernel, head.hidden.bias, head.linear.kernel, head.linear.bias],
+                               [w1, b1, w2, b2]):
+        variable.assign(value)
+    expected = np.maximum(features @ w1 + b1, 0.0) @ w2 + b2
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(head(tf.constant(features)).numpy(), expected, rtol=1e-5, atol=1e-6)
+    multipliers = head.weight_decay_multipliers()
+    assert sorted(multipliers) == sorted(v.path for v in head.trainable_variables)
+    assert all((rate == 1.0) == path.endswith("kernel") for path, rate in multipliers.items())
+    assert ProjectionHead.from_config(head.get_config()).hidden_dim == 12
+    assert ProjectionHead(8).hidden is None  # the default stays NPID's linear head
+
+
 def test_weight_decay_loss_is_caffe_l2(encoders):
     encoder, classifier = encoders["small"], SurrogateClassifier(7)
     classifier.build((None, encoder.representation_dim))

@@ -43,6 +43,8 @@ def test_heads_and_what_the_export_takes_from_them():
     nce, _ = _built("nce", embedding_dim=16)
     assert isinstance(nce.head, ProjectionHead) and nce.head.dim == 16 and nce.embedding_head is nce.head
     assert set(nce.checkpoint_parts()) == {"head", "bank", "z"}  # the names earlier runs' checkpoints hold
+    mlp, _ = _built("nonparametric", embedding_dim=16, head_hidden_dim=24)
+    assert mlp.head.hidden_dim == 24 and mlp.head.hidden.units == 24 and mlp.head.linear.units == 16
 
 
 def _problem():

@@ -75,6 +75,7 @@ def test_merging_is_accepted_with_every_objective(objective, noise):
         (dict(nce_noise="batch"), "--nce_noise='batch' is not one of per_example, shared"),
         (dict(bank_init="zeros"), "--bank_init='zeros' is not one of random, features"),
         (dict(bank_init="features", objective="softmax"), "--bank_init=features needs a memory bank"),
+        (dict(head_hidden_dim=512, objective="softmax"), "--head_hidden_dim=512 needs a memory bank"),
         (dict(bank_init="features", strategy="multi_worker", method="npid"), "not supported with --strategy=multi_worker"),
         (dict(objective="nce", arch="medium"), "on the medium Exemplar-CNN needs --batch_norm"),
         (dict(objective="nonparametric", method="npid", arch="small"), "on the small Exemplar-CNN needs --batch_norm"),

@@ -29,6 +29,7 @@ from exemplar_tf.serving.export import INFO_PATH, POOLED_SIGNATURE, SERVING_SIGN
 FEATURE_SIGNATURES = {  # output -> the signature that computes it
     "features": SERVING_SIGNATURE,
     "embedding": SERVING_SIGNATURE,
+    "representation": SERVING_SIGNATURE,
     "quadrants": POOLED_SIGNATURE,
     "pyramid": POOLED_SIGNATURE,
 }

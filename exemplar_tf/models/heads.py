@@ -1,4 +1,4 @@
-"""Heads on top of an encoder's representation [B,F]: NPID's projection and Exemplar-CNN's classifier.
+"""Heads on top of an encoder's representation [B,F]: NPID's projection (linear or MLP) and Exemplar-CNN's classifier.
 
 Both create their variables on first call (or `head.build((None, F))`); `weight_decay_multipliers()` needs them.
 """
@@ -12,25 +12,37 @@ CLASSIFIER_DECAY_MULTIPLIER = 4.0
 
 
 class ProjectionHead(keras.layers.Layer):
-    """NPID's head: linear layer (with bias) to `dim`, then L2 normalisation. [B,F] -> float32 [B,dim] unit rows."""
+    """NPID's head: linear layer (with bias) to `dim`, then L2 normalisation. [B,F] -> float32 [B,dim] unit rows.
 
-    def __init__(self, dim: int = 128, **kwargs):
+    With `hidden_dim` > 0 it is MoCo v2's / SimCLR's MLP instead: Dense(hidden_dim) -> ReLU -> Dense(dim) -> L2
+    (docs/method.md §4); the encoder's representation below it is then the better feature (the export's
+    `representation` output).
+    """
+
+    def __init__(self, dim: int = 128, hidden_dim: int = 0, **kwargs):
         super().__init__(name=kwargs.pop("name", "projection_head"), **kwargs)
         self.dim = dim
+        self.hidden_dim = hidden_dim
+        self.hidden = keras.layers.Dense(hidden_dim, activation="relu", name="hidden") if hidden_dim else None
         self.linear = keras.layers.Dense(dim, name="linear")
 
     def build(self, input_shape):
+        if self.hidden is not None:
+            self.hidden.build(input_shape)
+            input_shape = (*input_shape[:-1], self.hidden_dim)
         self.linear.build(input_shape)
 
     def call(self, features):
-        return tf.math.l2_normalize(tf.cast(self.linear(features), tf.float32), axis=-1)
+        hidden = self.hidden(features) if self.hidden is not None else features
+        return tf.math.l2_normalize(tf.cast(self.linear(hidden), tf.float32), axis=-1)
 
     def weight_decay_multipliers(self):
-        """kernel 1, bias 0."""
-        return {self.linear.kernel.path: 1.0, self.linear.bias.path: 0.0}
+        """kernels 1, biases 0."""
+        layers = [self.linear] + ([self.hidden] if self.hidden is not None else [])
+        return {path: rate for layer in layers for path, rate in ((layer.kernel.path, 1.0), (layer.bias.path, 0.0))}
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "hidden_dim": self.hidden_dim}
 
 
 class SurrogateClassifier(keras.layers.Layer):

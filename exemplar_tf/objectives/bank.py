@@ -92,7 +92,7 @@ class BankObjective(Objective):
                                    seed=self.settings.seed)
 
     def make_head(self, num_instances: int) -> keras.layers.Layer:
-        return ProjectionHead(self.settings.embedding_dim)
+        return ProjectionHead(self.settings.embedding_dim, self.settings.head_hidden_dim)
 
     def checkpoint_parts(self):
         return {**super().checkpoint_parts(), "bank": self.bank.checkpoint_node if self.bank.sharded else self.bank}

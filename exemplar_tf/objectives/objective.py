@@ -27,6 +27,7 @@ class Settings:
     """What an objective needs from the run's configuration (docs/method.md §4 for the NPID numbers)."""
 
     embedding_dim: int = 128
+    head_hidden_dim: int = 0  # > 0: the projection head is an MLP with this hidden width
     tau: float = 0.07
     nce_m: int = 4096
     nce_noise: str = "per_example"

@@ -4,7 +4,7 @@ The writer of the format `exemplar_tf.evaluation.savedmodel` reads; `serving.run
 (the program is `exemplar_tf.export`).
 
 Two signatures over uint8 images of any size: `serving_default` (the `embedding` at the training size: projection
-head or normalised representation; and the Exemplar-CNN evaluation `features` with the stored pooling, scaled by
+head or normalised representation; the normalised `representation` below the head; and the Exemplar-CNN evaluation `features` with the stored pooling, scaled by
 per-layer activation percentiles) and `pooled_features` (both poolings); their shapes and the fields of
 `assets.extra/export_info.json` are listed in the program's docstring (`exemplar_tf/export.py`) and in
 BUILD_NOTES.md. The encoder and the head only: no bank, no optimizer. The version folder appears by a rename,
@@ -63,11 +63,12 @@ def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str
     scales = tf.Variable(list(percentiles), dtype=tf.float32, trainable=False, name="feature_percentiles")
     input_size = int(encoder.input_size)
 
-    def embedding(images):
+    def embedding_and_representation(images):
         small = tf.image.resize(images, (input_size, input_size), method="bilinear", antialias=True)
         representation = encoder(small, training=False)
         projected = head(representation, training=False) if head is not None else representation
-        return tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1)
+        return (tf.math.l2_normalize(tf.cast(projected, tf.float32), axis=-1),
+                tf.math.l2_normalize(tf.cast(representation, tf.float32), axis=-1))
 
     def maps(images):
         return encoder.evaluation_maps(features.at_least_size(images, input_size))
@@ -80,7 +81,9 @@ def _serving_functions(encoder, head, percentiles: Sequence[float], pooling: str
     def serve(images):
         x = as_float(images)
         layer_scales = tf.unstack(scales)
-        return {"embedding": embedding(x), "features": features.evaluation_features(maps(x), layer_scales, pooling)}
+        embedding, representation = embedding_and_representation(x)
+        return {"embedding": embedding, "representation": representation,
+                "features": features.evaluation_features(maps(x), layer_scales, pooling)}
 
     def pooled(images):
         layer_maps = maps(as_float(images))
@@ -189,6 +192,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "representation_dim": int(encoder.representation_dim),
         "embedding": "projection_head" if head is not None else "representation",
         "embedding_dim": int(head.dim) if head is not None else int(encoder.representation_dim),
+        "head_hidden_dim": int(getattr(head, "hidden_dim", 0)) if head is not None else 0,
         "pooling": pooling,
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],

@@ -96,6 +96,10 @@ class TrainConfig:
                                          "memory bank; nce: NCE with --nce_m noise samples (default: softmax for "
                                          "exemplar, nce for npid, nonparametric for npid on the demo).")
     embedding_dim: int = setting(128, check=POSITIVE, help="Projection head / memory bank dimension.")
+    head_hidden_dim: int = setting(0, check=NON_NEGATIVE,
+                                   help="Bank objectives: 0 for NPID's linear projection head, > 0 for an MLP head "
+                                        "(Dense(this) -> ReLU -> Dense(--embedding_dim), MoCo v2 / SimCLR); the "
+                                        "export's `representation` output is then the feature to read.")
     dropout: float = setting(0.5, check=UNIT_INTERVAL_OPEN,
                              help="Dropout after the Exemplar-CNN fc layer (the paper: 0.5).")
     batch_norm: bool = setting(False, help="Exemplar-CNN: BatchNormalization before every ReLU (not in the paper; "
@@ -264,6 +268,8 @@ def _bank_problems(config: TrainConfig) -> list[str]:
     problems = []
     if config.proximal_lambda > 0:
         problems += _needs_bank(config, "--proximal_lambda")
+    if config.head_hidden_dim > 0:
+        problems += _needs_bank(config, f"--head_hidden_dim={config.head_hidden_dim}")
     if config.bank_init == "features":
         problems += _needs_bank(config, "--bank_init=features")
         if config.strategy == "multi_worker":
