@@ -85,7 +85,7 @@ def test_train_encoder_trains_exports_and_resumes(trained):
     assert resumed.export_dir == os.path.join(config.export_base, "tiny", "2")
 
 
-@pytest.mark.parametrize("output", ["embedding", "features", "quadrants", "pyramid"])
+@pytest.mark.parametrize("output", ["embedding", "representation", "features", "quadrants", "pyramid"])
 def test_load_encoder_is_the_exports_signature_as_a_keras_model(trained, output):
     _, result = trained
     encoder = exemplar_tf.load_encoder(result.export_dir, output)
