@@ -18,6 +18,8 @@ from tensorboard.plugins.projector import projector_plugin
 from werkzeug import test as werkzeug_test
 
 from exemplar_tf.data import sources
+from exemplar_tf.evaluation.savedmodel import SavedModelFeatures
+from exemplar_tf.metrics.knn import knn_accuracy
 from exemplar_tf.serving import runs
 from exemplar_tf.training import summaries
 from exemplar_tf.training.config import TrainConfig
@@ -27,11 +29,12 @@ KNN_EXAMPLES = 40
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A 4-step NCE run (bank statistics) with the kNN monitor on the demo's labelled crops, in runs/tiny."""
+    """A 4-step NCE run (bank statistics) with an MLP head and the kNN monitor on the demo's labelled crops, in
+    runs/tiny."""
     root = tmp_path_factory.mktemp("tb")
     config = TrainConfig(run_dir=str(root / "runs" / "tiny"), name="tiny", source="demo", method="exemplar",
                          arch="small", objective="nce", batch_norm=True, num_seeds=64, seeds_per_image=8, nce_m=32,
-                         batch_size=16, steps=4, log_every=2, checkpoint_every=4, knn_source="demo_labelled",
+                         head_hidden_dim=32, batch_size=16, steps=4, log_every=2, checkpoint_every=4, knn_source="demo_labelled",
                          knn_max_examples=KNN_EXAMPLES, export_base=str(root / "sm"), progress=False)
     result = runs.train(config)
     return config, result, str(root / "runs")
@@ -63,6 +66,18 @@ def test_scalars_images_and_config_text(run):
     knn = context.data_provider.read_scalars(ctx, experiment_id="", plugin_name="scalars", downsample=100,
                                              run_tag_filter=_filter(".", "knn_top1"))["."]["knn_top1"]
     assert [point.step for point in knn] == [0, 4] and all(0 <= point.value <= 1 for point in knn)
+    below_head = context.data_provider.read_scalars(
+        ctx, experiment_id="", plugin_name="scalars", downsample=100,
+        run_tag_filter=_filter(".", "knn_top1_representation"))["."]["knn_top1_representation"]
+    assert [point.step for point in below_head] == [0, 4] and all(0 <= point.value <= 1 for point in below_head)
+    # the step-4 reading is the kNN of the step-4 export's `representation` output on the monitor's images
+    train, test = (summaries.labelled_images(config.knn_source, split, config.input_size, KNN_EXAMPLES)
+                   for split in (config.knn_train_split, config.knn_split))
+    export = SavedModelFeatures(result.export_dir)
+    expected = knn_accuracy(export(train.images, "representation"), train.labels,
+                            export(test.images, "representation"), test.labels,
+                            num_classes=int(max(train.labels.max(), test.labels.max())) + 1)["top1"]
+    assert below_head[-1].value == pytest.approx(expected, abs=1.5 / len(test.labels))
 
     images = context.data_provider.list_blob_sequences(ctx, experiment_id="", plugin_name="images")
     assert list(images["."]) == ["surrogate_samples"]

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.serving import runs
-from exemplar_tf.training import loop
+from exemplar_tf.training import loop, summaries
 from exemplar_tf.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +51,7 @@ def test_short_run_writes_checkpoints_tensorboard_and_exports(tmp_path, capsys):
                 "surrogate_samples", "knn_top1", "representation/active_units",
                 "representation/code_mean_cosine"):
         assert tag in tags, f"missing TensorBoard tag {tag}; have {sorted(tags)}"
+    assert "knn_top1_representation" not in tags  # only an MLP head has a representation to watch apart
     assert os.path.exists(os.path.join(result.log_dir, "projector_config.pbtxt"))  # beside the event file
     # one status line before each phase that takes seconds, with --noprogress too (issue 32 item 8)
     lines_in_order(capsys.readouterr().out,
@@ -289,3 +290,30 @@ def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_p
     assert [i["step"] for i in infos] == [4, 4] and {i["run_dir"] for i in infos} == {str(tmp_path / "run")}
     baseline = savedmodel.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))
     assert baseline["step"] == 0 and baseline["run_dir"] == str(tmp_path / "run") and baseline["name"] == "re_random"
+
+
+class _ConstantMlpHead:
+    """An MLP head (hidden_dim > 0) that maps every representation to the same code: kNN on its codes is blind."""
+
+    hidden_dim = 4
+
+    def __call__(self, representations, training=False):
+        return tf.ones([tf.shape(representations)[0], 4])
+
+
+def test_knn_monitor_reads_the_representation_below_an_mlp_head_apart_from_its_codes():
+    """Images of three flat colours, the encoder a flattening: the representation separates the classes
+    (top-1 1.0) where the constant head's codes cannot (one class for every query: top-1 1/3); a linear head
+    (no hidden_dim) gives no representation reading."""
+    colours = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250]], np.uint8)
+    labels = np.repeat(np.arange(3), 4)
+    images = np.broadcast_to(colours[labels][:, None, None, :], (12, 2, 2, 3)).copy()
+    monitor = summaries.LabelledImages(images, labels.astype(np.int64), None)
+
+    def flatten(x, training=False):
+        return tf.reshape(x, [tf.shape(x)[0], -1])
+
+    reading = loop.knn_reading(flatten, _ConstantMlpHead(), monitor, monitor, num_classes=3)
+    assert reading.representation_top1 == 1.0 and reading.top1 == pytest.approx(1 / 3)
+    linear = loop.knn_reading(flatten, lambda r, training=False: r[:, :4], monitor, monitor, num_classes=3)
+    assert linear.representation_top1 is None

@@ -129,6 +129,7 @@ class KnnReading:
     codes: np.ndarray  # [n,D] test codes (for the projector)
     test: summaries.LabelledImages  # the n test images, labels and class names
     health: dict[str, float]  # summaries.representation_health on the test images
+    representation_top1: float | None = None  # with an MLP head: kNN top-1 of the representation below it
 
 
 def _knn_monitor(config: TrainConfig):
@@ -143,15 +144,25 @@ def _knn_monitor(config: TrainConfig):
     num_classes = int(max(train[1].max(), test[1].max())) + 1
 
     def read(state: ModelState) -> KnnReading:
-        encoder = models.float32_copy(state.encoder)
-        head = state.objective.embedding_head
-        train_codes, _ = summaries.embed(encoder, head, train[0])
-        test_codes, test_representations = summaries.embed(encoder, head, test[0])
-        accuracy = knn_accuracy(train_codes, train[1], test_codes, test[1], num_classes=num_classes)
-        health = summaries.representation_health(test_representations, test_codes)
-        return KnnReading(accuracy["top1"], test_codes, test, health)
+        return knn_reading(models.float32_copy(state.encoder), state.objective.embedding_head, train, test,
+                           num_classes)
 
     return read
+
+
+def knn_reading(encoder, head, train: summaries.LabelledImages, test: summaries.LabelledImages,
+                num_classes: int) -> KnnReading:
+    """The monitor's kNN of the test images against the training images, on the head's codes and, for an MLP
+    head (`hidden_dim` > 0), also on the representation below it."""
+    train_codes, train_representations = summaries.embed(encoder, head, train.images)
+    test_codes, test_representations = summaries.embed(encoder, head, test.images)
+    accuracy = knn_accuracy(train_codes, train.labels, test_codes, test.labels, num_classes=num_classes)
+    health = summaries.representation_health(test_representations, test_codes)
+    below_head = None
+    if getattr(head, "hidden_dim", 0):  # an MLP head: the representation below it is the feature to watch
+        below_head = knn_accuracy(train_representations, train.labels, test_representations, test.labels,
+                                  num_classes=num_classes)["top1"]  # cosine: no normalising needed
+    return KnnReading(accuracy["top1"], test_codes, test, health, below_head)
 
 
 def state_fingerprint(state: ModelState) -> str:
@@ -221,8 +232,11 @@ def _log_scalars(writer, step: int, values: dict[str, float]) -> None:
 
 
 def _log_knn(writer, step: int, reading: KnnReading) -> None:
-    _log_scalars(writer, step, {"knn_top1": reading.top1, **reading.health})
-    tqdm.write(f"step {step}: kNN top-1 {reading.top1:.4f} (active units "
+    below_head = reading.representation_top1
+    _log_scalars(writer, step, {"knn_top1": reading.top1, **reading.health,
+                                **({"knn_top1_representation": below_head} if below_head is not None else {})})
+    representation = f", representation {below_head:.4f}" if below_head is not None else ""
+    tqdm.write(f"step {step}: kNN top-1 {reading.top1:.4f}{representation} (active units "
                f"{reading.health['representation/active_units']:.2f}, mean code cosine "
                f"{reading.health['representation/code_mean_cosine']:.2f})")
 
