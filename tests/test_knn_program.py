@@ -105,18 +105,27 @@ def test_knn_without_a_baseline_says_so_and_refuses_a_baseline_of_another_archit
         "pass --baseline_savedmodel=<random export of the same arch>"]
 
 
-def test_knn_on_the_representation_below_the_head_matches_the_library(exports_and_images):
-    """--output=representation classifies the export's `representation` (not the embedding): the same top-1 as
+def test_knn_on_the_representation_below_the_head_matches_the_library(exports_and_images, tmp_path):
+    """--output=representation classifies the export's `representation` (not the embedding): with a head that maps
+    every image to the same code the embedding's kNN is blind (top-1 1/3) while the representation's equals
     knn_accuracy on those features in process; a memory bank (--checkpoint) holds embeddings and is refused."""
     trained, _, spec = exports_and_images
-    report = json.loads(run_knn(f"--savedmodel={trained}", f"--train={spec}", f"--test={spec}", "--k=5",
+    tf.keras.utils.set_random_seed(0)
+    encoder = build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5))
+    head = ProjectionHead(128)
+    head.build((None, encoder.representation_dim))
+    head.linear.kernel.assign(tf.zeros_like(head.linear.kernel))  # every code the same: normalise(bias)
+    head.linear.bias.assign(tf.ones_like(head.linear.bias))
+    blind = export.export_encoder(encoder, head, export_dir_base=str(tmp_path), name="blind", percentiles=[1.0] * 3)
+    report = json.loads(run_knn(f"--savedmodel={blind}", f"--train={spec}", f"--test={spec}", "--k=5",
                                 "--output=representation").stdout)
-    model = savedmodel.SavedModelFeatures(trained)
+    model = savedmodel.SavedModelFeatures(blind)
     train, test = (model.extract(spec, split, key="representation") for split in ("train", "test"))
     expected = knn_metrics.knn_accuracy(train.features, train.labels, test.features, test.labels, k=5, num_classes=3)
     assert report["output"] == "representation" and report["top1"] == pytest.approx(expected["top1"])
-    embedded = json.loads(run_knn(f"--savedmodel={trained}", f"--train={spec}", f"--test={spec}", "--k=5").stdout)
-    assert embedded["output"] == "embedding"
+    embedded = json.loads(run_knn(f"--savedmodel={blind}", f"--train={spec}", f"--test={spec}", "--k=5").stdout)
+    assert embedded["output"] == "embedding" and embedded["top1"] == pytest.approx(1 / 3)
+    assert report["top1"] > 0.6  # flat colours: the representation separates them
     refused = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train={spec}",
                               f"--test={spec}", "--checkpoint=runs/x", "--output=representation"],
                              cwd=REPO, capture_output=True, text=True, timeout=300)
