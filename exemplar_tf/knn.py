@@ -106,7 +106,8 @@ def main(argv) -> None:
         return accuracy, len(train_labels), len(test.labels)
 
     accuracy, num_train, num_test = classify(values.savedmodel, values.checkpoint)
-    report = {"savedmodel": values.savedmodel, "output": values.output, "bank": "checkpoint" if values.checkpoint else "savedmodel",
+    report = {"savedmodel": values.savedmodel, "output": values.output,
+              "bank": "checkpoint" if values.checkpoint else "savedmodel",
               "k": values.k, "tau": values.tau, "train": num_train, "test": num_test, **accuracy,
               "random_baseline": None, "gain_over_random": None}
     if baseline:

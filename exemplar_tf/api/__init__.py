@@ -80,7 +80,8 @@ def load_encoder(path: str | os.PathLike, output: str = "embedding"):
 
     `path` is a version folder `<export_base>/<name>/<version>` (`RunResult.export_dir`) or a model folder
     `<export_base>/<name>` (its newest version). `output` is one of `OUTPUTS`: "embedding" (the 128-d unit
-    vectors kNN uses), "representation" (the encoder's output below the head, L2-normalised), "features" (the linear probe's percentile-scaled evaluation features, as stored),
+    vectors kNN uses), "representation" (the encoder's output below the head, L2-normalised), "features" (the
+    linear probe's percentile-scaled evaluation features, as stored),
     "quadrants" or "pyramid" (those features with that pooling). Images are scaled and resized inside (the
     export's own preprocessing): pass raw uint8 pixels.
 

@@ -4,10 +4,10 @@ The writer of the format `exemplar_tf.evaluation.savedmodel` reads; `serving.run
 (the program is `exemplar_tf.export`).
 
 Two signatures over uint8 images of any size: `serving_default` (the `embedding` at the training size: projection
-head or normalised representation; the normalised `representation` below the head; and the Exemplar-CNN evaluation `features` with the stored pooling, scaled by
-per-layer activation percentiles) and `pooled_features` (both poolings); their shapes and the fields of
-`assets.extra/export_info.json` are listed in the program's docstring (`exemplar_tf/export.py`) and in
-BUILD_NOTES.md. The encoder and the head only: no bank, no optimizer. The version folder appears by a rename,
+head or normalised representation; the normalised `representation` below the head; and the Exemplar-CNN
+evaluation `features` with the stored pooling, scaled by per-layer activation percentiles) and `pooled_features`
+(both poolings); their shapes and the fields of `assets.extra/export_info.json` are listed in the program's
+docstring (`exemplar_tf/export.py`) and in BUILD_NOTES.md. The encoder and the head only: no bank, no optimizer. The version folder appears by a rename,
 never half-written.
 
 A model name belongs to one run: every version of `<base>/<name>/` comes from the same origin (a training run
@@ -192,7 +192,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "representation_dim": int(encoder.representation_dim),
         "embedding": "projection_head" if head is not None else "representation",
         "embedding_dim": int(head.dim) if head is not None else int(encoder.representation_dim),
-        "head_hidden_dim": int(getattr(head, "hidden_dim", 0)) if head is not None else 0,
+        "head_hidden_dim": int(head.hidden_dim) if head is not None else 0,
         "pooling": pooling,
         "percentile": PERCENTILE,
         "percentiles": [float(p) for p in percentiles],

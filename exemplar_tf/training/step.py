@@ -59,7 +59,8 @@ class ModelState:
 def objective_of(config: TrainConfig) -> Objective:
     """The run's objective with its settings from the config (not built)."""
     return objectives.make(config.objective, objectives.Settings(
-        embedding_dim=config.embedding_dim, head_hidden_dim=config.head_hidden_dim, tau=config.tau, nce_m=config.nce_m, nce_noise=config.nce_noise,
+        embedding_dim=config.embedding_dim, head_hidden_dim=config.head_hidden_dim,
+        tau=config.tau, nce_m=config.nce_m, nce_noise=config.nce_noise,
         nce_z_momentum=config.nce_z_momentum, bank_momentum=config.bank_momentum, bank_init=config.bank_init,
         bank_sharding=config.bank_sharding,
         proximal_lambda=config.proximal_lambda, momentum_encoder=config.momentum_encoder, bn_groups=config.bn_groups,
