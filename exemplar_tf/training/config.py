@@ -156,6 +156,12 @@ class TrainConfig:
     lr_decay_factor: float | None = setting(None, check=UNIT_INTERVAL,
                                             help="Learning-rate drop factor (default: 0.3 exemplar, 0.1 npid).")
     momentum: float = setting(0.9, check=UNIT_INTERVAL, help="SGD momentum.")
+    low_res_size: int = setting(0, check=NON_NEGATIVE,
+                                help="Progressive resolution (ResNets): the first --low_res_until of --steps see "
+                                     "every view downsampled to this side (convolutions cost ~(side/P)^2), the rest "
+                                     "the full patch P; 0: full resolution throughout.")
+    low_res_until: float = setting(0.0, check=UNIT_INTERVAL,
+                                   help="--low_res_size: fraction of --steps trained at the low resolution.")
     weight_decay: float | None = setting(None, check=NON_NEGATIVE, help="L2 weight decay times per-layer multipliers "
                                                                         "(default: 0.004 exemplar, 5e-4 npid).")
     # Speed.
@@ -216,6 +222,15 @@ class TrainConfig:
     def input_size(self) -> int:
         """Side of the training images: the seed patch (exemplar) or the NPID crop."""
         return self.patch_size if self.method == "exemplar" else self.image_size
+
+    @property
+    def low_res_steps(self) -> int:
+        """Steps [0, low_res_steps) train at --low_res_size (0 when progressive resolution is off)."""
+        return round(self.low_res_until * self.steps) if self.low_res_size else 0
+
+    def input_size_at(self, step: int) -> int:
+        """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
+        return self.low_res_size if step < self.low_res_steps else self.input_size
 
 
 def seeds_per_image_for(config: TrainConfig, num_images: int) -> int:
@@ -334,6 +349,24 @@ def _schedule_problems(config: TrainConfig) -> list[str]:
     return []
 
 
+def _resolution_problems(config: TrainConfig) -> list[str]:
+    """--low_res_size / --low_res_until: both or neither, a side below the full one, on a ResNet (global pooling;
+    the Exemplar-CNNs' fc layer fixes the input side)."""
+    if not config.low_res_size and not config.low_res_until:
+        return []
+    if not config.low_res_size or not 0 < config.low_res_until < 1:
+        return [f"--low_res_size and --low_res_until go together (a side > 0 and a fraction of --steps in (0, 1)), "
+                f"got --low_res_size={config.low_res_size} --low_res_until={config.low_res_until}"]
+    problems = []
+    if config.low_res_size >= config.input_size:
+        problems.append(f"--low_res_size={config.low_res_size} must be smaller than the training side "
+                        f"{config.input_size} (--{'patch_size' if config.method == 'exemplar' else 'image_size'})")
+    if config.arch in EXEMPLAR_ARCHS:
+        problems.append(f"--low_res_size needs a ResNet (global pooling): the {config.arch} Exemplar-CNN's fc layer "
+                        f"is sized for {config.input_size}-pixel inputs")
+    return problems
+
+
 def _run_problems(config: TrainConfig) -> list[str]:
     """Where the run reads from and reports to: the TPU, the kNN monitor, bad-file skipping."""
     problems = []
@@ -375,7 +408,7 @@ def check_instances(config: TrainConfig, num_instances: int) -> None:
 
 CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
     _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _schedule_problems,
-    _run_problems)
+    _resolution_problems, _run_problems)
 
 
 def validate(config: TrainConfig) -> TrainConfig:

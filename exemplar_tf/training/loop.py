@@ -243,10 +243,11 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
 
 def steps_this_call(config: TrainConfig, step: int) -> int:
     """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step,
-    --merge_classes_at (and the last step), so the loop stops exactly on each of them."""
+    --merge_classes_at, the switch to full resolution (and the last step), so the loop stops exactly on each."""
     periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
     merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
-    next_event = min([config.steps] + merge + [(step // period + 1) * period for period in periods])
+    full_resolution = [config.low_res_steps] if step < config.low_res_steps else []
+    next_event = min([config.steps] + merge + full_resolution + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
 
 
@@ -368,7 +369,16 @@ def _train(run: _Run) -> float:
     config, state = run.config, run.state
     if state.step < config.steps:
         status("Compiling the training step (on its first call) ...")
-    train_steps = make_train_step(config, run.strategy, state)
+    step_functions = {}  # side -> its train_steps (two with --low_res_size, each compiled on its first call)
+
+    def train_steps_at(step: int):
+        side = config.input_size_at(step)
+        if side not in step_functions:
+            if step_functions:
+                status(f"Step {step}: views at {side} pixels from here on (compiling the step for them) ...")
+            step_functions[side] = make_train_step(config, run.strategy, state, side)
+        return step_functions[side]
+
     start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -386,7 +396,7 @@ def _train(run: _Run) -> float:
     run.merge_if_due()
     while step < config.steps:
         before = step
-        out = train_steps(iterator, tf.constant(steps_this_call(config, before), tf.int32))
+        out = train_steps_at(before)(iterator, tf.constant(steps_this_call(config, before), tf.int32))
         step = state.step  # optimizer.iterations: mixed_float16's loss scaling does not count the steps it skips
         if not bool(out["finite"]):
             progress.close()

@@ -17,7 +17,7 @@ from exemplar_tf.data import merging
 from exemplar_tf.objectives import Objective
 from exemplar_tf.optim.schedules import cosine_decay, step_decay
 from exemplar_tf.training.config import TrainConfig
-from exemplar_tf.training.views import Views, one_host_view
+from exemplar_tf.training.views import Views, at_side, one_host_view
 
 
 @dataclasses.dataclass
@@ -139,9 +139,11 @@ def _forward_backward(config: TrainConfig, state: ModelState, num_replicas: int)
     return tf.function(forward_backward, jit_compile=config.jit_compile)
 
 
-def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState):
+def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state: ModelState,
+                    side: int | None = None):
     """Returns a tf.function `train_steps(distributed_iterator, num_steps) -> dict` that runs up to `num_steps`
-    (int32 scalar tensor) training steps in one call.
+    (int32 scalar tensor) training steps in one call, on views of `side` pixels (default: the full
+    `config.input_size`; a smaller side downsamples every view in the step, `views.at_side`).
 
     It stops early, right after the first step whose summed loss or updated weights hold a NaN or Inf (checked in
     the graph after every update, so such weights are never taken for good ones). Returns "loss" (the last
@@ -159,7 +161,8 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     def replica_step(batch):
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
         noise_seed = tf.stack([tf.cast(config.seed, tf.int64), state.optimizer.iterations * num_replicas + replica])
-        scaled, forward, grads = forward_backward(state.views(batch), batch["label"], noise_seed)
+        views = at_side(state.views(batch), side or config.input_size)
+        scaled, forward, grads = forward_backward(views, batch["label"], noise_seed)
         state.optimizer.apply_gradients(zip(grads, variables))
         reported = state.objective.update(forward)
         bad_weights = 1.0 - tf.cast(_all_finite([tf.convert_to_tensor(v) for v in variables]), tf.float32)

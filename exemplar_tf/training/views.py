@@ -42,6 +42,15 @@ def device_views(augment: Augment, count: int) -> Views:
     return views
 
 
+def at_side(views: list, side: int) -> list:
+    """The views [b,P,P,3] downsampled to [b,side,side,3] (bilinear with antialiasing, the export's resize);
+    unchanged when they already have that side."""
+    if side == views[0].shape[1]:
+        return views
+    return [tf.cast(tf.image.resize(view, (side, side), method="bilinear", antialias=True), view.dtype)
+            for view in views]
+
+
 def views_on_host(dataset: tf.data.Dataset, views: Views) -> tf.data.Dataset:
     """Runs `views` on a raw-input dataset inside tf.data: {"views": [V,b,P,P,3], "label"} (`stacked_views`)."""
     return (dataset.map(lambda batch: {"views": tf.stack(views(batch)), "label": batch["label"]},

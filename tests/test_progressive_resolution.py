@@ -1,0 +1,120 @@
+"""Progressive resolution (--low_res_size, --low_res_until): the views' downsampling, the step on small views, the
+switch step in the config and the loop, and a run through the switch to a full-resolution export."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf.errors import InputError
+from exemplar_tf.serving import runs
+from exemplar_tf.training import loop
+from exemplar_tf.training.config import TrainConfig, validate
+from exemplar_tf.training.step import build_state, make_train_step
+from exemplar_tf.training.views import at_side
+
+NUM_INSTANCES, BATCH = 24, 8
+
+
+def _checkerboard(batch=2, side=32):
+    """float32 [batch, side, side, 3]: pixels alternate 0 and 1 in both directions (the highest frequency)."""
+    rows, cols = np.indices((side, side))
+    board = ((rows + cols) % 2).astype(np.float32)
+    return np.repeat(np.repeat(board[None, :, :, None], 3, axis=3), batch, axis=0)
+
+
+def _downsample_twice_and_compare():
+    views = [tf.constant(_checkerboard()), tf.constant(np.full((2, 32, 32, 3), 0.25, np.float32))]
+    small = at_side(views, 24)
+    return [view.numpy() for view in small]
+
+
+def test_views_are_downsampled_with_antialiasing_eagerly_and_inside_a_dataset_map():
+    board, flat = _downsample_twice_and_compare()
+    assert board.shape == flat.shape == (2, 24, 24, 3) and board.dtype == np.float32
+    # Antialiased: the checkerboard averages to grey (plain bilinear sampling at 24 of 32 keeps 0s and 1s).
+    assert 0.3 < board.min() and board.max() < 0.7 and abs(board.mean() - 0.5) < 0.02
+    np.testing.assert_allclose(flat, 0.25, atol=1e-6)
+    mapped = tf.data.Dataset.from_tensors(_checkerboard()).map(lambda view: at_side([view], 24)[0])
+    np.testing.assert_allclose(next(iter(mapped)).numpy(), board, atol=1e-6)
+
+
+def test_views_at_their_own_side_are_returned_unchanged():
+    views = [tf.constant(_checkerboard())]
+    assert at_side(views, 32)[0] is views[0]
+
+
+def test_bf16_views_keep_their_dtype():
+    view = tf.cast(tf.constant(_checkerboard()), tf.bfloat16)
+    assert at_side([view], 16)[0].dtype == tf.bfloat16
+
+
+def test_the_switch_step_is_a_fraction_of_the_steps():
+    config = TrainConfig(run_dir="/tmp/unused", arch="resnet18", steps=10, low_res_size=24, low_res_until=0.6)
+    assert config.low_res_steps == 6
+    assert [config.input_size_at(step) for step in (0, 5, 6, 9)] == [24, 24, 32, 32]
+    off = TrainConfig(run_dir="/tmp/unused", arch="resnet18", steps=10)
+    assert off.low_res_steps == 0 and off.input_size_at(0) == 32
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(low_res_size=24), "--low_res_size and --low_res_until go together"),
+    (dict(low_res_until=0.5), "--low_res_size and --low_res_until go together"),
+    (dict(low_res_size=24, low_res_until=1.0), "--low_res_size and --low_res_until go together"),
+    (dict(low_res_size=32, low_res_until=0.5), "--low_res_size=32 must be smaller than the training side 32"),
+    (dict(low_res_size=24, low_res_until=0.5, arch="small"), "--low_res_size needs a ResNet"),
+])
+def test_bad_progressive_resolution_flags_are_refused(changes, message):
+    with pytest.raises(InputError, match=message):
+        validate(TrainConfig(run_dir="/tmp/unused", **{"arch": "resnet18", **changes}))
+
+
+def test_a_call_stops_at_the_switch_to_full_resolution():
+    config = TrainConfig(run_dir="/tmp/unused", arch="resnet18", steps=40, log_every=20, checkpoint_every=20,
+                         steps_per_call=100, low_res_size=24, low_res_until=0.3)
+    assert loop.steps_this_call(config, 0) == 12 and loop.steps_this_call(config, 12) == 8
+
+
+def _step_config(**changes):
+    return TrainConfig(run_dir="/tmp/unused", arch="resnet18", resnet_width=4, objective="nonparametric",
+                       num_seeds=NUM_INSTANCES, batch_size=BATCH, steps=10, lr=0.05, tau=0.1, weight_decay=0.0,
+                       precision="float32", **changes)
+
+
+def test_the_step_at_a_low_side_trains_on_the_downsampled_views():
+    """The first step's loss (before its update) equals the objective's loss on the views downsampled to 16
+    pixels, and differs from the loss on the full 32-pixel views."""
+    config = _step_config(low_res_size=16, low_res_until=0.5)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(size=(BATCH, 32, 32, 3)).astype(np.float32),
+             "label": rng.choice(NUM_INSTANCES, BATCH, replace=False).astype(np.int64)}
+    tf.keras.utils.set_random_seed(0)
+    state = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))
+    no_noise = tf.constant([0, 0], tf.int64)
+
+    def loss_at(side):
+        return float(state.objective.loss(state.encoder, at_side([tf.constant(batch["image"])], side),
+                                          tf.constant(batch["label"]), no_noise)[0])
+
+    low, full = loss_at(16), loss_at(32)
+    assert abs(low - full) > 1e-3
+    train_steps = make_train_step(config, tf.distribute.get_strategy(), state, side=16)
+    out = train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), tf.constant(1))
+    np.testing.assert_allclose(float(out["loss"]), low, rtol=1e-4)
+
+
+def test_a_run_switches_to_full_resolution_and_exports_at_it(tmp_path, capsys):
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="progressive", source="demo", method="exemplar",
+                         arch="resnet18", resnet_width=4, objective="nonparametric", num_seeds=64, seeds_per_image=8,
+                         batch_size=16, steps=6, log_every=2, checkpoint_every=3, progress=False,
+                         export_base=str(tmp_path / "sm"), low_res_size=16, low_res_until=0.5, precision="float32")
+    result = runs.train(config)
+    assert result.step == 6 and np.isfinite(result.loss)
+    out = capsys.readouterr().out
+    assert "Step 3: views at 32 pixels from here on (compiling the step for them) ..." in out
+    with open(os.path.join(result.export_dir, "assets.extra", "export_info.json")) as file:
+        assert json.load(file)["input_size"] == 32  # served at the full side, like a run without the flag
+    loaded = tf.saved_model.load(result.export_dir)
+    codes = loaded.signatures["serving_default"](images=tf.zeros([2, 32, 32, 3], tf.uint8))["embedding"]
+    assert codes.shape == (2, 128)
