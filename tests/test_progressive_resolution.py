@@ -1,5 +1,6 @@
 """Progressive resolution (--low_res_size, --low_res_until): the views' downsampling, the step on small views, the
 switch step in the config and the loop, and a run through the switch to a full-resolution export."""
+import glob
 import json
 import os
 
@@ -112,7 +113,15 @@ def test_a_run_switches_to_full_resolution_and_exports_at_it(tmp_path, capsys):
     result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     out = capsys.readouterr().out
+    assert "Compiling the training step (on its first call; views at 16 pixels until step 3, then 32) ..." in out
     assert "Step 3: views at 32 pixels from here on (compiling the step for them) ..." in out
+    sides = {}  # TensorBoard's input_side at each log step (every 2): the side of the step before it
+    for path in glob.glob(os.path.join(result.log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "input_side":
+                    sides[event.step] = float(tf.make_ndarray(value.tensor))
+    assert sides == {2: 16.0, 4: 32.0, 6: 32.0}
     with open(os.path.join(result.export_dir, "assets.extra", "export_info.json")) as file:
         assert json.load(file)["input_size"] == 32  # served at the full side, like a run without the flag
     loaded = tf.saved_model.load(result.export_dir)

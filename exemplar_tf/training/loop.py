@@ -306,6 +306,8 @@ class _Run:
                    "examples_per_second": examples_per_second,
                    **{name: float(out[name]) for name in self.state.objective.reports},
                    **self.state.objective.scalars(step)}
+        if self.config.low_res_size:  # the side of the views the last step trained on
+            scalars["input_side"] = self.config.input_size_at(step - 1)
         _log_scalars(self.writer, step, scalars)
 
 
@@ -367,7 +369,10 @@ def _train(run: _Run) -> float:
     """Runs the steps from the current one to --steps, with logs, kNN readings, merges and checkpoints on
     their steps. Returns the last logged loss (NaN when no step ran)."""
     config, state = run.config, run.state
-    if state.step < config.steps:
+    if state.step < config.low_res_steps:
+        status(f"Compiling the training step (on its first call; views at {config.low_res_size} pixels until step "
+               f"{config.low_res_steps}, then {config.input_size}) ...")
+    elif state.step < config.steps:
         status("Compiling the training step (on its first call) ...")
     step_functions = {}  # side -> its train_steps (two with --low_res_size, each compiled on its first call)
 
