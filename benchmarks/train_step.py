@@ -23,6 +23,8 @@ permutation per epoch, NPID's augmentation in `Dataset.map`, sharing the cores w
 the synthetic settings, with `"input": "folder"` and the ratio end_to_end_over_synthetic (images/s); and with
 NPID's augmentation batched inside the step instead (`--augment_on=device`: tf.data only gathers the decoded
 uint8 images), `"input": "folder_device"`, with the ratio device_over_host_end_to_end (images/s).
+With --low_res_sides=24 (progressive resolution, docs/method.md section 8) it times instead one setting per arch at
+the full side and at each listed side, and the ratio low_res_over_full (images/s).
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ flags.DEFINE_integer("classes", 8000, "surrogate classes of the softmax head (Ex
 flags.DEFINE_integer("noise", 4096, "NCE noise samples m")
 flags.DEFINE_boolean("grappler_bf16", False, "turn on Grappler's oneDNN bfloat16 auto-mixed-precision rewrite "
                      "(auto_mixed_precision_onednn_bfloat16) for every graph of this process")
+flags.DEFINE_list("low_res_sides", [], "progressive resolution (--low_res_size): also time each arch's first "
+                  "objective at --precision=auto without XLA on views downsampled in the step to each of these sides, "
+                  "beside the full --input_size, interleaved; empty: not measured")
 flags.DEFINE_string("data", "", "image folder for the end-to-end figures (e.g. /tmp/cifar10/..: the folder with "
                     "train/); empty: synthetic input only")
 
@@ -77,10 +82,10 @@ def synthetic_batches(num_labels: int) -> tf.data.Dataset:
 INPUTS = ("synthetic", "folder", "folder_device")
 
 
-def make_runner(arch, objective, precision, jit_compile, source="synthetic"):
+def make_runner(arch, objective, precision, jit_compile, source="synthetic", side=None):
     """Returns run() -> seconds for one call of --steps steps of this setting's training step; `source` (INPUTS):
     synthetic batches, or the real input pipeline of --data with NPID's augmentation on the host (folder) or in
-    the step (folder_device)."""
+    the step (folder_device); `side`: the views downsampled in the step to this side (default: --input_size)."""
     folder = source != "synthetic"
     arch, _, width = arch.partition(":")
     config = TrainConfig(run_dir="/tmp/unused", method="npid", arch=arch, resnet_width=int(width or 64),
@@ -98,7 +103,7 @@ def make_runner(arch, objective, precision, jit_compile, source="synthetic"):
         num_labels = FLAGS.classes if objective == "softmax" else FLAGS.instances
         dataset_fn = lambda context: synthetic_batches(num_labels)  # noqa: E731
     state = build_state(config, num_labels, np.full(3, 0.45, np.float32), views)
-    train_steps = make_train_step(config, strategy, state)
+    train_steps = make_train_step(config, strategy, state, side)
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     steps = tf.constant(FLAGS.steps, tf.int32)
 
@@ -170,6 +175,29 @@ def benchmark_arch(arch, common):
                    "auto_precision": this_machines_precision(arch.partition(":")[0])}
 
 
+def benchmark_sides(arch, common):
+    """Yields images/s of the step at the full --input_size and at each --low_res_sides side (one setting: the
+    first objective, --precision=auto, no XLA; synthetic input), then each low side's ratio low_res_over_full."""
+    objective, precision = FLAGS.objectives[0], this_machines_precision(arch.partition(":")[0])
+    sides = [FLAGS.input_size] + [int(side) for side in FLAGS.low_res_sides]
+    runners = {side: make_runner(arch, objective, precision, False, side=side) for side in sides}
+    for runner in runners.values():
+        for _ in range(FLAGS.warmup):
+            runner()
+    times = {side: [] for side in sides}
+    for _ in range(FLAGS.repeats):
+        for side, runner in runners.items():
+            times[side].append(runner())
+    step_s = {side: statistics.median(values) / FLAGS.steps for side, values in times.items()}
+    where = {**common, "arch": arch, "objective": objective, "precision": precision, "jit_compile": False,
+             "input": "synthetic"}
+    for side, seconds in step_s.items():
+        yield {**where, "side": side, "images_per_s": round(FLAGS.batch_size / seconds, 1),
+               "step_ms": round(1000 * seconds, 1)}
+    for side in sides[1:]:
+        yield {**where, "side": side, "figure": "low_res_over_full", "ratio": round(step_s[sides[0]] / step_s[side], 3)}
+
+
 def main(argv):
     del argv
     if FLAGS.grappler_bf16:
@@ -180,7 +208,8 @@ def main(argv):
               "steps": FLAGS.steps, "repeats": FLAGS.repeats, "data": FLAGS.data or None,
               "grappler_bf16": FLAGS.grappler_bf16}
     for arch in FLAGS.archs:
-        for record in benchmark_arch(arch, common):
+        records = benchmark_sides(arch, common) if FLAGS.low_res_sides else benchmark_arch(arch, common)
+        for record in records:
             print(json.dumps(record), flush=True)
 
 

@@ -159,3 +159,14 @@ def test_a_value_of_the_wrong_type_names_the_file_and_the_flag(tmp_path, line, m
     with pytest.raises(ValueError, match=message) as error:
         rundir.config_from_flagfile(str(path))
     assert str(path) in str(error.value)
+
+
+def test_a_new_steps_count_that_moves_the_resolution_switch_is_refused(tmp_path):
+    low_res = dict(arch="resnet18", objective="nonparametric", low_res_size=24, low_res_until=0.5)
+    _trained(_config(tmp_path, steps=10, **low_res))
+    assert rundir.changed_settings(rundir.read_flagfile(str(tmp_path / "run" / "flags.cfg")),
+                                   _config(tmp_path, steps=11, **low_res)) == []  # int(5.5) = 5: the same switch
+    with pytest.raises(rundir.RunDirMismatch, match=r"--steps \(with --low_res_until=0.5 it moves the switch to full "
+                                                    r"resolution from step 5 to 10\) was '10', now '20'"):
+        rundir.check_reuse(_config(tmp_path, steps=20, **low_res), overwrite=False)
+

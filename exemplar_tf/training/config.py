@@ -158,10 +158,12 @@ class TrainConfig:
     momentum: float = setting(0.9, check=UNIT_INTERVAL, help="SGD momentum.")
     low_res_size: int = setting(0, check=NON_NEGATIVE,
                                 help="Progressive resolution (ResNets): the first --low_res_until of --steps see "
-                                     "every view downsampled to this side (convolutions cost ~(side/P)^2), the rest "
-                                     "the full patch P; 0: full resolution throughout.")
+                                     "every view downsampled to this side S (convolutions cost ~(S/P)^2), the rest "
+                                     "the training side P (--patch_size; npid: --image_size); P/2 <= S < P; 0: the "
+                                     "full side throughout (docs/method.md section 8).")
     low_res_until: float = setting(0.0, check=UNIT_INTERVAL,
-                                   help="--low_res_size: fraction of --steps trained at the low resolution.")
+                                   help="--low_res_size: fraction of --steps trained at the low side (the switch "
+                                        "is at step int(fraction * --steps), like --lr_decay_at's drops).")
     weight_decay: float | None = setting(None, check=NON_NEGATIVE, help="L2 weight decay times per-layer multipliers "
                                                                         "(default: 0.004 exemplar, 5e-4 npid).")
     # Speed.
@@ -226,7 +228,7 @@ class TrainConfig:
     @property
     def low_res_steps(self) -> int:
         """Steps [0, low_res_steps) train at --low_res_size (0 when progressive resolution is off)."""
-        return round(self.low_res_until * self.steps) if self.low_res_size else 0
+        return int(self.low_res_until * self.steps) if self.low_res_size else 0
 
     def input_size_at(self, step: int) -> int:
         """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
@@ -350,17 +352,23 @@ def _schedule_problems(config: TrainConfig) -> list[str]:
 
 
 def _resolution_problems(config: TrainConfig) -> list[str]:
-    """--low_res_size / --low_res_until: both or neither, a side below the full one, on a ResNet (global pooling;
-    the Exemplar-CNNs' fc layer fixes the input side)."""
+    """--low_res_size / --low_res_until: both or neither; a side from half the full one to below it (smaller sides
+    shrink the ResNet's last stage to almost nothing and show the network another scale of image); a switch that
+    leaves steps on both sides of it; a ResNet (global pooling; the Exemplar-CNNs' fc layer fixes the side)."""
     if not config.low_res_size and not config.low_res_until:
         return []
     if not config.low_res_size or not 0 < config.low_res_until < 1:
         return [f"--low_res_size and --low_res_until go together (a side > 0 and a fraction of --steps in (0, 1)), "
                 f"got --low_res_size={config.low_res_size} --low_res_until={config.low_res_until}"]
     problems = []
-    if config.low_res_size >= config.input_size:
-        problems.append(f"--low_res_size={config.low_res_size} must be smaller than the training side "
-                        f"{config.input_size} (--{'patch_size' if config.method == 'exemplar' else 'image_size'})")
+    full = config.input_size
+    if not full / 2 <= config.low_res_size < full:
+        problems.append(f"--low_res_size={config.low_res_size} must be from half the training side {full} to below "
+                        f"it ({-(-full // 2)}..{full - 1}; the side is --"
+                        f"{'patch_size' if config.method == 'exemplar' else 'image_size'})")
+    if not 0 < config.low_res_steps < config.steps:
+        problems.append(f"--low_res_until={config.low_res_until} of --steps={config.steps} switches at step "
+                        f"{config.low_res_steps}: it must leave steps at both sides (0 < switch < --steps)")
     if config.arch in EXEMPLAR_ARCHS:
         problems.append(f"--low_res_size needs a ResNet (global pooling): the {config.arch} Exemplar-CNN's fc layer "
                         f"is sized for {config.input_size}-pixel inputs")

@@ -380,7 +380,7 @@ def _train(run: _Run) -> float:
         side = config.input_size_at(step)
         if side not in step_functions:
             if step_functions:
-                status(f"Step {step}: views at {side} pixels from here on (compiling the step for them) ...")
+                tqdm.write(f"step {step}: views at {side} pixels from here on (compiling the step for them) ...")
             step_functions[side] = make_train_step(config, run.strategy, state, side)
         return step_functions[side]
 

@@ -65,9 +65,26 @@ def changed_settings(saved: dict[str, str], config: TrainConfig) -> list[tuple[s
     defaults = {field.name: flag_line(field.name, field.default)[len(field.name) + 3:]
                 for field in dataclasses.fields(TrainConfig) if field.default not in (None, dataclasses.MISSING)}
     before = {key: saved.get(key, defaults.get(key)) for key in current}
-    return [(key, before[key], value) for key, value in current.items()
-            if before[key] is not None and before[key] != value
-            and (key not in RESUME_SAFE or _changes_optimizer(key, before[key], value))]
+    changes = []
+    for key, value in current.items():
+        old = before[key]
+        if old is None or old == value:
+            continue
+        if key == "steps" and (moved := _moved_switch(config, old)):
+            changes.append((moved, old, value))
+        elif key not in RESUME_SAFE or _changes_optimizer(key, old, value):
+            changes.append((key, old, value))
+    return changes
+
+
+def _moved_switch(config: TrainConfig, old_steps: str) -> str:
+    """For a changed --steps under --low_res_size: "steps" named with the switch step it moves ("" when it moves
+    none). The switch is a fraction of --steps: a resumed run could go back to the low side after the full one."""
+    old_switch = int(config.low_res_until * int(old_steps)) if config.low_res_size else 0
+    if old_switch == config.low_res_steps:
+        return ""
+    return f"steps (with --low_res_until={config.low_res_until} it moves the switch to full resolution from step " \
+           f"{old_switch} to {config.low_res_steps})"
 
 
 def _changes_optimizer(key: str, old: str, new: str) -> bool:
