@@ -39,6 +39,19 @@ def test_views_are_downsampled_with_antialiasing_eagerly_and_inside_a_tf_functio
     np.testing.assert_allclose(in_graph(views[0]).numpy(), board, atol=1e-6)
 
 
+@pytest.mark.parametrize("side", [16, 23, 24, 31])
+def test_views_are_downsampled_exactly_as_the_export_resizes(side):
+    view = tf.random.stateless_uniform([3, 32, 32, 3], [4, side])
+    expected = tf.image.resize(view, (side, side), method="bilinear", antialias=True)
+    np.testing.assert_allclose(at_side([view], side)[0].numpy(), expected.numpy(), atol=1e-6)
+
+
+def test_the_downsampling_compiles_under_xla():
+    view = tf.random.stateless_uniform([2, 32, 32, 3], [5, 6])
+    compiled = tf.function(lambda v: at_side([v], 24)[0], jit_compile=True)
+    np.testing.assert_allclose(compiled(view).numpy(), at_side([view], 24)[0].numpy(), atol=1e-6)
+
+
 def test_views_at_their_own_side_are_returned_unchanged():
     views = [tf.constant(_checkerboard())]
     assert at_side(views, 32)[0] is views[0]

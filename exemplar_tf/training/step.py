@@ -161,7 +161,7 @@ def make_train_step(config: TrainConfig, strategy: tf.distribute.Strategy, state
     def replica_step(batch):
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
         noise_seed = tf.stack([tf.cast(config.seed, tf.int64), state.optimizer.iterations * num_replicas + replica])
-        views = at_side(state.views(batch), side or config.input_size)
+        views = state.views(batch) if side in (None, config.input_size) else at_side(state.views(batch), side)
         scaled, forward, grads = forward_backward(views, batch["label"], noise_seed)
         state.optimizer.apply_gradients(zip(grads, variables))
         reported = state.objective.update(forward)

@@ -42,12 +42,23 @@ def device_views(augment: Augment, count: int) -> Views:
     return views
 
 
+def resize_matrix(size_in: int, size_out: int) -> tf.Tensor:
+    """float32 [size_out, size_in]: the weights of a 1-D bilinear resize with antialiasing (the rows of
+    `tf.image.resize(..., antialias=True)` applied to each basis vector), computed eagerly once per trace."""
+    with tf.init_scope():
+        basis = tf.eye(size_in)[:, :, None, None]  # [in, in, 1, 1]: image j is the j-th basis column
+        resized = tf.image.resize(basis, (size_out, 1), method="bilinear", antialias=True)  # [in, out, 1, 1]
+        return tf.constant(tf.transpose(resized[:, :, 0, 0]).numpy())
+
+
 def at_side(views: list, side: int) -> list:
-    """The views [b,P,P,3] downsampled to [b,side,side,3] (bilinear with antialiasing, the export's resize);
-    unchanged when they already have that side."""
+    """The views [b,P,P,3] downsampled to [b,side,side,3]: the export's resize (bilinear with antialiasing) as two
+    matrix products, which run on every device and under XLA (the resize op itself has a CPU kernel only).
+    Unchanged when they already have that side."""
     if side == views[0].shape[1]:
         return views
-    return [tf.cast(tf.image.resize(view, (side, side), method="bilinear", antialias=True), view.dtype)
+    weights = resize_matrix(views[0].shape[1], side)
+    return [tf.einsum("sp,bpqc,tq->bstc", tf.cast(weights, view.dtype), view, tf.cast(weights, view.dtype))
             for view in views]
 
 
