@@ -10,6 +10,7 @@ from absl import flags
 
 from exemplar_tf import errors
 from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # names only: no TensorFlow
+from exemplar_tf.choices import PAPER_TRANSFORMS
 from exemplar_tf.errors import cli
 
 flags.DEFINE_string("source", "demo", "image source (see exemplar_tf.data.sources)")
@@ -19,7 +20,7 @@ flags.DEFINE_integer("num_seeds", 8, "rows: seeds, one per chosen image")
 flags.DEFINE_integer("copies", 8, "transformed copies per seed")
 flags.DEFINE_string("out", "preview.png", "PNG to write")
 flags.DEFINE_enum("preset", "paper", list(PRESETS), "transformation ranges")
-flags.DEFINE_list("transforms", list(ALL_TRANSFORMS), f"subset of {','.join(ALL_TRANSFORMS)}")
+flags.DEFINE_list("transforms", list(PAPER_TRANSFORMS), f"subset of {','.join(ALL_TRANSFORMS)}")
 flags.DEFINE_integer("patch_size", 32, "seed patch side")
 flags.DEFINE_integer("seed", 0, "seed for choosing seeds and drawing transformations")
 flags.DEFINE_integer("zoom", 2, "each patch enlarged this many times")

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf import choices
 from exemplar_tf.augment import transforms as ops
 
 import colour_reference  # the two colour steps as RGB -> RGB functions (tests/colour_reference.py)
 from exemplar_tf.augment.chain import TransformChain
-from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS, Log2NormalFactor, UniformFactor
+from exemplar_tf.augment.presets import (ALL_TRANSFORMS, FLIP_PROBABILITY, GRAYSCALE_PROBABILITY, PRESETS,
+                                        Log2NormalFactor, UniformFactor)
 
 P = 32
 DRAWS = 20000
@@ -55,14 +57,18 @@ def test_parameters_stay_inside_and_span_the_preset_ranges(preset_name, pca):
     assert_spans(params["sv_multiplier"], *preset.sv_multiplier, 0.01)
     assert_spans(params["sv_offset"], *preset.sv_offset, 0.01)
     assert_spans(params["hue"], -preset.hue_shift, preset.hue_shift, 0.01)
+    for name, probability in (("flip", FLIP_PROBABILITY), ("grayscale", GRAYSCALE_PROBABILITY)):
+        assert set(np.unique(params[name])) == {0.0, 1.0}
+        assert params[name].mean() == pytest.approx(probability, abs=4 * math.sqrt(probability / DRAWS))
     independent = [params["translate"][:, 0], params["translate"][:, 1], np.log(params["scale"]), params["rotate"],
                    params["pca_color"][:, 0], params["sv_power"][:, 0], params["sv_multiplier"][:, 1],
-                   params["sv_offset"][:, 0], params["hue"]]
+                   params["sv_offset"][:, 0], params["hue"], params["flip"], params["grayscale"]]
     correlations = np.corrcoef(np.stack(independent)) - np.eye(len(independent))
     assert np.abs(correlations).max() < 0.05  # every parameter drawn from its own stream
     assert {k: v.shape for k, v in params.items()} == {
         "translate": (DRAWS, 2), "scale": (DRAWS,), "rotate": (DRAWS,), "pca_color": (DRAWS, 3),
-        "sv_power": (DRAWS, 2), "sv_multiplier": (DRAWS, 2), "sv_offset": (DRAWS, 2), "hue": (DRAWS,)}
+        "sv_power": (DRAWS, 2), "sv_multiplier": (DRAWS, 2), "sv_offset": (DRAWS, 2), "hue": (DRAWS,),
+        "flip": (DRAWS,), "grayscale": (DRAWS,)}
 
 
 def test_presets_hold_the_method_numbers():
@@ -143,6 +149,31 @@ def test_geometry_only_is_one_resampling_with_the_drawn_parameters(windows, pca)
     np.testing.assert_allclose(geometry(windows, tf.constant([3, 4])), expected, atol=1e-5)
 
 
+def test_flip_mirrors_exactly_the_drawn_samples_and_is_off_in_the_paper_chain(windows, pca):
+    flip_only = TransformChain("paper", ["flip"], pca, P)
+    seed = tf.constant([2, 9])
+    flips = flip_only.sample_params(6, seed)["flip"].numpy()
+    assert 0 < flips.sum() < 6  # this seed mirrors some samples and not others
+    centre = windows[:, 16:48, 16:48]
+    expected = np.where(flips[:, None, None, None] > 0.5, centre[:, :, ::-1], centre)
+    np.testing.assert_array_equal(flip_only(windows, seed), expected)
+    assert "flip" not in TransformChain("paper", choices.PAPER_TRANSFORMS, pca, P).sample_params(6, seed)
+
+
+def test_grayscale_comes_after_the_colour_changes(windows, pca):
+    colour = TransformChain("paper", ["pca_color", "hue"], pca, P)
+    colour_then_gray = TransformChain("paper", ["pca_color", "hue", "grayscale"], pca, P)
+    seed = tf.constant([4, 4])
+    params = colour_then_gray.sample_params(6, seed)
+    gray = params["grayscale"].numpy() > 0.5
+    assert 0 < gray.sum() < 6
+    out = colour_then_gray(windows, seed).numpy()
+    coloured = colour.apply(windows, params).numpy()  # the same colour draws (each step has its own sub-seed)
+    luma = coloured @ np.array([0.2989, 0.587, 0.114], np.float32)
+    np.testing.assert_allclose(out[gray], np.repeat(luma[gray][..., None], 3, axis=-1), atol=1e-5)
+    np.testing.assert_array_equal(out[~gray], coloured[~gray])
+
+
 def test_unknown_names_are_rejected_with_the_valid_ones(pca):
     with pytest.raises(ValueError, match="unknown transforms \\['blur'\\].*translate, scale, rotate, pca_color"):
         TransformChain("paper", ["rotate", "blur"], pca, P)
@@ -151,6 +182,4 @@ def test_unknown_names_are_rejected_with_the_valid_ones(pca):
 
 
 def test_the_presets_are_the_valid_preset_choices():
-    from exemplar_tf import choices
-
     assert tuple(PRESETS) == choices.PRESETS and ALL_TRANSFORMS == choices.TRANSFORMS

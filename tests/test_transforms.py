@@ -125,3 +125,22 @@ def test_hue_shift_of_zero_or_a_full_turn_is_identity_and_wraps(rng):
     red = np.array([[[[1.0, 0.0, 0.0]]]], np.float32)
     np.testing.assert_allclose(colour_reference.hue_shift(red, tf.constant([1 / 3]))[0, 0, 0], [0, 1, 0], atol=1e-5)
     np.testing.assert_allclose(colour_reference.hue_shift(red, tf.constant([-1 / 3]))[0, 0, 0], [0, 0, 1], atol=1e-5)
+
+
+def test_mirror_reverses_the_columns_of_the_flagged_images_only(rng):
+    images = rng.random((3, 4, 5, 3)).astype(np.float32)
+    flip = tf.constant([1.0, 0.0, 1.0])
+    expected = np.stack([images[0, :, ::-1], images[1], images[2, :, ::-1]])
+    np.testing.assert_array_equal(ops.mirror(images, flip), expected)
+    mapped = next(iter(tf.data.Dataset.from_tensors((images, flip)).map(ops.mirror)))
+    np.testing.assert_array_equal(mapped, expected)
+
+
+def test_to_grayscale_puts_the_luma_in_every_channel_of_the_flagged_images_only(rng):
+    images = rng.random((2, 4, 4, 3)).astype(np.float32)
+    gray = tf.constant([0.0, 1.0])
+    luma = images[1] @ np.array([0.2989, 0.587, 0.114], np.float32)
+    expected = np.stack([images[0], np.repeat(luma[..., None], 3, axis=-1)])
+    np.testing.assert_allclose(ops.to_grayscale(images, gray), expected, atol=1e-6)
+    mapped = next(iter(tf.data.Dataset.from_tensors((images, gray)).map(ops.to_grayscale)))
+    np.testing.assert_allclose(mapped, expected, atol=1e-6)

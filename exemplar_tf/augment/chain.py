@@ -1,5 +1,6 @@
 """The transformation chain: draw each sample's parameters from a preset with stateless RNG, then apply
-geometric (one projective resampling) -> PCA colour -> saturation/value -> hue (the last two in one HSV round trip).
+geometric (one projective resampling) -> flip -> PCA colour -> saturation/value -> hue (the last two in one HSV
+round trip) -> grayscale. Flip and grayscale are NPID's, off unless asked for (`choices.PAPER_TRANSFORMS` is the paper).
 
 The same seed gives the same output eagerly, in `Dataset.map` and inside a `tf.function`. Each transform draws
 from its own sub-seed (`fold_in(seed, position in ALL_TRANSFORMS)`), so enabling or disabling one transform
@@ -14,11 +15,17 @@ from typing import Sequence
 import tensorflow as tf
 
 from exemplar_tf.augment import transforms as ops
-from exemplar_tf.augment.presets import ALL_TRANSFORMS, GEOMETRIC_TRANSFORMS, PRESETS, Log2NormalFactor
+from exemplar_tf.augment.presets import (ALL_TRANSFORMS, FLIP_PROBABILITY, GEOMETRIC_TRANSFORMS, GRAYSCALE_PROBABILITY,
+                                        PRESETS, Log2NormalFactor)
 
 
 def _uniform(shape, seed, low, high):
     return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high)
+
+
+def _bernoulli(shape, seed, probability):
+    """float32 `shape`: 1 with `probability`, else 0."""
+    return tf.cast(tf.random.stateless_uniform(shape, seed) < probability, tf.float32)
 
 
 def _log_uniform(shape, seed, low, high):
@@ -46,7 +53,7 @@ class TransformChain:
     def sample_params(self, batch_size, seed) -> dict[str, tf.Tensor]:
         """Parameters of the enabled transforms, float32, keyed by
         translate [B,2] (dy, dx in window pixels), scale [B], rotate [B] (degrees), pca_color [B,3],
-        sv_power / sv_multiplier / sv_offset [B,2] (S, V), hue [B] (turns).
+        sv_power / sv_multiplier / sv_offset [B,2] (S, V), hue [B] (turns), flip / grayscale [B] (1 or 0).
 
         seed: [2] draws B = batch_size sets; [B,2] draws one set per row (batch_size is then ignored)."""
         seed = tf.convert_to_tensor(seed)
@@ -81,6 +88,10 @@ class TransformChain:
             params["sv_offset"] = _uniform([batch_size, 2], offset_seed, *preset.sv_offset)
         if "hue" in self.transforms:
             params["hue"] = _uniform([batch_size], sub_seeds["hue"], -preset.hue_shift, preset.hue_shift)
+        if "flip" in self.transforms:
+            params["flip"] = _bernoulli([batch_size], sub_seeds["flip"], FLIP_PROBABILITY)
+        if "grayscale" in self.transforms:
+            params["grayscale"] = _bernoulli([batch_size], sub_seeds["grayscale"], GRAYSCALE_PROBABILITY)
         return params
 
     def _pca_factors(self, batch_size, seed) -> tf.Tensor:
@@ -101,11 +112,16 @@ class TransformChain:
                 patch_size=self.patch_size)
         else:
             images = ops.central_crop(windows, self.patch_size)
+        if "flip" in self.transforms:
+            images = ops.mirror(images, params["flip"])
         if "pca_color" in self.transforms:
             images = ops.pca_color(images, params["pca_color"], self.pca)
         if "saturation_value" in self.transforms or "hue" in self.transforms:
             images = self._in_hsv(images, params)
-        return tf.clip_by_value(images, 0.0, 1.0)
+        images = tf.clip_by_value(images, 0.0, 1.0)
+        if "grayscale" in self.transforms:
+            images = ops.to_grayscale(images, params["grayscale"])
+        return images
 
     def _in_hsv(self, images, params: dict[str, tf.Tensor]) -> tf.Tensor:
         """saturation/value then hue, in one RGB -> HSV -> RGB round trip (the same, to float rounding, as a round

@@ -12,9 +12,9 @@ import matplotlib.image
 import numpy as np
 import tensorflow as tf
 
-from exemplar_tf.augment.chain import TransformChain
-from exemplar_tf.augment.presets import ALL_TRANSFORMS
 from exemplar_tf.augment import surrogate
+from exemplar_tf.augment.chain import TransformChain
+from exemplar_tf.choices import PAPER_TRANSFORMS
 from exemplar_tf.data import patches, sources
 from exemplar_tf.data.images import tile
 
@@ -40,7 +40,7 @@ def grid_image(cells: np.ndarray, zoom: int = 1, gap: int = GAP) -> np.ndarray:
 
 
 def write_preview(out: str, *, source: str = "demo", split: str = "train", num_seeds: int = 8, copies: int = 8,
-                  preset: str = "paper", transforms: Sequence[str] = ALL_TRANSFORMS, patch_size: int = 32,
+                  preset: str = "paper", transforms: Sequence[str] = PAPER_TRANSFORMS, patch_size: int = 32,
                   seed: int = 0, zoom: int = 2, data_dir: str | None = None) -> np.ndarray:
     """Samples `num_seeds` seeds (one per image) from the source, writes the grid PNG to `out`, returns it."""
     images = sources.load_source(source, split, data_dir=data_dir, min_size=patches.min_image_side(patch_size)).dataset

@@ -4,7 +4,7 @@ Images are float32 RGB in [0, 1]. B is the batch, S the seed window side, P the 
 Each function with neutral parameters returns its input (to float rounding):
   geometric: dx = dy = 0, scale = 1, angle = 0 (the central P×P square, exactly)
   pca_color: factors 1;  saturation_value_hsv: power 1, multiplier 1, offset 0;  hue_shift_hsv: 0 or 1 (a full
-  turn). The two HSV steps take and return HSV, so the chain converts RGB -> HSV -> RGB once for both.
+  turn); mirror: flip 0; to_grayscale: gray 0. The two HSV steps take and return HSV, so the chain converts RGB -> HSV -> RGB once for both.
 
 `geometric` uses `tf.raw_ops.ImageProjectiveTransformV3`, which has CPU and GPU kernels but no XLA lowering: a
 step that runs the chain on the device must not be `jit_compile`d. The colour ops lower to XLA.
@@ -105,3 +105,15 @@ def hue_shift_hsv(hsv, shift) -> tf.Tensor:
     """[B,H,W,3]: hsv [B,H,W,3] with the hue moved by shift (float32 [B], in turns of the colour circle), wrapped
     into [0, 1)."""
     return tf.concat([tf.math.floormod(hsv[..., :1] + shift[:, None, None, None], 1.0), hsv[..., 1:]], axis=-1)
+
+
+def mirror(images, flip) -> tf.Tensor:
+    """[B,H,W,C]: image b mirrored left-right where flip[b] (float32 [B], 0 or 1) is 1, else unchanged."""
+    return tf.where(flip[:, None, None, None] > 0.5, tf.reverse(images, axis=[2]), images)
+
+
+def to_grayscale(images, gray) -> tf.Tensor:
+    """[B,H,W,3]: image b's luma (tf.image.rgb_to_grayscale: 0.2989 R + 0.587 G + 0.114 B) in all three channels where gray[b] (float32 [B], 0 or
+    1) is 1, else unchanged."""
+    luma = tf.broadcast_to(tf.image.rgb_to_grayscale(images), tf.shape(images))
+    return tf.where(gray[:, None, None, None] > 0.5, luma, images)

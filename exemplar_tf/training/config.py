@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES, BANK_SHARDINGS,  # noqa: F401
                                  EXEMPLAR_ARCHS, LR_SCHEDULES, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS,
-                                 PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES, TRANSFORMS)
+                                 PAPER_TRANSFORMS, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES,
+                                 TRANSFORMS)
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import machine, settings
@@ -68,8 +69,10 @@ class TrainConfig:
                                         "--num_seeds, at least 1).")
     patch_size: int = setting(32, check=POSITIVE, help="Exemplar-CNN: seed patch size in pixels.")
     preset: str = setting("paper", choices=PRESETS, help="Transformation ranges (docs/method.md section 1).")
-    transforms: Sequence[str] = setting(TRANSFORMS, choices=TRANSFORMS,
-                                        help="Transformations to apply (ablations: leave some out).")
+    transforms: Sequence[str] = setting(PAPER_TRANSFORMS, choices=TRANSFORMS,
+                                        help="Transformations to apply: the paper's six by default (ablations: leave "
+                                             "some out); add flip and/or grayscale for NPID's mirror (p 0.5) and "
+                                             "grayscale (p 0.2), docs/method.md section 1.")
     fixed_copies: int = setting(0, check=NON_NEGATIVE, help="K > 0: the paper's fixed pool of K copies per seed; "
                                                             "0: transformations drawn afresh every time.")
     augment_on: str = setting("host", choices=AUGMENT_ON,
