@@ -4,7 +4,8 @@ Images are float32 RGB in [0, 1]. B is the batch, S the seed window side, P the 
 Each function with neutral parameters returns its input (to float rounding):
   geometric: dx = dy = 0, scale = 1, angle = 0 (the central P×P square, exactly)
   pca_color: factors 1;  saturation_value_hsv: power 1, multiplier 1, offset 0;  hue_shift_hsv: 0 or 1 (a full
-  turn); mirror: flip 0; to_grayscale: gray 0. The two HSV steps take and return HSV, so the chain converts RGB -> HSV -> RGB once for both.
+  turn); mirror: flip 0; to_grayscale: gray 0. The two HSV steps take and return HSV, so the chain converts
+  RGB -> HSV -> RGB once for both.
 
 `geometric` uses `tf.raw_ops.ImageProjectiveTransformV3`, which has CPU and GPU kernels but no XLA lowering: a
 step that runs the chain on the device must not be `jit_compile`d. The colour ops lower to XLA.
@@ -113,7 +114,7 @@ def mirror(images, flip) -> tf.Tensor:
 
 
 def to_grayscale(images, gray) -> tf.Tensor:
-    """[B,H,W,3]: image b's luma (tf.image.rgb_to_grayscale: 0.2989 R + 0.587 G + 0.114 B) in all three channels where gray[b] (float32 [B], 0 or
-    1) is 1, else unchanged."""
+    """[B,H,W,3]: image b's luma (`tf.image.rgb_to_grayscale`: 0.2989 R + 0.587 G + 0.114 B) in all three channels
+    where gray[b] (float32 [B], 0 or 1) is 1, else unchanged."""
     luma = tf.broadcast_to(tf.image.rgb_to_grayscale(images), tf.shape(images))
     return tf.where(gray[:, None, None, None] > 0.5, luma, images)

@@ -21,7 +21,7 @@ AUGMENT_ON = ("host", "device")  # where the augmentation runs (augment.surrogat
 METHODS = ("exemplar", "npid")  # Exemplar-CNN surrogate classes, or NPID's one instance per image
 SEED_SAMPLINGS = ("fixed", "online")  # Exemplar-CNN: seeds drawn once, or a fresh patch per visit
 PRESETS = ("paper", "release_code")  # Exemplar-CNN transformation ranges (augment.presets.PRESETS, keyed alike)
-PAPER_TRANSFORMS = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")  # the paper's chain, in order
+PAPER_TRANSFORMS = ("translate", "scale", "rotate", "pca_color", "saturation_value", "hue")  # the paper's chain
 # The chain's steps: the paper's, then two of NPID's view changes that the paper's chain lacks (off by default). The
 # order gives each step its random sub-seed, so a new step goes at the end and leaves the others' draws unchanged.
 TRANSFORMS = PAPER_TRANSFORMS + ("flip", "grayscale")
