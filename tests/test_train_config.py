@@ -42,6 +42,14 @@ def test_flags_after_the_flagfile_override_it():
     assert config.objective == "nce"
 
 
+def test_the_default_chain_is_the_papers_and_npids_flip_and_grayscale_are_opt_in():
+    assert settings.spec_map(TrainConfig)["transforms"].default == choices.PAPER_TRANSFORMS
+    assert "flip" not in choices.PAPER_TRANSFORMS and "grayscale" not in choices.PAPER_TRANSFORMS
+    with flagsaver.flagsaver():
+        config = _parse(f"--flagfile={REPO}/flags/stl10.cfg", "--transforms=translate,hue,flip,grayscale")
+    assert config.transforms == ("translate", "hue", "flip", "grayscale")
+
+
 def test_resolved_flagfile_round_trips(tmp_path):
     with flagsaver.flagsaver():
         first = _parse(f"--flagfile={REPO}/flags/demo.cfg", "--lr_decay_at=0.5")
