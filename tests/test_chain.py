@@ -160,6 +160,21 @@ def test_flip_mirrors_exactly_the_drawn_samples_and_is_off_in_the_paper_chain(wi
     assert "flip" not in TransformChain("paper", choices.PAPER_TRANSFORMS, pca, P).sample_params(6, seed)
 
 
+def test_flip_mirrors_the_geometric_resampling(windows, pca):
+    geometry = TransformChain("paper", ["translate", "scale", "rotate"], pca, P)
+    geometry_then_flip = TransformChain("paper", ["translate", "scale", "rotate", "flip"], pca, P)
+    seed = tf.constant([2, 9])
+    params = geometry_then_flip.sample_params(6, seed)
+    expected = ops.mirror(geometry.apply(windows, params), params["flip"])
+    np.testing.assert_allclose(geometry_then_flip(windows, seed), expected, atol=1e-6)
+
+
+def test_flip_and_grayscale_use_npids_probabilities():
+    from exemplar_tf.augment import npid
+
+    assert (FLIP_PROBABILITY, GRAYSCALE_PROBABILITY) == (npid.FLIP_PROBABILITY, npid.GRAYSCALE_PROBABILITY)
+
+
 def test_grayscale_comes_after_the_colour_changes(windows, pca):
     colour = TransformChain("paper", ["pca_color", "hue"], pca, P)
     colour_then_gray = TransformChain("paper", ["pca_color", "hue", "grayscale"], pca, P)
