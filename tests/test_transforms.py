@@ -129,7 +129,7 @@ def test_hue_shift_of_zero_or_a_full_turn_is_identity_and_wraps(rng):
 
 def test_mirror_reverses_the_columns_of_the_flagged_images_only(rng):
     images = rng.random((3, 4, 5, 3)).astype(np.float32)
-    flip = tf.constant([1.0, 0.0, 1.0])
+    flip = tf.constant([True, False, True])
     expected = np.stack([images[0, :, ::-1], images[1], images[2, :, ::-1]])
     np.testing.assert_array_equal(ops.mirror(images, flip), expected)
     mapped = next(iter(tf.data.Dataset.from_tensors((images, flip)).map(ops.mirror)))
@@ -138,7 +138,7 @@ def test_mirror_reverses_the_columns_of_the_flagged_images_only(rng):
 
 def test_to_grayscale_puts_the_luma_in_every_channel_of_the_flagged_images_only(rng):
     images = rng.random((2, 4, 4, 3)).astype(np.float32)
-    gray = tf.constant([0.0, 1.0])
+    gray = tf.constant([False, True])
     luma = images[1] @ np.array([0.2989, 0.587, 0.114], np.float32)
     expected = np.stack([images[0], np.repeat(luma[..., None], 3, axis=-1)])
     np.testing.assert_allclose(ops.to_grayscale(images, gray), expected, atol=1e-6)

@@ -15,8 +15,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from exemplar_tf.augment import transforms as ops
-from exemplar_tf.augment.presets import (ALL_TRANSFORMS, FLIP_PROBABILITY, GEOMETRIC_TRANSFORMS, GRAYSCALE_PROBABILITY,
-                                        PRESETS, Log2NormalFactor)
+from exemplar_tf.augment.npid import FLIP_PROBABILITY, GRAYSCALE_PROBABILITY
+from exemplar_tf.augment.presets import ALL_TRANSFORMS, GEOMETRIC_TRANSFORMS, PRESETS, Log2NormalFactor
 
 
 def _uniform(shape, seed, low, high):
@@ -113,14 +113,14 @@ class TransformChain:
         else:
             images = ops.central_crop(windows, self.patch_size)
         if "flip" in self.transforms:
-            images = ops.mirror(images, params["flip"])
+            images = ops.mirror(images, params["flip"] > 0.5)
         if "pca_color" in self.transforms:
             images = ops.pca_color(images, params["pca_color"], self.pca)
         if "saturation_value" in self.transforms or "hue" in self.transforms:
             images = self._in_hsv(images, params)
         images = tf.clip_by_value(images, 0.0, 1.0)
         if "grayscale" in self.transforms:
-            images = ops.to_grayscale(images, params["grayscale"])
+            images = ops.to_grayscale(images, params["grayscale"] > 0.5)
         return images
 
     def _in_hsv(self, images, params: dict[str, tf.Tensor]) -> tf.Tensor:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from exemplar_tf.augment import transforms
+
 CROP_AREA_RANGE = (0.2, 1.0)
 CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_MAX_ATTEMPTS = 10  # then the whole image, as TF's box sampler does (torchvision: a central crop)
@@ -188,8 +190,7 @@ def _per_image(values: tf.Tensor) -> tf.Tensor:
 
 def random_grayscale_batch(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
     """float32 [B,H,W,3]: each image, with `probability`, its luma in all three channels; else unchanged."""
-    chosen = tf.random.stateless_uniform(tf.shape(images)[:1], seed) < probability
-    return tf.where(_per_image(chosen), tf.broadcast_to(grayscale(images), tf.shape(images)), images)
+    return transforms.to_grayscale(images, tf.random.stateless_uniform(tf.shape(images)[:1], seed) < probability)
 
 
 def adjust_contrast_batch(images: tf.Tensor, factors: tf.Tensor) -> tf.Tensor:
@@ -240,5 +241,4 @@ def color_jitter_batch(images: tf.Tensor, strength: float, hue: float, seed: tf.
 
 def random_horizontal_flip_batch(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
     """[B,H,W,C]: each image mirrored left-right with `probability`; else unchanged."""
-    chosen = tf.random.stateless_uniform(tf.shape(images)[:1], seed) < probability
-    return tf.where(_per_image(chosen), tf.reverse(images, axis=[2]), images)
+    return transforms.mirror(images, tf.random.stateless_uniform(tf.shape(images)[:1], seed) < probability)

@@ -11,8 +11,8 @@ Every number comes from docs/method.md §1. `PRESETS["paper"]` is the default re
   saturation_value  for S and V separately: power and multiplier log-uniform, offset uniform;
                     `sv_minmax_normalise`: the patch is first stretched to span [0, 1] (the release does this)
   hue               shift ~ U(-h, h) of the hue circle (1 = full turn), wrapped
-  flip              (not in the paper; NPID's) mirror left-right with probability FLIP_PROBABILITY
-  grayscale         (not in the paper; NPID's) luma in all three channels with probability GRAYSCALE_PROBABILITY,
+  flip              (not in the paper; NPID's, augment.npid.FLIP_PROBABILITY) mirror left-right
+  grayscale         (not in the paper; NPID's, augment.npid.GRAYSCALE_PROBABILITY) luma in all three channels,
                     after the colour changes
 
 Power and multiplier are read as log-uniform in both presets: the release draws them as 2 ** (a * U(-1, 1)),
@@ -26,8 +26,6 @@ import math
 from exemplar_tf.choices import TRANSFORMS as ALL_TRANSFORMS  # the chain's steps, in order
 
 GEOMETRIC_TRANSFORMS = ("translate", "scale", "rotate")
-FLIP_PROBABILITY = 0.5  # NPID's (and every later method's) horizontal flip; the same in both presets
-GRAYSCALE_PROBABILITY = 0.2  # NPID's random grayscale
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ Images are float32 RGB in [0, 1]. B is the batch, S the seed window side, P the 
 Each function with neutral parameters returns its input (to float rounding):
   geometric: dx = dy = 0, scale = 1, angle = 0 (the central P×P square, exactly)
   pca_color: factors 1;  saturation_value_hsv: power 1, multiplier 1, offset 0;  hue_shift_hsv: 0 or 1 (a full
-  turn); mirror: flip 0; to_grayscale: gray 0. The two HSV steps take and return HSV, so the chain converts
+  turn); mirror, to_grayscale: chosen False. The two HSV steps take and return HSV, so the chain converts
   RGB -> HSV -> RGB once for both.
 
 `geometric` uses `tf.raw_ops.ImageProjectiveTransformV3`, which has CPU and GPU kernels but no XLA lowering: a
@@ -108,13 +108,13 @@ def hue_shift_hsv(hsv, shift) -> tf.Tensor:
     return tf.concat([tf.math.floormod(hsv[..., :1] + shift[:, None, None, None], 1.0), hsv[..., 1:]], axis=-1)
 
 
-def mirror(images, flip) -> tf.Tensor:
-    """[B,H,W,C]: image b mirrored left-right where flip[b] (float32 [B], 0 or 1) is 1, else unchanged."""
-    return tf.where(flip[:, None, None, None] > 0.5, tf.reverse(images, axis=[2]), images)
+def mirror(images, chosen) -> tf.Tensor:
+    """[B,H,W,C]: image b mirrored left-right where chosen[b] (bool [B]), else unchanged."""
+    return tf.where(chosen[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
-def to_grayscale(images, gray) -> tf.Tensor:
+def to_grayscale(images, chosen) -> tf.Tensor:
     """[B,H,W,3]: image b's luma (`tf.image.rgb_to_grayscale`: 0.2989 R + 0.587 G + 0.114 B) in all three channels
-    where gray[b] (float32 [B], 0 or 1) is 1, else unchanged."""
+    where chosen[b] (bool [B]), else unchanged."""
     luma = tf.broadcast_to(tf.image.rgb_to_grayscale(images), tf.shape(images))
-    return tf.where(gray[:, None, None, None] > 0.5, luma, images)
+    return tf.where(chosen[:, None, None, None], luma, images)
