@@ -183,6 +183,37 @@ def test_grayscale_comes_after_the_colour_changes(windows, pca):
     np.testing.assert_array_equal(out[~gray], coloured[~gray])
 
 
+def test_scale_max_widens_only_the_top_of_the_scale_range(pca):
+    seed = tf.constant([1, 2])
+    paper = TransformChain("paper", ALL_TRANSFORMS, pca, P).sample_params(DRAWS, seed)
+    wide = {k: v.numpy() for k, v in TransformChain("paper", ALL_TRANSFORMS, pca, P, scale_max=2.24).sample_params(
+        DRAWS, seed).items()}
+    assert_spans(wide["scale"], 0.7, 2.24, 0.01)
+    log_scale = np.log(wide["scale"])  # log-uniform over [log 0.7, log 2.24]: uniform in log space
+    assert log_scale.mean() == pytest.approx((math.log(0.7) + math.log(2.24)) / 2, abs=0.01)
+    assert np.mean(wide["scale"] > 1.4) == pytest.approx(math.log(2.24 / 1.4) / math.log(2.24 / 0.7), abs=0.01)
+    for name in paper:  # every other step draws exactly what the preset's chain draws
+        if name != "scale":
+            np.testing.assert_array_equal(wide[name], paper[name].numpy())
+
+
+def test_scale_max_zooms_the_image_by_the_drawn_factor(pca):
+    """A 2x zoom about the centre shows the central half of the window: the checkerboard of 8-px squares comes
+    out as 16-px squares."""
+    board = ((np.arange(4 * P)[:, None] // 8 + np.arange(4 * P)[None, :] // 8) % 2).astype(np.float32)
+    windows = np.repeat(board[None, :, :, None], 3, axis=-1)
+    chain = TransformChain("paper", ["scale"], pca, P, scale_max=2.24)
+    out = chain.apply(tf.constant(windows), {"scale": tf.constant([2.0])}).numpy()[0, :, :, 0]
+    central = board[2 * P - P // 4:2 * P + P // 4, 2 * P - P // 4:2 * P + P // 4]  # P/2 x P/2 around the centre
+    expected = np.kron(central, np.ones((2, 2), np.float32))
+    assert np.mean(np.abs(out - expected) < 0.5) > 0.9
+
+
+def test_scale_max_must_be_above_the_smallest_scale(pca):
+    with pytest.raises(ValueError, match="scale_max=0.6 must be above the paper preset's smallest scale 0.7"):
+        TransformChain("paper", ALL_TRANSFORMS, pca, P, scale_max=0.6)
+
+
 def test_unknown_names_are_rejected_with_the_valid_ones(pca):
     with pytest.raises(ValueError, match="unknown transforms \\['blur'\\].*translate, scale, rotate, pca_color"):
         TransformChain("paper", ["rotate", "blur"], pca, P)

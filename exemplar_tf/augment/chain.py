@@ -9,6 +9,7 @@ the output is the central patch exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -37,15 +38,23 @@ class TransformChain:
 
     seed: int32/int64 [2], one seed for the batch, or [B,2], one per sample (sample b's parameters then depend
     only on seed[b]: the fixed pool of copies uses this).
+    scale_max: the largest zoom of the scale step in place of the preset's (the range stays log-uniform from the
+    preset's smallest); None keeps the preset's.
     """
 
-    def __init__(self, preset: str, transforms: Sequence[str], pca: ops.ColorPCA, patch_size: int):
+    def __init__(self, preset: str, transforms: Sequence[str], pca: ops.ColorPCA, patch_size: int,
+                 scale_max: float | None = None):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         unknown = [name for name in transforms if name not in ALL_TRANSFORMS]
         if unknown:
             raise ValueError(f"unknown transforms {unknown}; valid names: {', '.join(ALL_TRANSFORMS)}")
         self.preset = PRESETS[preset]
+        if scale_max is not None:
+            if not scale_max > self.preset.scale[0]:
+                raise ValueError(f"scale_max={scale_max} must be above the {preset} preset's smallest scale "
+                                 f"{self.preset.scale[0]:.3g}")
+            self.preset = dataclasses.replace(self.preset, scale=(self.preset.scale[0], scale_max))
         self.transforms = tuple(name for name in ALL_TRANSFORMS if name in transforms)
         self.pca = pca
         self.patch_size = patch_size

@@ -15,6 +15,7 @@ from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES,
                                  EXEMPLAR_ARCHS, LR_SCHEDULES, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS,
                                  PAPER_TRANSFORMS, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES,
                                  TRANSFORMS)
+from exemplar_tf.augment.presets import PRESETS as PRESET_RANGES
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import machine, settings
@@ -73,6 +74,11 @@ class TrainConfig:
                                         help="Transformations to apply: the paper's six by default (ablations: leave "
                                              "some out); add flip and/or grayscale for NPID's mirror (p 0.5) and "
                                              "grayscale (p 0.2), docs/method.md section 1.")
+    scale_max: float = setting(0.0, check=NON_NEGATIVE,
+                               help="Largest zoom of the chain's scale step (> 1 zooms in; log-uniform from the "
+                                    "preset's smallest, 0.7 in the paper, to this). 0: the preset's (1.4 in the "
+                                    "paper). 2.24 shows as little as 1/5 of the patch's area, like the smallest of "
+                                    "NPID's random-resized crops (docs/method.md section 1).")
     fixed_copies: int = setting(0, check=NON_NEGATIVE, help="K > 0: the paper's fixed pool of K copies per seed; "
                                                             "0: transformations drawn afresh every time.")
     augment_on: str = setting("host", choices=AUGMENT_ON,
@@ -278,6 +284,21 @@ def _seed_sampling_problems(config: TrainConfig) -> list[str]:
     return problems
 
 
+def _augment_problems(config: TrainConfig) -> list[str]:
+    """--scale_max widens the Exemplar chain's scale step: it needs that step, and a range with room in it."""
+    if not config.scale_max:
+        return []
+    problems = []
+    if config.method != "exemplar" or "scale" not in config.transforms:
+        problems.append(f"--scale_max={config.scale_max} sets the range of the Exemplar chain's scale step: it needs "
+                        f"--method=exemplar and 'scale' in --transforms")
+    smallest = PRESET_RANGES[config.preset].scale[0]
+    if not config.scale_max > smallest:
+        problems.append(f"--scale_max={config.scale_max} must be above the --preset={config.preset} smallest "
+                        f"scale {smallest:.3g}")
+    return problems
+
+
 def _needs_bank(config: TrainConfig, flag: str) -> list[str]:
     return [] if config.uses_bank else [f"{flag} needs a memory bank: use --objective=nce or nonparametric, "
                                         f"not {config.objective}"]
@@ -418,7 +439,7 @@ def check_instances(config: TrainConfig, num_instances: int) -> None:
 
 
 CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
-    _objective_problems, _seed_sampling_problems, _bank_problems, _merge_problems, _schedule_problems,
+    _objective_problems, _seed_sampling_problems, _augment_problems, _bank_problems, _merge_problems, _schedule_problems,
     _resolution_problems, _run_problems)
 
 
