@@ -21,6 +21,7 @@ flags.DEFINE_integer("copies", 8, "transformed copies per seed")
 flags.DEFINE_string("out", "preview.png", "PNG to write")
 flags.DEFINE_enum("preset", "paper", list(PRESETS), "transformation ranges")
 flags.DEFINE_list("transforms", list(PAPER_TRANSFORMS), f"subset of {','.join(ALL_TRANSFORMS)}")
+flags.DEFINE_float("scale_max", 0.0, "largest zoom of the scale step (0: the preset's; docs/method.md section 1)")
 flags.DEFINE_integer("patch_size", 32, "seed patch side")
 flags.DEFINE_integer("seed", 0, "seed for choosing seeds and drawing transformations")
 flags.DEFINE_integer("zoom", 2, "each patch enlarged this many times")
@@ -33,7 +34,16 @@ def _unknown_transforms(values: flags.FlagValues) -> str | None:
     return f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}" if unknown else None
 
 
+def _scale_max_below_the_preset(values: flags.FlagValues) -> str | None:
+    smallest = PRESETS[values.preset].scale[0]
+    if values.scale_max and not values.scale_max > smallest:
+        return f"--scale_max={values.scale_max} must be 0 (the preset's) or above the --preset={values.preset} " \
+               f"smallest scale {smallest:.3g}"
+    return None
+
+
 cli.check_flags(_unknown_transforms)
+cli.check_flags(_scale_max_below_the_preset)
 
 
 def main(argv):
@@ -43,7 +53,8 @@ def main(argv):
     options = flags.FLAGS
     grid = preview.write_preview(options.out, source=options.source, split=options.split,
                                  num_seeds=options.num_seeds, copies=options.copies, preset=options.preset,
-                                 transforms=options.transforms, patch_size=options.patch_size, seed=options.seed,
+                                 transforms=options.transforms, scale_max=options.scale_max or None,
+                                 patch_size=options.patch_size, seed=options.seed,
                                  zoom=options.zoom, data_dir=options.data_dir)
     print(f"wrote {options.out} ({grid.shape[1]}×{grid.shape[0]} pixels)")
 

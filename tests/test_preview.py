@@ -37,3 +37,23 @@ def test_program_writes_a_png_of_the_expected_size(tmp_path):
                     "--patch_size=16", "--zoom=2", "--preset=release_code", "--transforms=translate,hue",
                     f"--out={out}"], check=True, timeout=120, capture_output=True)
     assert matplotlib.image.imread(out).shape[:2] == (2 * 34 + 2, 4 * 34 + 2)
+
+
+def test_scale_max_zooms_the_copies_further_and_keeps_the_seed_patches(tmp_path):
+    """The same seeds and draws with only the scale step on: the wider range maps each copy's draw to a larger zoom,
+    so every copy changes and the untransformed first column does not."""
+    kwargs = dict(num_seeds=2, copies=4, patch_size=16, zoom=1, seed=1, transforms=("scale",))
+    paper = preview.write_preview(str(tmp_path / "paper.png"), **kwargs)
+    wide = preview.write_preview(str(tmp_path / "wide.png"), scale_max=3.0, **kwargs)
+    cell = lambda grid, r, c: grid[2 + 18 * r:18 + 18 * r, 2 + 18 * c:18 + 18 * c]  # noqa: E731
+    for r in range(2):
+        np.testing.assert_array_equal(cell(wide, r, 0), cell(paper, r, 0))
+        assert all(not np.array_equal(cell(wide, r, c), cell(paper, r, c)) for c in range(1, 5))
+
+
+def test_program_refuses_a_scale_max_below_the_preset_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "exemplar_tf.preview", "--scale_max=0.5",
+                             f"--out={tmp_path / 'p.png'}"], timeout=120, capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "p.png").exists()  # a flag error: usage, exit 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: --scale_max=0.5 must be 0 (the preset's) or above the --preset=paper smallest scale 0.7"]

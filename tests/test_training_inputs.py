@@ -56,3 +56,23 @@ def test_npid_device_augmentation_refuses_images_of_several_sizes(tmp_path):
                          augment_on="device")
     with pytest.raises(InputError, match="--method=npid --augment_on=device needs images of one size"):
         inputs.npid_data(config)
+
+
+@pytest.mark.parametrize("sampling", ["online", "fixed"])
+def test_scale_max_reaches_the_exemplar_chain(tmp_path, monkeypatch, sampling):
+    _class_sorted_folder(tmp_path)
+    built = []
+
+    class RecordingChain(inputs.TransformChain):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(inputs, "TransformChain", RecordingChain)
+    for scale_max, expected in ((2.24, (0.7, 2.24)), (0.0, (0.7, 1.4))):
+        built.clear()
+        (tmp_path / f"run_{scale_max}").mkdir()
+        config = TrainConfig(run_dir=str(tmp_path / f"run_{scale_max}"), source=f"folder:{tmp_path}",
+                             seed_sampling=sampling, num_seeds=8, batch_size=4, scale_max=scale_max)
+        inputs.exemplar_data(config)
+        assert built and all(chain.preset.scale == expected for chain in built)
