@@ -56,6 +56,41 @@ def test_nonparametric_softmax_loss_matches_numpy(problem):
     np.testing.assert_allclose(got.numpy(), softmax_reference(v @ bank.T / TAU, indices), rtol=1e-5, atol=1e-5)
 
 
+def test_bank_neighbours_are_the_nearest_other_rows_nearest_first(rng):
+    bank = unit_rows(rng, N, D)
+    indices = np.array([0, 4, 6, 4])
+    got = losses.bank_neighbours(tf.Variable(bank, dtype=tf.float32), tf.constant(indices), 3).numpy()
+    similarity = bank[indices] @ bank.T
+    similarity[np.arange(len(indices)), indices] = -np.inf
+    np.testing.assert_array_equal(got, np.argsort(-similarity, axis=1)[:, :3])
+    assert not (got == indices[:, None]).any()
+
+
+def test_bank_neighbours_of_a_bank_with_duplicate_rows_find_the_duplicate():
+    bank = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 2]]  # row 4 equals row 2
+    got = losses.bank_neighbours(tf.constant(bank), tf.constant([2, 4]), 1).numpy()
+    np.testing.assert_array_equal(got, [[4], [2]])
+
+
+def test_neighbourhood_softmax_loss_matches_numpy(problem):
+    v, bank, indices, _ = problem
+    neighbours = np.array([[1, 2], [0, 5], [3, 3]])
+    got = losses.neighbourhood_softmax_loss(tf.constant(v, tf.float32), tf.constant(bank, tf.float32),
+                                            tf.constant(indices), tf.constant(neighbours), TAU)
+    p = np.exp(v @ bank.T / TAU)
+    p /= p.sum(axis=1, keepdims=True)
+    members = np.concatenate([indices[:, None], neighbours], axis=1)
+    expected = -np.mean(np.log(np.take_along_axis(p, members, axis=1).sum(axis=1)))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_neighbourhood_softmax_loss_without_neighbours_is_the_nonparametric_softmax(problem):
+    v, bank, indices, _ = problem
+    args = tf.constant(v, tf.float32), tf.constant(bank, tf.float32), tf.constant(indices)
+    got = losses.neighbourhood_softmax_loss(*args, tf.zeros([B, 0], tf.int32), TAU)
+    np.testing.assert_allclose(got.numpy(), losses.nonparametric_softmax_loss(*args, TAU).numpy(), rtol=1e-6)
+
+
 def test_nonparametric_softmax_over_k_active_rows_is_a_k_way_softmax():
     # v = e0, tau = 1: active rows e0, e1, -e0 score 1, 0, -1; the inactive row e0 (score 1) must not count.
     v = tf.constant([[1.0, 0.0], [0.0, 1.0]])

@@ -170,3 +170,15 @@ def test_a_new_steps_count_that_moves_the_resolution_switch_is_refused(tmp_path)
                                                     r"resolution from step 5 to 10\) was '10', now '20'"):
         rundir.check_reuse(_config(tmp_path, steps=20, **low_res), overwrite=False)
 
+
+
+def test_a_new_steps_count_that_moves_the_start_of_the_neighbours_is_refused(tmp_path):
+    both = dict(arch="resnet18", objective="nonparametric", neighbours=2, neighbours_from=0.5, low_res_size=24,
+                low_res_until=0.3)
+    _trained(_config(tmp_path, steps=10, **both))
+    assert rundir.changed_settings(rundir.read_flagfile(str(tmp_path / "run" / "flags.cfg")),
+                                   _config(tmp_path, steps=11, **both)) == []  # int(5.5) = 5, int(3.3) = 3
+    with pytest.raises(rundir.RunDirMismatch, match=r"--steps \(with --low_res_until=0.3 it moves the switch to full "
+                                                    r"resolution from step 3 to 6; with --neighbours_from=0.5 it "
+                                                    r"moves the start of the bank neighbours from step 5 to 10\)"):
+        rundir.check_reuse(_config(tmp_path, steps=20, **both), overwrite=False)

@@ -174,15 +174,37 @@ class BankObjective(Objective):
 
 
 class NonParametric(BankObjective):
-    """NPID's exact non-parametric softmax over every bank row (reads the bank whole)."""
+    """NPID's exact non-parametric softmax over every bank row (reads the bank whole).
+
+    With `settings.neighbours` = k > 0, from step `settings.neighbours_from_step` on each example's positive is
+    its own row together with the k rows nearest to it in the bank (`losses.neighbourhood_softmax_loss`); the
+    switch is a variable the loop sets before each call (`at_step`), so one compiled step serves both phases.
+    """
 
     name = "nonparametric"
+
+    def build(self, encoder, num_instances, new_encoder):
+        super().build(encoder, num_instances, new_encoder)
+        self.neighbours_on = None
+        if self.settings.neighbours:  # not checkpointed: `at_step` derives it from the step
+            self.neighbours_on = tf.Variable(False, trainable=False, name="neighbours_on",
+                                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def at_step(self, step):
+        if self.neighbours_on is not None:
+            self.neighbours_on.assign(step >= self.settings.neighbours_from_step)
 
     def bank_loss(self, codes, classes, num_active, noise_seed, positives):
         if self.bank.sharded:
             return self.sharded_bank_loss(codes, classes, num_active, positives)
-        return losses.nonparametric_softmax_loss(codes, self.bank.variable, classes, self.settings.tau, num_active,
-                                                 positives=positives), {}
+        tau, bank = self.settings.tau, self.bank.variable
+        own_row_loss = lambda: losses.nonparametric_softmax_loss(  # noqa: E731
+            codes, bank, classes, tau, num_active, positives=positives)
+        if self.neighbours_on is None:
+            return own_row_loss(), {}
+        neighbourhood_loss = lambda: losses.neighbourhood_softmax_loss(  # noqa: E731
+            codes, bank, classes, losses.bank_neighbours(bank, classes, self.settings.neighbours), tau)
+        return tf.cond(self.neighbours_on, neighbourhood_loss, own_row_loss), {}
 
     def sharded_bank_loss(self, codes, classes, num_active, positives):
         """The exact softmax over the shards: each scores the global batch against its rows, and one all-reduce

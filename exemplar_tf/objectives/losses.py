@@ -1,4 +1,5 @@
-"""Training objectives as pure functions: parametric softmax, NPID's non-parametric softmax and NCE.
+"""Training objectives as pure functions: parametric softmax, NPID's non-parametric softmax (also with bank
+neighbours as positives) and NCE.
 
 Shapes: B batch, N classes or instances, D embedding size, m noise samples per example.
 The memory bank enters as a tensor or as the bank variable itself (`MemoryBank.variable`); no gradient flows
@@ -44,6 +45,31 @@ def nonparametric_softmax_loss(v, bank, indices, tau, num_active=None, positives
     if num_active is not None:
         logits = mask_inactive(logits, num_active)
     return softmax_loss(logits, indices)
+
+
+def bank_neighbours(bank, indices, k: int):
+    """int32 [B,k]: for each example, the k bank rows nearest (largest dot product) to its own row `indices`
+    int [B], its own row left out; nearest first. bank: float [N,D] unit rows (tensor or variable, no gradient)."""
+    indices = tf.cast(indices, tf.int32)
+    own_rows = gather_rows(bank, indices)  # [B,D]
+    similarity = all_scores(tf.cast(own_rows, tf.float32), bank)  # [B,N]
+    own = tf.one_hot(indices, tf.shape(similarity)[-1], on_value=True, off_value=False)
+    similarity = tf.where(own, tf.constant(float("-inf")), similarity)
+    return tf.math.top_k(similarity, k).indices
+
+
+def neighbourhood_softmax_loss(v, bank, indices, neighbours, tau):
+    """The exact non-parametric softmax with a neighbourhood as the positive (AND, Huang et al. 2019): mean over
+    the batch of -log sum_{j in {i} + neighbours_i} softmax(bank . v / tau)_j.
+
+    v: float [B,D] unit rows; bank: float [N,D] unit rows; indices: int [B] (each example's own row); neighbours:
+    int [B,k] other rows counted as the same instance (`bank_neighbours`; k = 0 gives
+    `nonparametric_softmax_loss`). Returns float32 scalar.
+    """
+    logits = all_scores(tf.cast(v, tf.float32), bank) / tau  # [B,N]
+    members = tf.concat([tf.cast(indices, tf.int32)[:, None], tf.cast(neighbours, tf.int32)], axis=1)  # [B,1+k]
+    positive_logits = tf.gather(logits, members, batch_dims=1)  # [B,1+k]
+    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_logsumexp(positive_logits, axis=-1))
 
 
 def sample_noise(indices, num_instances, m, seed):

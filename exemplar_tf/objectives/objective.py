@@ -5,7 +5,7 @@ bank, Z or proximal term.
 
 Lifecycle: `build(encoder, num_instances)` inside the strategy scope creates the variables; the step calls
 `loss` inside its GradientTape and `update` right after the optimizer; the loop calls `start` on a fresh run,
-`scalars` at log points and `merge_classes` at --merge_classes_at. The losses stay the pure functions of `losses`.
+`at_step` before each call of the step, `scalars` at log points and `merge_classes` at --merge_classes_at. The losses stay the pure functions of `losses`.
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ class Settings:
     momentum_encoder: float = 0.0  # > 0: a key encoder (EMA of the encoder) writes the bank; two views
     bn_groups: int = 1  # > 1 (momentum encoder only): BatchNorm groups per batch, keys shuffled across them
     merges_classes: bool = False  # --merge_to: keep a seed -> class map (`relabel`)
+    neighbours: int = 0  # > 0 (exact softmax): k nearest bank rows join each example's positive ...
+    neighbours_from_step: int = 0  # ... from this step on
     seed: int = 0
 
 
@@ -128,6 +130,10 @@ class Objective(abc.ABC):
         return {}
 
     # --- the loop ---------------------------------------------------------------------------------------------
+    def at_step(self, step: int) -> None:
+        """Before each call of the compiled step, from `step` on (host, eager): set any phase of the objective that
+        depends on the step (the call never crosses such a switch: `loop.steps_this_call`)."""
+
     def start(self, encoder: keras.Model, instances: Callable[[], tf.data.Dataset], progress: bool = False) -> str:
         """On a fresh run (step 0, nothing restored): initialise state from the encoder if the method asks for it.
         Returns a line for the user, or ""."""

@@ -147,6 +147,14 @@ class TrainConfig:
                                   "permutation of the batch, so an instance's query and key are normalised with "
                                   "different batch mates. G must divide the per-replica batch (--batch_size / replicas). 1: one "
                                   "group (off).")
+    neighbours: int = setting(0, check=NON_NEGATIVE,
+                              help="--objective=nonparametric: from --neighbours_from of --steps on, each example's "
+                                   "positive is its own bank row together with the k rows nearest to that row in "
+                                   "the bank (the softmax probabilities of all 1 + k summed: AND, Huang et al. "
+                                   "2019; docs/method.md section 9). 0: off (NPID: the own row only).")
+    neighbours_from: float = setting(0.5, check=UNIT_INTERVAL,
+                                     help="--neighbours: the fraction of --steps after which the neighbours join "
+                                          "the positive (the bank's neighbours are random at the start).")
     # Optimisation.
     batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
     steps: int = setting(10000, check=POSITIVE, help="Training steps.")
@@ -239,6 +247,11 @@ class TrainConfig:
         """Steps [0, low_res_steps) train at --low_res_size (0 when progressive resolution is off)."""
         return int(self.low_res_until * self.steps) if self.low_res_size else 0
 
+    @property
+    def neighbours_from_step(self) -> int:
+        """The first step whose positives include --neighbours bank neighbours."""
+        return int(self.neighbours_from * self.steps)
+
     def input_size_at(self, step: int) -> int:
         """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
         return self.low_res_size if step < self.low_res_steps else self.input_size
@@ -304,6 +317,24 @@ def _needs_bank(config: TrainConfig, flag: str) -> list[str]:
                                         f"not {config.objective}"]
 
 
+def _neighbour_problems(config: TrainConfig) -> list[str]:
+    """--neighbours: the exact softmax on one whole bank of instance rows, and a switch inside the run."""
+    problems = []
+    if config.objective != "nonparametric":
+        problems.append(f"--neighbours sums the exact softmax over a neighbourhood: use --objective=nonparametric, "
+                        f"not {config.objective}")
+    unsupported = [flag for flag, on in (("--momentum_encoder", config.momentum_encoder > 0),
+                                         ("--merge_to", bool(config.merge_to)),
+                                         ("--bank_sharding=sharded", config.bank_sharding == "sharded")) if on]
+    if unsupported:
+        problems.append(f"--neighbours is not supported with {', '.join(unsupported)}")
+    if not 0 < config.neighbours_from_step < config.steps:
+        problems.append(f"--neighbours_from={config.neighbours_from} of --steps={config.steps} starts the neighbours "
+                        f"at step {config.neighbours_from_step}: it must leave steps at both sides (0 < start < "
+                        f"--steps)")
+    return problems
+
+
 def _bank_problems(config: TrainConfig) -> list[str]:
     """The settings of the memory bank need one; a few are not supported across workers or with merging."""
     problems = []
@@ -329,6 +360,8 @@ def _bank_problems(config: TrainConfig) -> list[str]:
         if config.merge_classes_at or config.merge_to:
             problems.append("--momentum_encoder is not supported with --merge_to (merging replaces the bank's "
                             "instance rows by class rows; the key encoder writes instance rows)")
+    if config.neighbours:
+        problems += _neighbour_problems(config)
     if config.bn_groups > 1 and not config.momentum_encoder > 0:
         problems.append(f"--bn_groups={config.bn_groups} shuffles the key encoder's BatchNorm groups: use it with "
                         f"--momentum_encoder > 0")
@@ -417,10 +450,13 @@ def _run_problems(config: TrainConfig) -> list[str]:
 def instance_problems(config: TrainConfig, num_instances: int) -> list[str]:
     """The rules that need N, the number of instances (bank rows) the source gave: checked once the data is open,
     before anything is written. NCE draws m noise rows out of N (uniform, Pn = 1/N): with m >= N every instance
-    is scored as noise more often than as data and the codes collapse."""
-    if config.objective != "nce":
-        return []
+    is scored as noise more often than as data and the codes collapse. --neighbours needs k other rows."""
     problems = []
+    if config.neighbours >= num_instances:
+        problems.append(f"--neighbours={config.neighbours} must be smaller than the {num_instances} instances of "
+                        f"--source={config.source}")
+    if config.objective != "nce":
+        return problems
     if config.nce_m >= num_instances:
         problems.append(f"--nce_m={config.nce_m} must be smaller than the {num_instances} instances of --source="
                         f"{config.source}: pass --nce_m={max(1, num_instances // 2)} or --objective=nonparametric (the "

@@ -243,11 +243,14 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
 
 def steps_this_call(config: TrainConfig, step: int) -> int:
     """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step,
-    --merge_classes_at, the switch to full resolution (and the last step), so the loop stops exactly on each."""
+    --merge_classes_at, the switch to full resolution, the start of --neighbours (and the last step), so the loop
+    stops exactly on each."""
     periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
     merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
     full_resolution = [config.low_res_steps] if step < config.low_res_steps else []
-    next_event = min([config.steps] + merge + full_resolution + [(step // period + 1) * period for period in periods])
+    neighbours = [config.neighbours_from_step] if config.neighbours and step < config.neighbours_from_step else []
+    next_event = min([config.steps] + merge + full_resolution + neighbours
+                     + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
 
 
@@ -401,6 +404,7 @@ def _train(run: _Run) -> float:
     run.merge_if_due()
     while step < config.steps:
         before = step
+        state.objective.at_step(before)
         out = train_steps_at(before)(iterator, tf.constant(steps_this_call(config, before), tf.int32))
         step = state.step  # optimizer.iterations: mixed_float16's loss scaling does not count the steps it skips
         if not bool(out["finite"]):

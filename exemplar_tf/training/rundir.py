@@ -78,13 +78,19 @@ def changed_settings(saved: dict[str, str], config: TrainConfig) -> list[tuple[s
 
 
 def _moved_switch(config: TrainConfig, old_steps: str) -> str:
-    """For a changed --steps under --low_res_size: "steps" named with the switch step it moves ("" when it moves
-    none). The switch is a fraction of --steps: a resumed run could go back to the low side after the full one."""
-    old_switch = int(config.low_res_until * int(old_steps)) if config.low_res_size else 0
-    if old_switch == config.low_res_steps:
-        return ""
-    return f"steps (with --low_res_until={config.low_res_until} it moves the switch to full resolution from step " \
-           f"{old_switch} to {config.low_res_steps})"
+    """For a changed --steps: "steps" named with the switches it moves, each a fraction of --steps ("" when it moves
+    none): to full resolution (--low_res_until; a resumed run could go back to the low side after the full one) and
+    to bank neighbours as positives (--neighbours_from; it could turn them off again)."""
+    switches = []
+    if config.low_res_size:
+        switches.append((f"--low_res_until={config.low_res_until}", "the switch to full resolution",
+                         config.low_res_until, config.low_res_steps))
+    if config.neighbours:
+        switches.append((f"--neighbours_from={config.neighbours_from}", "the start of the bank neighbours",
+                         config.neighbours_from, config.neighbours_from_step))
+    moved = [f"with {flag} it moves {what} from step {int(fraction * int(old_steps))} to {step}"
+             for flag, what, fraction, step in switches if int(fraction * int(old_steps)) != step]
+    return f"steps ({'; '.join(moved)})" if moved else ""
 
 
 def _changes_optimizer(key: str, old: str, new: str) -> bool:

@@ -64,7 +64,8 @@ def objective_of(config: TrainConfig) -> Objective:
         nce_z_momentum=config.nce_z_momentum, bank_momentum=config.bank_momentum, bank_init=config.bank_init,
         bank_sharding=config.bank_sharding,
         proximal_lambda=config.proximal_lambda, momentum_encoder=config.momentum_encoder, bn_groups=config.bn_groups,
-        merges_classes=bool(config.merge_to), seed=config.seed))
+        merges_classes=bool(config.merge_to), neighbours=config.neighbours,
+        neighbours_from_step=config.neighbours_from_step, seed=config.seed))
 
 
 def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, views: Views = one_host_view,
