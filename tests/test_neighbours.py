@@ -88,7 +88,7 @@ def test_a_call_stops_at_the_start_of_the_neighbours():
     assert loop.steps_this_call(config, 0) == 12 and loop.steps_this_call(config, 12) == 8
 
 
-def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch):
+def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny_config):
     switches = []  # (step, neighbours on) at every call of the step
     at_step = objectives.NonParametric.at_step
 
@@ -97,10 +97,8 @@ def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch):
         switches.append((step, bool(self.neighbours_on.numpy())))
 
     monkeypatch.setattr(objectives.NonParametric, "at_step", recording)
-    config = TrainConfig(run_dir=str(tmp_path / "run"), name="neighbours", source="demo", method="exemplar",
-                         arch="resnet18", resnet_width=4, objective="nonparametric", num_seeds=64, seeds_per_image=8,
-                         batch_size=16, steps=6, log_every=2, checkpoint_every=3, progress=False,
-                         export_base=str(tmp_path / "sm"), neighbours=3, neighbours_from=0.5, precision="float32")
+    config = tiny_config(tmp_path / "run", arch="resnet18", resnet_width=4, objective="nonparametric", steps=6,
+                         checkpoint_every=3, neighbours=3, neighbours_from=0.5, precision="float32")
     result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert switches == [(0, False), (2, False), (3, True), (4, True)]
