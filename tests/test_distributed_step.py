@@ -48,6 +48,7 @@ def _train(strategy, config, initial=None, steps_per_call=1):
             state.objective.bank.bank.assign(initial.objective.bank.bank.value)
         if state.objective.relabel is not None:
             state.objective.relabel.assign(initial.objective.relabel.numpy())
+    state.objective.at_step(config.steps - 1)  # past any step switch (--neighbours): its last phase
     train_steps = make_train_step(config, strategy, state)
     iterator = _distributed_iterator(strategy)
     losses = []
@@ -76,8 +77,9 @@ def test_bank_copies_are_bitwise_equal_on_every_replica(two_cpus, objective, noi
         assert z_copies[0] == z_copies[1] and z_copies[0] > 0
 
 
-def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus):
-    config = _config("nonparametric")
+@pytest.mark.parametrize("neighbours", [0, 2])
+def test_two_replicas_match_one_device_on_the_same_global_batch(two_cpus, neighbours):
+    config = _config("nonparametric", neighbours=neighbours)
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     with one_device.scope():
         initial = build_state(config, NUM_INSTANCES, np.full(3, 0.5, np.float32))

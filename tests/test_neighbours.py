@@ -88,7 +88,7 @@ def test_a_call_stops_at_the_start_of_the_neighbours():
     assert loop.steps_this_call(config, 0) == 12 and loop.steps_this_call(config, 12) == 8
 
 
-def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny_config):
+def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny_config, capsys):
     switches = []  # (step, neighbours on) at every call of the step
     at_step = objectives.NonParametric.at_step
 
@@ -102,6 +102,7 @@ def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny
     result = runs.train(config)
     assert result.step == 6 and np.isfinite(result.loss)
     assert switches == [(0, False), (2, False), (3, True), (4, True)]
+    assert "step 3: the 3 nearest bank rows join each example's positive from here on" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -110,14 +111,22 @@ def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny
     (dict(momentum_encoder=0.99), "--neighbours is not supported with --momentum_encoder"),
     (dict(bank_sharding="sharded", merge_classes_at=2, merge_to=8, method="exemplar"),
      "--neighbours is not supported with --merge_to, --bank_sharding=sharded"),
-    (dict(neighbours_from=0.0), "--neighbours_from=0.0 of --steps=10 starts the neighbours at step 0: it must leave "
-                                "steps at both sides"),
-    (dict(neighbours_from=1.0), "starts the neighbours at step 10"),
+    (dict(neighbours_from=0.05), "--neighbours_from=0.05 of --steps=10 starts the neighbours at step 0: it must "
+                                 "leave steps at both sides"),
+    (dict(neighbours_from=0.0), "--neighbours_from must be in (0, 1), got 0.0"),
+    (dict(neighbours_from=1.0), "--neighbours_from must be in (0, 1), got 1.0"),
+    (dict(neighbours=0, neighbours_from=0.3), "--neighbours_from=0.3 applies with --neighbours=k > 0 (it is 0)"),
 ])
 def test_bad_neighbour_flags_are_refused(changes, message):
     with pytest.raises(InputError) as error:
         validate(_step_config(**changes))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("settings", [dict(momentum_encoder=0.99), dict(merges_classes=True)])
+def test_the_objective_refuses_neighbours_where_its_positive_is_not_the_whole_banks_own_row(settings):
+    with pytest.raises(ValueError, match="neighbours need the whole bank of instance rows"):
+        _nonparametric(neighbours=K, **settings)
 
 
 def test_neighbours_must_be_fewer_than_the_instances():

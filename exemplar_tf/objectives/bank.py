@@ -187,6 +187,9 @@ class NonParametric(BankObjective):
         super().build(encoder, num_instances, new_encoder)
         self.neighbours_on = None
         if self.settings.neighbours:  # not checkpointed: `at_step` derives it from the step
+            if self.bank.sharded or self.settings.momentum_encoder or self.settings.merges_classes:
+                raise ValueError("neighbours need the whole bank of instance rows and the own row as the positive: "
+                                 "not with a sharded bank, a momentum encoder or merged classes")
             self.neighbours_on = tf.Variable(False, trainable=False, name="neighbours_on",
                                              aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
@@ -202,8 +205,12 @@ class NonParametric(BankObjective):
             codes, bank, classes, tau, num_active, positives=positives)
         if self.neighbours_on is None:
             return own_row_loss(), {}
-        neighbourhood_loss = lambda: losses.neighbourhood_softmax_loss(  # noqa: E731
-            codes, bank, classes, losses.bank_neighbours(bank, classes, self.settings.neighbours), tau)
+
+        def neighbourhood_loss():
+            rows = tf.convert_to_tensor(bank)  # one read of the whole bank for the neighbours and the softmax
+            return losses.neighbourhood_softmax_loss(
+                codes, rows, classes, losses.bank_neighbours(rows, classes, self.settings.neighbours), tau)
+
         return tf.cond(self.neighbours_on, neighbourhood_loss, own_row_loss), {}
 
     def sharded_bank_loss(self, codes, classes, num_active, positives):

@@ -152,7 +152,7 @@ class TrainConfig:
                                    "positive is its own bank row together with the k rows nearest to that row in "
                                    "the bank (the softmax probabilities of all 1 + k summed: AND, Huang et al. "
                                    "2019; docs/method.md section 9). 0: off (NPID: the own row only).")
-    neighbours_from: float = setting(0.5, check=UNIT_INTERVAL,
+    neighbours_from: float = setting(0.5, check=Range(low=0, high=1, low_open=True, high_open=True),
                                      help="--neighbours: the fraction of --steps after which the neighbours join "
                                           "the positive (the bank's neighbours are random at the start).")
     # Optimisation.
@@ -362,6 +362,8 @@ def _bank_problems(config: TrainConfig) -> list[str]:
                             "instance rows by class rows; the key encoder writes instance rows)")
     if config.neighbours:
         problems += _neighbour_problems(config)
+    elif config.neighbours_from != settings.spec_map(TrainConfig)["neighbours_from"].default:
+        problems.append(f"--neighbours_from={config.neighbours_from} applies with --neighbours=k > 0 (it is 0)")
     if config.bn_groups > 1 and not config.momentum_encoder > 0:
         problems.append(f"--bn_groups={config.bn_groups} shuffles the key encoder's BatchNorm groups: use it with "
                         f"--momentum_encoder > 0")

@@ -405,6 +405,9 @@ def _train(run: _Run) -> float:
     while step < config.steps:
         before = step
         state.objective.at_step(before)
+        if config.neighbours and before == config.neighbours_from_step:
+            tqdm.write(f"step {before}: the {config.neighbours} nearest bank rows join each example's positive from "
+                       f"here on (--neighbours; the loss is another function from this step)")
         out = train_steps_at(before)(iterator, tf.constant(steps_this_call(config, before), tf.int32))
         step = state.step  # optimizer.iterations: mixed_float16's loss scaling does not count the steps it skips
         if not bool(out["finite"]):
