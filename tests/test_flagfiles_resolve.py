@@ -26,7 +26,8 @@ with open(os.path.join(REPO, "tests", "data", "resolved_flagfiles.json")) as _fi
 ADDED = {"momentum_encoder": "--momentum_encoder=0.0", "bank_sharding": "--bank_sharding=replicated",
          "lr_schedule": "--lr_schedule=step", "lr_warmup_steps": "--lr_warmup_steps=0", "data_service": "--data_service=",
          "bn_groups": "--bn_groups=1", "head_hidden_dim": "--head_hidden_dim=0", "low_res_size": "--low_res_size=0",
-         "low_res_until": "--low_res_until=0.0"}
+         "low_res_until": "--low_res_until=0.0", "scale_max": "--scale_max=0.0", "neighbours": "--neighbours=0",
+         "neighbours_from": "--neighbours_from=0.5"}
 
 
 def _without_added(lines):
@@ -115,5 +116,8 @@ def test_the_training_program_has_the_same_flags_and_defaults_plus_the_added_fie
                      "bn_groups": {"type": "int", "default": "1", "enum": None},
                      "head_hidden_dim": {"type": "int", "default": "0", "enum": None},
                      "low_res_size": {"type": "int", "default": "0", "enum": None},
-                     "low_res_until": {"type": "float", "default": "0.0", "enum": None}}
+                     "low_res_until": {"type": "float", "default": "0.0", "enum": None},
+                     "scale_max": {"type": "float", "default": "0.0", "enum": None},
+                     "neighbours": {"type": "int", "default": "0", "enum": None},
+                     "neighbours_from": {"type": "float", "default": "0.5", "enum": None}}
     assert set(now) | set(added) | {"precision"} == {field.name for field in dataclasses.fields(TrainConfig)}
