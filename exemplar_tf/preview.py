@@ -53,7 +53,7 @@ def main(argv):
     options = flags.FLAGS
     grid = preview.write_preview(options.out, source=options.source, split=options.split,
                                  num_seeds=options.num_seeds, copies=options.copies, preset=options.preset,
-                                 transforms=options.transforms, scale_max=options.scale_max or None,
+                                 transforms=options.transforms, scale_max=options.scale_max,
                                  patch_size=options.patch_size, seed=options.seed,
                                  zoom=options.zoom, data_dir=options.data_dir)
     print(f"wrote {options.out} ({grid.shape[1]}×{grid.shape[0]} pixels)")

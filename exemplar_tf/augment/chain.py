@@ -39,18 +39,18 @@ class TransformChain:
     seed: int32/int64 [2], one seed for the batch, or [B,2], one per sample (sample b's parameters then depend
     only on seed[b]: the fixed pool of copies uses this).
     scale_max: the largest zoom of the scale step in place of the preset's (the range stays log-uniform from the
-    preset's smallest); None keeps the preset's.
+    preset's smallest); 0 keeps the preset's.
     """
 
     def __init__(self, preset: str, transforms: Sequence[str], pca: ops.ColorPCA, patch_size: int,
-                 scale_max: float | None = None):
+                 scale_max: float = 0.0):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         unknown = [name for name in transforms if name not in ALL_TRANSFORMS]
         if unknown:
             raise ValueError(f"unknown transforms {unknown}; valid names: {', '.join(ALL_TRANSFORMS)}")
         self.preset = PRESETS[preset]
-        if scale_max is not None:
+        if scale_max:
             if not scale_max > self.preset.scale[0]:
                 raise ValueError(f"scale_max={scale_max} must be above the {preset} preset's smallest scale "
                                  f"{self.preset.scale[0]:.3g}")

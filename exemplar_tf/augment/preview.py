@@ -40,10 +40,10 @@ def grid_image(cells: np.ndarray, zoom: int = 1, gap: int = GAP) -> np.ndarray:
 
 
 def write_preview(out: str, *, source: str = "demo", split: str = "train", num_seeds: int = 8, copies: int = 8,
-                  preset: str = "paper", transforms: Sequence[str] = PAPER_TRANSFORMS, scale_max: float | None = None,
+                  preset: str = "paper", transforms: Sequence[str] = PAPER_TRANSFORMS, scale_max: float = 0.0,
                   patch_size: int = 32, seed: int = 0, zoom: int = 2, data_dir: str | None = None) -> np.ndarray:
     """Samples `num_seeds` seeds (one per image) from the source, writes the grid PNG to `out`, returns it.
-    scale_max: the chain's largest zoom in place of the preset's (None: the preset's)."""
+    scale_max: the chain's largest zoom in place of the preset's (0: the preset's)."""
     images = sources.load_source(source, split, data_dir=data_dir, min_size=patches.min_image_side(patch_size)).dataset
     seeds = patches.sample_seeds(images, num_seeds=num_seeds, patch_size=patch_size, rng_seed=seed)
     chain = TransformChain(preset, transforms, surrogate.fit_color_pca(seeds), patch_size, scale_max)

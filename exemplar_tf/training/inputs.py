@@ -136,7 +136,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> Tr
     source = _limited_source(config)
     seeds = load_or_sample_seeds(config, source, chief)
     pca = surrogate.fit_color_pca(seeds)
-    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size, config.scale_max or None)
+    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size, config.scale_max)
     mean_rgb = (seeds.windows.reshape(-1, 3).mean(axis=0) / 255.0).astype(np.float32)
 
     def seed_batches(ctx: tf.distribute.InputContext, start: int, augment_on: str) -> tf.data.Dataset:
@@ -192,7 +192,7 @@ def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
     eval_images = percentile_images(config, source)
     pixels = eval_images.reshape(-1, 3)
     pca = ColorPCA.fit(pixels[::max(1, len(pixels) // surrogate.PCA_MAX_PIXELS)] / 255.0)
-    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size, config.scale_max or None)
+    chain = TransformChain(config.preset, config.transforms, pca, config.patch_size, config.scale_max)
     window_size = round(config.patch_size * WINDOW_FACTOR)
     decoded = data_instances.in_memory(source)
     check_servable(config, source, decoded)
