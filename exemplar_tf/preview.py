@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from exemplar_tf import errors
-from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS  # names only: no TensorFlow
+from exemplar_tf.augment.presets import ALL_TRANSFORMS, PRESETS, scale_max_problem  # names only: no TensorFlow
 from exemplar_tf.choices import PAPER_TRANSFORMS
 from exemplar_tf.errors import cli
 
@@ -34,16 +34,8 @@ def _unknown_transforms(values: flags.FlagValues) -> str | None:
     return f"--transforms has unknown names {unknown}; valid: {', '.join(ALL_TRANSFORMS)}" if unknown else None
 
 
-def _scale_max_below_the_preset(values: flags.FlagValues) -> str | None:
-    smallest = PRESETS[values.preset].scale[0]
-    if values.scale_max and not values.scale_max > smallest:
-        return f"--scale_max={values.scale_max} must be 0 (the preset's) or above the --preset={values.preset} " \
-               f"smallest scale {smallest:.3g}"
-    return None
-
-
 cli.check_flags(_unknown_transforms)
-cli.check_flags(_scale_max_below_the_preset)
+cli.check_flags(lambda values: scale_max_problem(values.preset, values.scale_max, "--scale_max"))
 
 
 def main(argv):

@@ -65,6 +65,11 @@ def test_parameters_stay_inside_and_span_the_preset_ranges(preset_name, pca):
                    params["sv_offset"][:, 0], params["hue"], params["flip"], params["grayscale"]]
     correlations = np.corrcoef(np.stack(independent)) - np.eye(len(independent))
     assert np.abs(correlations).max() < 0.05  # every parameter drawn from its own stream
+    # ... and no two transforms share a stream: the first DRAWS values of each, in draw order, are uncorrelated
+    # (a [B] draw reusing a [B,2] draw's seed repeats its flattened values, which the columns above do not see)
+    streams = np.stack([np.log(np.abs(value)).reshape(-1)[:DRAWS] if name in ("scale", "sv_power", "sv_multiplier")
+                        else value.reshape(-1)[:DRAWS] for name, value in params.items()])
+    assert np.abs(np.corrcoef(streams) - np.eye(len(streams))).max() < 0.05
     assert {k: v.shape for k, v in params.items()} == {
         "translate": (DRAWS, 2), "scale": (DRAWS,), "rotate": (DRAWS,), "pca_color": (DRAWS, 3),
         "sv_power": (DRAWS, 2), "sv_multiplier": (DRAWS, 2), "sv_offset": (DRAWS, 2), "hue": (DRAWS,),
@@ -210,7 +215,7 @@ def test_scale_max_zooms_the_image_by_the_drawn_factor(pca):
 
 
 def test_scale_max_must_be_above_the_smallest_scale(pca):
-    with pytest.raises(ValueError, match="scale_max=0.6 must be above the paper preset's smallest scale 0.7"):
+    with pytest.raises(ValueError, match=r"scale_max=0.6 must be 0 \(the preset's\) or above the paper preset's smallest scale 0.7"):
         TransformChain("paper", ALL_TRANSFORMS, pca, P, scale_max=0.6)
 
 

@@ -56,4 +56,4 @@ def test_program_refuses_a_scale_max_below_the_preset_in_one_line(tmp_path):
                              f"--out={tmp_path / 'p.png'}"], timeout=120, capture_output=True, text=True)
     assert result.returncode == 2 and not (tmp_path / "p.png").exists()  # a flag error: usage, exit 2
     assert result.stderr.strip().splitlines() == [
-        "Error: --scale_max=0.5 must be 0 (the preset's) or above the --preset=paper smallest scale 0.7"]
+        "Error: --scale_max=0.5 must be 0 (the preset's) or above the paper preset's smallest scale 0.7"]

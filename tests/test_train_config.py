@@ -112,7 +112,7 @@ def test_merging_is_accepted_with_every_objective(objective, noise):
         (dict(momentum_encoder=0.99, objective="nce", batch_norm=True, nce_m=50, merge_classes_at=100, merge_to=100),
          "--momentum_encoder is not supported with --merge_to"),
         (dict(dropout=1.0), "--dropout must be in [0, 1), got 1.0"),
-        (dict(scale_max=0.7), "--scale_max=0.7 must be above the --preset=paper smallest scale 0.7"),
+        (dict(scale_max=0.7), "--scale_max=0.7 must be 0 (the preset's) or above the paper preset's smallest scale 0.7"),
         (dict(scale_max=2.0, transforms=("translate", "rotate")), "--scale_max=2.0 sets the range of the Exemplar "
                                                                   "chain's scale step: it needs --method=exemplar"),
         (dict(scale_max=2.0, method="npid"), "it needs --method=exemplar and 'scale' in --transforms"),

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from exemplar_tf.augment import transforms as ops
 from exemplar_tf.augment.npid import FLIP_PROBABILITY, GRAYSCALE_PROBABILITY
-from exemplar_tf.augment.presets import ALL_TRANSFORMS, GEOMETRIC_TRANSFORMS, PRESETS, Log2NormalFactor
+from exemplar_tf.augment.presets import ALL_TRANSFORMS, GEOMETRIC_TRANSFORMS, PRESETS, Log2NormalFactor, scale_max_problem
 
 
 def _uniform(shape, seed, low, high):
@@ -50,10 +50,10 @@ class TransformChain:
         if unknown:
             raise ValueError(f"unknown transforms {unknown}; valid names: {', '.join(ALL_TRANSFORMS)}")
         self.preset = PRESETS[preset]
+        problem = scale_max_problem(preset, scale_max, "scale_max")
+        if problem:
+            raise ValueError(problem)
         if scale_max:
-            if not scale_max > self.preset.scale[0]:
-                raise ValueError(f"scale_max={scale_max} must be above the {preset} preset's smallest scale "
-                                 f"{self.preset.scale[0]:.3g}")
             self.preset = dataclasses.replace(self.preset, scale=(self.preset.scale[0], scale_max))
         self.transforms = tuple(name for name in ALL_TRANSFORMS if name in transforms)
         self.pca = pca

@@ -85,3 +85,13 @@ PRESETS = {
         hue_shift=0.1,
     ),
 }
+
+
+def scale_max_problem(preset: str, scale_max: float, name: str) -> str | None:
+    """Why `scale_max` (the flag or argument `name`) cannot be the top of `preset`'s scale range, or None.
+
+    0 keeps the preset's range; any other value must be above the preset's smallest scale (docs/method.md §1)."""
+    smallest = PRESETS[preset].scale[0]
+    if scale_max and not scale_max > smallest:
+        return f"{name}={scale_max} must be 0 (the preset's) or above the {preset} preset's smallest scale {smallest:.3g}"
+    return None

@@ -15,7 +15,7 @@ from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES,
                                  EXEMPLAR_ARCHS, LR_SCHEDULES, METHODS, NCE_NOISE, OBJECTIVES, PRECISION_SETTINGS,
                                  PAPER_TRANSFORMS, PRECISIONS, PRESETS, RESNET_STEMS, SEED_SAMPLINGS, STRATEGIES,
                                  TRANSFORMS)
-from exemplar_tf.augment.presets import PRESETS as PRESET_RANGES
+from exemplar_tf.augment.presets import scale_max_problem
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
 from exemplar_tf.training import machine, settings
@@ -305,11 +305,8 @@ def _augment_problems(config: TrainConfig) -> list[str]:
     if config.method != "exemplar" or "scale" not in config.transforms:
         problems.append(f"--scale_max={config.scale_max} sets the range of the Exemplar chain's scale step: it needs "
                         f"--method=exemplar and 'scale' in --transforms")
-    smallest = PRESET_RANGES[config.preset].scale[0]
-    if not config.scale_max > smallest:
-        problems.append(f"--scale_max={config.scale_max} must be above the --preset={config.preset} smallest "
-                        f"scale {smallest:.3g}")
-    return problems
+    problem = scale_max_problem(config.preset, config.scale_max, "--scale_max")
+    return problems + [problem] if problem else problems
 
 
 def _needs_bank(config: TrainConfig, flag: str) -> list[str]:
