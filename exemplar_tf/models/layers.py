@@ -62,6 +62,79 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
+SMALL_MAP_OUTPUTS = 16  # output positions (H x W) up to which SmallMapConv2D takes the kernel gradient by matmul
+MATMUL_GRADIENT_DTYPES = ("bfloat16",)  # compute dtypes where that pays (float32 is slower by matmul: BUILD_NOTES)
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "SAME" padding of one spatial axis: (before, after), the extra pixel after."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def kernel_gradient_by_matmul(inputs, output_gradient, kernel_size: int, stride: int):
+    """dLoss/dkernel of a "SAME", undilated NHWC convolution as one matmul over its stacked input taps.
+
+    inputs [B,H,W,Cin], output_gradient [B,Ho,Wo,Cout] -> [k,k,Cin,Cout] (the kernel's layout): tap (i, j) of
+    the padded input, strided like the convolution, is [B*Ho*Wo, Cin]; the k*k taps side by side times the
+    output gradient is the sum over batch and positions of every tap's outer product with it."""
+    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    out_height, out_width, filters = output_gradient.shape[1], output_gradient.shape[2], output_gradient.shape[3]
+    padded = tf.pad(inputs, [[0, 0], same_padding(height, kernel_size, stride),
+                             same_padding(width, kernel_size, stride), [0, 0]])
+    taps = [padded[:, i:i + (out_height - 1) * stride + 1:stride, j:j + (out_width - 1) * stride + 1:stride, :]
+            for i in range(kernel_size) for j in range(kernel_size)]
+    columns = tf.reshape(tf.concat(taps, axis=-1), [-1, kernel_size * kernel_size * channels])
+    gradient = tf.matmul(columns, tf.reshape(output_gradient, [-1, filters]), transpose_a=True)
+    return tf.reshape(gradient, [kernel_size, kernel_size, channels, filters])
+
+
+def gpu_visible() -> bool:
+    """Whether TensorFlow sees a GPU (where SmallMapConv2D leaves the kernel gradient to TensorFlow)."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+@keras.saving.register_keras_serializable(package="exemplar_tf")
+class SmallMapConv2D(keras.layers.Conv2D):
+    """Keras' Conv2D whose kernel gradient, for a stride-1 convolution computing in bfloat16 whose output map
+    has at most SMALL_MAP_OUTPUTS positions, is `kernel_gradient_by_matmul` instead of TensorFlow's
+    Conv2DBackpropFilter; everything else is Keras'.
+
+    On a CPU, oneDNN's bfloat16 weight-gradient kernel as TensorFlow calls it runs a deep layer on a 4x4 map
+    ~4x slower than the same layer's forward pass; one matmul over the stacked taps does the same sums in half
+    the time (BUILD_NOTES.md, "The convolutions' kernel gradient on small maps": where it pays and where not).
+    Same variables, outputs and input gradient. Keras' path is kept where a GPU is visible (measured on CPUs
+    only) and for anything but square kernels, stride 1, "same" padding, no dilation, channels last and static
+    input sides. Under XLA
+    (`--jit_compile`, not measured with this layer) the kernel gradient is rounded to the compute dtype, as
+    TensorFlow's own kernel does without XLA."""
+
+    def convolution_op(self, inputs, kernel):
+        if not self._small_map(inputs.shape):
+            return super().convolution_op(inputs, kernel)
+        kernel_size = self.kernel_size[0]
+
+        @tf.custom_gradient
+        def convolve(images, weights):
+            def gradient(output_gradient):
+                images_gradient = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(images), filter=weights, out_backprop=output_gradient,
+                    strides=[1, 1, 1, 1], padding="SAME")
+                return images_gradient, kernel_gradient_by_matmul(images, output_gradient, kernel_size, 1)
+            return tf.nn.conv2d(images, weights, 1, "SAME"), gradient
+
+        return convolve(inputs, tf.convert_to_tensor(kernel))
+
+    def _small_map(self, input_shape) -> bool:
+        """Whether this call takes the kernel gradient by matmul (see the class docstring)."""
+        (kernel_height, kernel_width), (height, width) = self.kernel_size, input_shape[1:3]
+        if (gpu_visible() or self.compute_dtype not in MATMUL_GRADIENT_DTYPES or self.padding != "same"
+                or self.data_format != "channels_last" or self.groups != 1 or set(self.dilation_rate) != {1}
+                or set(self.strides) != {1} or kernel_height != kernel_width or None in input_shape[1:]):
+            return False
+        return height * width <= SMALL_MAP_OUTPUTS
+
+
 class Encoder(keras.Model):
     """Image encoder: float32 [B,H,W,3] in [0,1] -> representation [B,F] (mean subtraction inside).
 

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from exemplar_tf.choices import RESNET_STEMS
-from exemplar_tf.models.layers import Encoder, FusedBatchNormalization, set_layers
+from exemplar_tf.models.layers import Encoder, FusedBatchNormalization, SmallMapConv2D, set_layers
 from exemplar_tf.models.registry import register_encoder
 
 # arch -> (block kind, blocks per stage); stage widths are w, 2w, 4w, 8w for base width w (64 in the papers;
@@ -32,8 +32,8 @@ STEMS = RESNET_STEMS  # auto picks by input size (choices)
 
 
 def conv(filters: int, size: int, stride: int = 1, name: str | None = None):
-    return keras.layers.Conv2D(filters, size, strides=stride, padding="same", use_bias=False,
-                               kernel_initializer="he_normal", name=name)
+    return SmallMapConv2D(filters, size, strides=stride, padding="same", use_bias=False,
+                          kernel_initializer="he_normal", name=name)
 
 
 def batch_norm(name: str | None = None):
