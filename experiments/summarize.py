@@ -131,12 +131,13 @@ def table_row(name: str) -> str:
 
 def plot_curves(names: list[str], path: str) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4))
-    for name in names:
+    markers = "osD^v<>"  # with the 10 default colours: 70 runs before a colour and marker repeat together
+    for index, name in enumerate(names):
         flags = run_flags(name)
         curve = curves(name)["knn_top1"]
         images_per_step = int(flags["batch_size"]) / NUM_TRAIN_IMAGES  # comparable across seeds and images
         axis.plot([step * images_per_step for step, _ in curve], [100 * top1 for _, top1 in curve],
-                  marker="o", label=f"{name} ({encoder_name(flags)})")
+                  marker=markers[index // 10 % len(markers)], label=f"{name} ({encoder_name(flags)})")
     axis.set_xlabel("training images seen / 50 000 (epochs of the training set's size)")
     axis.set_ylabel("weighted kNN top-1 (%), monitor subset")
     axis.set_title("CIFAR-10: kNN accuracy during unsupervised training")
