@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf.models import layers
+from exemplar_tf.models import build_encoder, layers
 from exemplar_tf.models.layers import SMALL_MAP_OUTPUTS, SmallMapConv2D, kernel_gradient_by_matmul, same_padding
 
 MIXED = keras.DTypePolicy("mixed_bfloat16")
@@ -146,3 +146,17 @@ def test_a_checkpoint_of_keras_conv2d_restores_into_small_map_conv2d(tmp_path):
     path = tf.train.Checkpoint(conv=keras_conv).write(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(conv=small).read(path).assert_consumed()
     np.testing.assert_array_equal(small.kernel, keras_conv.kernel)
+
+
+def test_resnet18_in_bfloat16_takes_the_matmul_for_stage_4s_three_stride_1_convolutions():
+    encoder = build_encoder("resnet18", input_size=32, mean_rgb=[0.5] * 3, resnet_width=8, precision="mixed_bfloat16")
+
+    @tf.function
+    def gradients(images):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(encoder(images, training=True), tf.float32))
+        return tape.gradient(loss, encoder.trainable_variables)
+    graph = gradients.get_concrete_function(tf.TensorSpec([2, 32, 32, 3])).graph
+    op_types = [op.type for op in graph.get_operations()]
+    # 20 convolutions (stem, 16 in blocks, 3 shortcuts); stage 4's 4x4 maps: conv2 of block 1, both of block 2
+    assert op_types.count("Conv2D") == 20 and op_types.count("Conv2DBackpropFilter") == 17
