@@ -121,6 +121,7 @@ def test_the_matmul_path_is_taken_up_to_the_small_map_limit_and_only_there():
     assert "MatMul" in small and "Conv2DBackpropFilter" not in small
     assert "Conv2DBackpropFilter" in _gradient_ops(side + 1, 1)  # more outputs: TensorFlow's kernel
     assert "Conv2DBackpropFilter" in _gradient_ops(2 * side, 2)  # strided: TensorFlow's kernel (faster there)
+    assert "Conv2DBackpropFilter" in _gradient_ops(side, 2)  # ... also on an input as small as the limit
     assert "Conv2DBackpropFilter" in _gradient_ops(side, 1, dtype="float32")  # float32: TensorFlow's (faster)
 
 
