@@ -105,9 +105,8 @@ class SmallMapConv2D(keras.layers.Conv2D):
     the time (BUILD_NOTES.md, "The convolutions' kernel gradient on small maps": where it pays and where not).
     Same variables, outputs and input gradient. Keras' path is kept where a GPU is visible (measured on CPUs
     only) and for anything but square kernels, stride 1, "same" padding, no dilation, channels last and static
-    input sides. Under XLA
-    (`--jit_compile`, not measured with this layer) the kernel gradient is rounded to the compute dtype, as
-    TensorFlow's own kernel does without XLA."""
+    input sides. Under XLA (`--jit_compile`, not measured with this layer) the kernel gradient is rounded to the
+    compute dtype, as TensorFlow's own kernel does without XLA."""
 
     def convolution_op(self, inputs, kernel):
         if not self._small_map(inputs.shape):
