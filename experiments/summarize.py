@@ -129,7 +129,8 @@ def table_row(name: str) -> str:
             f"| `{command_prefix}bash experiments/run_cifar10.sh {name}` |")
 
 
-def plot_curves(names: list[str], path: str) -> None:
+def plot_curves(names: list[str], path: str):
+    """Draws every run's kNN monitor against epochs into `path`; returns the figure."""
     figure, axis = plt.subplots(figsize=(6.5, 4))
     markers = "osD^v<>"  # with the 10 default colours: 70 runs before a colour and marker repeat together
     for index, name in enumerate(names):
@@ -145,6 +146,7 @@ def plot_curves(names: list[str], path: str) -> None:
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+    return figure
 
 
 def main(names: list[str]) -> None:

@@ -34,3 +34,17 @@ def test_npid_with_max_instances_counts_the_evenly_spread_subset(summarize):
     assert summarize.num_instances(flags) == 5000
     assert summarize.epochs_per_step(flags) == pytest.approx(128 / 5000)
     assert not summarize.counts_seeds(flags)
+
+
+def test_the_eleventh_curve_shares_the_first_colour_but_not_its_marker(summarize, tmp_path):
+    names = ("cifar10_full_online_r18w32_bf16_nbr1 cifar10_full_online_r18w32_bf16_flipgray "
+             "cifar10_full_online_r18w32_bf16_zoom224 cifar10_full_online_r18w32_bf16_lowres24 "
+             "cifar10_full_online_r18w32_bf16_long cifar10_full_exemplar_nce_r18w32 cifar10_full_online_r18w32 "
+             "cifar10_full_npid_softmax_r18w32 cifar10_full_npid_nce_r18w32 cifar10_full_exemplar_softmax_r18w32 "
+             "cifar10_full_npid_softmax").split()
+    figure = summarize.plot_curves(names, str(tmp_path / "curves.png"))
+    lines = figure.axes[0].lines
+    assert len(lines) == 11 and (tmp_path / "curves.png").stat().st_size > 0
+    assert lines[10].get_color() == lines[0].get_color()
+    assert lines[10].get_marker() != lines[0].get_marker()
+    assert len({(line.get_color(), line.get_marker()) for line in lines}) == 11
