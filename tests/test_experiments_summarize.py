@@ -1,4 +1,5 @@
 """experiments/summarize.py: RESULTS.md's rows from the committed result files of the CIFAR-10 runs."""
+import glob
 import importlib
 import os
 import sys
@@ -37,11 +38,8 @@ def test_npid_with_max_instances_counts_the_evenly_spread_subset(summarize):
 
 
 def test_the_eleventh_curve_shares_the_first_colour_but_not_its_marker(summarize, tmp_path):
-    names = ("cifar10_full_online_r18w32_bf16_nbr1 cifar10_full_online_r18w32_bf16_flipgray "
-             "cifar10_full_online_r18w32_bf16_zoom224 cifar10_full_online_r18w32_bf16_lowres24 "
-             "cifar10_full_online_r18w32_bf16_long cifar10_full_exemplar_nce_r18w32 cifar10_full_online_r18w32 "
-             "cifar10_full_npid_softmax_r18w32 cifar10_full_npid_nce_r18w32 cifar10_full_exemplar_softmax_r18w32 "
-             "cifar10_full_npid_softmax").split()
+    committed = sorted(glob.glob(os.path.join(REPO, "experiments", "results", "*", "curves.json")))
+    names = [os.path.basename(os.path.dirname(path)) for path in committed][:11]  # runs the plot can draw
     figure = summarize.plot_curves(names, str(tmp_path / "curves.png"))
     lines = figure.axes[0].lines
     assert len(lines) == 11 and (tmp_path / "curves.png").stat().st_size > 0
