@@ -157,7 +157,13 @@ class TrainConfig:
                                           "the positive (the bank's neighbours are random at the start).")
     # Optimisation.
     batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
-    steps: int = setting(10000, check=POSITIVE, help="Training steps.")
+    steps: int = setting(10000, check=POSITIVE, help="Training steps (with --train_minutes: replaced by the steps that "
+                                                     "fit the budget).")
+    train_minutes: float = setting(0.0, check=NON_NEGATIVE,
+                                   help="A wall-clock budget for the whole command, start-up to export: on a fresh "
+                                        "run the step is timed on this machine once the start-up is done and --steps "
+                                        "becomes the steps that fit (written to the run's flags.cfg; a resumed run "
+                                        "keeps them). 0: --steps as given (docs/method.md section 10).")
     lr: float | None = setting(None, check=POSITIVE,
                                help="Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
     lr_schedule: str = setting("step", choices=LR_SCHEDULES,
@@ -432,7 +438,7 @@ def _resolution_problems(config: TrainConfig) -> list[str]:
 
 
 def _run_problems(config: TrainConfig) -> list[str]:
-    """Where the run reads from and reports to: the TPU, the kNN monitor, bad-file skipping."""
+    """Where the run reads from and reports to: the TPU, the kNN monitor, bad-file skipping, the time budget."""
     problems = []
     if config.strategy == "tpu" and not config.tpu:
         problems.append("--strategy=tpu needs --tpu (a TPU name or grpc:// address)")
@@ -440,6 +446,15 @@ def _run_problems(config: TrainConfig) -> list[str]:
         problems.append(problem)
     if config.knn_every and not config.knn_source:
         problems.append("--knn_every needs --knn_source (a labelled source)")
+    if config.train_minutes and config.strategy == "multi_worker":
+        problems.append("--train_minutes is not supported with --strategy=multi_worker (every worker would time its "
+                        "own steps and choose its own --steps)")
+    if config.train_minutes and config.data_service:
+        problems.append("--train_minutes is not supported with --data_service (timing the step would take batches "
+                        "from the service's job that the run then never sees)")
+    if config.train_minutes and config.neighbours:
+        problems.append("--train_minutes does not combine with --neighbours yet (the neighbours' start, a fraction of "
+                        "--steps, is fixed when the objective is built, before the step is timed): give --steps")
     if config.skip_bad_images and not config.source.startswith("folder:"):
         problems.append(f"--skip_bad_images applies to folder:<dir> sources (their files are checked one by one), "
                         f"not --source={config.source}")

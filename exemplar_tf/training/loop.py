@@ -31,9 +31,11 @@ from exemplar_tf import models
 from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.io.lock import DirectoryLock
 from exemplar_tf.metrics.knn import knn_accuracy
-from exemplar_tf.training import checkpoints, distribute, inputs, rundir, summaries
+from exemplar_tf.errors import InputError
+from exemplar_tf.training import budget, checkpoints, distribute, inputs, rundir, summaries
 from exemplar_tf.training.config import TrainConfig, check_instances, validate
-from exemplar_tf.training.step import ModelState, build_state, make_train_step, merge_classes, objective_of
+from exemplar_tf.training.step import (ModelState, build_optimizer, build_state, make_train_step, merge_classes,
+                                       objective_of)
 from exemplar_tf.io.status import status
 
 
@@ -88,16 +90,19 @@ def _chief_checkpoint_dir(config: TrainConfig) -> str:
     return os.path.join(config.run_dir, "checkpoints")
 
 
-def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> DirectoryLock | None:
+def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> tuple[TrainConfig, DirectoryLock | None]:
     """The chief locks the run directory, refuses one made with other training settings (or moves it aside with
     --overwrite) and settles which checkpoint to resume from (moving unreadable ones aside); every worker waits
-    for that before reading the directory. Returns the chief's lock. Nothing is written before a refusal but
+    for that before reading the directory. Returns the config to run (a budgeted run being resumed: with its
+    recorded --steps, `rundir.with_recorded_steps`) and the chief's lock. Nothing is written before a refusal but
     the lock's holder file."""
     lock = None
     if chief:
         rundir.check_usable(config.run_dir)
         lock = DirectoryLock(config.run_dir)
         try:
+            if not config.overwrite:
+                config = validate(rundir.with_recorded_steps(config))
             kept = rundir.check_reuse(config, config.overwrite)
             if kept:
                 print(f"--overwrite: moved the earlier run to {kept}")
@@ -110,7 +115,7 @@ def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> DirectoryLoc
     elif not config.overwrite:
         rundir.check_reuse(config, overwrite=False)
     distribute.barrier(strategy)
-    return lock
+    return config, lock
 
 
 def _save(manager: tf.train.CheckpointManager, step: int) -> None:
@@ -314,20 +319,27 @@ class _Run:
         _log_scalars(self.writer, step, scalars)
 
 
-def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Exporter) -> _Run:
+def _start(config: TrainConfig, strategy: tf.distribute.Strategy, export: Exporter, started: float) -> _Run:
     """Prepares the run directory, data and state; restores the newest checkpoint, or on a fresh run exports the
-    random baseline, lets the objective initialise its state and writes the step-0 summaries."""
+    random baseline, lets the objective initialise its state, writes the step-0 summaries and, with
+    --train_minutes, fixes --steps to the budget (`_fit_to_budget`). `started`: time.perf_counter() when the
+    command's run began."""
     chief = distribute.is_chief(strategy)
-    lock = _prepare_run_dir(config, strategy, chief)
+    config, lock = _prepare_run_dir(config, strategy, chief)
     try:
-        return _start_locked(config, strategy, export, chief, lock)
+        return _start_locked(config, strategy, export, chief, lock, started)
     except BaseException:
         if lock:
             lock.release()
         raise
 
 
-def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, lock) -> _Run:
+def _checkpoint_manager(config: TrainConfig, strategy, state: ModelState) -> tf.train.CheckpointManager:
+    return tf.train.CheckpointManager(state.checkpoint(), _checkpoint_dir(config, strategy),
+                                      max_to_keep=config.keep_checkpoints)
+
+
+def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, lock, started: float) -> _Run:
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout masks follow --seed
     objective = objective_of(config)
     status(_data_status(config))
@@ -340,8 +352,7 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
     status(_build_status(config, data.num_instances))
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective)
-    manager = tf.train.CheckpointManager(state.checkpoint(), _checkpoint_dir(config, strategy),
-                                         max_to_keep=config.keep_checkpoints)
+    manager = _checkpoint_manager(config, strategy, state)
     writer = tf.summary.create_file_writer(os.path.join(config.run_dir, "tensorboard")) if chief \
         else tf.summary.create_noop_writer()
     if chief and config.knn_source:
@@ -352,20 +363,60 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
     if resume_from:
         restore(state, resume_from)
         logging.info("Resumed from %s (step %d)", resume_from, state.step)
-        print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}")
+        kept = " (the steps fitted to --train_minutes when it started)" if config.train_minutes else ""
+        print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}{kept}")
         return run
+    export_s = knn_s = 0.0
     if chief:
-        run.export_encoder(f"{config.name}_random", "the randomly initialised encoder (baseline)")
-    started = time.perf_counter()
+        export_s = _seconds(lambda: run.export_encoder(f"{config.name}_random",
+                                                       "the randomly initialised encoder (baseline)"))
+    began = time.perf_counter()
     said = objective.start(state.encoder, data.instances, progress=config.progress)
     if said:
-        print(f"{said} ({time.perf_counter() - started:.0f} s)")
+        print(f"{said} ({time.perf_counter() - began:.0f} s)")
     with writer.as_default(step=0):
         tf.summary.image("surrogate_samples", summaries.image_grid(data.preview_images), step=0)
-    summaries.write_config(writer, config)
     if run.knn_reading:  # the random-initialisation point of the kNN curve
-        _log_knn(writer, 0, run.knn_reading(state))
+        knn_s = _seconds(lambda: _log_knn(writer, 0, run.knn_reading(state)))
+    if config.train_minutes:
+        _fit_to_budget(run, started, export_s, knn_s)
+    summaries.write_config(writer, run.config)
     return run
+
+
+def _seconds(work: Callable[[], object]) -> float:
+    """Seconds `work()` took."""
+    began = time.perf_counter()
+    work()
+    return time.perf_counter() - began
+
+
+def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> None:
+    """--train_minutes on a fresh run, its start-up done: times the step (`budget.measure`), fixes --steps to what
+    fits (`budget.fit_steps`) and makes the run that run: the config, flags.cfg, the optimizer's schedule (no
+    step has run: its slots are still zero) and the checkpoint manager over it. `export_s` and `knn_s`: what
+    the random export and the step-0 kNN reading took."""
+    config = run.config
+    status(f"--train_minutes={config.train_minutes:g}: timing the training step on this machine "
+           f"(~{budget.TIMED_SECONDS * len(budget.input_sides(config)):.0f} s after compiling it) ...")
+    step_s, compile_s, checkpoint_s = budget.measure(config, run.strategy, run.data)
+    costs = budget.Costs(elapsed=time.perf_counter() - started, step=step_s, compile=compile_s, knn_reading=knn_s,
+                         export=export_s, checkpoint=checkpoint_s)
+    steps = budget.fit_steps(60 * config.train_minutes, costs, config.knn_every, config.checkpoint_every)
+    if not steps:
+        raise InputError(f"--train_minutes={config.train_minutes:g}: no step fits (start-up and timing took "
+                         f"{costs.elapsed / 60:.1f} min, a step {step_s:.3f} s); give more minutes")
+    fitted = dataclasses.replace(config, steps=steps)
+    try:
+        validate(fitted)
+    except InputError as error:
+        raise InputError(f"--train_minutes={config.train_minutes:g} fits {steps} steps, too few for the other "
+                         f"flags: {' '.join(str(error).split())}") from None
+    print(budget.summary_line(fitted, steps, costs))
+    rundir.write_flagfile(fitted)
+    with run.strategy.scope():
+        run.state.optimizer = build_optimizer(fitted, run.state.trainable_variables)
+    run.config, run.manager = fitted, _checkpoint_manager(fitted, run.strategy, run.state)
 
 
 def _train(run: _Run) -> float:
@@ -462,9 +513,10 @@ def run(config: TrainConfig, export: Exporter, strategy: tf.distribute.Strategy 
     if config.allow_unnormalised_bank and config.uses_bank and not config.batch_norm:
         logging.warning("--objective=%s without --batch_norm on the %s Exemplar-CNN: expect the codes to collapse "
                         "(BUILD_NOTES.md)", config.objective, config.arch)
+    started = time.perf_counter()
     strategy = strategy or distribute.make_strategy(config.strategy, tpu=config.tpu)
     try:
-        run = _start(config, strategy, export)
+        run = _start(config, strategy, export, started)
         try:
             first_step = run.state.step
             return _finish(run, _train(run), first_step)

@@ -24,7 +24,7 @@ SEEDS_FILE = "seeds.npz"  # the exemplar seed cache (training.inputs.load_or_sam
 RESUME_SAFE = frozenset({
     "run_dir", "name", "data_dir", "steps", "log_every", "checkpoint_every", "keep_checkpoints", "knn_source",
     "knn_split", "knn_train_split", "knn_every", "knn_max_examples", "export_base", "progress", "strategy", "tpu",
-    "overwrite", "precision", "steps_per_call", "jit_compile", "data_service", "bank_sharding",
+    "overwrite", "precision", "steps_per_call", "jit_compile", "data_service", "bank_sharding", "train_minutes",
 })
 
 
@@ -103,6 +103,20 @@ def has_checkpoint(run_dir: str) -> bool:
     """Whether training wrote anything to resume from (a checkpoint state or checkpoint files)."""
     folder = os.path.join(run_dir, "checkpoints")
     return os.path.isdir(folder) and any(name == "checkpoint" or name.startswith("ckpt-") for name in os.listdir(folder))
+
+
+def with_recorded_steps(config: TrainConfig) -> TrainConfig:
+    """`config` with --train_minutes on a run directory that holds a checkpoint: its --steps replaced by the ones
+    recorded in the run's flags.cfg (fitted to the budget when the run started; a resume keeps that schedule
+    and does not time the step again). Otherwise `config` as it is."""
+    path = os.path.join(config.run_dir, FLAGFILE)
+    if not (config.train_minutes and has_checkpoint(config.run_dir) and os.path.exists(path)):
+        return config
+    recorded = read_flagfile(path).get("steps", "")
+    if not recorded.isdigit() or not int(recorded):
+        raise InputError(f"{path}: --steps={recorded!r} is not a positive step count; the resume needs the steps "
+                         f"the run was fitted to")
+    return dataclasses.replace(config, steps=int(recorded))
 
 
 def check_usable(run_dir: str) -> None:

@@ -82,16 +82,23 @@ def build_state(config: TrainConfig, num_instances: int, mean_rgb: np.ndarray, v
     encoder = new_encoder()
     objective = objective or objective_of(config)
     objective.build(encoder, num_instances, new_encoder)
+    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_batches",
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    state = ModelState(encoder, objective, None, views, position)
+    state.optimizer = build_optimizer(config, state.trainable_variables)
+    return state
+
+
+def build_optimizer(config: TrainConfig, variables: list) -> keras.optimizers.Optimizer:
+    """SGD with momentum on the learning-rate schedule over `config.steps`, built (its slots made) for `variables`;
+    with loss scaling for mixed_float16. Call inside `strategy.scope()`."""
     schedule = (cosine_decay(config.lr, config.steps, config.lr_warmup_steps) if config.lr_schedule == "cosine"
                 else step_decay(config.lr, config.steps, config.lr_decay_at, config.lr_decay_factor))
     optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
     if models.needs_loss_scaling(config.precision):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # skips (and does not count) non-finite steps
-    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_batches",
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    state = ModelState(encoder, objective, optimizer, views, position)
-    optimizer.build(state.trainable_variables)
-    return state
+    optimizer.build(variables)
+    return optimizer
 
 
 def seed_codes(encoder: keras.Model, instances: tf.data.Dataset, batch_size: int = 256) -> np.ndarray:
