@@ -1,12 +1,13 @@
 """Turns the CIFAR-10 experiment outputs into RESULTS.md's table rows and its kNN-vs-epoch plot.
 
-    python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce cifar10_exemplar_nce_long
+    python experiments/summarize.py cifar10_exemplar_softmax cifar10_exemplar_nce [--plot=experiments/results/x.png]
 
 Reads, for each run name, from experiments/results/<name>/ (written by experiments/run_cifar10.sh): flags.cfg
 (the run's resolved flags), curves.json (the kNN monitor over training, on the evenly spread train/test subset of
 --knn_max_examples, and the logged examples/s), time.json, knn_trained.json, knn_random.json and probe.json
 (optional). Runs from before curves.json existed are read from runs/<name>/. Prints one markdown table row per
-run and writes experiments/results/knn_vs_epoch.png.
+run; with --plot=<png>, also draws the named runs' kNN monitors into that file (RESULTS.md gives each plot's
+command with its full list of runs: a plot is redrawn only when asked for, never from a shorter list).
 
     python experiments/summarize.py --save_curves <name>   (run_cifar10.sh does this after training)
 reads runs/<name>/tensorboard and writes experiments/results/<name>/curves.json.
@@ -149,17 +150,20 @@ def plot_curves(names: list[str], path: str):
     return figure
 
 
-def main(names: list[str]) -> None:
-    if names[:1] == ["--save_curves"]:
-        for name in names[1:]:
+def main(args: list[str]) -> None:
+    if args[:1] == ["--save_curves"]:
+        for name in args[1:]:
             save_curves(name)
         return
+    plots = [arg.split("=", 1)[1] for arg in args if arg.startswith("--plot=")]
+    names = [arg for arg in args if not arg.startswith("--plot=")]
     print("| method | encoder | training instances | epochs | wall time | kNN top-1 | linear top-1 "
           "| random init kNN / linear | command |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         print(table_row(name))
-    plot_curves(names, os.path.join(RESULTS, "knn_vs_epoch.png"))
+    for path in plots:
+        plot_curves(names, path)
 
 
 if __name__ == "__main__":

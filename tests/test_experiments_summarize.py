@@ -46,3 +46,14 @@ def test_the_eleventh_curve_shares_the_first_colour_but_not_its_marker(summarize
     assert lines[10].get_color() == lines[0].get_color()
     assert lines[10].get_marker() != lines[0].get_marker()
     assert len({(line.get_color(), line.get_marker()) for line in lines}) == 11
+
+
+def test_the_plot_is_drawn_only_where_asked_for(summarize, tmp_path, monkeypatch, capsys):
+    """Printing two rows leaves the committed plots alone; --plot=<png> draws the named runs there."""
+    drawn = []
+    monkeypatch.setattr(summarize, "plot_curves", lambda names, path: drawn.append((names, path)))
+    names = ["cifar10_full_online_r18w32", "cifar10_full_exemplar_nce_r18w32"]
+    summarize.main(names)
+    assert drawn == [] and capsys.readouterr().out.count("run_cifar10.sh") == 2  # the two rows
+    summarize.main([names[0], f"--plot={tmp_path}/a.png", names[1]])
+    assert drawn == [(names, f"{tmp_path}/a.png")]

@@ -27,7 +27,7 @@ ADDED = {"momentum_encoder": "--momentum_encoder=0.0", "bank_sharding": "--bank_
          "lr_schedule": "--lr_schedule=step", "lr_warmup_steps": "--lr_warmup_steps=0", "data_service": "--data_service=",
          "bn_groups": "--bn_groups=1", "head_hidden_dim": "--head_hidden_dim=0", "low_res_size": "--low_res_size=0",
          "low_res_until": "--low_res_until=0.0", "scale_max": "--scale_max=0.0", "neighbours": "--neighbours=0",
-         "neighbours_from": "--neighbours_from=0.5"}
+         "neighbours_from": "--neighbours_from=0.5", "train_minutes": "--train_minutes=0.0"}
 
 
 def _without_added(lines):

@@ -1,0 +1,122 @@
+"""--train_minutes: the step count that fits a budget (known costs in, exact steps out), the sides the step is
+timed at, and in a run: the fitted run is bitwise the run given that --steps, the steps are recorded and kept on
+resume, and budgets that cannot work are refused."""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from exemplar_tf.errors import InputError
+from exemplar_tf.serving import runs
+from exemplar_tf.training import budget, rundir
+from exemplar_tf.training.config import TrainConfig, validate
+
+COSTS = budget.Costs(elapsed=10.0, step=0.5, compile=5.0, knn_reading=2.0, export=3.0, checkpoint=1.0)
+
+
+def _command_seconds(steps, costs, knn_every, checkpoint_every):
+    """What a run of `steps` costs by the model fit_steps inverts: start-up, compile, the steps with their
+    periodic readings and checkpoints, then the last reading, checkpoint and export."""
+    readings = steps / knn_every if knn_every else 0.0
+    return (costs.elapsed + costs.compile + steps * costs.step + readings * costs.knn_reading
+            + steps / checkpoint_every * costs.checkpoint + costs.knn_reading + costs.checkpoint + costs.export)
+
+
+def test_fit_steps_is_the_most_steps_within_the_budget():
+    # left: 100 - 10 - 5 - 2 - 1 - 3 = 79 s; per step: 0.5 + 2/10 + 1/20 = 0.75 s -> 105.3
+    assert budget.fit_steps(100.0, COSTS, knn_every=10, checkpoint_every=20) == 105
+    for budget_s in (30.0, 100.0, 7200.0):
+        steps = budget.fit_steps(budget_s, COSTS, knn_every=10, checkpoint_every=20)
+        assert _command_seconds(steps, COSTS, 10, 20) <= budget_s < _command_seconds(steps + 1, COSTS, 10, 20)
+
+
+def test_fit_steps_without_a_knn_monitor_and_when_nothing_fits():
+    quiet = dataclasses.replace(COSTS, knn_reading=0.0)
+    # left: 100 - 10 - 5 - 1 - 3 = 81 s; per step 0.5 + 1/20 = 0.55 s -> 147.3
+    assert budget.fit_steps(100.0, quiet, knn_every=0, checkpoint_every=20) == 147
+    assert budget.fit_steps(20.0, COSTS, knn_every=10, checkpoint_every=20) == 0  # start-up alone is 21 s
+
+
+def test_input_sides_weigh_progressive_resolution_by_its_share_of_the_steps():
+    full = TrainConfig(run_dir="r", method="npid", arch="resnet18", image_size=32, precision="float32")
+    assert budget.input_sides(full) == [(32, 1.0)]
+    low = dataclasses.replace(full, low_res_size=24, low_res_until=0.6)
+    assert budget.input_sides(low) == [(24, 0.6), (32, pytest.approx(0.4))]
+
+
+@pytest.mark.parametrize("settings, problem", [
+    (dict(strategy="multi_worker"), "--train_minutes is not supported with --strategy=multi_worker"),
+    (dict(data_service="grpc://localhost:5050"), "--train_minutes is not supported with --data_service"),
+    (dict(objective="nonparametric", neighbours=2), "--train_minutes does not combine with --neighbours"),
+])
+def test_budgets_that_cannot_be_kept_are_refused(tiny_config, settings, problem):
+    with pytest.raises(InputError, match=problem):
+        validate(tiny_config("r", train_minutes=5, **settings))
+
+
+def _checkpoint_values(run_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{run_dir}/checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+@pytest.fixture
+def quick_timing(monkeypatch):
+    """The step timed for a fraction of a second (the real measurement on the throw-away state), and the fit
+    recorded: fitted["steps"] is what fit_steps returned, forced to `fitted["force"]` when that is set."""
+    monkeypatch.setattr(budget, "TIMED_SECONDS", 0.05)
+    fitted = {}
+    fit = budget.fit_steps
+
+    def recording_fit(budget_s, costs, knn_every, checkpoint_every):
+        fitted["costs"] = costs
+        fitted["steps"] = fitted["force"] if "force" in fitted else fit(budget_s, costs, knn_every, checkpoint_every)
+        return fitted["steps"]
+
+    monkeypatch.setattr(budget, "fit_steps", recording_fit)
+    return fitted
+
+
+def test_a_budgeted_run_is_bitwise_the_run_given_its_fitted_steps(tmp_path, tiny_config, quick_timing, capsys):
+    """The decay at half the steps moves with the fit (the provisional --steps=100 would put it at step 50), so
+    equality needs the optimizer rebuilt on the fitted steps; the throw-away timing state must leave the run's
+    random streams and input alone."""
+    quick_timing["force"] = 6
+    settings = dict(objective="nce", batch_norm=True, nce_m=8, lr_decay_at=(0.5,), checkpoint_every=3)
+    budgeted = runs.train(tiny_config(tmp_path / "budgeted", name="budgeted", steps=100, train_minutes=30,
+                                      **settings))
+    given = runs.train(tiny_config(tmp_path / "given", name="given", steps=6, **settings))
+    assert budgeted.step == given.step == 6
+    assert "--train_minutes=30: 6 steps fit" in capsys.readouterr().out
+    want, got = _checkpoint_values(tmp_path / "given"), _checkpoint_values(tmp_path / "budgeted")
+    assert set(got) == set(want) and any("kernel" in name for name in got)
+    different = [name for name in want if not np.array_equal(want[name], got[name])]
+    assert not different, f"the budgeted run differs in {different}"
+    costs = quick_timing["costs"]
+    assert costs.step > 0 and costs.checkpoint > 0 and costs.export > 0 and costs.elapsed > costs.export
+
+
+def test_the_fitted_steps_are_recorded_and_a_resume_keeps_them_without_timing_again(tmp_path, tiny_config,
+                                                                                   quick_timing, monkeypatch):
+    quick_timing["force"] = 5
+    config = tiny_config(tmp_path / "run", steps=100, train_minutes=30)
+    first = runs.train(config)
+    steps = quick_timing["steps"]
+    assert first.step == steps == 5
+    assert rundir.read_flagfile(os.path.join(config.run_dir, rundir.FLAGFILE))["steps"] == str(steps)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a resumed run timed its step again")
+
+    monkeypatch.setattr(budget, "measure", no_timing)
+    again = runs.train(dataclasses.replace(config, train_minutes=2))  # another budget: still the recorded steps
+    assert again.step == steps and again.steps_run == 0
+
+
+def test_a_budget_too_small_for_the_start_up_says_so(tmp_path, tiny_config, quick_timing):
+    quick_timing["force"] = 0
+    with pytest.raises(InputError, match=r"--train_minutes=0.01: no step fits \(start-up and timing took"):
+        runs.train(tiny_config(tmp_path / "run", train_minutes=0.01))
+    assert not rundir.has_checkpoint(str(tmp_path / "run"))
