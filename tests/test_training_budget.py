@@ -1,6 +1,6 @@
 """--train_minutes: the step count that fits a budget (known costs in, exact steps out), the sides the step is
-timed at, and in a run: the fitted run is bitwise the run given that --steps, the steps are recorded and kept on
-resume, and budgets that cannot work are refused."""
+timed at, where and how the second fit is made, and in a run: a run fitted twice is bitwise the run given its
+final --steps, the steps are recorded and kept on resume, and budgets that cannot work are refused."""
 import dataclasses
 import os
 
@@ -46,6 +46,24 @@ def test_input_sides_weigh_progressive_resolution_by_its_share_of_the_steps():
     assert budget.input_sides(low) == [(24, 0.6), (32, pytest.approx(0.4))]
 
 
+def test_the_second_fit_is_half_way_to_the_first_step_that_depends_on_the_count(tiny_config):
+    config = tiny_config("r", steps=1000, lr_decay_at=(0.8, 0.6))
+    assert budget.refit_step(config) == 300  # the drop at 600
+    assert budget.refit_step(dataclasses.replace(config, lr_decay_at=())) == 500  # nothing but the end
+    resnet = dataclasses.replace(config, arch="resnet18", patch_size=32, low_res_size=24, low_res_until=0.4)
+    assert budget.refit_step(resnet) == 200  # the switch to full resolution at 400
+    assert budget.refit_step(dataclasses.replace(config, lr_schedule="cosine")) is None
+
+
+def test_the_second_fit_counts_the_time_left_but_keeps_every_switch_ahead(tiny_config):
+    config = tiny_config("r", steps=1000, lr_decay_at=(0.6, 0.8))
+    assert budget.refit_steps(config, 300, step_s=0.5, left_s=450.0) == 1200  # 300 done + 900 more
+    # Far slower than first timed: 100 more steps would put the drop at int(0.6 * 400) = 240, behind step 300;
+    # the fewest steps whose drops are all ahead: 502 (int(0.6 * 501) = 300 is not ahead).
+    assert budget.refit_steps(config, 300, step_s=2.0, left_s=200.0) == 502
+    assert budget.refit_steps(config, 300, step_s=2.0, left_s=-50.0) == 502
+
+
 @pytest.mark.parametrize("settings, problem", [
     (dict(strategy="multi_worker"), "--train_minutes is not supported with --strategy=multi_worker"),
     (dict(data_service="grpc://localhost:5050"), "--train_minutes is not supported with --data_service"),
@@ -64,8 +82,9 @@ def _checkpoint_values(run_dir):
 
 @pytest.fixture
 def quick_timing(monkeypatch):
-    """The step timed for a fraction of a second (the real measurement on the throw-away state), and the fit
-    recorded: fitted["steps"] is what fit_steps returned, forced to `fitted["force"]` when that is set."""
+    """The step timed for a fraction of a second (the real measurement on the throw-away state), and the fits
+    recorded: fitted["steps"] is what fit_steps returned, forced to `fitted["force"]` when that is set, and
+    fitted["refit"] what refit_steps returned, forced to `fitted["force_refit"]`."""
     monkeypatch.setattr(budget, "TIMED_SECONDS", 0.05)
     fitted = {}
     fit = budget.fit_steps
@@ -76,20 +95,31 @@ def quick_timing(monkeypatch):
         return fitted["steps"]
 
     monkeypatch.setattr(budget, "fit_steps", recording_fit)
+    refit = budget.refit_steps
+
+    def recording_refit(config, step, step_s, left_s):
+        fitted["refit_at"], fitted["refit_step_s"] = step, step_s
+        fitted["refit"] = fitted["force_refit"] if "force_refit" in fitted else refit(config, step, step_s, left_s)
+        return fitted["refit"]
+
+    monkeypatch.setattr(budget, "refit_steps", recording_refit)
     return fitted
 
 
-def test_a_budgeted_run_is_bitwise_the_run_given_its_fitted_steps(tmp_path, tiny_config, quick_timing, capsys):
-    """The decay at half the steps moves with the fit (the provisional --steps=100 would put it at step 50), so
-    equality needs the optimizer rebuilt on the fitted steps; the throw-away timing state must leave the run's
-    random streams and input alone."""
-    quick_timing["force"] = 6
+def test_a_budgeted_run_is_bitwise_the_run_given_its_final_steps(tmp_path, tiny_config, quick_timing, capsys):
+    """The first fit says 12 steps (the drop at half of them, step 6; the provisional --steps=100 would put it at
+    50), the second, at step 3, says 8 (the drop at 4). Equality with --steps=8 needs the optimizer rebuilt on
+    the fitted steps both times, its momentum carried over the second time, and the throw-away timing state
+    leaving the run's random streams and input alone."""
+    quick_timing.update(force=12, force_refit=8)
     settings = dict(objective="nce", batch_norm=True, nce_m=8, lr_decay_at=(0.5,), checkpoint_every=3)
     budgeted = runs.train(tiny_config(tmp_path / "budgeted", name="budgeted", steps=100, train_minutes=30,
                                       **settings))
-    given = runs.train(tiny_config(tmp_path / "given", name="given", steps=6, **settings))
-    assert budgeted.step == given.step == 6
-    assert "--train_minutes=30: 6 steps fit" in capsys.readouterr().out
+    given = runs.train(tiny_config(tmp_path / "given", name="given", steps=8, **settings))
+    assert budgeted.step == given.step == 8 and quick_timing["refit_at"] == 3 and quick_timing["refit_step_s"] > 0
+    out = capsys.readouterr().out
+    assert "--train_minutes=30: 12 steps fit" in out and "step 3: --train_minutes=30: --steps=8 (was 12)" in out
+    assert rundir.read_flagfile(str(tmp_path / "budgeted" / rundir.FLAGFILE))["steps"] == "8"
     want, got = _checkpoint_values(tmp_path / "given"), _checkpoint_values(tmp_path / "budgeted")
     assert set(got) == set(want) and any("kernel" in name for name in got)
     different = [name for name in want if not np.array_equal(want[name], got[name])]

@@ -2,17 +2,20 @@
 
 A fresh run with a budget does its whole start-up first (data, state, the objective's start, the random export,
 the step-0 kNN reading), then times the training step on a throw-away copy of the state (`measure`: once per
-input side the run trains at) and fixes --steps (`fit_steps`) before its first real step. From then on the run
-is the run of that --steps: the schedule, the switches at fractions of --steps and the resume are those of a run
-given it (the run directory's flags.cfg records it). Machines differ 2-3x in step time, so a fixed --steps
-that fills two hours on one CPU takes five on another; a budget fits each.
+input side the run trains at) and fixes --steps (`fit_steps`) before its first real step. With a step schedule
+it fits once more, from its own steps, at `refit_step`: half-way to the first step that depends on --steps (the
+first lr drop or the switch to full resolution), where nothing trained so far depended on the count
+(`refit_steps`). Either way the run is the run of its final --steps: the schedule, the switches at fractions of
+--steps and the resume are those of a run given it (the run directory's flags.cfg records it). Machines differ
+2-3x in step time, so a fixed --steps that fills two hours on one CPU takes five on another; a budget fits each.
 
-The fit assumes the machine stays as loaded as it was while the step was timed: other work started later
+The fit assumes the machine stays as loaded as it was while the steps were timed: other work started later
 slows the run past the budget.
 """
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import tempfile
@@ -39,6 +42,15 @@ class Costs:
     checkpoint: float  # one checkpoint save
 
 
+@dataclasses.dataclass(frozen=True)
+class Refit:
+    """A budgeted run's second fit, due at step `at_step` of the command that started the run."""
+
+    at_step: int
+    started: float  # time.perf_counter() when the command's run began
+    final_s: float  # the last kNN reading, checkpoint and export (`Costs`)
+
+
 def fit_steps(budget_s: float, costs: Costs, knn_every: int, checkpoint_every: int) -> int:
     """The most steps S that keep the command within `budget_s` seconds:
 
@@ -50,6 +62,30 @@ def fit_steps(budget_s: float, costs: Costs, knn_every: int, checkpoint_every: i
     left = budget_s - costs.elapsed - costs.compile - costs.knn_reading - costs.checkpoint - costs.export
     per_step = costs.step + (costs.knn_reading / knn_every if knn_every else 0.0) + costs.checkpoint / checkpoint_every
     return max(0, math.floor(left / per_step))
+
+
+def refit_step(config: TrainConfig) -> int | None:
+    """The step at which a budgeted run fits --steps again from its own steps: half-way to the first step whose
+    training depends on --steps (the first of --lr_decay_at's drops, the switch to full resolution; the last step
+    when neither). None with --lr_schedule=cosine (its rate depends on --steps from the first step) or when that
+    is step 0."""
+    if config.lr_schedule == "cosine":
+        return None
+    depends = [int(f * config.steps) for f in config.lr_decay_at] + ([config.low_res_steps] if config.low_res_size
+                                                                       else [])
+    return min(depends, default=config.steps) // 2 or None
+
+
+def refit_steps(config: TrainConfig, step: int, step_s: float, left_s: float) -> int:
+    """--steps for a budgeted run at `refit_step` = `step`: the steps done and the `left_s` seconds' worth at
+    `step_s` per step (the run's own seconds per step so far, readings and checkpoints included), but at least
+    enough that every step depending on --steps still lies ahead (a run far slower than first timed ends past
+    its budget rather than changing what it already trained)."""
+    steps = max(step + 1, step + math.floor(left_s / step_s))
+    fractions = list(config.lr_decay_at) + ([config.low_res_until] if config.low_res_size else [])
+    while any(int(f * steps) <= step for f in fractions):
+        steps += 1
+    return steps
 
 
 def input_sides(config: TrainConfig) -> list[tuple[int, float]]:
@@ -92,6 +128,8 @@ def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds
         started = time.perf_counter()
         state.checkpoint().write(os.path.join(folder, "ckpt"))
         checkpoint_s = time.perf_counter() - started
+    del iterator, state
+    gc.collect()  # the throw-away input pipeline's threads must not go on beside the run
     return step, compile_s, checkpoint_s
 
 

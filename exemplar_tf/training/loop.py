@@ -246,14 +246,15 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
                f"{reading.health['representation/code_mean_cosine']:.2f})")
 
 
-def steps_this_call(config: TrainConfig, step: int) -> int:
+def steps_this_call(config: TrainConfig, step: int, refit_at: int | None = None) -> int:
     """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step,
-    --merge_classes_at, the switch to full resolution, the start of --neighbours (and the last step), so the loop
-    stops exactly on each."""
+    --merge_classes_at, the switch to full resolution, the start of --neighbours, a budget's `refit_at` (and the
+    last step), so the loop stops exactly on each."""
     periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
     merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
     full_resolution = [config.low_res_steps] if step < config.low_res_steps else []
     neighbours = [config.neighbours_from_step] if config.neighbours and step < config.neighbours_from_step else []
+    neighbours += [refit_at] if refit_at is not None and step < refit_at else []
     next_event = min([config.steps] + merge + full_resolution + neighbours
                      + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
@@ -282,6 +283,7 @@ class _Run:
     knn_reading: Callable[[ModelState], KnnReading] | None
     export: Exporter
     lock: DirectoryLock | None  # the chief's lock on the run directory, held until the run ends
+    refit: budget.Refit | None = None  # --train_minutes' second fit, when this command started the run
 
     def export_encoder(self, name: str, what: str) -> str:
         """Exports the float32 reading of the encoder (and its embedding head), whatever the training precision,
@@ -413,10 +415,46 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
         raise InputError(f"--train_minutes={config.train_minutes:g} fits {steps} steps, too few for the other "
                          f"flags: {' '.join(str(error).split())}") from None
     print(budget.summary_line(fitted, steps, costs))
+    _switch_steps(run, fitted)
+    at_step = budget.refit_step(fitted)
+    run.refit = budget.Refit(at_step, started, knn_s + checkpoint_s + export_s) if at_step else None
+
+
+def _switch_steps(run: _Run, fitted: TrainConfig) -> None:
+    """Makes the run the run of `fitted.steps`: flags.cfg, the optimizer rebuilt on its schedule with the
+    current optimizer's variables (step count, momentum slots) and the checkpoint manager over the new one.
+    Only before any step that depends on --steps (the step functions must be built again)."""
     rundir.write_flagfile(fitted)
     with run.strategy.scope():
-        run.state.optimizer = build_optimizer(fitted, run.state.trainable_variables)
+        optimizer = build_optimizer(fitted, run.state.trainable_variables)
+        for new, old in zip(optimizer.variables, run.state.optimizer.variables, strict=True):
+            new.assign(old)
+    run.state.optimizer = optimizer
     run.config, run.manager = fitted, _checkpoint_manager(fitted, run.strategy, run.state)
+
+
+def _refit(run: _Run, step: int, paced_from: tuple[float, int]) -> TrainConfig:
+    """--train_minutes' second fit at step `step` (`budget.refit_step`): --steps from the run's own seconds per
+    step since `paced_from` (time.perf_counter(), step) (kNN readings and checkpoints included) and the time
+    left (`budget.refit_steps`). Returns the run's config (unchanged when the new count breaks another flag's
+    rule: then the first fit stands)."""
+    config, refit = run.config, run.refit
+    run.refit = None
+    now = time.perf_counter()
+    step_s = (now - paced_from[0]) / (step - paced_from[1])
+    left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s
+    steps = budget.refit_steps(config, step, step_s, left_s)
+    try:
+        fitted = validate(dataclasses.replace(config, steps=steps))
+    except InputError as error:
+        tqdm.write(f"step {step}: --train_minutes: kept --steps={config.steps}; {steps} would break another rule "
+                   f"({' '.join(str(error).split())})")
+        return config
+    _switch_steps(run, fitted)
+    tqdm.write(f"step {step}: --train_minutes={config.train_minutes:g}: --steps={steps} (was {config.steps}) at this "
+               f"run's own {step_s:.3f} s per step, readings and checkpoints included; "
+               f"{max(left_s, 0) / 60:.1f} min left for training")
+    return fitted
 
 
 def _train(run: _Run) -> float:
@@ -452,15 +490,23 @@ def _train(run: _Run) -> float:
     loss = float("nan")
     window_start, window_steps = time.perf_counter(), 0
     step = state.step
+    paced_from = None  # (time, step) when this command's first call returned: the run's own pace from there
     run.merge_if_due()
     while step < config.steps:
         before = step
+        if run.refit and before == run.refit.at_step and paced_from and paced_from[1] < before:
+            config = _refit(run, before, paced_from)
+            step_functions.clear()  # built on the previous optimizer
+            progress.total = config.steps
+            progress.refresh()
         state.objective.at_step(before)
         if config.neighbours and before == config.neighbours_from_step:
             tqdm.write(f"step {before}: the {config.neighbours} nearest bank rows join each example's positive from "
                        f"here on (--neighbours; the loss is another function from this step)")
-        out = train_steps_at(before)(iterator, tf.constant(steps_this_call(config, before), tf.int32))
+        refit_at = run.refit.at_step if run.refit else None
+        out = train_steps_at(before)(iterator, tf.constant(steps_this_call(config, before, refit_at), tf.int32))
         step = state.step  # optimizer.iterations: mixed_float16's loss scaling does not count the steps it skips
+        paced_from = paced_from or (time.perf_counter(), step)
         if not bool(out["finite"]):
             progress.close()
             loss = float(out["loss"])
