@@ -14,7 +14,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TRAINING = ["--steps=3", "--checkpoint_every=3", "--num_seeds=64", "--seeds_per_image=8", "--nce_m=8",
-                 "--batch_size=8", "--knn_every=0", "--knn_max_examples=60", "--noprogress"]
+                 "--batch_size=8", "--knn_every=0", "--knn_max_examples=60", "--noprogress",
+                 "--train_minutes=0"]  # --steps as given, not a recipe's time budget
 OFFLINE = ["--source=demo", "--split=train", "--knn_source=demo_labelled"]  # for flagfiles of downloadable datasets
 SHORTER = {  # module -> flags appended to keep the smoke run short
     "exemplar_tf.train": TINY_TRAINING,

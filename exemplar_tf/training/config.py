@@ -162,8 +162,9 @@ class TrainConfig:
     train_minutes: float = setting(0.0, check=NON_NEGATIVE,
                                    help="A wall-clock budget for the whole command, start-up to export: on a fresh "
                                         "run the step is timed on this machine once the start-up is done and --steps "
-                                        "becomes the steps that fit (written to the run's flags.cfg; a resumed run "
-                                        "keeps them). 0: --steps as given (docs/method.md section 10).")
+                                        "becomes the steps that fit, fitted again from the run's own pace half-way to "
+                                        "the first lr drop (written to the run's flags.cfg; a resumed run keeps "
+                                        "them). 0: --steps as given (docs/method.md section 10).")
     lr: float | None = setting(None, check=POSITIVE,
                                help="Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
     lr_schedule: str = setting("step", choices=LR_SCHEDULES,

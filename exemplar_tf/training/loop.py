@@ -6,7 +6,9 @@ after an update, stops the run before anything is saved, so the last good checkp
 scalars) only at log points and the "finite" flag once per call. The loop knows no method: it calls the
 objective's hooks (`start`, `scalars`, `merge_classes`) and the step's reported values. Every phase that takes
 seconds (reading the data, building the state, the kNN monitor's images, the exports, the first call's compile, the
-last kNN reading) prints one status line before it starts, with or without the progress bar.
+last kNN reading) prints one status line before it starts, with or without the progress bar. With
+--train_minutes a fresh run fits --steps to the budget after its start-up and again from its own pace before the
+first step that depends on the count (training/budget.py).
 
 Exports are the caller's: `run(config, export=...)` gets the function that writes one (`serving.runs.train`
 passes the SavedModel writer), so training imports nothing from the serving layer above it.
@@ -254,8 +256,8 @@ def steps_this_call(config: TrainConfig, step: int, refit_at: int | None = None)
     merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
     full_resolution = [config.low_res_steps] if step < config.low_res_steps else []
     neighbours = [config.neighbours_from_step] if config.neighbours and step < config.neighbours_from_step else []
-    neighbours += [refit_at] if refit_at is not None and step < refit_at else []
-    next_event = min([config.steps] + merge + full_resolution + neighbours
+    refit = [refit_at] if refit_at is not None and step < refit_at else []
+    next_event = min([config.steps] + merge + full_resolution + neighbours + refit
                      + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
 
