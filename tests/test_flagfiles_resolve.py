@@ -119,5 +119,6 @@ def test_the_training_program_has_the_same_flags_and_defaults_plus_the_added_fie
                      "low_res_until": {"type": "float", "default": "0.0", "enum": None},
                      "scale_max": {"type": "float", "default": "0.0", "enum": None},
                      "neighbours": {"type": "int", "default": "0", "enum": None},
-                     "neighbours_from": {"type": "float", "default": "0.5", "enum": None}}
+                     "neighbours_from": {"type": "float", "default": "0.5", "enum": None},
+                     "train_minutes": {"type": "float", "default": "0.0", "enum": None}}
     assert set(now) | set(added) | {"precision"} == {field.name for field in dataclasses.fields(TrainConfig)}

@@ -84,7 +84,11 @@ def test_outputs_and_gradients_match_keras_conv2d_in_float32(height, width, kern
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_mixed_bfloat16_gradients_are_bfloat16_close_to_keras():
+def test_mixed_bfloat16_gradients_are_keras_exact_or_bfloat16_close_to_float32():
+    """Outputs and input gradients equal Keras' bit for bit; the kernel gradient is within a few bfloat16 steps of
+    the float32 gradient of the same bf16-rounded inputs. Measured against float32, not against Keras' bf16
+    gradient: on a CPU without native bfloat16 (AVX2) Keras' own is 0.019 of the largest entry off float32 and
+    SmallMapConv2D's 0.004, so the two differ by more than either differs from the truth."""
     pair = _pair(dtype=MIXED, filters=16, kernel_size=3, strides=1)
     _build_equal(pair, (None, 4, 4, 16))
     assert pair[1]._small_map((None, 4, 4, 16))
@@ -94,8 +98,13 @@ def test_mixed_bfloat16_gradients_are_bfloat16_close_to_keras():
     (y_keras, g_keras), (y_small, g_small) = [_forward_backward(layer, x, upstream, True) for layer in pair]
     assert y_small.dtype == tf.bfloat16 and g_small[1].dtype == tf.float32  # the variable's gradient
     np.testing.assert_array_equal(tf.cast(y_small, tf.float32), tf.cast(y_keras, tf.float32))
-    scale = float(tf.reduce_max(tf.abs(g_keras[1])))
-    np.testing.assert_allclose(g_small[1] / scale, g_keras[1] / scale, atol=2e-2)
+    exact = _pair(filters=16, kernel_size=3, strides=1)[0]  # float32 Keras, the same weights
+    exact.build((None, 4, 4, 16))
+    exact.kernel.assign(pair[0].kernel)
+    rounded_upstream = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float32)  # what the bf16 backward pass sees
+    _, g_exact = _forward_backward(exact, tf.cast(x, tf.float32), rounded_upstream, True)
+    scale = float(tf.reduce_max(tf.abs(g_exact[1])))
+    np.testing.assert_allclose(g_small[1] / scale, g_exact[1] / scale, atol=2e-2)
     np.testing.assert_array_equal(tf.cast(g_small[0], tf.float32), tf.cast(g_keras[0], tf.float32))
 
 
