@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from test_resume import _checkpoint_values
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.serving import runs
@@ -72,12 +72,6 @@ def test_the_second_fit_counts_the_time_left_but_keeps_every_switch_ahead(tiny_c
 def test_budgets_that_cannot_be_kept_are_refused(tiny_config, settings, problem):
     with pytest.raises(InputError, match=problem):
         validate(tiny_config("r", train_minutes=5, **settings))
-
-
-def _checkpoint_values(run_dir):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(f"{run_dir}/checkpoints"))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
 @pytest.fixture

@@ -497,10 +497,12 @@ def _train(run: _Run) -> float:
     while step < config.steps:
         before = step
         if run.refit and before == run.refit.at_step and paced_from and paced_from[1] < before:
-            config = _refit(run, before, paced_from)
-            step_functions.clear()  # built on the previous optimizer
-            progress.total = config.steps
-            progress.refresh()
+            refitted = _refit(run, before, paced_from)
+            if refitted is not config:
+                step_functions.clear()  # built on the previous optimizer
+                progress.total = refitted.steps
+                progress.refresh()
+            config = refitted
         state.objective.at_step(before)
         if config.neighbours and before == config.neighbours_from_step:
             tqdm.write(f"step {before}: the {config.neighbours} nearest bank rows join each example's positive from "
