@@ -74,7 +74,7 @@ def _build_equal(pair, input_shape):
 def test_outputs_and_gradients_match_keras_conv2d_in_float32(height, width, kernel, compiled, float32_path):
     pair = _pair(filters=6, kernel_size=kernel, strides=1)
     _build_equal(pair, (None, height, width, 4))
-    assert pair[1]._small_map((None, height, width, 4))  # the matmul path, not Keras' against Keras'
+    assert pair[1].takes_matmul_gradient((None, height, width, 4))  # the matmul path, not Keras' against Keras'
     rng = np.random.default_rng(1)
     x = tf.constant(rng.normal(size=(2, height, width, 4)).astype(np.float32))
     upstream = tf.constant(rng.normal(size=(2, height, width, 6)).astype(np.float32))
@@ -91,7 +91,7 @@ def test_mixed_bfloat16_gradients_are_keras_exact_or_bfloat16_close_to_float32()
     SmallMapConv2D's 0.004, so the two differ by more than either differs from the truth."""
     pair = _pair(dtype=MIXED, filters=16, kernel_size=3, strides=1)
     _build_equal(pair, (None, 4, 4, 16))
-    assert pair[1]._small_map((None, 4, 4, 16))
+    assert pair[1].takes_matmul_gradient((None, 4, 4, 16))
     rng = np.random.default_rng(2)
     x = tf.cast(rng.normal(size=(8, 4, 4, 16)).astype(np.float32), tf.bfloat16)
     upstream = tf.constant(rng.normal(size=(8, 4, 4, 16)).astype(np.float32))

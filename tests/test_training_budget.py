@@ -2,11 +2,15 @@
 timed at, where and how the second fit is made, and in a run: a run fitted twice is bitwise the run given its
 final --steps, the steps are recorded and kept on resume, and budgets that cannot work are refused."""
 import dataclasses
+import glob
 import os
 
 import numpy as np
 import pytest
 from test_resume import _checkpoint_values
+
+import tensorflow as tf
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.serving import runs
@@ -74,6 +78,19 @@ def test_budgets_that_cannot_be_kept_are_refused(tiny_config, settings, problem)
         validate(tiny_config("r", train_minutes=5, **settings))
 
 
+def _hparams_steps(run_dir) -> list[float]:
+    """--steps in every hparams record the run wrote to TensorBoard, in the order written (TensorBoard's
+    HParams table shows the first)."""
+    steps = []
+    for path in sorted(glob.glob(os.path.join(run_dir, "tensorboard", "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == hparams_metadata.SESSION_START_INFO_TAG:
+                    info = hparams_metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content)
+                    steps.append(info.hparams["steps"].number_value)
+    return steps
+
+
 @pytest.fixture
 def quick_timing(monkeypatch):
     """The step timed for a fraction of a second (the real measurement on the throw-away state), and the fits
@@ -114,6 +131,7 @@ def test_a_budgeted_run_is_bitwise_the_run_given_its_final_steps(tmp_path, tiny_
     out = capsys.readouterr().out
     assert "--train_minutes=30: 12 steps fit" in out and "step 3: --train_minutes=30: --steps=8 (was 12)" in out
     assert rundir.read_flagfile(str(tmp_path / "budgeted" / rundir.FLAGFILE))["steps"] == "8"
+    assert _hparams_steps(tmp_path / "budgeted") == [8]  # written once, after the second fit
     want, got = _checkpoint_values(tmp_path / "given"), _checkpoint_values(tmp_path / "budgeted")
     assert set(got) == set(want) and any("kernel" in name for name in got)
     different = [name for name in want if not np.array_equal(want[name], got[name])]
@@ -137,6 +155,7 @@ def test_the_fitted_steps_are_recorded_and_a_resume_keeps_them_without_timing_ag
     monkeypatch.setattr(budget, "measure", no_timing)
     again = runs.train(dataclasses.replace(config, train_minutes=2))  # another budget: still the recorded steps
     assert again.step == steps and again.steps_run == 0
+    assert set(_hparams_steps(config.run_dir)) == {steps}
 
 
 def test_a_budget_too_small_for_the_start_up_says_so(tmp_path, tiny_config, quick_timing):

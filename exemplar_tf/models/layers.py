@@ -109,7 +109,7 @@ class SmallMapConv2D(keras.layers.Conv2D):
     compute dtype, as TensorFlow's own kernel does without XLA."""
 
     def convolution_op(self, inputs, kernel):
-        if not self._small_map(inputs.shape):
+        if not self.takes_matmul_gradient(inputs.shape):
             return super().convolution_op(inputs, kernel)
         kernel_size = self.kernel_size[0]
 
@@ -124,7 +124,7 @@ class SmallMapConv2D(keras.layers.Conv2D):
 
         return convolve(inputs, tf.convert_to_tensor(kernel))
 
-    def _small_map(self, input_shape) -> bool:
+    def takes_matmul_gradient(self, input_shape) -> bool:
         """Whether this call takes the kernel gradient by matmul (see the class docstring)."""
         (kernel_height, kernel_width), (height, width) = self.kernel_size, input_shape[1:3]
         if (gpu_visible() or self.compute_dtype not in MATMUL_GRADIENT_DTYPES or self.padding != "same"

@@ -369,6 +369,8 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
         logging.info("Resumed from %s (step %d)", resume_from, state.step)
         kept = " (the steps fitted to --train_minutes when it started)" if config.train_minutes else ""
         print(f"Resuming {config.run_dir} from step {state.step}/{config.steps}{kept}")
+        if config.train_minutes:  # final now; the hparams are still unwritten when it stopped before its last fit
+            summaries.write_config(writer, config, step=state.step)
         return run
     export_s = knn_s = 0.0
     if chief:
@@ -384,7 +386,7 @@ def _start_locked(config: TrainConfig, strategy, export: Exporter, chief: bool, 
         knn_s = _seconds(lambda: _log_knn(writer, 0, run.knn_reading(state)))
     if config.train_minutes:
         _fit_to_budget(run, started, export_s, knn_s)
-    summaries.write_config(writer, run.config)
+    summaries.write_config(writer, run.config, hparams=run.refit is None)  # else at the refit: final steps
     return run
 
 
@@ -435,13 +437,16 @@ def _switch_steps(run: _Run, fitted: TrainConfig) -> None:
     run.config, run.manager = fitted, _checkpoint_manager(fitted, run.strategy, run.state)
 
 
-def _refit(run: _Run, step: int, paced_from: tuple[float, int]) -> TrainConfig:
+def _refit(run: _Run, step: int, paced_from: tuple[float, int] | None) -> TrainConfig:
     """--train_minutes' second fit at step `step` (`budget.refit_step`): --steps from the run's own seconds per
     step since `paced_from` (time.perf_counter(), step) (kNN readings and checkpoints included) and the time
-    left (`budget.refit_steps`). Returns the run's config (unchanged when the new count breaks another flag's
-    rule: then the first fit stands)."""
+    left (`budget.refit_steps`). Returns the run's config (unchanged, the first fit standing, when no step was
+    paced before `step` or the new count breaks another flag's rule). Writes the hparams: the steps are final."""
     config, refit = run.config, run.refit
     run.refit = None
+    if not paced_from or paced_from[1] >= step:
+        summaries.write_config(run.writer, config, step=step)
+        return config
     now = time.perf_counter()
     step_s = (now - paced_from[0]) / (step - paced_from[1])
     left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s
@@ -451,8 +456,10 @@ def _refit(run: _Run, step: int, paced_from: tuple[float, int]) -> TrainConfig:
     except InputError as error:
         tqdm.write(f"step {step}: --train_minutes: kept --steps={config.steps}; {steps} would break another rule "
                    f"({' '.join(str(error).split())})")
+        summaries.write_config(run.writer, config, step=step)
         return config
     _switch_steps(run, fitted)
+    summaries.write_config(run.writer, fitted, step=step)
     tqdm.write(f"step {step}: --train_minutes={config.train_minutes:g}: --steps={steps} (was {config.steps}) at this "
                f"run's own {step_s:.3f} s per step, readings and checkpoints included; "
                f"{max(left_s, 0) / 60:.1f} min left for training")
@@ -496,7 +503,7 @@ def _train(run: _Run) -> float:
     run.merge_if_due()
     while step < config.steps:
         before = step
-        if run.refit and before == run.refit.at_step and paced_from and paced_from[1] < before:
+        if run.refit and before == run.refit.at_step:
             refitted = _refit(run, before, paced_from)
             if refitted is not config:
                 step_functions.clear()  # built on the previous optimizer

@@ -148,25 +148,28 @@ def run_name(config: cfg.TrainConfig) -> str:
     return os.path.basename(os.path.normpath(config.run_dir))
 
 
-def write_config(writer, config: cfg.TrainConfig) -> None:
-    """Writes the resolved config at step 0 as TensorBoard hparams (an experiment listing every field, choice
-    fields with their domains, and the metrics knn_top1 = the last kNN top-1 and loss; the run's row labelled
-    `run_name`, not a hash of its values) and as a text table `config`."""
+def write_config(writer, config: cfg.TrainConfig, step: int = 0, hparams: bool = True) -> None:
+    """Writes the resolved config as a text table `config` at `step` and, with `hparams`, as TensorBoard hparams
+    (an experiment listing every field, choice fields with their domains, and the metrics knn_top1 = the last kNN
+    top-1 and loss; the run's row labelled `run_name`, not a hash of its values). TensorBoard keeps the first
+    hparams a run wrote, so a run writes them once its values are final (--train_minutes: after its last fit)."""
     from tensorboard.plugins.hparams import api as hp
 
     values = config_hparams(config)
-    hparams = []
-    for key, value in values.items():
-        if key in _CHOICES:
-            domain = hp.Discrete(list(_CHOICES[key]))
-        elif isinstance(value, bool):
-            domain = hp.Discrete([False, True])
-        else:
-            domain = None
-        hparams.append(hp.HParam(key, domain))
-    metrics = [hp.Metric("knn_top1", display_name="kNN top-1 (last reading)"), hp.Metric("loss")]
     table = "| flag | value |\n|---|---|\n" + "".join(f"| {key} | {value} |\n" for key, value in values.items())
-    with writer.as_default(step=0):
-        hp.hparams_config(hparams=hparams, metrics=metrics)
+    with writer.as_default(step=step):
+        tf.summary.text("config", table, step=step)
+        if not hparams:
+            return
+        domains = []
+        for key, value in values.items():
+            if key in _CHOICES:
+                domain = hp.Discrete(list(_CHOICES[key]))
+            elif isinstance(value, bool):
+                domain = hp.Discrete([False, True])
+            else:
+                domain = None
+            domains.append(hp.HParam(key, domain))
+        metrics = [hp.Metric("knn_top1", display_name="kNN top-1 (last reading)"), hp.Metric("loss")]
+        hp.hparams_config(hparams=domains, metrics=metrics)
         hp.hparams(values, trial_id=run_name(config))
-        tf.summary.text("config", table, step=0)
