@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.serving import runs
-from exemplar_tf.training import budget, rundir
+from exemplar_tf.training import budget, loop, rundir
 from exemplar_tf.training.config import TrainConfig, validate
 
 COSTS = budget.Costs(elapsed=10.0, step=0.5, compile=5.0, knn_reading=2.0, export=3.0, checkpoint=1.0)
@@ -59,13 +59,48 @@ def test_the_second_fit_is_half_way_to_the_first_step_that_depends_on_the_count(
     assert budget.refit_step(dataclasses.replace(config, lr_schedule="cosine")) is None
 
 
+def _refit(config, side_step_s, costs=COSTS):
+    return budget.Refit(at_step=budget.refit_step(config), started=0.0, costs=costs, side_step_s=side_step_s)
+
+
 def test_the_second_fit_counts_the_time_left_but_keeps_every_switch_ahead(tiny_config):
-    config = tiny_config("r", steps=1000, lr_decay_at=(0.6, 0.8))
-    assert budget.refit_steps(config, 300, step_s=0.5, left_s=450.0) == 1200  # 300 done + 900 more
+    config = tiny_config("r", steps=1000, lr_decay_at=(0.6, 0.8), knn_every=0, checkpoint_every=10_000)
+    refit = _refit(config, {config.input_size: 0.25})
+    assert budget.refit_steps(config, refit, 300, bare_s=0.5, left_s=450.0) == 1200  # 300 done + 900 more
     # Far slower than first timed: 100 more steps would put the drop at int(0.6 * 400) = 240, behind step 300;
     # the fewest steps whose drops are all ahead: 502 (int(0.6 * 501) = 300 is not ahead).
-    assert budget.refit_steps(config, 300, step_s=2.0, left_s=200.0) == 502
-    assert budget.refit_steps(config, 300, step_s=2.0, left_s=-50.0) == 502
+    assert budget.refit_steps(config, refit, 300, bare_s=2.0, left_s=200.0) == 502
+    assert budget.refit_steps(config, refit, 300, bare_s=2.0, left_s=-50.0) == 502
+
+
+def test_the_second_fit_prices_the_readings_and_checkpoints_apart_from_the_step(tiny_config):
+    config = tiny_config("r", steps=1000, lr_decay_at=(0.6, 0.8), knn_every=100, checkpoint_every=50)
+    # From step 10 to 310: readings at 100, 200, 300 (2 s each) and checkpoints at 50 ... 300 (1 s each).
+    assert budget.events_between(100, 10, 310) == 3 and budget.events_between(50, 10, 310) == 6
+    assert budget.events_between(0, 10, 310) == 0 and budget.events_between(100, 0, 99) == 1  # step 0 counts
+    bare_s = budget.bare_step_seconds(config, COSTS, 10, 310, paced_s=300 * 0.5 + 3 * 2.0 + 6 * 1.0)
+    assert bare_s == pytest.approx(0.5)
+    # After step 310 a run of S steps costs 0.5 s per step, 2 s per reading at 400 ... and 1 s per checkpoint at
+    # 350 ... before S (the last ones are in Refit.final_s): S = 1000 -> 345 + 6 * 2 + 13 = 370 s; S = 1001 adds
+    # a step, the reading and the checkpoint at 1000: 373.5 s.
+    refit = _refit(config, {config.input_size: 0.5})
+    assert budget.refit_steps(config, refit, 310, bare_s, left_s=370.0) == 1000
+    assert budget.refit_steps(config, refit, 310, bare_s, left_s=373.4) == 1000
+    assert budget.refit_steps(config, refit, 310, bare_s, left_s=373.5) == 1001
+
+
+def test_with_progressive_resolution_the_second_fit_prices_the_full_side_at_its_own_timing(tiny_config):
+    """The second fit comes before the switch, so the run has only stepped at the low side: the full-side steps
+    left are priced at their timed cost, scaled like the low side's (here the run went at its timed pace)."""
+    config = tiny_config("r", steps=1000, arch="resnet18", patch_size=32, image_size=32, low_res_size=24,
+                         low_res_until=0.6, lr_decay_at=(0.8,), knn_every=0, checkpoint_every=10_000)
+    assert budget.refit_step(config) == 300
+    refit = _refit(config, {24: 0.5, 32: 1.0})
+    # (int(0.6 S) - 300) * 0.5 + (S - int(0.6 S)) * 1.0 <= 500: S = 928 costs 500.0, S = 929 500.5; priced all at
+    # the low side's 0.5 s it would be 1 300 steps, 760 s.
+    assert budget.refit_steps(config, refit, 300, bare_s=0.5, left_s=500.0) == 928
+    # Twice as slow as timed: both sides twice their timed cost, (int(0.6 S) - 300) + 2 (S - int(0.6 S)) <= 500
+    assert budget.refit_steps(config, refit, 300, bare_s=1.0, left_s=500.0) == 571
 
 
 @pytest.mark.parametrize("settings, problem", [
@@ -108,9 +143,9 @@ def quick_timing(monkeypatch):
     monkeypatch.setattr(budget, "fit_steps", recording_fit)
     refit = budget.refit_steps
 
-    def recording_refit(config, step, step_s, left_s):
-        fitted["refit_at"], fitted["refit_step_s"] = step, step_s
-        fitted["refit"] = fitted["force_refit"] if "force_refit" in fitted else refit(config, step, step_s, left_s)
+    def recording_refit(config, at, step, bare_s, left_s):
+        fitted["refit_at"], fitted["refit_step_s"] = step, bare_s
+        fitted["refit"] = fitted["force_refit"] if "force_refit" in fitted else refit(config, at, step, bare_s, left_s)
         return fitted["refit"]
 
     monkeypatch.setattr(budget, "refit_steps", recording_refit)
@@ -138,6 +173,19 @@ def test_a_budgeted_run_is_bitwise_the_run_given_its_final_steps(tmp_path, tiny_
     assert not different, f"the budgeted run differs in {different}"
     costs = quick_timing["costs"]
     assert costs.step > 0 and costs.checkpoint > 0 and costs.export > 0 and costs.elapsed > costs.export
+
+
+def test_a_second_fit_that_keeps_the_count_leaves_the_optimizer_and_step_alone(tmp_path, tiny_config, quick_timing,
+                                                                               monkeypatch):
+    quick_timing.update(force=12, force_refit=12)
+    switched = []
+    switch = loop._switch_steps
+    monkeypatch.setattr(loop, "_switch_steps", lambda run, fitted: (switched.append(fitted.steps),
+                                                                      switch(run, fitted)))
+    config = tiny_config(tmp_path / "run", steps=100, train_minutes=30, lr_decay_at=(0.5,))
+    assert runs.train(config).step == 12 and quick_timing["refit_at"] == 3
+    assert switched == [12]  # the first fit only: no rebuilt optimizer, no step compiled again
+    assert _hparams_steps(config.run_dir) == [12]
 
 
 def test_the_fitted_steps_are_recorded_and_a_resume_keeps_them_without_timing_again(tmp_path, tiny_config,

@@ -48,7 +48,21 @@ class Refit:
 
     at_step: int
     started: float  # time.perf_counter() when the command's run began
-    final_s: float  # the last kNN reading, checkpoint and export (`Costs`)
+    costs: Costs  # measured before the first step
+    side_step_s: dict[int, float]  # {input side: seconds per step timed at it}
+
+    @property
+    def final_s(self) -> float:
+        """The last kNN reading, checkpoint and export."""
+        return self.costs.knn_reading + self.costs.checkpoint + self.costs.export
+
+
+def events_between(every: int, first: int, last: int) -> int:
+    """How many multiples of `every` lie in [first, last]: the kNN readings or checkpoints made at those steps
+    (0 when `every` is 0, never)."""
+    if not every or last < first:
+        return 0
+    return last // every - (first - 1) // every
 
 
 def fit_steps(budget_s: float, costs: Costs, knn_every: int, checkpoint_every: int) -> int:
@@ -76,12 +90,39 @@ def refit_step(config: TrainConfig) -> int | None:
     return min(depends, default=config.steps) // 2 or None
 
 
-def refit_steps(config: TrainConfig, step: int, step_s: float, left_s: float) -> int:
-    """--steps for a budgeted run at `refit_step` = `step`: the steps done and the `left_s` seconds' worth at
-    `step_s` per step (the run's own seconds per step so far, readings and checkpoints included), but at least
-    enough that every step depending on --steps still lies ahead (a run far slower than first timed ends past
-    its budget rather than changing what it already trained)."""
-    steps = max(step + 1, step + math.floor(left_s / step_s))
+def bare_step_seconds(config: TrainConfig, costs: Costs, from_step: int, step: int, paced_s: float) -> float:
+    """The run's own seconds per step from `from_step` to `step` (`paced_s` seconds between them), less the kNN
+    readings and checkpoints made at steps in [from_step, step] at their `costs`."""
+    events_s = (costs.knn_reading * events_between(config.knn_every, from_step, step)
+                + costs.checkpoint * events_between(config.checkpoint_every, from_step, step))
+    return max(paced_s - events_s, 1e-9) / (step - from_step)
+
+
+def refit_steps(config: TrainConfig, refit: Refit, step: int, bare_s: float, left_s: float) -> int:
+    """--steps for a budgeted run at `refit_step` = `step`: the most steps whose time after `step` fits `left_s`
+    seconds, but at least enough that every step depending on --steps still lies ahead (a run far slower than
+    first timed ends past its budget rather than changing what it already trained).
+
+    The time after `step`: each step at its input side's timed seconds (`refit.side_step_s`) scaled by how much
+    slower or faster the run went than timed (`bare_s`, its own seconds per step so far, at the side it trained
+    at: with progressive resolution the low one), plus the kNN readings and checkpoints at their measured
+    costs."""
+    costs, timed = refit.costs, refit.side_step_s
+    low_side, full_side = config.low_res_size or config.input_size, config.input_size
+    pace = bare_s / timed[config.input_size_at(step - 1)]
+
+    def seconds_after(steps: int) -> float:
+        switch = min(max(int(config.low_res_until * steps) if config.low_res_size else step, step), steps)
+        return (pace * ((switch - step) * timed[low_side] + (steps - switch) * timed[full_side])
+                + costs.knn_reading * events_between(config.knn_every, step + 1, steps - 1)
+                + costs.checkpoint * events_between(config.checkpoint_every, step + 1, steps - 1))
+
+    low = step + 1  # seconds_after grows with the steps: the most that fit, by bisection
+    high = step + 2 + math.floor(max(left_s, 0.0) / (pace * min(timed[low_side], timed[full_side])))
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if seconds_after(middle) <= left_s else (low, middle - 1)
+    steps = low
     fractions = list(config.lr_decay_at) + ([config.low_res_until] if config.low_res_size else [])
     while any(int(f * steps) <= step for f in fractions):
         steps += 1
@@ -110,27 +151,32 @@ def _time_calls(train_steps, iterator, steps_per_call: int, seconds: float) -> t
 
 
 def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds: float = TIMED_SECONDS
-            ) -> tuple[float, float, float]:
-    """(seconds per step, compile seconds, checkpoint seconds) of `config`'s training step on this machine: a
+            ) -> tuple[dict[int, float], float, float]:
+    """({input side: seconds per step}, compile seconds, checkpoint seconds) of `config`'s training step on this
+    machine: a
     throw-away state, built like the run's, trains on the run's input (from its start, on an iterator of its
     own) for `seconds` at each of `input_sides` after a first call that compiles; one save of its checkpoint
     to a temporary folder. The run's own state is not touched. `data`: the run's `inputs.TrainingData`."""
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective_of(config))
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: data.dataset_fn(ctx, 0)))
-    step = compile_s = 0.0
-    for side, share in input_sides(config):
-        first, per_step = _time_calls(make_train_step(config, strategy, state, side), iterator,
-                                      config.steps_per_call, seconds)
-        step += share * per_step
-        compile_s += max(0.0, first - config.steps_per_call * per_step)
+    side_step_s, compile_s = {}, 0.0
+    for side, _ in input_sides(config):
+        first, side_step_s[side] = _time_calls(make_train_step(config, strategy, state, side), iterator,
+                                               config.steps_per_call, seconds)
+        compile_s += max(0.0, first - config.steps_per_call * side_step_s[side])
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         state.checkpoint().write(os.path.join(folder, "ckpt"))
         checkpoint_s = time.perf_counter() - started
     del iterator, state
     gc.collect()  # the throw-away input pipeline's threads must not go on beside the run
-    return step, compile_s, checkpoint_s
+    return side_step_s, compile_s, checkpoint_s
+
+
+def mean_step_seconds(config: TrainConfig, side_step_s: dict[int, float]) -> float:
+    """Seconds per step over the run, each input side weighted by its share of the steps (`input_sides`)."""
+    return sum(share * side_step_s[side] for side, share in input_sides(config))
 
 
 def summary_line(config: TrainConfig, steps: int, costs: Costs) -> str:

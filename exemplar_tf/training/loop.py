@@ -405,9 +405,9 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
     config = run.config
     status(f"--train_minutes={config.train_minutes:g}: timing the training step on this machine "
            f"(~{budget.TIMED_SECONDS * len(budget.input_sides(config)):.0f} s after compiling it) ...")
-    step_s, compile_s, checkpoint_s = budget.measure(config, run.strategy, run.data)
-    costs = budget.Costs(elapsed=time.perf_counter() - started, step=step_s, compile=compile_s, knn_reading=knn_s,
-                         export=export_s, checkpoint=checkpoint_s)
+    side_step_s, compile_s, checkpoint_s = budget.measure(config, run.strategy, run.data)
+    costs = budget.Costs(elapsed=time.perf_counter() - started, step=budget.mean_step_seconds(config, side_step_s),
+                         compile=compile_s, knn_reading=knn_s, export=export_s, checkpoint=checkpoint_s)
     steps = budget.fit_steps(60 * config.train_minutes, costs, config.knn_every, config.checkpoint_every)
     if not steps:
         raise InputError(f"--train_minutes={config.train_minutes:g}: no step fits (start-up and timing took "
@@ -421,7 +421,7 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
     print(budget.summary_line(fitted, steps, costs))
     _switch_steps(run, fitted)
     at_step = budget.refit_step(fitted)
-    run.refit = budget.Refit(at_step, started, knn_s + checkpoint_s + export_s) if at_step else None
+    run.refit = budget.Refit(at_step, started, costs, side_step_s) if at_step else None
 
 
 def _switch_steps(run: _Run, fitted: TrainConfig) -> None:
@@ -439,30 +439,30 @@ def _switch_steps(run: _Run, fitted: TrainConfig) -> None:
 
 def _refit(run: _Run, step: int, paced_from: tuple[float, int] | None) -> TrainConfig:
     """--train_minutes' second fit at step `step` (`budget.refit_step`): --steps from the run's own seconds per
-    step since `paced_from` (time.perf_counter(), step) (kNN readings and checkpoints included) and the time
-    left (`budget.refit_steps`). Returns the run's config (unchanged, the first fit standing, when no step was
-    paced before `step` or the new count breaks another flag's rule). Writes the hparams: the steps are final."""
+    step since `paced_from` (time.perf_counter(), step), its readings and checkpoints taken out, and the time left
+    (`budget.refit_steps`; a changed count compiles the step again). Returns the run's config: unchanged, the
+    first fit standing, when no step was paced before `step`, the count stays or the new count breaks another
+    flag's rule. Writes the hparams: the steps are final."""
     config, refit = run.config, run.refit
     run.refit = None
-    if not paced_from or paced_from[1] >= step:
-        summaries.write_config(run.writer, config, step=step)
-        return config
-    now = time.perf_counter()
-    step_s = (now - paced_from[0]) / (step - paced_from[1])
-    left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s
-    steps = budget.refit_steps(config, step, step_s, left_s)
-    try:
-        fitted = validate(dataclasses.replace(config, steps=steps))
-    except InputError as error:
-        tqdm.write(f"step {step}: --train_minutes: kept --steps={config.steps}; {steps} would break another rule "
-                   f"({' '.join(str(error).split())})")
-        summaries.write_config(run.writer, config, step=step)
-        return config
-    _switch_steps(run, fitted)
+    fitted = config
+    if paced_from and paced_from[1] < step:
+        now = time.perf_counter()
+        bare_s = budget.bare_step_seconds(config, refit.costs, paced_from[1], step, now - paced_from[0])
+        left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s - refit.costs.compile
+        steps = budget.refit_steps(config, refit, step, bare_s, left_s)
+        try:
+            fitted = validate(dataclasses.replace(config, steps=steps)) if steps != config.steps else config
+        except InputError as error:
+            tqdm.write(f"step {step}: --train_minutes: kept --steps={config.steps}; {steps} would break another "
+                       f"rule ({' '.join(str(error).split())})")
+        if fitted is not config:
+            _switch_steps(run, fitted)
+        timed_s = refit.side_step_s[config.input_size_at(step - 1)]
+        tqdm.write(f"step {step}: --train_minutes={config.train_minutes:g}: --steps={fitted.steps} (was "
+                   f"{config.steps}) at this run's own {bare_s:.3f} s per step ({bare_s / timed_s:.2f}x the timed "
+                   f"step; readings and checkpoints counted apart); {max(left_s, 0) / 60:.1f} min left")
     summaries.write_config(run.writer, fitted, step=step)
-    tqdm.write(f"step {step}: --train_minutes={config.train_minutes:g}: --steps={steps} (was {config.steps}) at this "
-               f"run's own {step_s:.3f} s per step, readings and checkpoints included; "
-               f"{max(left_s, 0) / 60:.1f} min left for training")
     return fitted
 
 
