@@ -518,6 +518,7 @@ def flags_doc() -> str:
             per_method[field] += f"; `{value}` ({method} on --source={source})"
     auto = ", ".join(f"`{labelled}` for --source={source}" for source, labelled in AUTO_KNN_SOURCES.items())
     per_method["knn_source"] = f"`auto`: {auto}, else none"
+    per_method["run_dir"] = "`runs/<name>` (`TrainConfig` itself requires it)"
     return ("# Training flags\n\n"
             "The flags of `python -m exemplar_tf.train`, one per `TrainConfig` field "
             "(`exemplar_tf/training/config.py`), in declaration order; a run directory's `flags.cfg` holds them "
