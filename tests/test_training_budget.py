@@ -80,6 +80,8 @@ def test_the_second_fit_prices_the_readings_and_checkpoints_apart_from_the_step(
     assert budget.events_between(0, 10, 310) == 0 and budget.events_between(100, 0, 99) == 1  # step 0 counts
     bare_s = budget.bare_step_seconds(config, COSTS, 10, 310, paced_s=300 * 0.5 + 3 * 2.0 + 6 * 1.0)
     assert bare_s == pytest.approx(0.5)
+    # Measured costs over half the stretch do not describe it: the pace keeps them (here 12 s of 20).
+    assert budget.bare_step_seconds(config, COSTS, 10, 310, paced_s=20.0) == pytest.approx(20.0 / 300)
     # After step 310 a run of S steps costs 0.5 s per step, 2 s per reading at 400 ... and 1 s per checkpoint at
     # 350 ... before S (the last ones are in Refit.final_s): S = 1000 -> 345 + 6 * 2 + 13 = 370 s; S = 1001 adds
     # a step, the reading and the checkpoint at 1000: 373.5 s.

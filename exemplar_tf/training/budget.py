@@ -92,10 +92,12 @@ def refit_step(config: TrainConfig) -> int | None:
 
 def bare_step_seconds(config: TrainConfig, costs: Costs, from_step: int, step: int, paced_s: float) -> float:
     """The run's own seconds per step from `from_step` to `step` (`paced_s` seconds between them), less the kNN
-    readings and checkpoints made at steps in [from_step, step] at their `costs`."""
+    readings and checkpoints made at steps in [from_step, step] at their `costs`; with them, when those costs
+    would be over half the time (measured once at the start, they do not describe this run then)."""
     events_s = (costs.knn_reading * events_between(config.knn_every, from_step, step)
                 + costs.checkpoint * events_between(config.checkpoint_every, from_step, step))
-    return max(paced_s - events_s, 1e-9) / (step - from_step)
+    bare_s = paced_s - events_s if events_s <= 0.5 * paced_s else paced_s
+    return bare_s / (step - from_step)
 
 
 def refit_steps(config: TrainConfig, refit: Refit, step: int, bare_s: float, left_s: float) -> int:
@@ -153,10 +155,10 @@ def _time_calls(train_steps, iterator, steps_per_call: int, seconds: float) -> t
 def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds: float = TIMED_SECONDS
             ) -> tuple[dict[int, float], float, float]:
     """({input side: seconds per step}, compile seconds, checkpoint seconds) of `config`'s training step on this
-    machine: a
-    throw-away state, built like the run's, trains on the run's input (from its start, on an iterator of its
-    own) for `seconds` at each of `input_sides` after a first call that compiles; one save of its checkpoint
-    to a temporary folder. The run's own state is not touched. `data`: the run's `inputs.TrainingData`."""
+    machine: a throw-away state, built like the run's, trains on the run's input (from its start, on an iterator of
+    its own) for `seconds` at each of `input_sides` after a first call that compiles; one save of its checkpoint to
+    a temporary folder. The run's own state is not touched. `data`: the run's `inputs.TrainingData`.
+    """
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective_of(config))
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: data.dataset_fn(ctx, 0)))

@@ -411,7 +411,7 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
     steps = budget.fit_steps(60 * config.train_minutes, costs, config.knn_every, config.checkpoint_every)
     if not steps:
         raise InputError(f"--train_minutes={config.train_minutes:g}: no step fits (start-up and timing took "
-                         f"{costs.elapsed / 60:.1f} min, a step {step_s:.3f} s); give more minutes")
+                         f"{costs.elapsed / 60:.1f} min, a step {costs.step:.3f} s); give more minutes")
     fitted = dataclasses.replace(config, steps=steps)
     try:
         validate(fitted)
@@ -449,8 +449,11 @@ def _refit(run: _Run, step: int, paced_from: tuple[float, int] | None) -> TrainC
     if paced_from and paced_from[1] < step:
         now = time.perf_counter()
         bare_s = budget.bare_step_seconds(config, refit.costs, paced_from[1], step, now - paced_from[0])
-        left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s - refit.costs.compile
+        left_s = 60 * config.train_minutes - (now - refit.started) - refit.final_s
         steps = budget.refit_steps(config, refit, step, bare_s, left_s)
+        if steps != config.steps:  # a new count compiles the step again
+            left_s -= refit.costs.compile
+            steps = budget.refit_steps(config, refit, step, bare_s, left_s)
         try:
             fitted = validate(dataclasses.replace(config, steps=steps)) if steps != config.steps else config
         except InputError as error:
