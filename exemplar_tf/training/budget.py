@@ -114,7 +114,7 @@ def refit_steps(config: TrainConfig, refit: Refit, step: int, bare_s: float, lef
     pace = bare_s / timed[config.input_size_at(step - 1)]
 
     def seconds_after(steps: int) -> float:
-        switch = min(max(int(config.low_res_until * steps) if config.low_res_size else step, step), steps)
+        switch = min(max(dataclasses.replace(config, steps=steps).low_res_steps, step), steps)  # step: none
         return (pace * ((switch - step) * timed[low_side] + (steps - switch) * timed[full_side])
                 + costs.knn_reading * events_between(config.knn_every, step + 1, steps - 1)
                 + costs.checkpoint * events_between(config.checkpoint_every, step + 1, steps - 1))
