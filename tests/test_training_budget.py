@@ -12,6 +12,7 @@ from test_resume import _checkpoint_values
 import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from exemplar_tf import objectives
 from exemplar_tf.errors import InputError
 from exemplar_tf.serving import runs
 from exemplar_tf.training import budget, loop, rundir
@@ -57,6 +58,16 @@ def test_the_second_fit_is_half_way_to_the_first_step_that_depends_on_the_count(
     resnet = dataclasses.replace(config, arch="resnet18", patch_size=32, low_res_size=24, low_res_until=0.4)
     assert budget.refit_step(resnet) == 200  # the switch to full resolution at 400
     assert budget.refit_step(dataclasses.replace(config, lr_schedule="cosine")) is None
+
+
+def test_the_start_of_the_bank_neighbours_is_a_switch_the_second_fit_keeps_ahead(tiny_config):
+    config = tiny_config("r", steps=1000, objective="nonparametric", neighbours=3, neighbours_from=0.4,
+                         lr_decay_at=(0.6,), knn_every=0, checkpoint_every=10_000)
+    assert budget.refit_step(config) == 200  # the neighbours from 400, before the drop at 600
+    refit = _refit(config, {config.input_size: 0.25})
+    assert budget.refit_steps(config, refit, 200, bare_s=0.25, left_s=200.0) == 1000  # 800 more at the timed pace
+    # Far slower: int(0.4 * S) must stay ahead of step 200 -> S = 503 (int(0.4 * 502) = 200 is not ahead).
+    assert budget.refit_steps(config, refit, 200, bare_s=5.0, left_s=10.0) == 503
 
 
 def _refit(config, side_step_s, costs=COSTS):
@@ -108,7 +119,6 @@ def test_with_progressive_resolution_the_second_fit_prices_the_full_side_at_its_
 @pytest.mark.parametrize("settings, problem", [
     (dict(strategy="multi_worker"), "--train_minutes is not supported with --strategy=multi_worker"),
     (dict(data_service="grpc://localhost:5050"), "--train_minutes is not supported with --data_service"),
-    (dict(objective="nonparametric", neighbours=2), "--train_minutes does not combine with --neighbours"),
 ])
 def test_budgets_that_cannot_be_kept_are_refused(tiny_config, settings, problem):
     with pytest.raises(InputError, match=problem):
@@ -190,6 +200,33 @@ def test_a_second_fit_that_keeps_the_count_leaves_the_optimizer_and_step_alone(t
     assert _hparams_steps(config.run_dir) == [12]
 
 
+def test_a_budgeted_run_starts_the_bank_neighbours_where_the_run_given_its_final_steps_does(
+        tmp_path, tiny_config, quick_timing, monkeypatch, capsys):
+    """The objective is built on the provisional --steps=100 (neighbours from step 50); the first fit says 16
+    (from 8, the drop at 12), the second, at step 4, says 10: the neighbours join at step 5, as with --steps=10,
+    and the two runs are bitwise equal."""
+    switches = []  # (step, neighbours on) at every call of the step
+    at_step = objectives.NonParametric.at_step
+
+    def recording(self, step):
+        at_step(self, step)
+        switches.append((step, bool(self.neighbours_on.numpy())))
+
+    monkeypatch.setattr(objectives.NonParametric, "at_step", recording)
+    quick_timing.update(force=16, force_refit=10)
+    settings = dict(objective="nonparametric", batch_norm=True, neighbours=3, neighbours_from=0.5,
+                    lr_decay_at=(0.75,), checkpoint_every=5)
+    budgeted = runs.train(tiny_config(tmp_path / "budgeted", name="budgeted", steps=100, train_minutes=30,
+                                      **settings))
+    assert budgeted.step == 10 and quick_timing["refit_at"] == 4
+    assert min(step for step, on in switches if on) == 5 and not any(on for step, on in switches if step < 5)
+    assert "step 5: the 3 nearest bank rows join each example's positive from here on" in capsys.readouterr().out
+    runs.train(tiny_config(tmp_path / "given", name="given", steps=10, **settings))
+    want, got = _checkpoint_values(tmp_path / "given"), _checkpoint_values(tmp_path / "budgeted")
+    different = [name for name in want if not np.array_equal(want[name], got[name])]
+    assert set(got) == set(want) and not different, f"the budgeted run differs in {different}"
+
+
 def test_the_fitted_steps_are_recorded_and_a_resume_keeps_them_without_timing_again(tmp_path, tiny_config,
                                                                                    quick_timing, monkeypatch):
     quick_timing["force"] = 5
@@ -206,6 +243,20 @@ def test_the_fitted_steps_are_recorded_and_a_resume_keeps_them_without_timing_ag
     again = runs.train(dataclasses.replace(config, train_minutes=2))  # another budget: still the recorded steps
     assert again.step == steps and again.steps_run == 0
     assert set(_hparams_steps(config.run_dir)) == {steps}
+
+
+def test_a_resume_without_the_budget_trains_the_given_steps_and_says_the_schedule_moves(tmp_path, tiny_config,
+                                                                                       quick_timing, capsys):
+    quick_timing["force"] = 4
+    config = tiny_config(tmp_path / "run", steps=100, train_minutes=30, checkpoint_every=2)
+    assert runs.train(config).step == 4
+    assert rundir.unbudgeted_resume_note(dataclasses.replace(config, train_minutes=0, steps=4)) == ""  # the count
+    assert rundir.unbudgeted_resume_note(dataclasses.replace(config, train_minutes=2, steps=6)) == ""  # kept: 4
+    capsys.readouterr()
+    longer = runs.train(dataclasses.replace(config, train_minutes=0, steps=6))
+    assert longer.step == 6 and longer.steps_run == 2
+    assert (f"Note: {config.run_dir} was fitted to --steps=4 by --train_minutes=30; with --train_minutes=0 it "
+            f"trains to --steps=6 instead") in capsys.readouterr().out
 
 
 def test_a_budget_too_small_for_the_start_up_says_so(tmp_path, tiny_config, quick_timing):

@@ -4,10 +4,11 @@ A fresh run with a budget does its whole start-up first (data, state, the object
 the step-0 kNN reading), then times the training step on a throw-away copy of the state (`measure`: once per
 input side the run trains at) and fixes --steps (`fit_steps`) before its first real step. With a step schedule
 it fits once more, from its own steps, at `refit_step`: half-way to the first step that depends on --steps (the
-first lr drop or the switch to full resolution), where nothing trained so far depended on the count
-(`refit_steps`). Either way the run is the run of its final --steps: the schedule, the switches at fractions of
---steps and the resume are those of a run given it (the run directory's flags.cfg records it). Machines differ
-2-3x in step time, so a fixed --steps that fills two hours on one CPU takes five on another; a budget fits each.
+first lr drop, the switch to full resolution or the start of the bank neighbours), where nothing trained so far
+depended on the count (`refit_steps`). Either way the run is the run of its final --steps: the schedule, the
+switches at fractions of --steps and the resume are those of a run given it (the run directory's flags.cfg records
+it). Machines differ 2-3x in step time, so a fixed --steps that fills two hours on one CPU takes five on another; a
+budget fits each.
 
 The fit assumes the machine stays as loaded as it was while the steps were timed: other work started later
 slows the run past the budget.
@@ -78,16 +79,22 @@ def fit_steps(budget_s: float, costs: Costs, knn_every: int, checkpoint_every: i
     return max(0, math.floor(left / per_step))
 
 
+def dependent_steps(config: TrainConfig) -> list[int]:
+    """The steps from which training depends on --steps: the step schedule's lr drops, the switch to full
+    resolution (--low_res_size) and the start of the bank neighbours (--neighbours), those the run has."""
+    return ([int(f * config.steps) for f in config.lr_decay_at]
+            + ([config.low_res_steps] if config.low_res_size else [])
+            + ([config.neighbours_from_step] if config.neighbours else []))
+
+
 def refit_step(config: TrainConfig) -> int | None:
     """The step at which a budgeted run fits --steps again from its own steps: half-way to the first step whose
-    training depends on --steps (the first of --lr_decay_at's drops, the switch to full resolution; the last step
-    when neither). None with --lr_schedule=cosine (its rate depends on --steps from the first step) or when that
-    is step 0."""
+    training depends on --steps (the first of --lr_decay_at's drops, the switch to full resolution, the start of
+    the bank neighbours; the last step when none). None with --lr_schedule=cosine (its rate depends on --steps
+    from the first step) or when that is step 0."""
     if config.lr_schedule == "cosine":
         return None
-    depends = [int(f * config.steps) for f in config.lr_decay_at] + ([config.low_res_steps] if config.low_res_size
-                                                                       else [])
-    return min(depends, default=config.steps) // 2 or None
+    return min(dependent_steps(config), default=config.steps) // 2 or None
 
 
 def bare_step_seconds(config: TrainConfig, costs: Costs, from_step: int, step: int, paced_s: float) -> float:
@@ -125,8 +132,7 @@ def refit_steps(config: TrainConfig, refit: Refit, step: int, bare_s: float, lef
         middle = (low + high + 1) // 2
         low, high = (middle, high) if seconds_after(middle) <= left_s else (low, middle - 1)
     steps = low
-    fractions = list(config.lr_decay_at) + ([config.low_res_until] if config.low_res_size else [])
-    while any(int(f * steps) <= step for f in fractions):
+    while any(dependent <= step for dependent in dependent_steps(dataclasses.replace(config, steps=steps))):
         steps += 1
     return steps
 

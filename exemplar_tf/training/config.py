@@ -163,7 +163,8 @@ class TrainConfig:
                                    help="A wall-clock budget for the whole command, start-up to export: on a fresh "
                                         "run the step is timed on this machine once the start-up is done and --steps "
                                         "becomes the steps that fit, fitted again from the run's own pace half-way to "
-                                        "the first lr drop (written to the run's flags.cfg; a resumed run keeps "
+                                        "the first step that depends on it (an lr drop, a switch at a fraction of "
+                                        "--steps; written to the run's flags.cfg; a resumed run keeps "
                                         "them). 0: --steps as given (docs/method.md section 10).")
     lr: float | None = setting(None, check=POSITIVE,
                                help="Initial SGD learning rate (default: 0.01 exemplar, 0.03 npid).")
@@ -453,9 +454,6 @@ def _run_problems(config: TrainConfig) -> list[str]:
     if config.train_minutes and config.data_service:
         problems.append("--train_minutes is not supported with --data_service (timing the step would take batches "
                         "from the service's job that the run then never sees)")
-    if config.train_minutes and config.neighbours:
-        problems.append("--train_minutes does not combine with --neighbours yet (the neighbours' start, a fraction of "
-                        "--steps, is fixed when the objective is built, before the step is timed): give --steps")
     if config.skip_bad_images and not config.source.startswith("folder:"):
         problems.append(f"--skip_bad_images applies to folder:<dir> sources (their files are checked one by one), "
                         f"not --source={config.source}")

@@ -105,7 +105,10 @@ def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> tuple[TrainC
         try:
             if not config.overwrite:
                 config = validate(rundir.with_recorded_steps(config))
+            note = "" if config.overwrite else rundir.unbudgeted_resume_note(config)
             kept = rundir.check_reuse(config, config.overwrite)
+            if note:  # the resume goes ahead
+                print(note)
             if kept:
                 print(f"--overwrite: moved the earlier run to {kept}")
                 lock.release()
@@ -425,10 +428,12 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
 
 
 def _switch_steps(run: _Run, fitted: TrainConfig) -> None:
-    """Makes the run the run of `fitted.steps`: flags.cfg, the optimizer rebuilt on its schedule with the
-    current optimizer's variables (step count, momentum slots) and the checkpoint manager over the new one.
-    Only before any step that depends on --steps (the step functions must be built again)."""
+    """Makes the run the run of `fitted.steps`: flags.cfg, the objective's settings (the start of --neighbours is a
+    step), the optimizer rebuilt on its schedule with the current optimizer's variables (step count, momentum
+    slots) and the checkpoint manager over the new one. Only before any step that depends on --steps (the step
+    functions must be built again)."""
     rundir.write_flagfile(fitted)
+    run.state.objective.settings = objective_of(fitted).settings
     with run.strategy.scope():
         optimizer = build_optimizer(fitted, run.state.trainable_variables)
         for new, old in zip(optimizer.variables, run.state.optimizer.variables, strict=True):

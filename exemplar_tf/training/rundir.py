@@ -119,6 +119,26 @@ def with_recorded_steps(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, steps=int(recorded))
 
 
+def unbudgeted_resume_note(config: TrainConfig) -> str:
+    """The line a resume owes the user when it passes --train_minutes=0 to a run whose --steps a budget fitted, and
+    --steps differs from the fitted count: it trains to the given --steps, the schedule on them. "" otherwise
+    (the resume then records --train_minutes=0: a later one is a run of a fixed --steps)."""
+    path = os.path.join(config.run_dir, FLAGFILE)
+    if config.train_minutes or not (has_checkpoint(config.run_dir) and os.path.exists(path)):
+        return ""
+    recorded = read_flagfile(path)
+    minutes, steps = recorded.get("train_minutes", "0"), recorded.get("steps", "")
+    try:
+        budgeted = float(minutes) > 0
+    except ValueError:  # a hand-edited file: check_reuse names what differs
+        return ""
+    if not budgeted or steps == str(config.steps):
+        return ""
+    return (f"Note: {config.run_dir} was fitted to --steps={steps} by --train_minutes={minutes}; with "
+            f"--train_minutes=0 it trains to --steps={config.steps} instead, its learning-rate schedule laid over "
+            f"those (resume with --train_minutes={minutes} or --steps={steps} to keep its schedule)")
+
+
 def check_usable(run_dir: str) -> None:
     """Raises InputError when `run_dir` exists and is not a folder (before anything is created)."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
