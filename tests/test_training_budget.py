@@ -51,6 +51,14 @@ def test_input_sides_weigh_progressive_resolution_by_its_share_of_the_steps():
     assert budget.input_sides(low) == [(24, 0.6), (32, pytest.approx(0.4))]
 
 
+def test_the_fit_line_names_each_input_sides_timing(tiny_config):
+    config = tiny_config("r", train_minutes=115, arch="resnet18", patch_size=32, image_size=32, low_res_size=24)
+    line = budget.summary_line(config, 9344, COSTS, {24: 0.572, 32: 0.902})
+    assert line.startswith("--train_minutes=115: 9344 steps fit (0.500 s per step timed on this machine (24 px "
+                           "0.572 s, 32 px 0.902 s); 0.2 min gone on start-up and timing, 5 s to compile)")
+    assert "timed on this machine; 0.2 min" in budget.summary_line(config, 10, COSTS, {32: 0.5})
+
+
 def test_the_second_fit_is_half_way_to_the_first_step_that_depends_on_the_count(tiny_config):
     config = tiny_config("r", steps=1000, lr_decay_at=(0.8, 0.6))
     assert budget.refit_step(config) == 300  # the drop at 600

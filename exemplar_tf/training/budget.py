@@ -187,9 +187,11 @@ def mean_step_seconds(config: TrainConfig, side_step_s: dict[int, float]) -> flo
     return sum(share * side_step_s[side] for side, share in input_sides(config))
 
 
-def summary_line(config: TrainConfig, steps: int, costs: Costs) -> str:
-    """What the run tells the user once the steps are fixed."""
+def summary_line(config: TrainConfig, steps: int, costs: Costs, side_step_s: dict[int, float]) -> str:
+    """What the run tells the user once the steps are fixed (with progressive resolution, each side's timing)."""
+    sides = (" (" + ", ".join(f"{side} px {seconds:.3f} s" for side, seconds in side_step_s.items()) + ")"
+             if len(side_step_s) > 1 else "")
     return (f"--train_minutes={config.train_minutes:g}: {steps} steps fit ({costs.step:.3f} s per step timed on this "
-            f"machine; {costs.elapsed / 60:.1f} min gone on start-up and timing, {costs.compile:.0f} s to compile); "
-            f"the run is now the run of --steps={steps} (recorded in {os.path.join(config.run_dir, 'flags.cfg')}, "
-            f"kept on resume)")
+            f"machine{sides}; {costs.elapsed / 60:.1f} min gone on start-up and timing, {costs.compile:.0f} s to "
+            f"compile); the run is now the run of --steps={steps} (recorded in "
+            f"{os.path.join(config.run_dir, 'flags.cfg')}, kept on resume)")

@@ -421,7 +421,7 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
     except InputError as error:
         raise InputError(f"--train_minutes={config.train_minutes:g} fits {steps} steps, too few for the other "
                          f"flags: {' '.join(str(error).split())}") from None
-    print(budget.summary_line(fitted, steps, costs))
+    print(budget.summary_line(fitted, steps, costs, side_step_s))
     _switch_steps(run, fitted)
     at_step = budget.refit_step(fitted)
     run.refit = budget.Refit(at_step, started, costs, side_step_s) if at_step else None
