@@ -88,8 +88,9 @@ def test_a_call_stops_at_the_start_of_the_neighbours():
     assert loop.steps_this_call(config, 0) == 12 and loop.steps_this_call(config, 12) == 8
 
 
-def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny_config, capsys):
-    switches = []  # (step, neighbours on) at every call of the step
+def record_neighbour_switches(monkeypatch) -> list[tuple[int, bool]]:
+    """(step, neighbours on) at every call of the step from now on (NonParametric.at_step patched)."""
+    switches = []
     at_step = objectives.NonParametric.at_step
 
     def recording(self, step):
@@ -97,6 +98,11 @@ def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny
         switches.append((step, bool(self.neighbours_on.numpy())))
 
     monkeypatch.setattr(objectives.NonParametric, "at_step", recording)
+    return switches
+
+
+def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny_config, capsys):
+    switches = record_neighbour_switches(monkeypatch)
     config = tiny_config(tmp_path / "run", arch="resnet18", resnet_width=4, objective="nonparametric", steps=6,
                          checkpoint_every=3, neighbours=3, neighbours_from=0.5, precision="float32")
     result = runs.train(config)

@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 import pytest
+from test_neighbours import record_neighbour_switches
 from test_resume import _checkpoint_values
 
 import tensorflow as tf
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from exemplar_tf import objectives
 from exemplar_tf.errors import InputError
 from exemplar_tf.serving import runs
 from exemplar_tf.training import budget, loop, rundir
@@ -213,14 +213,7 @@ def test_a_budgeted_run_starts_the_bank_neighbours_where_the_run_given_its_final
     """The objective is built on the provisional --steps=100 (neighbours from step 50); the first fit says 16
     (from 8, the drop at 12), the second, at step 4, says 10: the neighbours join at step 5, as with --steps=10,
     and the two runs are bitwise equal."""
-    switches = []  # (step, neighbours on) at every call of the step
-    at_step = objectives.NonParametric.at_step
-
-    def recording(self, step):
-        at_step(self, step)
-        switches.append((step, bool(self.neighbours_on.numpy())))
-
-    monkeypatch.setattr(objectives.NonParametric, "at_step", recording)
+    switches = record_neighbour_switches(monkeypatch)
     quick_timing.update(force=16, force_refit=10)
     settings = dict(objective="nonparametric", batch_norm=True, neighbours=3, neighbours_from=0.5,
                     lr_decay_at=(0.75,), checkpoint_every=5)
