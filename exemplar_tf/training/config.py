@@ -260,6 +260,15 @@ class TrainConfig:
         """The first step whose positives include --neighbours bank neighbours."""
         return int(self.neighbours_from * self.steps)
 
+    @property
+    def step_switches(self) -> list[tuple[str, str, float]]:
+        """(flag, what changes, fraction of --steps) for each switch the run makes at a fraction of --steps: to full
+        resolution (--low_res_until, step `low_res_steps`) and to bank neighbours as positives (--neighbours_from,
+        step `neighbours_from_step`)."""
+        return (([("low_res_until", "the switch to full resolution", self.low_res_until)] if self.low_res_size else [])
+                + ([("neighbours_from", "the start of the bank neighbours", self.neighbours_from)] if self.neighbours
+                   else []))
+
     def input_size_at(self, step: int) -> int:
         """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
         return self.low_res_size if step < self.low_res_steps else self.input_size

@@ -81,15 +81,11 @@ def _moved_switch(config: TrainConfig, old_steps: str) -> str:
     """For a changed --steps: "steps" named with the switches it moves, each a fraction of --steps ("" when it moves
     none): to full resolution (--low_res_until; a resumed run could go back to the low side after the full one) and
     to bank neighbours as positives (--neighbours_from; it could turn them off again)."""
-    switches = []
-    if config.low_res_size:
-        switches.append((f"--low_res_until={config.low_res_until}", "the switch to full resolution",
-                         config.low_res_until, config.low_res_steps))
-    if config.neighbours:
-        switches.append((f"--neighbours_from={config.neighbours_from}", "the start of the bank neighbours",
-                         config.neighbours_from, config.neighbours_from_step))
-    moved = [f"with {flag} it moves {what} from step {int(fraction * int(old_steps))} to {step}"
-             for flag, what, fraction, step in switches if int(fraction * int(old_steps)) != step]
+    moved = []
+    for flag, what, fraction in config.step_switches:
+        before, now = int(fraction * int(old_steps)), int(fraction * config.steps)
+        if before != now:
+            moved.append(f"with --{flag}={fraction} it moves {what} from step {before} to {now}")
     return f"steps ({'; '.join(moved)})" if moved else ""
 
 
