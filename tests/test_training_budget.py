@@ -133,6 +133,20 @@ def test_budgets_that_cannot_be_kept_are_refused(tiny_config, settings, problem)
         validate(tiny_config("r", train_minutes=5, **settings))
 
 
+@pytest.mark.parametrize("settings, problem", [
+    (dict(lr_schedule="cosine", lr_warmup_steps=50), "--lr_warmup_steps=50 must be fewer than --steps=4"),
+    (dict(merge_classes_at=50, merge_to=8), "--merge_classes_at=50 must be smaller than --steps=4"),
+])
+def test_flags_that_name_a_step_wait_for_the_fitted_count(tiny_config, settings, problem):
+    """Under a budget --steps is a placeholder: a step flag past it is checked against the count the fit gives."""
+    budgeted = tiny_config("r", train_minutes=5, **settings)  # --steps=4, the placeholder
+    validate(budgeted)
+    with pytest.raises(InputError, match=problem):
+        validate(budgeted, steps_fitted=True)
+    with pytest.raises(InputError, match=problem):
+        validate(dataclasses.replace(budgeted, train_minutes=0))
+
+
 def _hparams_steps(run_dir) -> list[float]:
     """--steps in every hparams record the run wrote to TensorBoard, in the order written (TensorBoard's
     HParams table shows the first)."""
@@ -264,4 +278,12 @@ def test_a_budget_too_small_for_the_start_up_says_so(tmp_path, tiny_config, quic
     quick_timing["force"] = 0
     with pytest.raises(InputError, match=r"--train_minutes=0.01: no step fits \(start-up and timing took"):
         runs.train(tiny_config(tmp_path / "run", train_minutes=0.01))
+    assert not rundir.has_checkpoint(str(tmp_path / "run"))
+
+
+def test_a_budget_that_fits_fewer_steps_than_a_step_flag_names_says_so(tmp_path, tiny_config, quick_timing):
+    quick_timing["force"] = 6
+    with pytest.raises(InputError, match=r"--train_minutes=5 fits 6 steps, too few for the other flags: Bad training "
+                                         r"flags: --lr_warmup_steps=8 must be fewer than --steps=6"):
+        runs.train(tiny_config(tmp_path / "run", train_minutes=5, steps=100, lr_schedule="cosine", lr_warmup_steps=8))
     assert not rundir.has_checkpoint(str(tmp_path / "run"))

@@ -158,7 +158,8 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
     steps: int = setting(10000, check=POSITIVE, help="Training steps (with --train_minutes: replaced by the steps that "
-                                                     "fit the budget).")
+                                                     "fit the budget, which --merge_classes_at and --lr_warmup_steps "
+                                                     "are then checked against).")
     train_minutes: float = setting(0.0, check=NON_NEGATIVE,
                                    help="A wall-clock budget for the whole command, start-up to export: on a fresh "
                                         "run the step is timed on this machine once the start-up is done and --steps "
@@ -261,13 +262,14 @@ class TrainConfig:
         return int(self.neighbours_from * self.steps)
 
     @property
-    def step_switches(self) -> list[tuple[str, str, float]]:
-        """(flag, what changes, fraction of --steps) for each switch the run makes at a fraction of --steps: to full
-        resolution (--low_res_until, step `low_res_steps`) and to bank neighbours as positives (--neighbours_from,
-        step `neighbours_from_step`)."""
-        return (([("low_res_until", "the switch to full resolution", self.low_res_until)] if self.low_res_size else [])
-                + ([("neighbours_from", "the start of the bank neighbours", self.neighbours_from)] if self.neighbours
-                   else []))
+    def step_switches(self) -> list[tuple[str, str, float, int]]:
+        """(flag, what changes, fraction of --steps, step) for each switch the run makes at a fraction of --steps: to
+        full resolution (--low_res_until, step `low_res_steps`) and to bank neighbours as positives
+        (--neighbours_from, step `neighbours_from_step`)."""
+        return (([("low_res_until", "the switch to full resolution", self.low_res_until, self.low_res_steps)]
+                 if self.low_res_size else [])
+                + ([("neighbours_from", "the start of the bank neighbours", self.neighbours_from,
+                     self.neighbours_from_step)] if self.neighbours else []))
 
     def input_size_at(self, step: int) -> int:
         """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
@@ -407,8 +409,6 @@ def _merge_problems(config: TrainConfig) -> list[str]:
                         f"{config.merge_to} must be larger than --batch_size={config.batch_size}")
     if not config.merge_to < config.num_seeds:
         problems.append(f"--merge_to={config.merge_to} must be smaller than --num_seeds={config.num_seeds}")
-    if not config.merge_classes_at < config.steps:
-        problems.append(f"--merge_classes_at={config.merge_classes_at} must be smaller than --steps={config.steps}")
     if config.strategy == "multi_worker":
         problems.append("--merge_classes_at is not supported with --strategy=multi_worker (every worker would "
                         "cluster the seeds on its own)")
@@ -419,9 +419,18 @@ def _schedule_problems(config: TrainConfig) -> list[str]:
     """The learning-rate schedule's warm-up against the schedule and the run's length."""
     if config.lr_warmup_steps and config.lr_schedule != "cosine":
         return [f"--lr_warmup_steps applies to --lr_schedule=cosine, not --lr_schedule={config.lr_schedule}"]
-    if config.lr_warmup_steps >= config.steps:
-        return [f"--lr_warmup_steps={config.lr_warmup_steps} must be fewer than --steps={config.steps}"]
     return []
+
+
+def _length_problems(config: TrainConfig) -> list[str]:
+    """The flags that name a step against --steps: --merge_classes_at and --lr_warmup_steps must come before the
+    last step (`validate` checks them once --steps is final: with --train_minutes, the fitted count)."""
+    problems = []
+    if config.merge_classes_at > 0 and not config.merge_classes_at < config.steps:
+        problems.append(f"--merge_classes_at={config.merge_classes_at} must be smaller than --steps={config.steps}")
+    if config.lr_warmup_steps >= config.steps:
+        problems.append(f"--lr_warmup_steps={config.lr_warmup_steps} must be fewer than --steps={config.steps}")
+    return problems
 
 
 def _resolution_problems(config: TrainConfig) -> list[str]:
@@ -501,11 +510,13 @@ CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
     _resolution_problems, _run_problems)
 
 
-def validate(config: TrainConfig) -> TrainConfig:
+def validate(config: TrainConfig, steps_fitted: bool = False) -> TrainConfig:
     """Raises InputError (a ValueError) listing every bad value, before any data is read or a model built: each
-    field's declared checks (valid values, ranges), then the rules between fields."""
+    field's declared checks (valid values, ranges), then the rules between fields. With --train_minutes, --steps
+    is a placeholder until the budget fits it: the flags that name a step are checked against it only then
+    (`steps_fitted`; a resumed run's recorded count was checked when it was fitted)."""
     problems = settings.field_problems(config)
-    for rule in CROSS_FIELD_RULES:
+    for rule in CROSS_FIELD_RULES + ((_length_problems,) if steps_fitted or not config.train_minutes else ()):
         problems += rule(config)
     if problems:
         raise InputError("Bad training flags:\n  " + "\n  ".join(problems))

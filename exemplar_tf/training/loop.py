@@ -253,14 +253,13 @@ def _log_knn(writer, step: int, reading: KnnReading) -> None:
 
 def steps_this_call(config: TrainConfig, step: int, refit_at: int | None = None) -> int:
     """Steps for the next call from `step`: --steps_per_call, cut short at the next log, checkpoint or kNN step,
-    --merge_classes_at, the switch to full resolution, the start of --neighbours, a budget's `refit_at` (and the
-    last step), so the loop stops exactly on each."""
+    --merge_classes_at, each switch at a fraction of --steps (`TrainConfig.step_switches`), a budget's `refit_at`
+    (and the last step), so the loop stops exactly on each."""
     periods = [config.log_every, config.checkpoint_every] + ([config.knn_every] if config.knn_every else [])
-    merge = [config.merge_classes_at] if config.merge_to and step < config.merge_classes_at else []
-    full_resolution = [config.low_res_steps] if step < config.low_res_steps else []
-    neighbours = [config.neighbours_from_step] if config.neighbours and step < config.neighbours_from_step else []
-    refit = [refit_at] if refit_at is not None and step < refit_at else []
-    next_event = min([config.steps] + merge + full_resolution + neighbours + refit
+    switches = [switch for _, _, _, switch in config.step_switches]
+    merge = [config.merge_classes_at] if config.merge_to else []
+    refit = [refit_at] if refit_at is not None else []
+    next_event = min([config.steps] + [event for event in merge + switches + refit if event > step]
                      + [(step // period + 1) * period for period in periods])
     return min(config.steps_per_call, next_event - step)
 
@@ -417,7 +416,7 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
                          f"{costs.elapsed / 60:.1f} min, a step {costs.step:.3f} s); give more minutes")
     fitted = dataclasses.replace(config, steps=steps)
     try:
-        validate(fitted)
+        validate(fitted, steps_fitted=True)
     except InputError as error:
         raise InputError(f"--train_minutes={config.train_minutes:g} fits {steps} steps, too few for the other "
                          f"flags: {' '.join(str(error).split())}") from None
@@ -460,7 +459,8 @@ def _refit(run: _Run, step: int, paced_from: tuple[float, int] | None) -> TrainC
             left_s -= refit.costs.compile
             steps = budget.refit_steps(config, refit, step, bare_s, left_s)
         try:
-            fitted = validate(dataclasses.replace(config, steps=steps)) if steps != config.steps else config
+            fitted = (validate(dataclasses.replace(config, steps=steps), steps_fitted=True) if steps != config.steps
+                      else config)
         except InputError as error:
             tqdm.write(f"step {step}: --train_minutes: kept --steps={config.steps}; {steps} would break another "
                        f"rule ({' '.join(str(error).split())})")

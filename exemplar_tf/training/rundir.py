@@ -82,8 +82,8 @@ def _moved_switch(config: TrainConfig, old_steps: str) -> str:
     none): to full resolution (--low_res_until; a resumed run could go back to the low side after the full one) and
     to bank neighbours as positives (--neighbours_from; it could turn them off again)."""
     moved = []
-    for flag, what, fraction in config.step_switches:
-        before, now = int(fraction * int(old_steps)), int(fraction * config.steps)
+    for flag, what, fraction, now in config.step_switches:
+        before = int(fraction * int(old_steps))
         if before != now:
             moved.append(f"with --{flag}={fraction} it moves {what} from step {before} to {now}")
     return f"steps ({'; '.join(moved)})" if moved else ""
