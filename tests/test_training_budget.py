@@ -51,6 +51,24 @@ def test_input_sides_weigh_progressive_resolution_by_its_share_of_the_steps():
     assert budget.input_sides(low) == [(24, 0.6), (32, pytest.approx(0.4))]
 
 
+def test_the_input_sides_are_timed_in_turn_each_by_its_own_calls():
+    """A clock that advances by each fake step function's cost: 0.5 s a step at 24 px, 0.8 s at 32, 10 steps a
+    call. After one compiling call each, the sides alternate until each has 12 s and 3 calls: 3 rounds."""
+    clock, calls = [0.0], []
+
+    def step_function(side, step_s):
+        def train_steps(iterator, num_steps):
+            calls.append(side)
+            clock[0] += step_s * int(num_steps)
+            return {"steps": num_steps}
+        return train_steps
+
+    first_s, side_step_s = budget._time_sides({24: step_function(24, 0.5), 32: step_function(32, 0.8)}, None,
+                                              steps_per_call=10, seconds=12.0, clock=lambda: clock[0])
+    assert calls == [24, 32] + [24, 32] * 3
+    assert first_s == pytest.approx({24: 5.0, 32: 8.0}) and side_step_s == pytest.approx({24: 0.5, 32: 0.8})
+
+
 def test_the_fit_line_names_each_input_sides_timing(tiny_config):
     config = tiny_config("r", train_minutes=115, arch="resnet18", patch_size=32, image_size=32, low_res_size=24)
     line = budget.summary_line(config, 9344, COSTS, {24: 0.572, 32: 0.902})
@@ -287,3 +305,31 @@ def test_a_budget_that_fits_fewer_steps_than_a_step_flag_names_says_so(tmp_path,
                                          r"flags: --lr_warmup_steps=8 must be fewer than --steps=6"):
         runs.train(tiny_config(tmp_path / "run", train_minutes=5, steps=100, lr_schedule="cosine", lr_warmup_steps=8))
     assert not rundir.has_checkpoint(str(tmp_path / "run"))
+
+
+def test_a_budgeted_progressive_run_times_both_sides_in_turn(tmp_path, quick_timing, capsys, monkeypatch):
+    """The budget builds one step function per input side on its throw-away state and times them in turn (each
+    called once to compile, then alternately); the run is then the run of the fitted steps at both sides."""
+    timed = []  # the input side of every call the budget makes
+    make = budget.make_train_step
+
+    def recording(config, strategy, state, side=None):
+        train_steps = make(config, strategy, state, side)
+
+        def call(iterator, num_steps):
+            timed.append(side)
+            return train_steps(iterator, num_steps)
+        return call
+
+    monkeypatch.setattr(budget, "make_train_step", recording)
+    quick_timing.update(force=6, force_refit=6)
+    config = TrainConfig(run_dir=str(tmp_path / "run"), name="progressive", source="demo", method="exemplar",
+                         arch="resnet18", resnet_width=4, objective="nonparametric", num_seeds=64, seeds_per_image=8,
+                         batch_size=16, steps=100, train_minutes=30, log_every=2, checkpoint_every=3, progress=False,
+                         export_base=str(tmp_path / "sm"), low_res_size=16, low_res_until=0.5, precision="float32")
+    result = runs.train(config)
+    assert result.step == 6
+    assert len(timed) >= 2 + 2 * budget.MIN_TIMED_CALLS and timed == [16, 32] * (len(timed) // 2)
+    out = capsys.readouterr().out
+    assert "--train_minutes=30: 6 steps fit (" in out and " (16 px " in out and " s, 32 px " in out
+    assert "views at 16 pixels until step 3, then 32" in out

@@ -1,8 +1,8 @@
 """--train_minutes: the number of steps that fits a wall-clock budget, from the step timed on this machine.
 
 A fresh run with a budget does its whole start-up first (data, state, the objective's start, the random export,
-the step-0 kNN reading), then times the training step on a throw-away copy of the state (`measure`: once per
-input side the run trains at) and fixes --steps (`fit_steps`) before its first real step. With a step schedule
+the step-0 kNN reading), then times the training step on a throw-away copy of the state (`measure`: at each
+input side the run trains at, in turn) and fixes --steps (`fit_steps`) before its first real step. With a step schedule
 it fits once more, from its own steps, at `refit_step`: half-way to the first step that depends on --steps (the
 first lr drop, the switch to full resolution or the start of the bank neighbours), where nothing trained so far
 depended on the count (`refit_steps`). Either way the run is the run of its final --steps: the schedule, the
@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -144,39 +145,48 @@ def input_sides(config: TrainConfig) -> list[tuple[int, float]]:
     return [(config.low_res_size, config.low_res_until), (config.input_size, 1.0 - config.low_res_until)]
 
 
-def _time_calls(train_steps, iterator, steps_per_call: int, seconds: float) -> tuple[float, float]:
-    """(seconds of the first call, seconds per step over the calls after it, at least `seconds` of them)."""
+def _time_sides(step_functions: dict[int, Callable], iterator, steps_per_call: int, seconds: float,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[dict[int, float], dict[int, float]]:
+    """({input side: seconds of its first call}, {input side: seconds per step over its calls after the first}).
+    Each side's step function is called once (it traces and compiles), then the sides are called in turn until
+    each has had `seconds` and MIN_TIMED_CALLS calls: both see the same machine (a host that slows down or speeds
+    up, batches prefetched meanwhile), so the ratio between them, which the second fit prices the full side by,
+    does not take one window's luck against another's."""
     num_steps = tf.constant(steps_per_call, tf.int32)
-    started = time.perf_counter()
-    train_steps(iterator, num_steps)  # traces and compiles
-    first = time.perf_counter() - started
-    started, steps, calls = time.perf_counter(), 0, 0
-    while time.perf_counter() - started < seconds or calls < MIN_TIMED_CALLS:
-        steps += int(train_steps(iterator, num_steps)["steps"])
+    first = {}
+    for side, train_steps in step_functions.items():
+        started = clock()
+        train_steps(iterator, num_steps)
+        first[side] = clock() - started
+    spent, steps, calls = dict.fromkeys(step_functions, 0.0), dict.fromkeys(step_functions, 0), 0
+    while min(spent.values()) < seconds or calls < MIN_TIMED_CALLS:
+        for side, train_steps in step_functions.items():
+            started = clock()
+            steps[side] += int(train_steps(iterator, num_steps)["steps"])
+            spent[side] += clock() - started
         calls += 1
-    return first, (time.perf_counter() - started) / steps
+    return first, {side: spent[side] / steps[side] for side in step_functions}
 
 
 def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds: float = TIMED_SECONDS
             ) -> tuple[dict[int, float], float, float]:
     """({input side: seconds per step}, compile seconds, checkpoint seconds) of `config`'s training step on this
     machine: a throw-away state, built like the run's, trains on the run's input (from its start, on an iterator of
-    its own) for `seconds` at each of `input_sides` after a first call that compiles; one save of its checkpoint to
-    a temporary folder. The run's own state is not touched. `data`: the run's `inputs.TrainingData`.
+    its own) for `seconds` at each of `input_sides`, the sides in turn after a first call of each that compiles
+    (`_time_sides`); one save of its checkpoint to a temporary folder. The run's own state is not touched. `data`:
+    the run's `inputs.TrainingData`.
     """
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective_of(config))
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: data.dataset_fn(ctx, 0)))
-    side_step_s, compile_s = {}, 0.0
-    for side, _ in input_sides(config):
-        first, side_step_s[side] = _time_calls(make_train_step(config, strategy, state, side), iterator,
-                                               config.steps_per_call, seconds)
-        compile_s += max(0.0, first - config.steps_per_call * side_step_s[side])
+    step_functions = {side: make_train_step(config, strategy, state, side) for side, _ in input_sides(config)}
+    first_s, side_step_s = _time_sides(step_functions, iterator, config.steps_per_call, seconds)
+    compile_s = sum(max(0.0, first_s[side] - config.steps_per_call * side_step_s[side]) for side in step_functions)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         state.checkpoint().write(os.path.join(folder, "ckpt"))
         checkpoint_s = time.perf_counter() - started
-    del iterator, state
+    del iterator, state, step_functions
     gc.collect()  # the throw-away input pipeline's threads must not go on beside the run
     return side_step_s, compile_s, checkpoint_s
 
