@@ -117,8 +117,8 @@ def test_a_run_turns_the_neighbours_on_at_their_step(tmp_path, monkeypatch, tiny
     (dict(momentum_encoder=0.99), "--neighbours is not supported with --momentum_encoder"),
     (dict(bank_sharding="sharded", merge_classes_at=2, merge_to=8, method="exemplar"),
      "--neighbours is not supported with --merge_to, --bank_sharding=sharded"),
-    (dict(neighbours_from=0.05), "--neighbours_from=0.05 of --steps=10 starts the neighbours at step 0: it must "
-                                 "leave steps at both sides"),
+    (dict(neighbours_from=0.05), "--neighbours_from=0.05 of --steps=10 puts the start of the bank neighbours at "
+                                 "step 0: it must leave steps at both sides"),
     (dict(neighbours_from=0.0), "--neighbours_from must be in (0, 1), got 0.0"),
     (dict(neighbours_from=1.0), "--neighbours_from must be in (0, 1), got 1.0"),
     (dict(neighbours=0, neighbours_from=0.3), "--neighbours_from=0.3 applies with --neighbours=k > 0 (it is 0)"),

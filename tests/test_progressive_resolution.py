@@ -80,7 +80,8 @@ def test_the_switch_step_is_a_fraction_of_the_steps():
     (dict(method="npid", image_size=40, low_res_size=12, low_res_until=0.5),
      r"--low_res_size=12 must be from half the training side 40 to below it \(20..39; the side is --image_size\)"),
     (dict(low_res_size=24, low_res_until=0.04, steps=10),
-     r"--low_res_until=0.04 of --steps=10 switches at step 0: it must leave steps at both sides"),
+     r"--low_res_until=0.04 of --steps=10 puts the switch to full resolution at step 0: it must leave steps at "
+     r"both sides"),
     (dict(low_res_size=24, low_res_until=0.5, arch="small"), "--low_res_size needs a ResNet"),
 ])
 def test_bad_progressive_resolution_flags_are_refused(changes, message):

@@ -53,7 +53,8 @@ def test_input_sides_weigh_progressive_resolution_by_its_share_of_the_steps():
 
 def test_the_input_sides_are_timed_in_turn_each_by_its_own_calls():
     """A clock that advances by each fake step function's cost: 0.5 s a step at 24 px, 0.8 s at 32, 10 steps a
-    call. After one compiling call each, the sides alternate until each has 12 s and 3 calls: 3 rounds."""
+    call. After one compiling call each, the sides alternate until each has 17 s and 3 calls: 4 rounds (the
+    32-px side had its 17 s after 3)."""
     clock, calls = [0.0], []
 
     def step_function(side, step_s):
@@ -64,8 +65,8 @@ def test_the_input_sides_are_timed_in_turn_each_by_its_own_calls():
         return train_steps
 
     first_s, side_step_s = budget._time_sides({24: step_function(24, 0.5), 32: step_function(32, 0.8)}, None,
-                                              steps_per_call=10, seconds=12.0, clock=lambda: clock[0])
-    assert calls == [24, 32] + [24, 32] * 3
+                                              steps_per_call=10, seconds=17.0, clock=lambda: clock[0])
+    assert calls == [24, 32] + [24, 32] * 4
     assert first_s == pytest.approx({24: 5.0, 32: 8.0}) and side_step_s == pytest.approx({24: 0.5, 32: 0.8})
 
 
@@ -333,3 +334,14 @@ def test_a_budgeted_progressive_run_times_both_sides_in_turn(tmp_path, quick_tim
     out = capsys.readouterr().out
     assert "--train_minutes=30: 6 steps fit (" in out and " (16 px " in out and " s, 32 px " in out
     assert "views at 16 pixels until step 3, then 32" in out
+
+
+def test_a_resume_checks_the_step_flags_against_the_recorded_steps(tmp_path, tiny_config):
+    """A resumed budgeted run's --steps are final (recorded at its fit): a flags.cfg edited below the warm-up is
+    refused before anything is read, although the placeholder --steps=100 would pass."""
+    config = tiny_config(tmp_path / "run", train_minutes=5, steps=100, lr_schedule="cosine", lr_warmup_steps=8)
+    rundir.write_flagfile(dataclasses.replace(config, steps=6))
+    os.makedirs(os.path.join(config.run_dir, "checkpoints"))
+    open(os.path.join(config.run_dir, "checkpoints", "checkpoint"), "w").close()
+    with pytest.raises(InputError, match="--lr_warmup_steps=8 must be fewer than --steps=6"):
+        loop._prepare_run_dir(config, tf.distribute.get_strategy(), chief=True)

@@ -168,14 +168,21 @@ def _time_sides(step_functions: dict[int, Callable], iterator, steps_per_call: i
     return first, {side: spent[side] / steps[side] for side in step_functions}
 
 
-def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds: float = TIMED_SECONDS
+def timing_length(config: TrainConfig) -> str:
+    """How long `measure` times the step, for the user: ~TIMED_SECONDS, or at least that per input side."""
+    return (f"~{TIMED_SECONDS:.0f} s" if len(input_sides(config)) == 1 else
+            f"at least {TIMED_SECONDS:.0f} s per input side, the sides in turn")
+
+
+def measure(config: TrainConfig, strategy: tf.distribute.Strategy, data, seconds: float | None = None
             ) -> tuple[dict[int, float], float, float]:
     """({input side: seconds per step}, compile seconds, checkpoint seconds) of `config`'s training step on this
     machine: a throw-away state, built like the run's, trains on the run's input (from its start, on an iterator of
-    its own) for `seconds` at each of `input_sides`, the sides in turn after a first call of each that compiles
-    (`_time_sides`); one save of its checkpoint to a temporary folder. The run's own state is not touched. `data`:
-    the run's `inputs.TrainingData`.
+    its own) for `seconds` (None: TIMED_SECONDS) at each of `input_sides`, the sides in turn after a first call of
+    each that compiles (`_time_sides`); one save of its checkpoint to a temporary folder. The run's own state is not
+    touched. `data`: the run's `inputs.TrainingData`.
     """
+    seconds = TIMED_SECONDS if seconds is None else seconds
     with strategy.scope():
         state = build_state(config, data.num_instances, data.mean_rgb, data.views, objective_of(config))
     iterator = iter(strategy.distribute_datasets_from_function(lambda ctx: data.dataset_fn(ctx, 0)))

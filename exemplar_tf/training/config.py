@@ -344,10 +344,6 @@ def _neighbour_problems(config: TrainConfig) -> list[str]:
                                          ("--bank_sharding=sharded", config.bank_sharding == "sharded")) if on]
     if unsupported:
         problems.append(f"--neighbours is not supported with {', '.join(unsupported)}")
-    if not 0 < config.neighbours_from_step < config.steps:
-        problems.append(f"--neighbours_from={config.neighbours_from} of --steps={config.steps} starts the neighbours "
-                        f"at step {config.neighbours_from_step}: it must leave steps at both sides (0 < start < "
-                        f"--steps)")
     return problems
 
 
@@ -423,13 +419,18 @@ def _schedule_problems(config: TrainConfig) -> list[str]:
 
 
 def _length_problems(config: TrainConfig) -> list[str]:
-    """The flags that name a step against --steps: --merge_classes_at and --lr_warmup_steps must come before the
-    last step (`validate` checks them once --steps is final: with --train_minutes, the fitted count)."""
+    """The rules on the count of --steps (`validate` checks them once it is final: with --train_minutes, the fitted
+    count): --merge_classes_at and --lr_warmup_steps come before the last step, and each switch at a fraction of
+    --steps (`TrainConfig.step_switches`) leaves steps at both sides of it."""
     problems = []
-    if config.merge_classes_at > 0 and not config.merge_classes_at < config.steps:
+    if config.merge_classes_at > 0 and config.merge_to > 0 and not config.merge_classes_at < config.steps:
         problems.append(f"--merge_classes_at={config.merge_classes_at} must be smaller than --steps={config.steps}")
-    if config.lr_warmup_steps >= config.steps:
+    if config.lr_schedule == "cosine" and config.lr_warmup_steps >= config.steps:
         problems.append(f"--lr_warmup_steps={config.lr_warmup_steps} must be fewer than --steps={config.steps}")
+    for flag, what, fraction, step in config.step_switches:
+        if 0 < fraction < 1 and not 0 < step < config.steps:  # a fraction out of range is refused already
+            problems.append(f"--{flag}={fraction} of --steps={config.steps} puts {what} at step {step}: it must "
+                            f"leave steps at both sides (0 < step < --steps)")
     return problems
 
 
@@ -448,9 +449,6 @@ def _resolution_problems(config: TrainConfig) -> list[str]:
         problems.append(f"--low_res_size={config.low_res_size} must be from half the training side {full} to below "
                         f"it ({-(-full // 2)}..{full - 1}; the side is --"
                         f"{'patch_size' if config.method == 'exemplar' else 'image_size'})")
-    if not 0 < config.low_res_steps < config.steps:
-        problems.append(f"--low_res_until={config.low_res_until} of --steps={config.steps} switches at step "
-                        f"{config.low_res_steps}: it must leave steps at both sides (0 < switch < --steps)")
     if config.arch in EXEMPLAR_ARCHS:
         problems.append(f"--low_res_size needs a ResNet (global pooling): the {config.arch} Exemplar-CNN's fc layer "
                         f"is sized for {config.input_size}-pixel inputs")

@@ -104,7 +104,8 @@ def _prepare_run_dir(config: TrainConfig, strategy, chief: bool) -> tuple[TrainC
         lock = DirectoryLock(config.run_dir)
         try:
             if not config.overwrite:
-                config = validate(rundir.with_recorded_steps(config))
+                resumed = rundir.has_checkpoint(config.run_dir)  # its --steps are final (fitted or given)
+                config = validate(rundir.with_recorded_steps(config), steps_fitted=resumed)
             note = "" if config.overwrite else rundir.unbudgeted_resume_note(config)
             kept = rundir.check_reuse(config, config.overwrite)
             if note:  # the resume goes ahead
@@ -406,7 +407,7 @@ def _fit_to_budget(run: _Run, started: float, export_s: float, knn_s: float) -> 
     the random export and the step-0 kNN reading took."""
     config = run.config
     status(f"--train_minutes={config.train_minutes:g}: timing the training step on this machine "
-           f"(~{budget.TIMED_SECONDS * len(budget.input_sides(config)):.0f} s after compiling it) ...")
+           f"({budget.timing_length(config)} after compiling it) ...")
     side_step_s, compile_s, checkpoint_s = budget.measure(config, run.strategy, run.data)
     costs = budget.Costs(elapsed=time.perf_counter() - started, step=budget.mean_step_seconds(config, side_step_s),
                          compile=compile_s, knn_reading=knn_s, export=export_s, checkpoint=checkpoint_s)
