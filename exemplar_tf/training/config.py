@@ -158,8 +158,9 @@ class TrainConfig:
     # Optimisation.
     batch_size: int = setting(128, check=POSITIVE, help="Global batch size (split across replicas).")
     steps: int = setting(10000, check=POSITIVE, help="Training steps (with --train_minutes: replaced by the steps that "
-                                                     "fit the budget, which --merge_classes_at and --lr_warmup_steps "
-                                                     "are then checked against).")
+                                                     "fit the budget, which --merge_classes_at, --lr_warmup_steps "
+                                                     "and the switches at fractions of it are then checked "
+                                                     "against).")
     train_minutes: float = setting(0.0, check=NON_NEGATIVE,
                                    help="A wall-clock budget for the whole command, start-up to export: on a fresh "
                                         "run the step is timed on this machine once the start-up is done and --steps "
@@ -511,8 +512,8 @@ CROSS_FIELD_RULES: tuple[Callable[[TrainConfig], list[str]], ...] = (
 def validate(config: TrainConfig, steps_fitted: bool = False) -> TrainConfig:
     """Raises InputError (a ValueError) listing every bad value, before any data is read or a model built: each
     field's declared checks (valid values, ranges), then the rules between fields. With --train_minutes, --steps
-    is a placeholder until the budget fits it: the flags that name a step are checked against it only then
-    (`steps_fitted`; a resumed run's recorded count was checked when it was fitted)."""
+    is a placeholder until the budget fits it: the rules on its count (`_length_problems`) wait for `steps_fitted`
+    (the fits, and a resume, whose recorded count is final)."""
     problems = settings.field_problems(config)
     for rule in CROSS_FIELD_RULES + ((_length_problems,) if steps_fitted or not config.train_minutes else ()):
         problems += rule(config)
