@@ -81,11 +81,10 @@ def _moved_switch(config: TrainConfig, old_steps: str) -> str:
     """For a changed --steps: "steps" named with the switches it moves, each a fraction of --steps ("" when it moves
     none): to full resolution (--low_res_until; a resumed run could go back to the low side after the full one) and
     to bank neighbours as positives (--neighbours_from; it could turn them off again)."""
-    moved = []
-    for flag, what, fraction, now in config.step_switches:
-        before = int(fraction * int(old_steps))
-        if before != now:
-            moved.append(f"with --{flag}={fraction} it moves {what} from step {before} to {now}")
+    switched_before = dataclasses.replace(config, steps=int(old_steps)).step_switches
+    moved = [f"with --{flag}={fraction} it moves {what} from step {before} to {now}"
+             for (flag, what, fraction, now), (*_, before) in zip(config.step_switches, switched_before, strict=True)
+             if before != now]
     return f"steps ({'; '.join(moved)})" if moved else ""
 
 
