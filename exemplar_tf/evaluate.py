@@ -94,9 +94,8 @@ def main(argv) -> int:
     baseline_path = values.baseline_savedmodel or protocols.random_baseline_path(values.savedmodel)
     if baseline_path is None:
         print(protocols.missing_baseline_message(values.savedmodel), file=sys.stderr)
-    elif protocols.baseline_mismatch(values.savedmodel, baseline_path):
-        print(protocols.baseline_mismatch(values.savedmodel, baseline_path), file=sys.stderr)
-        return 1
+    elif mismatch := protocols.baseline_mismatch(values.savedmodel, baseline_path):
+        raise errors.InputError(mismatch)
     trained = protocols.run_protocol(values.savedmodel, protocol, values.dataset, options, values.batch_size)
     baseline = (protocols.run_protocol(baseline_path, protocol, values.dataset, options, values.batch_size)
                 if baseline_path else None)

@@ -32,7 +32,8 @@ flags.DEFINE_string("test", None, "Labelled source spec for the queries.", requi
 flags.DEFINE_string("train_split", "train", "Split of --train.")
 flags.DEFINE_string("test_split", "test", "Split of --test.")
 flags.DEFINE_string("checkpoint", "", "Training checkpoint (file prefix or folder): use its memory bank as "
-                    "the training features (read only).")
+                    "the training features (read only). Runs whose bank row i is training image i: NPID and "
+                    "online Exemplar-CNN, on the whole split.")
 flags.DEFINE_string("baseline_savedmodel", "", "Randomly initialised export of the same architecture, classified "
                     "the same way beside --savedmodel (its own codes as neighbours, also with --checkpoint); 'auto': "
                     "the newest <name>_random version next to --savedmodel exported by the same training run (as "
@@ -61,7 +62,7 @@ def baseline_path(savedmodel: str, flag: str) -> str | None:
         return None
     mismatch = protocols.baseline_mismatch(savedmodel, path)
     if mismatch:
-        raise errors.InputError(mismatch.removeprefix("evaluate: "))
+        raise errors.InputError(mismatch)
     return path
 
 
@@ -87,6 +88,8 @@ def main(argv) -> None:
     if values.checkpoint and values.output != "embedding":
         raise errors.InputError(f"--checkpoint: the memory bank holds embeddings; --output={values.output} cannot "
                                 f"be compared against it")
+    if values.checkpoint:
+        knn.check_bank_rows_are_examples(values.checkpoint)
     load = dict(key=values.output, eval_size=values.eval_size or None, data_dir=values.data_dir)
 
     def classify(path: str, bank: str):

@@ -84,8 +84,8 @@ def main(argv: list[str]) -> int:
 
     try:
         result = runs.train(config)
-    except (rundir.RunDirMismatch, DirectoryLocked) as error:
-        print(error, file=sys.stderr)
+    except (rundir.RunDirMismatch, DirectoryLocked) as error:  # bad input: one line, as errors.run prints it
+        print(f"Error: {error}", file=sys.stderr)
         return 2
     except (loop.TrainingDiverged, loop.WriteFailed, loop.WorkerLost) as error:
         print(f"Training stopped: {error}", file=sys.stderr)

@@ -72,6 +72,10 @@ def test_train_encoder_builds_validates_and_defaults_the_run_dir_like_the_progra
     with pytest.raises(errors.InputError, match="knn_every"):
         exemplar_tf.train_encoder(config, knn_every=5, knn_source="")
     assert len(seen) == 2
+    demo = exemplar_tf.TrainConfig(run_dir=str(tmp_path / "demo"))  # exemplar on the demo: softmax, demo_labelled
+    exemplar_tf.train_encoder(demo, method="npid", source="folder:/photos", knn_every=0)  # the defaults follow
+    assert seen[-1] == exemplar_tf.TrainConfig(run_dir=demo.run_dir, method="npid", source="folder:/photos")
+    assert (seen[-1].objective, seen[-1].knn_source) == ("nce", "")
 
 
 def test_train_encoder_trains_exports_and_resumes(trained):

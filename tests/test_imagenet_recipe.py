@@ -10,7 +10,7 @@ from absl.testing import flagsaver
 from PIL import Image
 
 from exemplar_tf import train
-from exemplar_tf.training import distribute, inputs
+from exemplar_tf.training import distribute, inputs, summaries
 from exemplar_tf.training.step import build_state, make_train_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +50,11 @@ def test_the_recipe_trains_two_steps_on_a_tiny_folder(tmp_path):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["train", f"--flagfile={FLAGFILE}", f"--source=folder:{tmp_path / 'imagenet'}",
                      f"--run_dir={tmp_path / 'run'}", "--image_size=96", "--batch_size=4", "--nce_m=8",
-                     "--knn_split=val"])  # --steps stays the recipe's: two steps are run by hand
-        config = train.config_from_flags()
+                     f"--knn_source=folder:{tmp_path / 'imagenet'}", "--knn_split=val"])  # as the cfg's header
+        config = train.config_from_flags()  # says; --steps stays the recipe's: two steps are run by hand
+    for split in (config.knn_train_split, config.knn_split):  # the kNN monitor reads the folder's train and val
+        images = summaries.labelled_images(config.knn_source, split, config.input_size, config.knn_max_examples)
+        assert images[0].shape == (12, 96, 96, 3) and sorted(set(images[1])) == [0, 1]
     strategy = distribute.make_strategy(config.strategy)
     data = inputs.training_data(config)
     assert data.num_instances == 12

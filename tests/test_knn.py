@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf import errors
 from exemplar_tf.evaluation import knn, savedmodel
 from exemplar_tf.metrics import knn as metrics_knn
 from exemplar_tf.models import ProjectionHead, build_encoder
@@ -105,6 +106,25 @@ def test_bank_labels_follow_the_instance_index():
         knn.bank_labels({0: 1}, 2)
     with pytest.raises(ValueError, match="3 rows but the training split has 4 examples"):
         knn.bank_labels({2: 7, 0: 5, 1: 6, 9: 1}, 3)  # a bank of a --max_instances subset
+
+
+@pytest.mark.parametrize("recorded, refusal", [
+    ({"method": "exemplar", "seed_sampling": "fixed", "num_seeds": "20", "max_instances": "0"},
+     "one row per seed patch \\(--num_seeds=20\\)"),
+    ({"method": "npid", "seed_sampling": "fixed", "max_instances": "20"}, "--max_instances=20 images renumbered"),
+    ({"method": "exemplar", "seed_sampling": "online", "max_instances": "0"}, None),
+    ({"method": "npid", "seed_sampling": "fixed", "max_instances": "0"}, None)])
+def test_a_bank_whose_rows_are_not_the_splits_examples_is_refused_by_the_runs_flags(tmp_path, recorded, refusal):
+    run = tmp_path / "run"
+    tf.train.Checkpoint(bank=MemoryBank(20, 4)).save(str(run / "checkpoints" / "ckpt"))
+    (run / "flags.cfg").write_text("".join(f"--{key}={value}\n" for key, value in recorded.items()))
+    for checkpoint in (run / "checkpoints", tf.train.latest_checkpoint(str(run / "checkpoints"))):  # folder, prefix
+        if refusal is None:
+            knn.check_bank_rows_are_examples(str(checkpoint))
+        else:
+            with pytest.raises(errors.InputError, match=refusal):
+                knn.check_bank_rows_are_examples(str(checkpoint))
+    knn.check_bank_rows_are_examples(str(tmp_path / "elsewhere"))  # no flags.cfg: only the row count is checked
 
 
 def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path):

@@ -57,9 +57,9 @@ def free_loopback_port():
 
 # --- not prepared and offline: one line, within seconds, nothing left behind ---------------------------------------
 
-@pytest.mark.parametrize("name, local", [("stl10", "--source=stl10_binary:<dir>"),
-                                         ("cifar10", "--source=folder:<dir>"),
-                                         ("caltech101", "--source=folder:<dir>")])
+@pytest.mark.parametrize("name, local", [("stl10", "give the source stl10_binary:<dir> "),
+                                         ("cifar10", "give the source folder:<dir> "),
+                                         ("caltech101", "give the source folder:<dir> ")])
 def test_offline_is_one_error_line_within_seconds(name, local, user_data_dir, network, monkeypatch, capsys):
     probed = network(False)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
@@ -254,6 +254,7 @@ def test_train_offline_is_one_error_line_and_exit_2(tmp_path):
     assert "Traceback" not in result.stderr and "retrying" not in result.stderr.lower(), result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: STL-10 (tfds stl10) is not in ") and "no network" in last, result.stderr
-    assert "--source=stl10_binary:<dir>" in last and "downloading" not in result.stdout
+    assert "give the source stl10_binary:<dir> (" in last and last.endswith(" in place of stl10")
+    assert "downloading" not in result.stdout
     assert not data_dir.exists()
     print(f"offline train run: {elapsed:.1f} s")

@@ -287,3 +287,20 @@ def test_the_tiny_config_fixture_makes_a_valid_small_demo_run(tiny_config, tmp_p
     assert validate(config) is config
     assert (config.run_dir, config.steps, config.source, config.progress) == (str(tmp_path / "run"), 3, "demo", False)
     assert config.export_base == str(tmp_path / "savedmodels")
+
+
+def test_with_settings_fills_in_the_defaults_again_and_keeps_the_values_given():
+    """A config changed by `with_settings` is the config built with the change: the method's and the source's
+    defaults follow (dataclasses.replace keeps the old ones), a value set by hand stays."""
+    demo = cfg.TrainConfig(run_dir="r", lr=0.5)
+    assert (demo.objective, demo.weight_decay, demo.knn_source) == ("softmax", 0.004, "demo_labelled")
+    npid = cfg.with_settings(demo, method="npid", source="folder:/photos")
+    assert npid == cfg.TrainConfig(run_dir="r", lr=0.5, method="npid", source="folder:/photos")
+    assert (npid.objective, npid.weight_decay, npid.knn_source, npid.lr) == ("nce", 5e-4, "", 0.5)
+    assert dataclasses.replace(demo, method="npid").objective == "softmax"  # what it replaces
+    on_demo = cfg.with_settings(npid, source="demo")  # NPID's recipe for the demo's 15 photographs
+    assert (on_demo.objective, on_demo.knn_source) == ("nonparametric", "demo_labelled")
+    kept = cfg.with_settings(cfg.TrainConfig(run_dir="r", objective="nce", knn_source="cifar10"), method="npid",
+                             source="demo")
+    assert (kept.objective, kept.knn_source) == ("nce", "cifar10")
+    assert cfg.with_settings(demo) == demo and cfg.with_settings(demo, steps=7).steps == 7

@@ -28,7 +28,7 @@ from exemplar_tf.evaluation import probe
 from exemplar_tf.evaluation.savedmodel import FEATURE_SIGNATURES, Extracted, same_size_batches
 from exemplar_tf.metrics import knn
 from exemplar_tf.serving import runs
-from exemplar_tf.training.config import TrainConfig, validate
+from exemplar_tf.training.config import TrainConfig, validate, with_settings
 
 __all__ = ["TrainConfig", "train_encoder", "load_encoder", "embed", "knn_accuracy", "linear_probe"]
 
@@ -41,8 +41,9 @@ def train_encoder(config: TrainConfig | None = None, **settings):
     """Trains (or resumes) a run with the rules of `python -m exemplar_tf.train` and exports it.
 
     `config` is a `TrainConfig` (every flag of the program is a field of the same name, docs/flags.md);
-    keyword `settings` build one (`train_encoder(name="demo", steps=200)`) or replace fields of `config`
-    (`dataclasses.replace`: fields the method filled in stay as they are). An empty `run_dir` becomes
+    keyword `settings` build one (`train_encoder(name="demo", steps=200)`) or change fields of `config` as if it
+    had been built with them (`training.config.with_settings`: the defaults it filled in from its source and
+    method follow the new ones, so `method="npid"` brings NPID's objective). An empty `run_dir` becomes
     `runs/<name>`, as with the program. The config is validated first (`errors.InputError` listing every bad
     value); then the run directory decides: a fresh one starts at step 0, one holding the same run resumes
     from its newest checkpoint, one holding another run's checkpoints is refused (`training.rundir.RunDirMismatch`,
@@ -56,7 +57,7 @@ def train_encoder(config: TrainConfig | None = None, **settings):
     if config is None:
         config = TrainConfig(**{"run_dir": "", **settings})
     elif settings:
-        config = dataclasses.replace(config, **settings)
+        config = with_settings(config, **settings)
     if not config.run_dir:
         config = dataclasses.replace(config, run_dir=os.path.join("runs", config.name))
     return runs.train(validate(config))

@@ -4,11 +4,14 @@ from the checkpoint file and never written (`read_memory_bank`).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from exemplar_tf import errors
 from exemplar_tf.data import sources
+from exemplar_tf.training.rundir import FLAGFILE, read_flagfile
 
 
 def read_memory_bank(checkpoint: str) -> np.ndarray:
@@ -26,6 +29,26 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
     if len(keys) != 1:
         raise errors.InputError(f"{prefix}: expected one memory bank variable under 'bank/', found {keys or 'none'}")
     return reader.get_tensor(keys[0]).astype(np.float32)
+
+
+def check_bank_rows_are_examples(checkpoint: str) -> None:
+    """Raises InputError when the run that wrote `checkpoint` kept bank rows that are not the examples of its
+    split: fixed-seed Exemplar-CNN has one row per seed patch, --max_instances one per image of a renumbered
+    subset. The run's settings are its flags.cfg, beside the `checkpoints/` folder; without one only the row count
+    is checked (`bank_labels`)."""
+    prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), FLAGFILE)
+    if not os.path.isfile(path):
+        return
+    recorded = read_flagfile(path)
+    if recorded.get("method") == "exemplar" and recorded.get("seed_sampling") == "fixed":
+        raise errors.InputError(f"{checkpoint}: {path} trained Exemplar-CNN on fixed seeds, so its memory bank has one "
+                                f"row per seed patch (--num_seeds={recorded.get('num_seeds')}), not one per training "
+                                f"image; classify with the SavedModel's codes (leave out --checkpoint)")
+    if recorded.get("max_instances", "0") != "0":
+        raise errors.InputError(f"{checkpoint}: {path} trained on --max_instances={recorded['max_instances']} images "
+                                f"renumbered from 0, so bank row i is not example i of the split; classify with the "
+                                f"SavedModel's codes (leave out --checkpoint)")
 
 
 def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:

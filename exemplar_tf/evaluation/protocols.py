@@ -134,7 +134,7 @@ def baseline_mismatch(savedmodel: str, baseline: str) -> str | None:
     trained_info, baseline_info = read_export_info(savedmodel), read_export_info(baseline)
     for key in ("arch", "input_size"):
         if key in trained_info and key in baseline_info and trained_info[key] != baseline_info[key]:
-            return (f"evaluate: the random baseline {baseline} has {key}={baseline_info[key]} but {savedmodel} has "
+            return (f"the random baseline {baseline} has {key}={baseline_info[key]} but {savedmodel} has "
                     f"{key}={trained_info[key]}; pass --baseline_savedmodel=<random export of the same {key}>")
     return None
 

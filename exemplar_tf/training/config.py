@@ -45,8 +45,8 @@ class TrainConfig:
                            check=NonEmpty())
     name: str = setting("exemplar", help="Run name; the export goes to <export_base>/<name>/<version>.")
     # Data.
-    source: str = setting("demo", help="Image source: demo, stl10, cifar10, caltech101 (tfds), stl10_binary:<dir>, "
-                                       "folder:<dir>.")
+    source: str = setting("demo", help="Image source: demo, demo_labelled, stl10, cifar10, caltech101, "
+                                       "imagenet2012 (tfds), stl10_binary:<dir>, folder:<dir>.")
     split: str = setting("train", help="Split of --source to learn from (stl10: unlabelled).")
     data_dir: str | None = setting(None, help="tensorflow-datasets data_dir (default ~/tensorflow_datasets): tfds "
                                               "sources not prepared there are downloaded into it (README: which).")
@@ -222,12 +222,15 @@ class TrainConfig:
                                            "demo_labelled for --source=demo, none otherwise; empty: none.")
     knn_split: str = setting("test", help="Query split of --knn_source.")
     knn_train_split: str = setting("train", help="Memory split of --knn_source.")
-    knn_every: int = setting(0, check=NON_NEGATIVE, help="Steps between kNN evaluations (0: only at the end).")
-    knn_max_examples: int = setting(2000, check=NON_NEGATIVE, help="Images per kNN split.")
+    knn_every: int = setting(0, check=NON_NEGATIVE,
+                             help="Steps between kNN evaluations (0: only at step 0 and at the end).")
+    knn_max_examples: int = setting(2000, check=NON_NEGATIVE,
+                                    help="Images per kNN split, evenly spread over it (0: all).")
     export_base: str = setting("savedmodels", help="Export directory base (TF Serving layout).")
-    overwrite: bool = setting(False, help="Start over when --run_dir holds a run with other training settings (the "
-                                          "old directory is kept as <run_dir>.old-<time>); without it such a run "
-                                          "directory is refused.")
+    overwrite: bool = setting(False, help="Start over from step 0, moving a run already in --run_dir aside (kept "
+                                          "as <run_dir>.old-<time>) whatever its settings; without it a run with "
+                                          "the same training settings resumes and one with other settings is "
+                                          "refused.")
     progress: bool = setting(True, help="Show a progress bar.")
 
     def __post_init__(self):
@@ -275,6 +278,19 @@ class TrainConfig:
     def input_size_at(self, step: int) -> int:
         """Side of the views the encoder sees at `step`: --low_res_size before `low_res_steps`, else input_size."""
         return self.low_res_size if step < self.low_res_steps else self.input_size
+
+
+def with_settings(config: TrainConfig, **changes) -> TrainConfig:
+    """`config` with `changes`, as if it had been built with them: the fields `__post_init__` filled in (left at
+    None or "auto", then set from the source's, the method's or the machine's defaults) are filled in again for
+    the new settings, so `with_settings(config, method="npid")` takes NPID's objective and learning rate and a new
+    `source` its own kNN source; a field given a value of its own keeps it (one equal to the filled-in value
+    counts as filled in). `dataclasses.replace` would keep the old defaults."""
+    values = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    fillable = {field.name: field.default for field in dataclasses.fields(config) if field.default in (None, "auto")}
+    as_filled = TrainConfig(**{**values, **fillable})
+    filled = {name: default for name, default in fillable.items() if getattr(as_filled, name) == values[name]}
+    return TrainConfig(**{**values, **filled, **changes})
 
 
 def seeds_per_image_for(config: TrainConfig, num_images: int) -> int:

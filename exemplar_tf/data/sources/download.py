@@ -84,11 +84,11 @@ def manual_prepare_line(name: str, manual_dir: str, data_dir: str) -> str:
 def offline_message(name: str, data_dir: str, addresses: Iterable[tuple[str, int]]) -> str:
     """The one-line error for dataset `name`, not prepared in `data_dir`, when none of `addresses` answers."""
     tried = ", ".join(f"{host}:{port}" for host, port in dict.fromkeys(addresses))
-    local = ("--source=stl10_binary:<dir> (the original STL-10 binary files)" if name == "stl10"
-             else "--source=folder:<dir> (image files, class sub-folders as labels)")
+    local = ("stl10_binary:<dir> (the original STL-10 binary files)" if name == "stl10"
+             else "folder:<dir> (image files, class sub-folders as labels)")
     return (f"{DISPLAY_NAMES.get(name, name)} (tfds {name}) is not in {data_dir} and there is no network to download "
             f"it ({tried} did not answer within {PROBE_TIMEOUT_S:g} s): copy a prepared tensorflow-datasets folder "
-            f"to --data_dir, or read a local copy with {local}")
+            f"to --data_dir, or read a local copy: give the source {local} in place of {name}")
 
 
 def download_folders(data_dir: str, dataset_dir: str) -> list[str]:

@@ -38,7 +38,7 @@ def find_stl10_binary(data_dir: str | None) -> str:
     raise SourceError(
         f"stl10 folds need the original {STL10_FOLDS_FILE} and train_X.bin/train_y.bin (tfds's prepared stl10 has "
         f"no folds and a hashed order); none found in {candidates[0]} or {root}/downloads/extracted/*/stl10_binary. "
-        "Extract stl10_binary.tar.gz there, or use --source=stl10_binary:<dir>")
+        "Extract stl10_binary.tar.gz there, or give the source stl10_binary:<dir> in place of stl10")
 
 
 
