@@ -29,12 +29,14 @@ starts a new batch, so mixed-size sources are exact but slower.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import flags
 
 from exemplar_tf import errors
 from exemplar_tf.errors import cli
+from exemplar_tf.io.atomic import atomic_write
 
 # The library's names and defaults, read here without importing TensorFlow (tests/test_program_flags.py holds them
 # equal to evaluation.protocols.PROTOCOLS, evaluation.savedmodel.FEATURE_SIGNATURES, evaluation.probe's C_GRID
@@ -96,15 +98,16 @@ def main(argv) -> int:
         print(protocols.missing_baseline_message(values.savedmodel), file=sys.stderr)
     elif mismatch := protocols.baseline_mismatch(values.savedmodel, baseline_path):
         raise errors.InputError(mismatch)
+    if values.out_json:  # its folder before the probes, not after them
+        os.makedirs(os.path.dirname(os.path.abspath(values.out_json)), exist_ok=True)
     trained = protocols.run_protocol(values.savedmodel, protocol, values.dataset, options, values.batch_size)
     baseline = (protocols.run_protocol(baseline_path, protocol, values.dataset, options, values.batch_size)
                 if baseline_path else None)
     print(protocols.results_table(protocol, options.feature, trained, baseline))
     report = protocols.results_json(values.dataset, protocol, options, trained, baseline)
+    print(json.dumps(report), flush=True)  # first: a failed write below still leaves the report on stdout
     if values.out_json:
-        with open(values.out_json, "w") as f:
-            json.dump(report, f, indent=2)
-    print(json.dumps(report))
+        atomic_write(values.out_json, json.dumps(report, indent=2).encode())
     return 0
 
 

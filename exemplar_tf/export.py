@@ -36,7 +36,8 @@ from exemplar_tf.errors import cli
 
 flags.DEFINE_string("run_dir", None, "Training run directory (checkpoints/, flags.cfg).", required=True)
 flags.DEFINE_string("name", None, "Export name (default: the run's --name).")
-flags.DEFINE_integer("version", None, "Integer version (default: the next free one).")
+flags.DEFINE_integer("version", None, "Integer version (default: the next free one); an existing one is refused, "
+                     "never overwritten.")
 flags.DEFINE_string("export_base", None, "Export base directory (default: the run's --export_base).")
 cli.check("version", cli.POSITIVE)
 
@@ -49,6 +50,7 @@ def main(argv) -> None:
     values = flags.FLAGS
     config = rundir.read_run_config(values.run_dir)
     model_dir = os.path.join(values.export_base or config.export_base, values.name or config.name)
+    export.check_free_version(model_dir, values.version)  # before the checkpoint is read
     print(f"Writing the SavedModel of the newest checkpoint of {values.run_dir} to "
           f"{export.version_path(model_dir, values.version)} ...", file=sys.stderr, flush=True)
     print(runs.export_run(values.run_dir, name=values.name, version=values.version, export_dir_base=values.export_base))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import flags
 
@@ -93,11 +92,7 @@ def main(argv) -> int:
         recipe=recipe, scratch_lr=_SCRATCH_LR.value or _HEAD_LR.value, baselines=tuple(_BASELINES.value),
         out_dir=out_dir, export_base=_EXPORT_BASE.value,
         export_name=_EXPORT_NAME.value or run.default_export_name(out_dir), overwrite=_OVERWRITE.value)
-    try:
-        report = run.compare(options, savedmodel=_SAVEDMODEL.value, run_dir=_RUN_DIR.value)
-    except errors.InputError as error:  # one line, as under errors.run
-        print(f"Error: {error}", file=sys.stderr)
-        return errors.EXIT_INPUT_ERROR
+    report = run.compare(options, savedmodel=_SAVEDMODEL.value, run_dir=_RUN_DIR.value)  # errors.run: one line
     print(run.table(report))
     print(json.dumps(report, allow_nan=False))
     return 0

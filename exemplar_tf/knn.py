@@ -4,8 +4,9 @@ the k most similar vote for their class with weight exp(similarity / tau).
     python -m exemplar_tf.knn --savedmodel=savedmodels/<name>/<v> --train=cifar10 --test=cifar10
     python -m exemplar_tf.knn --savedmodel=... --checkpoint=runs/<name>/checkpoints --train=cifar10 --test=cifar10
 
-With --checkpoint the training features are the run's memory bank (row i = training example with index i),
-read from the checkpoint file and never written; queries always go through the SavedModel's `embedding`
+With --checkpoint the training features are the run's memory bank (row i = training example with index i: NPID
+and online Exemplar-CNN runs on a whole split; the run's flags.cfg refuses the others), read from the checkpoint
+file and never written; queries always go through the SavedModel's `embedding`
 (`exemplar_tf.evaluation.knn`, `exemplar_tf.evaluation.savedmodel`). With --baseline_savedmodel (a path, or
 `auto` for the run's `<name>_random` export) the randomly initialised encoder is classified the same way beside it.
 
@@ -21,6 +22,7 @@ import sys
 from absl import flags
 
 from exemplar_tf import errors
+from exemplar_tf.errors import cli
 
 DEFAULT_K = 200  # metrics.knn.DEFAULT_K, DEFAULT_TAU (read here without importing TensorFlow; a test holds them equal)
 DEFAULT_TAU = 0.07
@@ -45,9 +47,24 @@ flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir.")
 flags.DEFINE_integer("k", DEFAULT_K, "Neighbours.")
 flags.DEFINE_float("tau", DEFAULT_TAU, "Vote temperature: weight exp(cos / tau).")
 flags.DEFINE_integer("eval_size", 0, "Resize images to this square size before the SavedModel (0: as stored).")
-flags.DEFINE_integer("max_train", 0, "Use at most this many training images (0: all).")
+flags.DEFINE_integer("max_train", 0, "Use at most this many training images (0: all; not with --checkpoint, whose "
+                     "neighbours are the whole memory bank).")
 flags.DEFINE_integer("max_test", 0, "Use at most this many test images (0: all).")
 flags.DEFINE_integer("batch_size", 128, "Images per SavedModel call.")
+
+
+def _checkpoint_problem(values: flags.FlagValues) -> str | None:
+    """What --checkpoint cannot go with: the bank holds embeddings, one per training image of the whole split."""
+    if values.checkpoint and values.output != "embedding":
+        return (f"--checkpoint: the memory bank holds embeddings; --output={values.output} cannot be compared "
+                f"against it")
+    if values.checkpoint and values.max_train:
+        return ("--max_train: with --checkpoint the neighbours are the whole memory bank, one row per training "
+                "image (the random baseline would see a subset); leave out one of the two")
+    return None
+
+
+cli.check_flags(_checkpoint_problem)
 
 
 def baseline_path(savedmodel: str, flag: str) -> str | None:
@@ -85,9 +102,6 @@ def main(argv) -> None:
 
     values = flags.FLAGS
     baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
-    if values.checkpoint and values.output != "embedding":
-        raise errors.InputError(f"--checkpoint: the memory bank holds embeddings; --output={values.output} cannot "
-                                f"be compared against it")
     if values.checkpoint:
         knn.check_bank_rows_are_examples(values.checkpoint)
     load = dict(key=values.output, eval_size=values.eval_size or None, data_dir=values.data_dir)

@@ -130,6 +130,7 @@ def main(argv) -> None:
                                                  cnn_output=values.cnn_output,
                                                  cnn_normalisation=values.cnn_normalisation,
                                                  cnn_patch_contrast=values.cnn_patch_contrast)
+    os.makedirs(values.out_dir, exist_ok=True)  # before the benchmark: a bad --out_dir fails at once
     results = []
     if values.synthetic:
         base = (images.folder_images(values.images, values.num_images) if values.images
@@ -144,7 +145,6 @@ def main(argv) -> None:
 
     rows = report.summarise(results)
     print(report.format_table(rows))
-    os.makedirs(values.out_dir, exist_ok=True)
     config = {name: values[name].value for name in (
         "savedmodel", "cnn_output", "cnn_normalisation", "cnn_patch_contrast", "images", "oxford", "num_images",
         "strengths", "families",

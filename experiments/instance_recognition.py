@@ -2,7 +2,8 @@
 
     python experiments/instance_recognition.py cifar10_npid
 
-For a run of `exemplar_tf.train` with a memory bank (NPID, or Exemplar surrogate data with --method=npid), embeds
+For a run of `exemplar_tf.train` whose memory bank holds one row per image (NPID, or Exemplar-CNN with
+--seed_sampling=online, as flags/cifar10_cpu.cfg; fixed seeds have one row per seed patch instead), embeds
 every training instance once, un-augmented, through the run's latest export, and reports the fraction whose most
 similar bank row (cosine) is their own row (chance: 1 / N). A high value with a low kNN accuracy means the
 objective is being learned but the features do not group classes yet (schedule), not that the bank or the loss
@@ -32,8 +33,9 @@ def own_row_top1(codes: np.ndarray, bank: np.ndarray) -> float:
 
 def main(name: str) -> None:
     flags = run_flags(name)
-    if flags["method"] != "npid":
-        raise SystemExit(f"{name}: instance recognition needs an image-instance run (--method=npid)")
+    if flags["method"] != "npid" and flags.get("seed_sampling") != "online":
+        raise SystemExit(f"{name}: instance recognition needs a bank row per image (--method=npid, or "
+                         f"--method=exemplar with --seed_sampling=online)")
     export_dir = max(glob.glob(f"savedmodels/{name}/*"), key=lambda path: int(os.path.basename(path)))
     bank = knn.read_memory_bank(f"runs/{name}/checkpoints")
     model = savedmodel.SavedModelFeatures(export_dir)

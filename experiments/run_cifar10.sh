@@ -9,13 +9,14 @@
 # where; set for ResNet-18, whose 2 x 55 000 forward passes alone take longer than training on a 2-core CPU).
 # KNN_OUTPUTS="embedding representation" also classifies the representation below the head (knn_representation_*.json;
 # for runs with an MLP head, --head_hidden_dim).
-# Needs the JPEG folders at /tmp/cifar10 (tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp).
+# Needs the JPEG class folders at $CIFAR10_DIR (default /tmp/cifar10): python experiments/cifar10_folders.py
+# --out=/tmp/cifar10 --test_per_class=500 writes them from tensorflow-datasets.
 set -euo pipefail
 name=$1
 data=${CIFAR10_DIR:-/tmp/cifar10}
 out=experiments/results/$name
 mkdir -p "$out"
-[ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR)" >&2; exit 2; }
+[ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR, or write them: python experiments/cifar10_folders.py --out=$data --test_per_class=500)" >&2; exit 2; }
 
 if [ -z "${EVAL_ONLY:-}" ]; then
 start=$(date +%s)

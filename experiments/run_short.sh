@@ -2,13 +2,14 @@
 # A short-schedule CIFAR-10 run for comparing levers without the test folder: train (experiments/<name>.cfg), then
 # kNN on held-out training images (experiments/heldout_knn.py) for the trained and the random export.
 #   bash experiments/run_short.sh cifar10_short_exemplar_nce_r18w32
-# Needs the JPEG folders at /tmp/cifar10 (tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp).
+# Needs the JPEG class folders at $CIFAR10_DIR (default /tmp/cifar10): python experiments/cifar10_folders.py
+# --out=/tmp/cifar10 --test_per_class=500 writes them from tensorflow-datasets.
 set -euo pipefail
 name=$1
 data=${CIFAR10_DIR:-/tmp/cifar10}
 out=experiments/results/$name
 mkdir -p "$out"
-[ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR)" >&2; exit 2; }
+[ -d "$data/train" ] || { echo "no CIFAR-10 folders at $data (set CIFAR10_DIR, or write them: python experiments/cifar10_folders.py --out=$data --test_per_class=500)" >&2; exit 2; }
 start=$(date +%s)
 python -m exemplar_tf.train --flagfile="experiments/$name.cfg" --source="folder:$data" --run_dir="runs/$name" \
   --noprogress 2>&1 | tee "$out/train.log"

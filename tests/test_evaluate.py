@@ -311,7 +311,7 @@ def _image_folder(root, per_class, seed):
 
 def test_program_finds_the_random_sibling_and_writes_table_and_json(exports, tmp_path):
     _image_folder(tmp_path / "images", per_class=10, seed=0)
-    out_json = tmp_path / "results.json"
+    out_json = tmp_path / "reports" / "results.json"  # a folder that does not exist yet: made before the probes
     result = subprocess.run(
         [sys.executable, "-m", "exemplar_tf.evaluate", f"--savedmodel={exports[0]}",
          f"--dataset=folder:{tmp_path / 'images'}", "--c_values=0.01,0.1", f"--out_json={out_json}"],
@@ -319,6 +319,7 @@ def test_program_finds_the_random_sibling_and_writes_table_and_json(exports, tmp
     assert result.returncode == 0, result.stderr
     assert "gain over random" in result.stdout and exports[1] in result.stdout
     report = json.loads(out_json.read_text())
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == report  # the same report on stdout
     assert report["protocol"] == "folder" and report["random_baseline"]["savedmodel"] == exports[1]
     assert report["trained"]["num_train"] == [30] and report["trained"]["num_test"] == 15
     assert report["trained"]["accuracy_mean"] > 0.9

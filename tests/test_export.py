@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf import errors
 from exemplar_tf.evaluation import savedmodel
 from exemplar_tf.models import features
 from exemplar_tf.models import ProjectionHead, build_encoder
@@ -254,7 +255,7 @@ def test_versions_are_integers_and_auto_increment(model, tmp_path):
     assert export.export_encoder(encoder, head, **kwargs).endswith(os.sep + "2")
     assert export.export_encoder(encoder, head, version=7, **kwargs).endswith(os.sep + "7")
     assert export.export_encoder(encoder, head, **kwargs).endswith(os.sep + "8")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(errors.InputError, match="v/2 already exists"):
         export.export_encoder(encoder, head, version=2, **kwargs)
     assert sorted(os.listdir(tmp_path / "v"), key=int) == ["1", "2", "7", "8"]  # no temporary folders left
     assert export.version_path(str(tmp_path / "v")) == os.path.join(str(tmp_path), "v", "9")
@@ -300,6 +301,12 @@ def test_program_exports_the_latest_checkpoint_of_a_run(tmp_path):
     expected, _ = _reference(encoder, head, [1.0, 1.0, 1.0], images)
     np.testing.assert_allclose(served["embedding"].numpy(), expected, atol=1e-5)
     assert len(savedmodel.read_export_info(path)["percentiles"]) == 3
+    again = subprocess.run([sys.executable, "-m", "exemplar_tf.export", f"--run_dir={run_dir}", "--version=3"],
+                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           capture_output=True, text=True, timeout=180)
+    assert again.returncode == 2 and again.stdout == "", again.stderr
+    assert again.stderr.strip().splitlines()[-1].startswith(f"Error: {path} already exists (a version is never ")
+    assert "Writing the SavedModel" not in again.stderr  # refused before the checkpoint is read
 
 
 def test_export_info_records_name_origin_and_creation_time(model, tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from exemplar_tf import models
+from exemplar_tf import errors, models
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation import savedmodel
 from exemplar_tf.finetuning import encoders, labels, loop, outdir, run
@@ -86,7 +86,7 @@ def test_an_export_whose_variables_contradict_its_options_is_refused(tmp_path):
     info = json.load(open(info_path))
     with open(info_path, "w") as f:
         json.dump({**info, "batch_norm": False}, f)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(errors.InputError, match="do not match"):
         encoders.from_savedmodel(path)
 
 
@@ -252,6 +252,17 @@ def test_program_refuses_a_rerun_with_other_settings_and_writes_strict_json(tmp_
         f"exported from run {out_dir}, and this export is from run {tmp_path / 'fraction'}: every version of a "
         f"model name must come from one run (TF Serving serves the newest); give this one its own --export_name")
     assert not outdir.has_checkpoints(str(tmp_path / "fraction"))
+
+    # A folder without class sub-folders has no labels: one line and exit 2, before anything is fine-tuned.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4):
+        tf.io.write_file(str(flat / f"{i}.png"), tf.io.encode_png(np.full((40, 40, 3), 60 * i, np.uint8)))
+    unlabelled = finetune("--labels_per_class=1", f"--out_dir={tmp_path / 'flat_ft'}", "--export_name=flat",
+                          f"--dataset=folder:{flat}")
+    assert unlabelled.returncode == 2, unlabelled.stderr
+    assert unlabelled.stderr.strip().splitlines()[-1] == (
+        f"Error: folder:{flat}: fine-tuning needs labelled train and test splits")
 
 
 def test_the_random_baseline_of_a_run_is_its_own_export(tmp_path):

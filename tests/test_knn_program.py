@@ -132,3 +132,10 @@ def test_knn_on_the_representation_below_the_head_matches_the_library(exports_an
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines() == [
         "Error: --checkpoint: the memory bank holds embeddings; --output=representation cannot be compared against it"]
+    subset = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train={spec}",
+                             f"--test={spec}", "--checkpoint=runs/x", "--max_train=10"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert subset.returncode == 2 and subset.stdout == ""
+    assert subset.stderr.strip().splitlines() == [
+        "Error: --max_train: with --checkpoint the neighbours are the whole memory bank, one row per training image "
+        "(the random baseline would see a subset); leave out one of the two"]

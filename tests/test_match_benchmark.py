@@ -202,3 +202,15 @@ def test_the_program_prints_the_table_and_writes_json_and_plots(tmp_path, oxford
     assert turned[4, "dominant"] > 0.5 > turned[4, "upright"] + 0.2  # img4 is turned by 50 degrees
     for name in ("synthetic.png", "oxford.png"):
         assert cv2.imread(str(out_dir / name)) is not None
+
+
+def test_an_out_dir_that_is_a_file_is_refused_before_the_benchmark(tmp_path):
+    taken = tmp_path / "match.txt"
+    taken.write_text("a file the user made\n")
+    completed = subprocess.run(
+        [sys.executable, "-m", "exemplar_tf.match", "--num_images=1", "--families=rotation", "--strengths=1",
+         f"--out_dir={taken}"],
+        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert completed.returncode == 2 and completed.stdout == "", completed.stderr[-2000:]  # no table: not run
+    assert completed.stderr.strip().splitlines()[-1] == f"Error: {taken}: File exists"
+    assert taken.read_text() == "a file the user made\n"

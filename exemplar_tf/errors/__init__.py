@@ -24,7 +24,7 @@ EXIT_ENVIRONMENT = 3  # the machine, not the input: a full disk, a read-only fil
 ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 # Message of the tf.debugging.Assert that names an image file that failed to decode (sources.decoded_image_files).
 DECODE_FAILURE = "cannot read or decode image file (corrupt, truncated or unsupported):"
-PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 class InputError(ValueError):

@@ -9,6 +9,7 @@ import os
 from typing import Sequence
 
 from exemplar_tf import models
+from exemplar_tf.errors import InputError
 from exemplar_tf.evaluation import protocols
 from exemplar_tf.evaluation.savedmodel import SavedModelFeatures, read_export_info
 from exemplar_tf.serving import export, runs
@@ -31,7 +32,7 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, dict]:
     model = SavedModelFeatures(path)
     info = model.info
     if not info.get("arch") or not info.get("input_size"):
-        raise ValueError(f"{path}: no {export.INFO_PATH} with arch and input_size (not an exemplar_tf export)")
+        raise InputError(f"{path}: no {export.INFO_PATH} with arch and input_size (not an exemplar_tf export)")
     saved = model.variables
     for options in models.recorded_options(info):
         encoder = models.encoder_from_options(options)
@@ -41,7 +42,7 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, dict]:
             for s, o in zip(saved, own):
                 o.assign(s)
             return encoder, options
-    raise ValueError(f"{path}: its variables do not match a {info['arch']} encoder of the options it records "
+    raise InputError(f"{path}: its variables do not match a {info['arch']} encoder of the options it records "
                      f"(or allows)")
 
 

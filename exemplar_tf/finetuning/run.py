@@ -115,7 +115,7 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     train = sources.load_source(options.dataset, options.train_split, data_dir=options.data_dir)
     test = sources.load_source(options.dataset, options.test_split, data_dir=options.data_dir)
     if train.num_classes is None or test.num_classes is None:
-        raise ValueError(f"{options.dataset}: fine-tuning needs labelled {options.train_split} and "
+        raise InputError(f"{options.dataset}: fine-tuning needs labelled {options.train_split} and "
                          f"{options.test_split} splits")
     rows = labels.labelled_rows(_labels_of(train), per_class=options.labels_per_class,
                                 fraction=options.label_fraction, seed=options.recipe.seed)

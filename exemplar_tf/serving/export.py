@@ -216,7 +216,7 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     head: a `ProjectionHead`, or None for models trained without one (softmax over surrogate classes; the
       classifier is not part of the representation and is not exported).
     percentiles: one scale per `encoder.feature_maps` layer (see `measure_percentiles`).
-    version: None picks the next integer; an existing explicit version raises FileExistsError.
+    version: None picks the next integer; an existing explicit version raises errors.InputError.
     origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
       the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
       Versions of another origin, or of another arch or input size, already under `<export_dir_base>/<name>/`
@@ -261,14 +261,21 @@ def remove_abandoned_staging(model_dir: str) -> None:
             pass  # another user's live process
 
 
+def check_free_version(model_dir: str, version: int | None) -> None:
+    """Raises errors.InputError when an explicit `version` already exists under `model_dir` (versions are never
+    overwritten: TF Serving may be serving it)."""
+    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
+        raise errors.InputError(f"{os.path.join(model_dir, str(version))} already exists (a version is never "
+                                f"overwritten); give another --version, or leave it out for the next free one")
+
+
 def write_version(model_dir: str, write: Callable[[str], None], version: int | None = None) -> str:
     """Writes a version folder `<model_dir>/<version>` and returns its path: `write(path)` fills a folder that
     does not exist yet inside a hidden temporary folder in `model_dir`, which is then renamed into place, so TF
     Serving never sees a half-written version. version: None takes the next integer (`next_version`, taken
-    again if another writer renames that one first); an explicit version that exists raises FileExistsError."""
+    again if another writer renames that one first); an explicit version that exists raises errors.InputError."""
+    check_free_version(model_dir, version)
     os.makedirs(model_dir, exist_ok=True)
-    if version is not None and os.path.exists(os.path.join(model_dir, str(version))):
-        raise FileExistsError(f"{os.path.join(model_dir, str(version))} already exists")
     remove_abandoned_staging(model_dir)
     tmp = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=model_dir)
     try:
