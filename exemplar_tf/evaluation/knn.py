@@ -42,13 +42,14 @@ def check_bank_rows_are_examples(checkpoint: str) -> None:
         return
     recorded = read_flagfile(path)
     if recorded.get("method") == "exemplar" and recorded.get("seed_sampling") == "fixed":
-        raise errors.InputError(f"{checkpoint}: {path} trained Exemplar-CNN on fixed seeds, so its memory bank has one "
-                                f"row per seed patch (--num_seeds={recorded.get('num_seeds')}), not one per training "
-                                f"image; classify with the SavedModel's codes (leave out --checkpoint)")
+        raise errors.InputError(f"{checkpoint}: its run ({path}) trained Exemplar-CNN on fixed seeds: its bank has "
+                                f"one row per seed patch (--num_seeds={recorded.get('num_seeds')}), not one per "
+                                f"training image; classify with the SavedModel's codes (leave out --checkpoint)")
     if recorded.get("max_instances", "0") != "0":
-        raise errors.InputError(f"{checkpoint}: {path} trained on --max_instances={recorded['max_instances']} images "
-                                f"renumbered from 0, so bank row i is not example i of the split; classify with the "
-                                f"SavedModel's codes (leave out --checkpoint)")
+        raise errors.InputError(f"{checkpoint}: its run ({path}) trained on --max_instances="
+                                f"{recorded['max_instances']} images renumbered from 0, so bank row i is not "
+                                f"example i of the split; classify with the SavedModel's codes (leave out "
+                                f"--checkpoint)")
 
 
 def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:
