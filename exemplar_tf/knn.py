@@ -97,11 +97,14 @@ def human_line(report: dict) -> str:
 
 def main(argv) -> None:
     del argv  # errors.run refuses positional arguments
+    from exemplar_tf.data import sources
     from exemplar_tf.evaluation import knn, savedmodel
     from exemplar_tf.metrics.knn import knn_accuracy
 
     values = flags.FLAGS
     baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
+    if problem := sources.same_images_problem(values.train, values.train_split, values.test, values.test_split):
+        raise errors.InputError(problem)
     if values.checkpoint:
         knn.check_bank_rows_are_examples(values.checkpoint)
     load = dict(key=values.output, eval_size=values.eval_size or None, data_dir=values.data_dir)

@@ -345,6 +345,22 @@ def test_the_random_baseline_is_the_one_of_the_same_run(tmp_path):
     assert "from run /runs/c" in protocols.missing_baseline_message(other_run)
 
 
+def test_a_run_started_over_in_the_same_directory_keeps_each_export_with_its_own_baseline(tmp_path):
+    """--overwrite starts a new run in the same run_dir: the old run's exports keep the baseline exported before
+    them, not the new run's (a newer version of the same run_dir)."""
+    def exported(path, created, step):
+        return _fake_export(path, run_dir="/runs/a", step=step, created=created, arch="small", input_size=32)
+
+    first_random = exported(tmp_path / "m_random" / "1", "2026-12-07T10:00:00+0000", 0)
+    first = exported(tmp_path / "m" / "1", "2026-12-07T11:00:00+0000", 500)
+    second_random = exported(tmp_path / "m_random" / "2", "2026-12-07T12:30:00+0100", 0)  # 11:30 UTC
+    second = exported(tmp_path / "m" / "2", "2026-12-07T11:45:00+0000", 500)
+    assert protocols.random_baseline_path(first) == first_random
+    assert protocols.random_baseline_path(second) == second_random
+    legacy = _fake_export(tmp_path / "m" / "3", run_dir="/runs/a", step=9, arch="small", input_size=32)  # no time
+    assert protocols.random_baseline_path(legacy) == second_random
+
+
 def test_a_baseline_of_another_architecture_or_input_size_is_refused(tmp_path):
     trained = _fake_export(tmp_path / "m" / "1", run_dir="/r", arch="medium", input_size=32)
     same = _fake_export(tmp_path / "same" / "1", run_dir="/r", arch="medium", input_size=32)

@@ -4,6 +4,7 @@ to a .json file); and the library names the programs read without importing Tens
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf.data import sources
 from exemplar_tf.evaluation import probe, protocols, savedmodel
 from exemplar_tf.metrics import knn as knn_metrics
 from exemplar_tf.models import ProjectionHead, build_encoder
@@ -132,6 +134,14 @@ def test_knn_on_the_representation_below_the_head_matches_the_library(exports_an
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines() == [
         "Error: --checkpoint: the memory bank holds embeddings; --output=representation cannot be compared against it"]
+    flat = os.path.join(os.path.dirname(spec.partition(":")[2]), "flat")  # the classes without split folders
+    if not os.path.exists(flat):
+        shutil.copytree(os.path.join(spec.partition(":")[2], "train"), flat)
+    same = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train=folder:{flat}",
+                           f"--test=folder:{flat}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 2 and same.stdout == ""
+    expected = sources.same_images_problem(f"folder:{flat}", "train", f"folder:{flat}", "test")
+    assert expected and same.stderr.strip().splitlines() == [f"Error: {expected}"]
     subset = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train={spec}",
                              f"--test={spec}", "--checkpoint=runs/x", "--max_train=10"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -238,6 +238,25 @@ def test_split_folders_share_one_class_list(tmp_path):
         load_source(f"folder:{tmp_path}", "unlabelled")
 
 
+def test_a_folder_without_split_folders_is_the_same_images_for_train_and_test(tmp_path):
+    """A score of test images against training images must not read one set twice: a class folder without train/
+    and test/ sub-folders is refused as a pair, a folder with them (or a link to it, or another source) is not."""
+    for name in ("ant", "bee"):
+        (tmp_path / "flat" / name).mkdir(parents=True)
+        (tmp_path / "split" / "train" / name).mkdir(parents=True)
+        (tmp_path / "split" / "test" / name).mkdir(parents=True)
+    os.symlink(tmp_path / "flat", tmp_path / "link")
+    flat, link, split = (f"folder:{tmp_path / name}" for name in ("flat", "link", "split"))
+    problem = sources.same_images_problem(flat, "train", link, "test")
+    assert problem == (f"{flat} split 'train' and {link} split 'test' are the same images ({tmp_path / 'flat'} has "
+                       f"no train/ and test/ folders), so the test would score the training images themselves; give a "
+                       f"folder with train/ and test/ sub-folders")
+    assert sources.same_images_problem(split, "train", split, "test") is None
+    assert sources.same_images_problem(flat, "train", split, "test") is None
+    assert sources.same_images_problem("cifar10", "train", "cifar10", "test") is None
+    assert sources.same_images_problem(split, "train", split, "val") is None  # no val/: its loading says so
+
+
 def test_folder_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")

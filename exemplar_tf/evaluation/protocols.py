@@ -8,14 +8,17 @@ Labels are touched only by the probe (and by the protocols' per-class splits).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from exemplar_tf import errors
+from exemplar_tf.data import sources
 from exemplar_tf.evaluation.probe import C_GRID, MAX_GRID_EXTENSION, ProbeResult, linear_probe
 from exemplar_tf.evaluation.savedmodel import Extracted, SavedModelFeatures, read_export_info
+from exemplar_tf.serving.export import CREATED_FORMAT
 
 PROTOCOLS = ("stl10", "cifar10", "cifar10_400", "caltech101", "folder")
 DEFAULT_EVAL_SIZE = {"stl10": 0, "cifar10": 64, "cifar10_400": 64, "caltech101": 150, "folder": 0}
@@ -92,6 +95,8 @@ def run_protocol(savedmodel: str, protocol: str, spec: str, options: ProtocolOpt
     """Extracts features through `savedmodel` and probes them with `protocol`'s trials."""
     if protocol not in PROTOCOLS:
         raise errors.InputError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+    if problem := sources.same_images_problem(spec, "train", spec, "test"):
+        raise errors.InputError(problem)
     model = SavedModelFeatures(savedmodel, batch_size)
     test = model.extract(spec, "test", key=options.feature, eval_size=options.eval_size, data_dir=options.data_dir,
                          max_examples=options.max_test, desc="test")
@@ -104,17 +109,28 @@ def run_protocol(savedmodel: str, protocol: str, spec: str, options: ProtocolOpt
                           probes)
 
 
+def _created(info: dict) -> datetime.datetime | None:
+    """When an export was written (export_info.json's `created`), or None for exports that do not record it."""
+    return datetime.datetime.strptime(info["created"], CREATED_FORMAT) if info.get("created") else None
+
+
 def random_baseline_path(savedmodel: str) -> str | None:
     """The random baseline of `<base>/<name>/<version>`: the newest version of the sibling `<name>_random` that
-    was exported by the same training run (export_info.json's run_dir); any newest version when the trained
-    export does not record its run (exports written before it did). None when there is no such version."""
+    was exported by the same training run (export_info.json's run_dir) no later than the trained export, so a run
+    started over in the same directory (--overwrite) does not lend its new baseline to the old run's exports; any
+    newest version when the trained export does not record its run (exports written before it did). None when
+    there is no such version."""
     sibling = os.path.dirname(os.path.normpath(savedmodel)) + "_random"
     if not os.path.isdir(sibling):
         return None
-    run_dir = read_export_info(savedmodel).get("run_dir")
+    trained = read_export_info(savedmodel)
+    run_dir, trained_at = trained.get("run_dir"), _created(trained)
     for version in sorted((int(v) for v in os.listdir(sibling) if v.isdigit()), reverse=True):
         path = os.path.join(sibling, str(version))
-        if run_dir is None or read_export_info(path).get("run_dir") == run_dir:
+        info = read_export_info(path)
+        baseline_at = _created(info)
+        if run_dir is None or (info.get("run_dir") == run_dir
+                               and (trained_at is None or baseline_at is None or baseline_at <= trained_at)):
             return path
     return None
 

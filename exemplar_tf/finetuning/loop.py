@@ -169,7 +169,7 @@ def export_classifier(encoder, head, *, export_dir_base: str, name: str, class_n
     info = {"name": name, **export.origin_fields(run_dir, export_dir_base), "kind": "classifier",
             "source": origin.get("source") if origin else None,
             "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity,
+            "created": time.strftime(export.CREATED_FORMAT), **identity,
             **(encoder.options() if hasattr(encoder, "options") else {})}
     archive = keras.export.ExportArchive()
     archive.track(encoder)

@@ -117,6 +117,9 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     if train.num_classes is None or test.num_classes is None:
         raise InputError(f"{options.dataset}: fine-tuning needs labelled {options.train_split} and "
                          f"{options.test_split} splits")
+    if problem := sources.same_images_problem(options.dataset, options.train_split, options.dataset,
+                                              options.test_split):
+        raise InputError(problem)
     rows = labels.labelled_rows(_labels_of(train), per_class=options.labels_per_class,
                                 fraction=options.label_fraction, seed=options.recipe.seed)
     recipe = options.recipe

@@ -37,6 +37,7 @@ from exemplar_tf.models.heads import ProjectionHead
 SERVING_SIGNATURE = "serving_default"
 POOLED_SIGNATURE = "pooled_features"
 INFO_PATH = os.path.join("assets.extra", "export_info.json")
+CREATED_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # export_info.json's "created": local time with its UTC offset
 PERCENTILE = 99.99
 
 
@@ -186,7 +187,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "name": name,
         **origin_fields(origin.get("run_dir") if origin else None, export_dir_base),
         "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": time.strftime(CREATED_FORMAT),
         "arch": getattr(encoder, "arch", type(encoder).__name__),
         "input_size": int(encoder.input_size),
         "representation_dim": int(encoder.representation_dim),

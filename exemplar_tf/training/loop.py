@@ -30,6 +30,7 @@ from absl import logging
 from tqdm import tqdm
 
 from exemplar_tf import models
+from exemplar_tf.data import sources
 from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.io.lock import DirectoryLock
 from exemplar_tf.metrics.knn import knn_accuracy
@@ -148,6 +149,9 @@ def _knn_monitor(config: TrainConfig):
     None when no source is given."""
     if not config.knn_source:
         return None
+    if problem := sources.same_images_problem(config.knn_source, config.knn_train_split, config.knn_source,
+                                              config.knn_split):
+        raise InputError(f"--knn_source: {problem}")
     train = summaries.labelled_images(config.knn_source, config.knn_train_split, config.input_size,
                                       config.knn_max_examples, config.data_dir)
     test = summaries.labelled_images(config.knn_source, config.knn_split, config.input_size,

@@ -73,3 +73,28 @@ def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int
     if fold is not None:
         return stl10_binary.stl10_binary_source(stl10_binary.find_stl10_binary(data_dir), split, fold, title)
     return tfds.tfds_source(kind, split, data_dir, title)
+
+
+def _folder_split_root(name: str, split: str) -> str | None:
+    """The real path a `folder:<dir>` source reads `split` from; None for other sources, a missing folder or split
+    (their loading says what is wrong)."""
+    kind, _, location = name.partition(":")
+    directory = os.path.expanduser(location)
+    if kind != "folder" or not os.path.isdir(directory):
+        return None
+    try:
+        return os.path.realpath(folder.split_root_and_class_names(directory, split)[0])
+    except SourceError:
+        return None
+
+
+def same_images_problem(train: str, train_split: str, test: str, test_split: str) -> str | None:
+    """One line when a training split and a test split read the same image files (a `folder:<dir>` without split
+    folders is one set of images whatever the split asked for), else None: a score on them would be a score on
+    the training images themselves."""
+    root = _folder_split_root(train, train_split)
+    if root is None or root != _folder_split_root(test, test_split):
+        return None
+    return (f"{train} split {train_split!r} and {test} split {test_split!r} are the same images ({root} has no "
+            f"{train_split}/ and {test_split}/ folders), so the test would score the training images themselves; "
+            f"give a folder with {train_split}/ and {test_split}/ sub-folders")
