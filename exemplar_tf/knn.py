@@ -105,8 +105,9 @@ def main(argv) -> None:
     baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
     if problem := sources.same_images_problem(values.train, values.train_split, values.test, values.test_split):
         raise errors.InputError(problem)
-    if values.checkpoint:
-        knn.check_bank_rows_are_examples(values.checkpoint)
+    if values.checkpoint and (problem := knn.bank_problem(values.checkpoint, values.savedmodel, values.train,
+                                                          values.train_split)):
+        raise errors.InputError(problem)
     load = dict(key=values.output, eval_size=values.eval_size or None, data_dir=values.data_dir)
 
     def classify(path: str, bank: str):

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -109,22 +110,52 @@ def test_bank_labels_follow_the_instance_index():
 
 
 @pytest.mark.parametrize("recorded, refusal", [
-    ({"method": "exemplar", "seed_sampling": "fixed", "num_seeds": "20", "max_instances": "0"},
-     "one row per seed patch \\(--num_seeds=20\\)"),
-    ({"method": "npid", "seed_sampling": "fixed", "max_instances": "20"}, "--max_instances=20 images renumbered"),
-    ({"method": "exemplar", "seed_sampling": "online", "max_instances": "0"}, None),
-    ({"method": "npid", "seed_sampling": "fixed", "max_instances": "0"}, None)])
-def test_a_bank_whose_rows_are_not_the_splits_examples_is_refused_by_the_runs_flags(tmp_path, recorded, refusal):
+    ({"method": "exemplar", "seed_sampling": "fixed", "num_seeds": "20"}, "one row per seed patch \\(--num_seeds=20\\)"),
+    ({"method": "npid", "max_instances": "20"}, "--max_instances=20 images renumbered"),
+    ({"source": "cifar10"}, "trained on --source=cifar10 split 'train': bank row i is image i there"),
+    ({"split": "test"}, "trained on --source=folder:.* split 'test'"),
+    ({"method": "exemplar", "seed_sampling": "online"}, None),
+    ({}, None)])
+def test_a_bank_that_is_not_the_training_images_of_the_export_is_refused(tmp_path, recorded, refusal):
+    """The run's flags.cfg and the export's export_info.json say whether bank row i is training image i of --train
+    (in its order) and whether the export is the same run at the same step."""
     run = tmp_path / "run"
-    tf.train.Checkpoint(bank=MemoryBank(20, 4)).save(str(run / "checkpoints" / "ckpt"))
-    (run / "flags.cfg").write_text("".join(f"--{key}={value}\n" for key, value in recorded.items()))
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    train = f"folder:{tmp_path / 'images'}"
+    tf.train.Checkpoint(bank=MemoryBank(20, 4)).save(str(run / "checkpoints" / "ckpt"))  # ckpt-1
+    flags = {"method": "npid", "seed_sampling": "fixed", "max_instances": "0", "source": train, "split": "train",
+             **recorded}
+    (run / "flags.cfg").write_text("".join(f"--{key}={value}\n" for key, value in flags.items()))
+    savedmodel = tmp_path / "sm" / "1"
+    (savedmodel / "assets.extra").mkdir(parents=True)
+    (savedmodel / "assets.extra" / "export_info.json").write_text(json.dumps({"run_dir": str(run), "step": 1}))
     for checkpoint in (run / "checkpoints", tf.train.latest_checkpoint(str(run / "checkpoints"))):  # folder, prefix
-        if refusal is None:
-            knn.check_bank_rows_are_examples(str(checkpoint))
-        else:
-            with pytest.raises(errors.InputError, match=refusal):
-                knn.check_bank_rows_are_examples(str(checkpoint))
-    knn.check_bank_rows_are_examples(str(tmp_path / "elsewhere"))  # no flags.cfg: only the row count is checked
+        problem = knn.bank_problem(str(checkpoint), str(savedmodel), f"folder:{tmp_path}/./images", "train")
+        assert problem is None if refusal is None else re.search(refusal, problem), problem
+    assert knn.bank_problem(str(tmp_path / "elsewhere"), str(savedmodel), train, "train") is None  # no flags.cfg
+
+
+def test_a_bank_of_another_step_or_run_than_the_export_is_refused(tmp_path):
+    run = tmp_path / "run"
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(bank=MemoryBank(20, 4)), str(run / "checkpoints"), 3)
+    manager.save(checkpoint_number=100)
+    manager.save(checkpoint_number=150)
+    (run / "flags.cfg").write_text("--method=npid\n--source=cifar10\n--split=train\n")
+
+    def export_of(run_dir, step):
+        savedmodel = tmp_path / f"sm_{step}"
+        (savedmodel / "assets.extra").mkdir(parents=True, exist_ok=True)
+        (savedmodel / "assets.extra" / "export_info.json").write_text(json.dumps({"run_dir": run_dir, "step": step}))
+        return str(savedmodel)
+
+    folder = str(run / "checkpoints")
+    assert knn.bank_problem(folder, export_of(str(run), 150), "cifar10", "train") is None  # the newest: 150
+    assert knn.bank_problem(folder, export_of(str(run), 100), "cifar10", "train") == (
+        f"{export_of(str(run), 100)} holds the encoder of step 100 but {folder}/ckpt-150 the bank of step 150: give "
+        f"--checkpoint={folder}/ckpt-100, or export step 150 (python -m exemplar_tf.export --run_dir={run})")
+    assert knn.bank_problem(f"{folder}/ckpt-100", export_of(str(run), 100), "cifar10", "train") is None
+    other = knn.bank_problem(folder, export_of(str(tmp_path / "other"), 150), "cifar10", "train")
+    assert other.startswith(f"{tmp_path / 'sm_150'} was exported from the run {tmp_path / 'other'}, not from {run}")
 
 
 def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path):

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from exemplar_tf import errors
 from exemplar_tf.data import sources
+from exemplar_tf.evaluation.savedmodel import read_export_info
 from exemplar_tf.training.rundir import FLAGFILE, read_flagfile
 
 
@@ -31,25 +32,48 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
     return reader.get_tensor(keys[0]).astype(np.float32)
 
 
-def check_bank_rows_are_examples(checkpoint: str) -> None:
-    """Raises InputError when the run that wrote `checkpoint` kept bank rows that are not the examples of its
-    split: fixed-seed Exemplar-CNN has one row per seed patch, --max_instances one per image of a renumbered
-    subset. The run's settings are its flags.cfg, beside the `checkpoints/` folder; without one only the row count
-    is checked (`bank_labels`)."""
+def _same_source(a: str, b: str) -> bool:
+    """Whether two source specs name the same source (folder and binary paths compared as real paths)."""
+    (kind_a, _, where_a), (kind_b, _, where_b) = a.partition(":"), b.partition(":")
+    if kind_a != kind_b or bool(where_a) != bool(where_b):
+        return False
+    return not where_a or os.path.realpath(os.path.expanduser(where_a)) == os.path.realpath(os.path.expanduser(where_b))
+
+
+def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str) -> str | None:
+    """One line when the memory bank in `checkpoint` cannot serve as the training features of `savedmodel` with
+    the labels of `train` split `train_split`, else None. Read from the run's flags.cfg (beside `checkpoints/`)
+    and the export's export_info.json: the bank's rows must be the training images (not fixed-seed Exemplar-CNN's
+    seed patches, not a --max_instances subset renumbered from 0) of that very split in its order, and the
+    export must be the same run at the same step. Without a flags.cfg only the row count is checked
+    (`bank_labels`)."""
     prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(prefix))), FLAGFILE)
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(prefix)))
+    path = os.path.join(run_dir, FLAGFILE)
     if not os.path.isfile(path):
-        return
+        return None
     recorded = read_flagfile(path)
+    ours = f"{checkpoint}: its run ({path})"
+    use_codes = "classify with the SavedModel's codes (leave out --checkpoint)"
     if recorded.get("method") == "exemplar" and recorded.get("seed_sampling") == "fixed":
-        raise errors.InputError(f"{checkpoint}: its run ({path}) trained Exemplar-CNN on fixed seeds: its bank has "
-                                f"one row per seed patch (--num_seeds={recorded.get('num_seeds')}), not one per "
-                                f"training image; classify with the SavedModel's codes (leave out --checkpoint)")
+        return (f"{ours} trained Exemplar-CNN on fixed seeds: its bank has one row per seed patch "
+                f"(--num_seeds={recorded.get('num_seeds')}), not one per training image; {use_codes}")
     if recorded.get("max_instances", "0") != "0":
-        raise errors.InputError(f"{checkpoint}: its run ({path}) trained on --max_instances="
-                                f"{recorded['max_instances']} images renumbered from 0, so bank row i is not "
-                                f"example i of the split; classify with the SavedModel's codes (leave out "
-                                f"--checkpoint)")
+        return (f"{ours} trained on --max_instances={recorded['max_instances']} images renumbered from 0, so bank "
+                f"row i is not example i of the split; {use_codes}")
+    source, split = recorded.get("source", ""), recorded.get("split", "")
+    if source and not (_same_source(source, train) and split == train_split):
+        return (f"{ours} trained on --source={source} split {split!r}: bank row i is image i there, so --train="
+                f"{train} --train_split={train_split} would label it with another image's class; give those")
+    info = read_export_info(savedmodel)
+    step = prefix.rpartition("-")[2]
+    if info.get("run_dir") and os.path.realpath(info["run_dir"]) != os.path.realpath(run_dir):
+        return f"{savedmodel} was exported from the run {info['run_dir']}, not from {run_dir}; {use_codes}"
+    if info.get("step") is not None and step.isdigit() and int(step) != info["step"]:
+        return (f"{savedmodel} holds the encoder of step {info['step']} but {prefix} the bank of step {step}: give "
+                f"--checkpoint={os.path.join(os.path.dirname(prefix), 'ckpt-' + str(info['step']))}, or export "
+                f"step {step} (python -m exemplar_tf.export --run_dir={run_dir})")
+    return None
 
 
 def bank_labels(labels_by_index: dict[int, int], num_rows: int) -> np.ndarray:
