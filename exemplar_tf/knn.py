@@ -5,8 +5,8 @@ the k most similar vote for their class with weight exp(similarity / tau).
     python -m exemplar_tf.knn --savedmodel=... --checkpoint=runs/<name>/checkpoints --train=cifar10 --test=cifar10
 
 With --checkpoint the training features are the run's memory bank (row i = training example with index i: NPID
-and online Exemplar-CNN runs on a whole split; the run's flags.cfg refuses the others), read from the checkpoint
-file and never written; queries always go through the SavedModel's `embedding`
+and online Exemplar-CNN runs on the whole of --train's split, at --savedmodel's step; the run's flags.cfg and the
+export's info refuse the others, `evaluation.knn.bank_problem`), read from the checkpoint file and never written; queries always go through the SavedModel's `embedding`
 (`exemplar_tf.evaluation.knn`, `exemplar_tf.evaluation.savedmodel`). With --baseline_savedmodel (a path, or
 `auto` for the run's `<name>_random` export) the randomly initialised encoder is classified the same way beside it.
 
@@ -35,7 +35,8 @@ flags.DEFINE_string("train_split", "train", "Split of --train.")
 flags.DEFINE_string("test_split", "test", "Split of --test.")
 flags.DEFINE_string("checkpoint", "", "Training checkpoint (file prefix or folder): use its memory bank as "
                     "the training features (read only). Runs whose bank row i is training image i: NPID and "
-                    "online Exemplar-CNN, on the whole split.")
+                    "online Exemplar-CNN on the whole of --train's split, at the step of --savedmodel (the run's "
+                    "flags.cfg and the export's info are checked).")
 flags.DEFINE_string("baseline_savedmodel", "", "Randomly initialised export of the same architecture, classified "
                     "the same way beside --savedmodel (its own codes as neighbours, also with --checkpoint); 'auto': "
                     "the newest <name>_random version next to --savedmodel exported by the same training run (as "
