@@ -26,11 +26,6 @@ from PIL import Image
 from exemplar_tf import errors
 from exemplar_tf.data import sources
 
-flags.DEFINE_string("out", "/tmp/cifar10", "Folder to write (train/ and test/ with one sub-folder per class).")
-flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default ~/tensorflow_datasets).")
-flags.DEFINE_integer("test_per_class", 0, "Test images kept per class, the first in tfds order (0: all).")
-flags.DEFINE_integer("quality", 75, "JPEG quality (the mirror RESULTS.md used: 75).")
-FLAGS = flags.FLAGS
 
 
 def kept_positions(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -78,8 +73,13 @@ def write_folders(out: str, data_dir: str | None, test_per_class: int, quality: 
 
 def main(argv) -> None:
     del argv  # errors.run refuses positional arguments
-    print(write_folders(FLAGS.out, FLAGS.data_dir, FLAGS.test_per_class, FLAGS.quality))
+    values = flags.FLAGS
+    print(write_folders(values.out, values.data_dir, values.test_per_class, values.quality))
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the flags only here: tests import the functions beside other programs' flags
+    flags.DEFINE_string("out", "/tmp/cifar10", "Folder to write (train/ and test/ with one sub-folder per class).")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data_dir (default ~/tensorflow_datasets).")
+    flags.DEFINE_integer("test_per_class", 0, "Test images kept per class, the first in tfds order (0: all).")
+    flags.DEFINE_integer("quality", 75, "JPEG quality (the mirror RESULTS.md used: 75).")
     errors.run(main)

@@ -2,6 +2,8 @@
 folder source and experiments/run_cifar10.sh read."""
 import importlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -50,3 +52,12 @@ def test_the_folders_hold_each_tfds_image_under_its_class_and_are_read_back(scri
     assert sum(len(os.listdir(os.path.join(out, "test", name))) for name in written) == len(test_labels)
     with pytest.raises(errors.InputError, match="already exists"):
         script.write_folders(out, data_dir, test_per_class=0, quality=75)
+
+
+def test_the_program_refuses_an_existing_folder_in_one_line(tmp_path):
+    (tmp_path / "cifar10").mkdir()
+    done = subprocess.run([sys.executable, "experiments/cifar10_folders.py", f"--out={tmp_path / 'cifar10'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: {tmp_path / 'cifar10'} already exists; give another --out (nothing is overwritten)")
