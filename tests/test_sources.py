@@ -257,6 +257,20 @@ def test_a_folder_without_split_folders_is_the_same_images_for_train_and_test(tm
     assert sources.same_images_problem(split, "train", split, "val") is None  # no val/: its loading says so
 
 
+def test_spec_parts_compare_locations_as_real_paths(tmp_path, monkeypatch):
+    """Two specs are one source when kind and real location match: `~`, a link and a trailing slash name the same
+    folder; a tfds name has no location; another kind or folder is another source."""
+    (tmp_path / "data").mkdir()
+    os.symlink(tmp_path / "data", tmp_path / "link")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    real = ("folder", os.path.realpath(tmp_path / "data"))
+    assert sources.spec_parts("folder:~/data") == real
+    assert sources.spec_parts(f"folder:{tmp_path / 'link'}/") == real
+    assert sources.spec_parts(f"stl10_binary:{tmp_path / 'data'}") == ("stl10_binary", real[1])
+    assert sources.spec_parts("cifar10") == ("cifar10", "")
+    assert sources.spec_parts(f"folder:{tmp_path}") != real
+
+
 def test_folder_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")

@@ -32,14 +32,6 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
     return reader.get_tensor(keys[0]).astype(np.float32)
 
 
-def _same_source(a: str, b: str) -> bool:
-    """Whether two source specs name the same source (folder and binary paths compared as real paths)."""
-    (kind_a, _, where_a), (kind_b, _, where_b) = a.partition(":"), b.partition(":")
-    if kind_a != kind_b or bool(where_a) != bool(where_b):
-        return False
-    return not where_a or os.path.realpath(os.path.expanduser(where_a)) == os.path.realpath(os.path.expanduser(where_b))
-
-
 def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str) -> str | None:
     """One line when the memory bank in `checkpoint` cannot serve as the training features of `savedmodel` with
     the labels of `train` split `train_split`, else None. Read from the run's flags.cfg (beside `checkpoints/`)
@@ -62,7 +54,7 @@ def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str)
         return (f"{ours} trained on --max_instances={recorded['max_instances']} images renumbered from 0, so bank "
                 f"row i is not example i of the split; {use_codes}")
     source, split = recorded.get("source", ""), recorded.get("split", "")
-    if source and not (_same_source(source, train) and split == train_split):
+    if source and not (sources.spec_parts(source) == sources.spec_parts(train) and split == train_split):
         return (f"{ours} trained on --source={source} split {split!r}: bank row i is image i there, so --train="
                 f"{train} --train_split={train_split} would label it with another image's class; give those")
     info = read_export_info(savedmodel)

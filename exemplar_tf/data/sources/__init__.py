@@ -75,11 +75,18 @@ def load_source(name: str, split: str, *, data_dir: str | None = None, fold: int
     return tfds.tfds_source(kind, split, data_dir, title)
 
 
+def spec_parts(name: str) -> tuple[str, str]:
+    """(kind, location) of a source spec, the location as a real path (user expanded, links resolved; "" when the
+    spec has none): two specs name the same source exactly when their parts are equal.
+    `folder:~/data` -> ("folder", "/home/me/data"), `cifar10` -> ("cifar10", "")."""
+    kind, _, location = name.partition(":")
+    return kind, os.path.realpath(os.path.expanduser(location)) if location else ""
+
+
 def _folder_split_root(name: str, split: str) -> str | None:
     """The real path a `folder:<dir>` source reads `split` from; None for other sources, a missing folder or split
     (their loading says what is wrong)."""
-    kind, _, location = name.partition(":")
-    directory = os.path.expanduser(location)
+    kind, directory = spec_parts(name)
     if kind != "folder" or not os.path.isdir(directory):
         return None
     try:
