@@ -1,4 +1,5 @@
 """training.rundir and the loop's use of it: reusing a run directory, atomic shared files, failed writes."""
+import dataclasses
 import os
 import threading
 
@@ -6,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.optim import schedules
 from exemplar_tf.serving import runs
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.config import TrainConfig
@@ -19,11 +21,14 @@ def _config(tmp_path, **change):
                        **{**TINY, "name": "rd", "steps": 2, **change})
 
 
-def _trained(config):
-    """Records `config` in its run directory as a run that has written a checkpoint (its state file)."""
+def _trained(config, step=None):
+    """Records `config` in its run directory as a run that has written a checkpoint (its state file, and the
+    index file of ckpt-`step` when given)."""
     rundir.write_flagfile(config)
     os.makedirs(os.path.join(config.run_dir, "checkpoints"), exist_ok=True)
     open(os.path.join(config.run_dir, "checkpoints", "checkpoint"), "w").close()
+    if step is not None:
+        open(os.path.join(config.run_dir, "checkpoints", f"ckpt-{step}.index"), "w").close()
 
 
 def test_changed_training_settings_are_refused_naming_each_flag(tmp_path):
@@ -182,3 +187,60 @@ def test_a_new_steps_count_that_moves_the_start_of_the_neighbours_is_refused(tmp
                                                     r"resolution from step 3 to 6; with --neighbours_from=0.5 it "
                                                     r"moves the start of the bank neighbours from step 5 to 10\)"):
         rundir.check_reuse(_config(tmp_path, steps=20, **both), overwrite=False)
+
+
+def test_the_run_flagfile_leaves_out_overwrite_so_giving_it_back_resumes(tmp_path):
+    """A run started with --overwrite: its flags.cfg, given back to resume by hand, must resume, not start over
+    again (it used to record --overwrite=True)."""
+    started = _config(tmp_path, overwrite=True)
+    _trained(started, step=2)
+    path = os.path.join(started.run_dir, rundir.FLAGFILE)
+    assert "overwrite" not in rundir.read_flagfile(path)
+    again = rundir.config_from_flagfile(path)
+    assert again == dataclasses.replace(started, overwrite=False)
+    assert rundir.check_reuse(again, again.overwrite) is None and os.path.exists(path)
+
+
+def _rates(config, iterations):
+    """The learning rate of each optimizer iteration in `iterations`, from the schedule training builds."""
+    schedule = (schedules.cosine_decay(config.lr, config.steps, config.lr_warmup_steps)
+                if config.lr_schedule == "cosine" else
+                schedules.step_decay(config.lr, config.steps, config.lr_decay_at, config.lr_decay_factor))
+    return [float(schedule(i)) for i in iterations]
+
+
+@pytest.mark.parametrize("schedule, old, new, trained_to", [
+    (dict(lr_decay_at=(0.5,)), 10, 20, 6),  # the drop after iteration 5: not yet applied at step 6
+    (dict(lr_decay_at=(0.5,)), 10, 20, 7),  # applied to iteration 6: moving it would raise the rate
+    (dict(lr_decay_at=(0.5,)), 10, 8, 7),  # moved earlier, into steps trained at the higher rate
+    (dict(lr_decay_at=(0.5, 0.8)), 10, 12, 7),  # the first drop stays at 5 (int(6.0) = 6? no: 6), the second moves
+    (dict(lr_decay_at=(0.5, 0.8)), 10, 11, 9),  # int(5.5) = 5, int(8.8) = 8: nothing moves
+    (dict(lr_decay_at=()), 10, 40, 9),  # a constant rate
+    (dict(lr_schedule="cosine", lr_warmup_steps=3), 10, 20, 4),  # only the warm-up (and its end) trained
+    (dict(lr_schedule="cosine", lr_warmup_steps=3), 10, 20, 5),
+    (dict(lr_schedule="cosine"), 10, 20, 1),
+    (dict(lr_schedule="cosine"), 10, 20, 2),
+])
+def test_a_new_steps_count_is_refused_exactly_when_it_changes_the_rate_of_a_trained_step(
+        tmp_path, schedule, old, new, trained_to):
+    """A resumed run must stay the run of its final --steps: the new count is refused when the schedule it builds
+    gives any step the run has trained (optimizer iterations 0 .. trained_to - 1) another rate, and only then."""
+    _trained(_config(tmp_path, steps=old, **schedule), step=trained_to)
+    resumed = _config(tmp_path, steps=new, **schedule)
+    before = _rates(_config(tmp_path, steps=old, **schedule), range(trained_to))
+    differs = before != _rates(resumed, range(trained_to))
+    changes = rundir.changed_settings(rundir.read_flagfile(str(tmp_path / "run" / "flags.cfg")), resumed)
+    assert bool(changes) == differs
+    if differs:
+        with pytest.raises(rundir.RunDirMismatch, match=r"--steps \(with --(lr_decay_at|lr_schedule)="):
+            rundir.check_reuse(resumed, overwrite=False)
+    else:
+        assert rundir.check_reuse(resumed, overwrite=False) is None
+
+
+def test_a_steps_count_below_the_newest_checkpoint_is_refused(tmp_path):
+    _trained(_config(tmp_path, steps=10), step=10)
+    assert rundir.check_reuse(_config(tmp_path, steps=10), overwrite=False) is None  # a finished run, rerun
+    with pytest.raises(rundir.RunDirMismatch, match=r"has trained 10 steps \(its newest checkpoint\), past "
+                                                    r"--steps=4: nothing would train.*Give --steps=10 or more"):
+        rundir.check_reuse(_config(tmp_path, steps=4), overwrite=False)

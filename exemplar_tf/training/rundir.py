@@ -38,9 +38,11 @@ def flag_line(name: str, value) -> str:
 
 
 def config_lines(config: TrainConfig) -> list[str]:
-    """Every TrainConfig field as resolved (method defaults filled in), `None` fields left out."""
+    """Every TrainConfig field as resolved (method defaults filled in), `None` fields and --overwrite left out:
+    --overwrite is what one command did to the directory, not a setting of the run, and a flags.cfg holding it
+    would start the run over when given back to resume it."""
     return [flag_line(field.name, getattr(config, field.name)) for field in dataclasses.fields(config)
-            if getattr(config, field.name) is not None]
+            if getattr(config, field.name) is not None and field.name != "overwrite"]
 
 
 def read_flagfile(path: str) -> dict[str, str]:
@@ -70,22 +72,47 @@ def changed_settings(saved: dict[str, str], config: TrainConfig) -> list[tuple[s
         old = before[key]
         if old is None or old == value:
             continue
-        if key == "steps" and (moved := _moved_switch(config, old)):
+        if key == "steps" and (moved := _moved_by_steps(config, int(old), checkpoint_step(config.run_dir))):
             changes.append((moved, old, value))
         elif key not in RESUME_SAFE or _changes_optimizer(key, old, value):
             changes.append((key, old, value))
     return changes
 
 
-def _moved_switch(config: TrainConfig, old_steps: str) -> str:
-    """For a changed --steps: "steps" named with the switches it moves, each a fraction of --steps ("" when it moves
-    none): to full resolution (--low_res_until; a resumed run could go back to the low side after the full one) and
-    to bank neighbours as positives (--neighbours_from; it could turn them off again)."""
-    switched_before = dataclasses.replace(config, steps=int(old_steps)).step_switches
-    moved = [f"with --{flag}={fraction} it moves {what} from step {before} to {now}"
-             for (flag, what, fraction, now), (*_, before) in zip(config.step_switches, switched_before, strict=True)
-             if before != now]
+def _moved_by_steps(config: TrainConfig, old_steps: int, trained_to: int | None) -> str:
+    """For a changed --steps: "steps" named with what it moves, each a fraction of --steps ("" when it moves
+    nothing): the switch to full resolution (--low_res_until; a resumed run could go back to the low side after the
+    full one), the start of bank neighbours as positives (--neighbours_from; it could turn them off again), and the
+    learning rate of a step the run has already trained (`trained_to`, its newest checkpoint's step; None: unknown),
+    so that a resumed run stays the run of its final --steps: a step decay's passed drop moved later would raise
+    the rate again, and a cosine's rate after the warm-up depends on --steps at every step."""
+    before = dataclasses.replace(config, steps=old_steps)
+    moved = [f"with --{flag}={fraction} it moves {what} from step {was} to {now}"
+             for (flag, what, fraction, now), (*_, was) in zip(config.step_switches, before.step_switches, strict=True)
+             if was != now]
+    if trained_to is not None:
+        moved += _moved_rates(before, config, trained_to)
     return f"steps ({'; '.join(moved)})" if moved else ""
+
+
+def _moved_rates(before: TrainConfig, after: TrainConfig, trained_to: int) -> list[str]:
+    """What the change of --steps from `before` to `after` does to the rates of the steps [0, trained_to) a run has
+    trained: step i trains at the rate the schedule gives optimizer iteration i (`optim.schedules`: a drop at
+    boundary b applies from iteration b + 1; a cosine after --lr_warmup_steps bends over --steps)."""
+    if after.lr_schedule == "cosine":
+        if trained_to <= after.lr_warmup_steps + 1:
+            return []
+        return [f"with --lr_schedule=cosine it changes the learning rate of every step after the warm-up, and the "
+                f"run has trained {trained_to} steps at the rates of --steps={before.steps}"]
+    drops = zip(_drop_steps(before), _drop_steps(after), strict=True)
+    return [f"with --lr_decay_at={fraction} it moves a learning-rate drop the run has trained past from step {was} "
+            f"to {now}" for fraction, (was, now) in zip(sorted(after.lr_decay_at), drops)
+            if min(was + 1, trained_to) != min(now + 1, trained_to)]
+
+
+def _drop_steps(config: TrainConfig) -> list[int]:
+    """The step decay's boundaries, as `optim.schedules.step_decay` places them."""
+    return [int(fraction * config.steps) for fraction in sorted(config.lr_decay_at)]
 
 
 def _changes_optimizer(key: str, old: str, new: str) -> bool:
@@ -98,6 +125,16 @@ def has_checkpoint(run_dir: str) -> bool:
     """Whether training wrote anything to resume from (a checkpoint state or checkpoint files)."""
     folder = os.path.join(run_dir, "checkpoints")
     return os.path.isdir(folder) and any(name == "checkpoint" or name.startswith("ckpt-") for name in os.listdir(folder))
+
+
+def checkpoint_step(run_dir: str) -> int | None:
+    """The step of the newest checkpoint file in `run_dir`/checkpoints (`ckpt-<step>.index`; the loop numbers its
+    checkpoints by step), None without one."""
+    folder = os.path.join(run_dir, "checkpoints")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    steps = [int(name[5:-6]) for name in names
+             if name.startswith("ckpt-") and name.endswith(".index") and name[5:-6].isdigit()]
+    return max(steps, default=None)
 
 
 def with_recorded_steps(config: TrainConfig) -> TrainConfig:
@@ -155,6 +192,13 @@ def check_reuse(config: TrainConfig, overwrite: bool) -> str | None:
         if os.path.exists(seeds) and (not os.path.exists(path) or changed_settings(read_flagfile(path), config)):
             os.remove(seeds)
         return None
+    trained_to = checkpoint_step(config.run_dir)
+    if trained_to is not None and trained_to > config.steps:
+        raise RunDirMismatch(f"{config.run_dir} has trained {trained_to} steps (its newest checkpoint), past "
+                             f"--steps={config.steps}: nothing would train, and the run would be recorded as one of "
+                             f"{config.steps} steps. Give --steps={trained_to} or more to resume it, another --run_dir "
+                             f"for a shorter run, or --overwrite to start over (the old directory is kept as "
+                             f"{config.run_dir.rstrip(os.sep)}.old-<time>)")
     if not os.path.exists(path):
         return None
     changes = changed_settings(read_flagfile(path), config)
