@@ -2,6 +2,7 @@
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 from exemplar_tf.objectives.bank import encoder_bank_rows
@@ -98,3 +99,29 @@ def test_batch_norm_statistics_are_put_back_when_a_bad_index_stops_the_pass():
         encoder_bank_rows(*_parts(state), shifted, batch_size=5)
     for saved, variable in zip(before, state.encoder.non_trainable_variables):
         np.testing.assert_array_equal(saved, variable.numpy())
+
+
+@pytest.mark.parametrize("method", [dict(method="npid", image_size=16),
+                                    dict(method="exemplar", seed_sampling="online", patch_size=16),
+                                    dict(method="exemplar", seed_sampling="fixed", patch_size=16, num_seeds=24,
+                                         seeds_per_image=1)])
+def test_the_instances_of_a_class_sorted_folder_come_in_batches_of_mixed_classes(tmp_path, method):
+    """--bank_init=features encodes every instance in training mode, BatchNorm on each batch's own statistics: in
+    an image folder's order (by class) a batch would hold one class and lose its mean. Every instance comes once,
+    and the first batch of 8 spans classes (it used to be the 8 images of class 0)."""
+    per_class = 8
+    for label in range(3):
+        (tmp_path / "data" / f"class{label}").mkdir(parents=True)
+        for k in range(per_class):
+            pixels = np.random.default_rng(label * per_class + k).integers(0, 256, (48, 48, 3), np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / f"class{label}" / f"{k}.png")
+    (tmp_path / "run").mkdir()  # the fixed seeds are cached there
+    config = TrainConfig(run_dir=str(tmp_path / "run"), source=f"folder:{tmp_path / 'data'}", arch="small",
+                         objective="nonparametric", batch_size=per_class, **method)
+    data = inputs.training_data(config)
+    order = [int(element["index"]) for element in data.instances().as_numpy_iterator()]
+    assert sorted(order) == list(range(data.num_instances)) == list(range(3 * per_class))
+    if method["method"] == "exemplar" and method["seed_sampling"] == "fixed":
+        assert order != sorted(order)  # seed i is not tied to image i's class here; its order is what mixes
+    else:
+        assert len({index // per_class for index in order[:per_class]}) > 1  # index i: file i, class i // 8

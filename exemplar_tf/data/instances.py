@@ -120,6 +120,14 @@ def shuffled_epochs(source: sources.Source, *, seed: int, num_shards: int = 1, s
             .map(read, num_parallel_calls=tf.data.AUTOTUNE))
 
 
+def one_shuffled_pass(source: sources.Source, *, seed: int, decoded: DecodedImages | None = None
+                      ) -> tf.data.Dataset:
+    """Every source element exactly once, in random order (the first epoch of `shuffled_epochs`): for passes over
+    the whole source whose batches must mix its images, as training batches do (an image folder lists its files by
+    class)."""
+    return shuffled_epochs(source, seed=seed, decoded=decoded).take(source.num_examples)
+
+
 def elements_at(source: sources.Source, *, seed: int, num_shards: int = 1, shard: int = 0,
                 decoded: DecodedImages | None = None, first, count: int) -> tf.data.Dataset:
     """The `count` elements of `shuffled_epochs(...)` from its element `first` on (`permuted_indices`, then read):

@@ -54,7 +54,8 @@ def encoder_bank_rows(encoder: keras.Model, head: keras.layers.Layer, bank: Memo
     The forward pass runs in training mode, like the training step that produces v (BatchNorm on batch
     statistics); the encoder's and head's non-trainable variables (BatchNorm moving statistics) are put back
     afterwards, so only the bank changes. `instances`: unbatched {"image": float32 [P,P,3], "index": int64},
-    every bank row exactly once.
+    every bank row exactly once, in random order as training batches are: BatchNorm normalises each batch by its
+    own statistics, so batches of one class (an image folder read in its order) would subtract that class's mean.
     """
     frozen = encoder.non_trainable_variables + head.non_trainable_variables
     saved = [variable.numpy() for variable in frozen]

@@ -50,7 +50,7 @@ class TrainingData:
     preview_images: np.ndarray  # float32 [n,P,P,3] in [0,1], a few training inputs for TensorBoard
     eval_images: np.ndarray  # uint8 [n,H,W,3] whole training images, for feature percentiles
     instances: Callable[[], tf.data.Dataset]  # -> {"image": float32 [P,P,3] in [0,1], "index": int64}, one
-    #                                             un-augmented input per bank row (for --bank_init=features)
+    #   un-augmented input per bank row in random order (--bank_init=features: batch statistics of mixed classes)
     skipped: tuple[tuple[str, str], ...] = ()  # (path, reason) of the files --skip_bad_images left out
 
 
@@ -104,6 +104,14 @@ def _as_instances(images: tf.data.Dataset, size: int) -> tf.data.Dataset:
         return {"image": tf.clip_by_value(image, 0.0, 1.0), "index": tf.cast(element["index"], tf.int64)}
 
     return images.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _shuffled_slices(images: np.ndarray, seed: int) -> tf.data.Dataset:
+    """{"image": images[i], "index": i} for every row i of `images` [N,...], in a random order drawn from `seed`
+    (seeds are sampled image by image, so in index order their batches would hold one class of a class-sorted
+    folder)."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    return tf.data.Dataset.from_tensor_slices({"image": images[order], "index": order.astype(np.int64)})
 
 
 def load_or_sample_seeds(config: TrainConfig, source: sources.Source, chief: bool = True) -> patches.Seeds:
@@ -167,8 +175,7 @@ def exemplar_data(config: TrainConfig, chief: bool = True, views: int = 1) -> Tr
         views=batch_views,
         preview_images=preview_images,
         eval_images=percentile_images(config, source),
-        instances=lambda: _as_instances(tf.data.Dataset.from_tensor_slices(
-            {"image": seeds.central_patches(), "index": np.arange(len(seeds.windows))}), config.patch_size),
+        instances=lambda: _as_instances(_shuffled_slices(seeds.central_patches(), config.seed), config.patch_size),
         skipped=source.skipped,
     )
 
@@ -235,7 +242,8 @@ def online_exemplar_data(config: TrainConfig, views: int = 1) -> TrainingData:
         views=batch_views,
         preview_images=next(iter(preview.unbatch().batch(32)))["image"].numpy(),
         eval_images=eval_images,
-        instances=lambda: _as_instances(source.dataset, config.patch_size),
+        instances=lambda: _as_instances(data_instances.one_shuffled_pass(source, seed=config.seed, decoded=decoded),
+                                        config.patch_size),
         skipped=source.skipped,
     )
 
@@ -320,7 +328,8 @@ def npid_data(config: TrainConfig, views: int = 1) -> TrainingData:
         views=batch_views,
         preview_images=next(iter(preview.unbatch().batch(32)))["image"].numpy(),
         eval_images=eval_images,
-        instances=lambda: _as_instances(source.dataset, config.image_size),
+        instances=lambda: _as_instances(data_instances.one_shuffled_pass(source, seed=config.seed, decoded=decoded),
+                                        config.image_size),
         skipped=source.skipped,
     )
 
