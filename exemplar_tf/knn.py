@@ -106,6 +106,9 @@ def main(argv) -> None:
     baseline = baseline_path(values.savedmodel, values.baseline_savedmodel)
     if problem := sources.same_images_problem(values.train, values.train_split, values.test, values.test_split):
         raise errors.InputError(problem)
+    if problem := sources.class_names_problem(values.train, values.train_split, values.test, values.test_split,
+                                              data_dir=values.data_dir):
+        raise errors.InputError(problem)
     if values.checkpoint and (problem := knn.bank_problem(values.checkpoint, values.savedmodel, values.train,
                                                           values.train_split)):
         raise errors.InputError(problem)

@@ -142,6 +142,17 @@ def test_knn_on_the_representation_below_the_head_matches_the_library(exports_an
     assert same.returncode == 2 and same.stdout == ""
     expected = sources.same_images_problem(f"folder:{flat}", "train", f"folder:{flat}", "test")
     assert expected and same.stderr.strip().splitlines() == [f"Error: {expected}"]
+    fewer = os.path.join(os.path.dirname(flat), "fewer")  # the test images of all but the first class
+    if not os.path.exists(fewer):
+        test_root = os.path.join(spec.partition(":")[2], "test")
+        for name in sorted(os.listdir(test_root))[1:]:
+            shutil.copytree(os.path.join(test_root, name), os.path.join(fewer, name))
+    other = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}",
+                            f"--train=folder:{flat}", f"--test=folder:{fewer}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and other.stdout == ""
+    expected = sources.class_names_problem(f"folder:{flat}", "train", f"folder:{fewer}", "test")
+    assert expected and other.stderr.strip().splitlines() == [f"Error: {expected}"]
     subset = subprocess.run([sys.executable, "-m", "exemplar_tf.knn", f"--savedmodel={trained}", f"--train={spec}",
                              f"--test={spec}", "--checkpoint=runs/x", "--max_train=10"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
