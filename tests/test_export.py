@@ -347,6 +347,11 @@ def test_a_model_name_takes_versions_from_one_run_and_one_network(model, tmp_pat
     assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]  # nothing written, no staging folder left
     with pytest.raises(export.ExportNameTaken, match="no recorded run"):
         export.export_encoder(encoder, head, **kwargs)  # a library export without a run does not join either
+    narrow = ProjectionHead(64)  # the same run directory started over with another embedding size
+    narrow.build((None, encoder.representation_dim))
+    with pytest.raises(export.ExportNameTaken, match="with embedding_dim=128, and this export has embedding_dim=64"):
+        export.export_encoder(encoder, narrow, origin={"run_dir": str(tmp_path / "runs" / "a"), "step": 0}, **kwargs)
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]
 
     # Exports written before run_dir_relative (absolute run_dir only); the same run directory started over with
     # another network (--overwrite): arch or input size differ.
@@ -356,6 +361,9 @@ def test_a_model_name_takes_versions_from_one_run_and_one_network(model, tmp_pat
     export.check_model_name(str(tmp_path), "n", run_x, {"arch": "small", "input_size": 32})
     with pytest.raises(export.ExportNameTaken, match="arch=small, and this export has arch=resnet18"):
         export.check_model_name(str(tmp_path), "n", run_x, {"arch": "resnet18", "input_size": 32})
+    _fake_version(tmp_path / "w" / "1", run_dir=run_x, arch="resnet18", input_size=32, resnet_width=64)
+    with pytest.raises(export.ExportNameTaken, match="resnet_width=64, and this export has resnet_width=32"):
+        export.check_model_name(str(tmp_path), "w", run_x, {"arch": "resnet18", "input_size": 32, "resnet_width": 32})
     with pytest.raises(export.ExportNameTaken, match=f"exported from run {run_x}, and this export is from run /r/y"):
         export.check_model_name(str(tmp_path), "n", "/r/y")
     os.makedirs(tmp_path / "n" / "2")  # no export_info.json (not an exemplar_tf export): not compared
@@ -404,6 +412,13 @@ def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tm
     with pytest.raises(export.ExportNameTaken, match="arch=small, and this export has arch=resnet18"):
         runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", arch="resnet18"))
     runs.check_export_name(tiny_config(tmp_path / "runs" / "other"), name="other_name")
+    # A ResNet's options: its width is compared; its stem "auto" (resolved only when the encoder is built) is not.
+    resnet = tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32)
+    _fake_version(os.path.join(resnet.export_base, "r", "1"), **export.origin_fields(resnet.run_dir, resnet.export_base),
+                  arch="resnet18", input_size=resnet.input_size, resnet_stem="cifar", resnet_width=32)
+    runs.check_export_name(resnet)
+    with pytest.raises(export.ExportNameTaken, match="resnet_width=32, and this export has resnet_width=64"):
+        runs.check_export_name(tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=64))
 
 
 @pytest.mark.slow  # ~16 s

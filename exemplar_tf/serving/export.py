@@ -203,9 +203,14 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
     }
 
 
-def encoder_identity(encoder) -> dict:
-    """The export_info.json fields every version of one model name must share: the network TF Serving runs."""
-    return {"arch": getattr(encoder, "arch", type(encoder).__name__), "input_size": int(encoder.input_size)}
+def encoder_identity(encoder, head=None) -> dict:
+    """The export_info.json fields every version of one model name must share: the network TF Serving runs (arch,
+    input size and the arch's options, e.g. a ResNet's width and stem) and the size of the embedding it serves, as
+    JSON values (lists, not tuples)."""
+    options = (encoder.options() if hasattr(encoder, "options") else
+               {"arch": getattr(encoder, "arch", type(encoder).__name__), "input_size": int(encoder.input_size)})
+    embedding_dim = int(head.dim) if head is not None else int(encoder.representation_dim)
+    return json.loads(json.dumps({**options, "embedding_dim": embedding_dim}))
 
 
 def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,
@@ -220,8 +225,8 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     version: None picks the next integer; an existing explicit version raises errors.InputError.
     origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
       the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
-      Versions of another origin, or of another arch or input size, already under `<export_dir_base>/<name>/`
-      refuse the export (`check_model_name`, ExportNameTaken) before anything is written.
+      Versions of another origin, or of another network (arch, input size, the arch's options, embedding size:
+      `encoder_identity`), already under `<export_dir_base>/<name>/` refuse the export (`check_model_name`, ExportNameTaken) before anything is written.
     The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
     TF Serving never sees a half-written version.
     """
@@ -232,7 +237,7 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
     probe = encoder.feature_maps(tf.zeros([1, encoder.input_size, encoder.input_size, 3]), training=False)
     if len(percentiles) != len(probe):
         raise ValueError(f"{len(percentiles)} percentiles for {len(probe)} feature maps")
-    check_model_name(export_dir_base, name, origin.get("run_dir") if origin else None, encoder_identity(encoder))
+    check_model_name(export_dir_base, name, origin.get("run_dir") if origin else None, encoder_identity(encoder, head))
 
     def write(path: str) -> None:
         _write_archive(encoder, head, percentiles, pooling, path)
