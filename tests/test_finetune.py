@@ -3,6 +3,7 @@ on the demo's labelled crops in a few steps (checkpoints, resume, the `classify`
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from exemplar_tf import errors, models
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation import savedmodel
 from exemplar_tf.finetuning import encoders, labels, loop, outdir, run
+from exemplar_tf.io.lock import HOLDER_FILE
 from exemplar_tf.serving import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,6 +194,26 @@ def test_a_fine_tuning_directory_is_reused_only_with_its_own_settings(tmp_path):
     _fake_checkpoint(legacy, "random")  # written before settings were recorded
     with pytest.raises(outdir.OutDirMismatch, match="whose settings were not recorded"):
         outdir.check_reuse(legacy, first)
+
+
+def test_a_fine_tuning_directory_in_use_is_refused_before_anything_is_written(tmp_path):
+    """Two fine-tunes in one --out_dir would write each other's settings, checkpoints and results: the second is
+    refused with one line naming the holder, settings.json untouched; --overwrite on a directory holding only the
+    lock does not leave an empty .old-<time> copy behind."""
+    out_dir = str(tmp_path / "ft")
+    options = run.Options(dataset="demo_labelled", out_dir=out_dir, export_name="tiny_finetuned", labels_per_class=2,
+                          recipe=loop.Recipe(steps=6, batch_size=16), export_base=str(tmp_path / "savedmodels"))
+    with outdir.locked(out_dir):
+        with pytest.raises(errors.InputError) as refused:
+            run.compare(options, savedmodel="savedmodels/absent/1")
+        assert str(refused.value) == (f"{out_dir} is in use by another fine-tuning run (PID {os.getpid()} on "
+                                      f"{socket.gethostname()}); wait for it to finish, or use another --out_dir")
+        assert os.listdir(out_dir) == [HOLDER_FILE]
+    assert outdir.check_reuse(out_dir, {"steps": 6}, overwrite=True) is None
+    assert sorted(os.listdir(tmp_path)) == ["ft"]
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(errors.InputError, match="--out_dir is a file, not a folder"):
+        outdir.locked(str(tmp_path / "file"))
 
 
 def test_export_name_defaults_to_the_fine_tuning_directory():

@@ -15,6 +15,7 @@ import time
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.io.lock import HOLDER_FILE, DirectoryLock, DirectoryLocked
 
 SETTINGS_FILE = "settings.json"
 KINDS = ("pretrained", "random", "scratch")
@@ -66,17 +67,33 @@ def _flag_value(value) -> str:
     return "unset" if value is None else repr(value)
 
 
+def check_usable(out_dir: str) -> None:
+    """Raises InputError when `out_dir` exists and is not a folder (before anything is created)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise InputError(f"{out_dir}: --out_dir is a file, not a folder; give a folder path")
+
+
+def locked(out_dir: str) -> DirectoryLock:
+    """An exclusive lock on `out_dir` (created if missing) for one fine-tuning run: two in one directory would
+    write each other's settings, checkpoints and results. A held one raises InputError naming its holder."""
+    check_usable(out_dir)
+    try:
+        return DirectoryLock(out_dir, user="fine-tuning run", flag="--out_dir")
+    except DirectoryLocked as error:
+        raise InputError(str(error)) from None
+
+
 def check_reuse(out_dir: str, settings: dict, overwrite: bool = False) -> str | None:
     """Before anything is fine-tuned: raises OutDirMismatch (one line) if `out_dir` holds fine-tuning checkpoints
     made with other settings, or with no recorded settings (directories written before they were recorded), unless
-    `overwrite`, which moves an existing `out_dir` aside and returns where to. Then records `settings` (JSON values;
-    the resume-safe ones as given this time) in `<out_dir>/settings.json`."""
+    `overwrite`, which moves an existing `out_dir` aside (unless it holds only the lock's holder file, `locked`)
+    and returns where to. Then records `settings` (JSON values; the resume-safe ones as given this time) in
+    `<out_dir>/settings.json`."""
+    check_usable(out_dir)
     kept = None
-    if overwrite and os.path.exists(out_dir):
+    if overwrite and os.path.isdir(out_dir) and set(os.listdir(out_dir)) - {HOLDER_FILE}:
         kept = f"{out_dir.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         os.replace(out_dir, kept)
-    elif os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise InputError(f"{out_dir}: --out_dir is a file, not a folder; give a folder path")
     elif has_checkpoints(out_dir):
         advice = (f"Use another --out_dir, or --overwrite to start over (the old directory is kept as "
                   f"{out_dir.rstrip(os.sep)}.old-<time>)")

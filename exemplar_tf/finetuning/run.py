@@ -106,10 +106,21 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
 
     Refuses (errors.InputError, one line) before loading anything when `out_dir` holds checkpoints made with other
     settings (`outdir.check_reuse`) or past `--steps`, and before fine-tuning when the export name holds another
-    directory's classifiers."""
-    kept = outdir.check_reuse(options.out_dir, settings(options, savedmodel, run_dir), options.overwrite)
-    if kept:
-        print(f"--overwrite: the previous fine-tuning directory is kept as {kept}", file=sys.stderr)
+    directory's classifiers, or while another fine-tuning run holds `out_dir` (`outdir.locked`)."""
+    lock = outdir.locked(options.out_dir)
+    try:
+        kept = outdir.check_reuse(options.out_dir, settings(options, savedmodel, run_dir), options.overwrite)
+        if kept:  # the lock moved aside with the old directory
+            print(f"--overwrite: the previous fine-tuning directory is kept as {kept}", file=sys.stderr)
+            lock.release()
+            lock = outdir.locked(options.out_dir)
+        return _compare(options, savedmodel, run_dir)
+    finally:
+        lock.release()
+
+
+def _compare(options: Options, savedmodel: str | None, run_dir: str | None) -> dict:
+    """`compare` in its locked `out_dir`, the settings checked and recorded."""
     _check_steps(options, ("pretrained",) + tuple(options.baselines))
     status(f"Reading {options.dataset} ({options.train_split} and {options.test_split} splits) ...", sys.stderr)
     train = sources.load_source(options.dataset, options.train_split, data_dir=options.data_dir)

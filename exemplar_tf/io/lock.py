@@ -18,9 +18,10 @@ class DirectoryLocked(RuntimeError):
 
 
 class DirectoryLock:
-    """Holds an exclusive lock on `path` (created if missing) until `release()` or the process ends."""
+    """Holds an exclusive lock on `path` (created if missing) until `release()` or the process ends; a held one
+    raises DirectoryLocked naming its holder, the `user` kind of program and the `flag` that picks another path."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, user: str = "trainer", flag: str = "--run_dir"):
         self.path = path
         os.makedirs(path, exist_ok=True)
         self._descriptor = os.open(path, os.O_RDONLY)
@@ -28,8 +29,8 @@ class DirectoryLock:
             fcntl.flock(self._descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._descriptor)
-            raise DirectoryLocked(f"{path} is in use by another trainer ({holder(path)}); wait for it to finish, "
-                                  f"or use another --run_dir") from None
+            raise DirectoryLocked(f"{path} is in use by another {user} ({holder(path)}); wait for it to finish, "
+                                  f"or use another {flag}") from None
         with open(os.path.join(path, HOLDER_FILE), "w") as file:
             file.write(f"{os.getpid()} {socket.gethostname()}\n")
 
