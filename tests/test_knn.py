@@ -112,6 +112,7 @@ def test_bank_labels_follow_the_instance_index():
 @pytest.mark.parametrize("recorded, refusal", [
     ({"method": "exemplar", "seed_sampling": "fixed", "num_seeds": "20"}, "one row per seed patch \\(--num_seeds=20\\)"),
     ({"method": "npid", "max_instances": "20"}, "--max_instances=20 images renumbered"),
+    ({"method": "npid", "skip_bad_images": "True"}, "--skip_bad_images, its rows renumbered over the files it kept"),
     ({"source": "cifar10"}, "trained on --source=cifar10 split 'train': bank row i is image i there"),
     ({"split": "test"}, "trained on --source=folder:.* split 'test'"),
     ({"method": "exemplar", "seed_sampling": "online"}, None),

@@ -36,9 +36,9 @@ def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str)
     """One line when the memory bank in `checkpoint` cannot serve as the training features of `savedmodel` with
     the labels of `train` split `train_split`, else None. Read from the run's flags.cfg (beside `checkpoints/`)
     and the export's export_info.json: the bank's rows must be the training images (not fixed-seed Exemplar-CNN's
-    seed patches, not a --max_instances subset renumbered from 0) of that very split in its order, and the
-    export must be the same run at the same step. Without a flags.cfg only the row count is checked
-    (`bank_labels`)."""
+    seed patches, not a --max_instances subset or the files --skip_bad_images kept, renumbered from 0) of that
+    very split in its order, and the export must be the same run at the same step. Without a flags.cfg only the
+    row count is checked (`bank_labels`)."""
     prefix = tf.train.latest_checkpoint(checkpoint) or checkpoint
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(prefix)))
     path = os.path.join(run_dir, FLAGFILE)
@@ -53,6 +53,9 @@ def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str)
     if recorded.get("max_instances", "0") != "0":
         return (f"{ours} trained on --max_instances={recorded['max_instances']} images renumbered from 0, so bank "
                 f"row i is not example i of the split; {use_codes}")
+    if recorded.get("skip_bad_images") == "True":
+        return (f"{ours} trained with --skip_bad_images, its rows renumbered over the files it kept, so bank row i "
+                f"need not be example i of --train; {use_codes}")
     source, split = recorded.get("source", ""), recorded.get("split", "")
     if source and not (sources.spec_parts(source) == sources.spec_parts(train) and split == train_split):
         return (f"{ours} trained on --source={source} split {split!r}: bank row i is image i there, so --train="
