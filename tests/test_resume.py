@@ -61,6 +61,22 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config, c
     assert not different, f"resumed run differs in {different}"
 
 
+def test_a_resumed_run_with_two_replicas_on_one_input_pipeline_is_bitwise_the_uninterrupted_one(
+        tmp_path, tiny_config, two_cpus):
+    """MirroredStrategy on one host: one input pipeline feeds both replicas, two per-replica batches a step, so a
+    resume must skip twice the steps in batches (it skipped the steps alone and fed the second half of the
+    interrupted run's batches again)."""
+    settings = dict(steps=4, checkpoint_every=2, lr_decay_at=(), batch_size=16, **CASES["fixed_host_nce"])
+    runs.train(tiny_config(tmp_path / "whole", name="whole", **settings), strategy=two_cpus)
+    parts = tiny_config(tmp_path / "parts", name="parts", **settings)
+    runs.train(dataclasses.replace(parts, steps=2), strategy=two_cpus)
+    assert runs.train(parts, strategy=two_cpus).step == 4
+    want, got = _checkpoint_values(tmp_path / "whole"), _checkpoint_values(tmp_path / "parts")
+    assert set(got) == set(want)
+    different = [name for name in want if not np.array_equal(want[name], got[name])]
+    assert not different, f"resumed run differs in {different}"
+
+
 @pytest.mark.slow
 def test_a_run_sigkilled_at_a_random_step_and_rerun_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config):
     """The program killed (SIGKILL) at a random moment, then the same command again until it finishes."""

@@ -498,10 +498,11 @@ def _train(run: _Run) -> float:
             step_functions[side] = make_train_step(config, run.strategy, state, side)
         return step_functions[side]
 
-    start = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
+    steps_fed = int(state.input_position.numpy())  # the input continues where the checkpoint's run left it
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        dataset = run.data.dataset_fn(ctx, start)
+        # Each step takes one per-replica batch from its pipeline for every replica it feeds.
+        dataset = run.data.dataset_fn(ctx, steps_fed * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
         if ctx.num_input_pipelines > 1:
             tqdm.write(input_split_line(ctx, dataset, config.batch_size))
         return dataset

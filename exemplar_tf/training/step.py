@@ -28,7 +28,8 @@ class ModelState:
     objective: Objective  # head(s) and state of the method (built)
     optimizer: keras.optimizers.Optimizer
     views: Views  # the input contract: how a batch becomes the objective's views (host or device augmentation)
-    input_position: tf.Variable  # int64: batches each input pipeline has delivered (a resumed run starts there)
+    input_position: tf.Variable  # int64: steps the input has fed; a pipeline feeding r replicas has delivered
+    #                              r per-replica batches a step (a resumed run starts after them)
 
     @property
     def trainable_variables(self) -> list:
