@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -276,7 +277,7 @@ def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_p
 
     # --max_instances=5 of the 15 demo photographs: the percentile images must come from those 5 in both exports.
     config = TrainConfig(run_dir=str(tmp_path / "run"), name="re", steps=4, export_base=str(tmp_path / "sm"),
-                         **{**TINY, "num_seeds": 32}, max_instances=5)
+                         **{**TINY, "num_seeds": 32, "checkpoint_every": 2}, max_instances=5)
     result = runs.train(config)
     again = runs.export_run(config.run_dir)
     assert result.export_dir == str(tmp_path / "sm" / "re" / "1") and again == str(tmp_path / "sm" / "re" / "2")
@@ -290,6 +291,16 @@ def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_p
     assert [i["step"] for i in infos] == [4, 4] and {i["run_dir"] for i in infos} == {str(tmp_path / "run")}
     baseline = savedmodel.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))
     assert baseline["step"] == 0 and baseline["run_dir"] == str(tmp_path / "run") and baseline["name"] == "re_random"
+
+    # A checkpoint saved between reading the newest and restoring it (the run still training): the export records
+    # the step of the weights it restored, read once.
+    newest = iter([os.path.join(config.run_dir, "checkpoints", "ckpt-2")])
+    real_latest = tf.train.latest_checkpoint
+    with mock.patch.object(tf.train, "latest_checkpoint", lambda folder: next(newest, None) or real_latest(folder)):
+        earlier = runs.export_run(config.run_dir)
+    assert savedmodel.read_export_info(earlier)["step"] == 2
+    step2 = tf.saved_model.load(earlier).signatures["serving_default"](images=images)
+    assert not np.array_equal(step2["embedding"].numpy(), served[0]["embedding"].numpy())  # not the step-4 weights
 
 
 class _ConstantMlpHead:

@@ -46,9 +46,11 @@ def from_savedmodel(path: str) -> tuple[models.Encoder, dict]:
                      f"(or allows)")
 
 
-def from_run(run_dir: str) -> tuple[models.Encoder, dict]:
-    """(encoder, its options) of the newest checkpoint of a training run (see `serving.runs.restore_run`)."""
-    encoder, _, _ = runs.restore_run(run_dir)
+def from_run(run_dir: str, step: int | None = None) -> tuple[models.Encoder, dict]:
+    """(encoder, its options) of a training run's checkpoint of `step` (None: its newest; see
+    `serving.runs.restore_run`)."""
+    checkpoint = None if step is None else os.path.join(run_dir, "checkpoints", f"ckpt-{step}")
+    encoder, _, _ = runs.restore_run(run_dir, checkpoint)
     return encoder, encoder.options()
 
 

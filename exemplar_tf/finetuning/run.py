@@ -109,18 +109,20 @@ def compare(options: Options, *, savedmodel: str | None = None, run_dir: str | N
     directory's classifiers, or while another fine-tuning run holds `out_dir` (`outdir.locked`)."""
     lock = outdir.locked(options.out_dir)
     try:
-        kept = outdir.check_reuse(options.out_dir, settings(options, savedmodel, run_dir), options.overwrite)
+        recorded = settings(options, savedmodel, run_dir)
+        kept = outdir.check_reuse(options.out_dir, recorded, options.overwrite)
         if kept:  # the lock moved aside with the old directory
             print(f"--overwrite: the previous fine-tuning directory is kept as {kept}", file=sys.stderr)
             lock.release()
             lock = outdir.locked(options.out_dir)
-        return _compare(options, savedmodel, run_dir)
+        return _compare(options, savedmodel, run_dir, recorded["source_step"])
     finally:
         lock.release()
 
 
-def _compare(options: Options, savedmodel: str | None, run_dir: str | None) -> dict:
-    """`compare` in its locked `out_dir`, the settings checked and recorded."""
+def _compare(options: Options, savedmodel: str | None, run_dir: str | None, source_step: int | None) -> dict:
+    """`compare` in its locked `out_dir`, the settings checked and recorded (`source_step`: the step of the run's
+    checkpoint they record, the one restored)."""
     _check_steps(options, ("pretrained",) + tuple(options.baselines))
     status(f"Reading {options.dataset} ({options.train_split} and {options.test_split} splits) ...", sys.stderr)
     train = sources.load_source(options.dataset, options.train_split, data_dir=options.data_dir)
@@ -136,7 +138,7 @@ def _compare(options: Options, savedmodel: str | None, run_dir: str | None) -> d
     recipe = options.recipe
     status(f"Loading the encoder to fine-tune from {savedmodel or run_dir} ...", sys.stderr)
     pretrained, encoder_options = (encoders.from_savedmodel(savedmodel) if savedmodel
-                                   else encoders.from_run(run_dir))
+                                   else encoders.from_run(run_dir, source_step))
     mean_rgb = np.asarray(pretrained.mean_subtraction.mean)
     export.check_model_name(options.export_base, options.export_name, options.out_dir,
                             loop.classifier_identity(pretrained, train.num_classes), flag="--export_name")

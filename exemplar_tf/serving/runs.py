@@ -48,9 +48,10 @@ def train(config: TrainConfig, strategy=None) -> loop.RunResult:
     return loop.run(config, export=export_training_run, strategy=strategy)
 
 
-def restore_run(run_dir: str):
-    """(encoder, head or None, the run's TrainConfig) of a training run's newest checkpoint (encoder + head only,
-    float32 whatever the training precision).
+def restore_run(run_dir: str, checkpoint: str | None = None):
+    """(encoder, head or None, the run's TrainConfig) of a training run's `checkpoint` (a prefix; None: its newest)
+    (encoder + head only, float32 whatever the training precision). A run training meanwhile writes new
+    checkpoints: a caller that records the step passes the checkpoint it read the step from.
 
     The run's resolved `flags.cfg` gives the TrainConfig (arch, method, objective, sizes, source, --max_instances).
     """
@@ -64,10 +65,10 @@ def restore_run(run_dir: str):
         head = objective.make_head(0)
         head.build((None, encoder.representation_dim))
         parts["head"] = head
-    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-    if latest is None:
+    checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if checkpoint is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(run_dir, 'checkpoints')}")
-    tf.train.Checkpoint(**parts).restore(latest).expect_partial().assert_existing_objects_matched()
+    tf.train.Checkpoint(**parts).restore(checkpoint).expect_partial().assert_existing_objects_matched()
     return encoder, head, config
 
 
@@ -79,7 +80,7 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     (`check_export_name`) before the checkpoint is read."""
     config = rundir.read_run_config(run_dir)
     check_export_name(config, name=name or config.name, export_dir_base=export_dir_base)  # before any restoring
-    encoder, head, config = restore_run(run_dir)
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    encoder, head, config = restore_run(run_dir, latest)  # the step recorded is the one restored
     return export_training_run(config, encoder, head, percentile_images(config), name=name or config.name,
                                step=int(latest.rsplit("-", 1)[1]), version=version, export_dir_base=export_dir_base)
