@@ -131,6 +131,26 @@ def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
     assert tf.train.latest_checkpoint(str(tmp_path / "ft" / "pretrained" / "checkpoints")).endswith("-8")
 
 
+def test_a_resumed_fine_tune_is_bitwise_the_uninterrupted_one(tmp_path):
+    """Stopped at step 2 and resumed to 4, in a fresh encoder as a new process would be: the same weights as 4 steps
+    in one go (the resume used to train on the first batches again)."""
+    train = sources.load_source("demo_labelled", "train")
+    rows = np.arange(0, train.num_examples, 3)
+
+    def tuned(out_dir, stops):
+        for steps in stops:
+            tf.keras.utils.set_random_seed(0)
+            encoder = models.build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5), dropout=0.0,
+                                           batch_norm=True)  # dropout's generator is not checkpointed
+            recipe = loop.Recipe(steps=steps, batch_size=8, checkpoint_every=2, lr_decay_at=())
+            batches = loop.training_batches(train.dataset, rows, train.num_examples, 32, recipe)
+            head, _ = loop.finetune(encoder, train.num_classes, batches, recipe, str(out_dir))
+        return [variable.numpy() for variable in encoder.weights + head.weights]
+
+    whole, parts = tuned(tmp_path / "whole", [4]), tuned(tmp_path / "parts", [2, 4])
+    assert len(whole) == len(parts) and all(np.array_equal(a, b) for a, b in zip(whole, parts))
+
+
 def test_program_refuses_both_sources_and_both_label_counts():
     for args in (["--savedmodel=a", "--run_dir=b", "--labels_per_class=1"],
                  ["--savedmodel=a", "--labels_per_class=1", "--label_fraction=0.1"]):

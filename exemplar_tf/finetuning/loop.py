@@ -95,8 +95,9 @@ def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128
 
 def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str, *,
              desc: str = "fine-tuning"):
-    """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints`, with a
-    progress bar named `desc` on stderr. Returns (head, the last step's loss, or None when no step ran: a finished
+    """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints` (on the
+    batches after those it trained: `batches` must be the same seeded stream each time), with a progress bar
+    named `desc` on stderr. Returns (head, the last step's loss, or None when no step ran: a finished
     run resumed). A checkpoint past `recipe.steps` is refused (errors.InputError) rather than reported as a run of
     `recipe.steps` steps."""
     head = keras.layers.Dense(num_classes, name="classifier")
@@ -131,7 +132,7 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
         return loss
 
     loss = None
-    iterator = iter(batches)
+    iterator = iter(batches.skip(int(step_var)))  # a resumed run goes on with the batches it had not yet trained
     with tqdm(total=recipe.steps, initial=int(step_var), desc=desc, unit="step", dynamic_ncols=True,
               file=sys.stderr) as progress:
         while int(step_var) < recipe.steps:
