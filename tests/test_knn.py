@@ -16,6 +16,7 @@ from exemplar_tf.metrics import knn as metrics_knn
 from exemplar_tf.models import ProjectionHead, build_encoder
 from exemplar_tf.objectives.memory_bank import MemoryBank
 from exemplar_tf.serving import export
+from exemplar_tf.training import rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,6 +158,18 @@ def test_a_bank_of_another_step_or_run_than_the_export_is_refused(tmp_path):
     assert knn.bank_problem(f"{folder}/ckpt-100", export_of(str(run), 100), "cifar10", "train") is None
     other = knn.bank_problem(folder, export_of(str(tmp_path / "other"), 150), "cifar10", "train")
     assert other.startswith(f"{tmp_path / 'sm_150'} was exported from the run {tmp_path / 'other'}, not from {run}")
+    # The same directory started over (--overwrite): its new run has another id than the export's.
+    (run / rundir.RUN_ID_FILE).write_text("b" * 32 + "\n")
+    savedmodel = export_of(str(run), 150)
+    info_path = os.path.join(savedmodel, "assets.extra", "export_info.json")
+    with open(info_path, "w") as file:
+        json.dump({"run_dir": str(run), "step": 150, "run_id": "a" * 32}, file)
+    assert knn.bank_problem(folder, savedmodel, "cifar10", "train") == (
+        f"{savedmodel} was exported from an earlier run in {run}, started over since (the export's run_id "
+        f"{'a' * 32}, the directory's {'b' * 32}); classify with the SavedModel's codes (leave out --checkpoint)")
+    with open(info_path, "w") as file:
+        json.dump({"run_dir": str(run), "step": 150, "run_id": "b" * 32}, file)
+    assert knn.bank_problem(folder, savedmodel, "cifar10", "train") is None
 
 
 def test_program_with_savedmodel_codes_and_with_a_checkpoint_bank_agree(tmp_path):

@@ -244,3 +244,18 @@ def test_a_steps_count_below_the_newest_checkpoint_is_refused(tmp_path):
     with pytest.raises(rundir.RunDirMismatch, match=r"has trained 10 steps \(its newest checkpoint\), past "
                                                     r"--steps=4: nothing would train.*Give --steps=10 or more"):
         rundir.check_reuse(_config(tmp_path, steps=4), overwrite=False)
+
+
+def test_a_run_keeps_its_id_on_resume_and_a_new_start_gets_another(tmp_path):
+    """Exports record the run's id, so `knn --checkpoint` tells an export of an earlier run in the same directory
+    (started over with --overwrite) from one of the run there now."""
+    config = _config(tmp_path)
+    assert rundir.run_id(config.run_dir) is None
+    rundir.write_flagfile(config)
+    first = rundir.run_id(config.run_dir)
+    assert first and len(first) == 32
+    rundir.write_flagfile(dataclasses.replace(config, steps=9))  # a resume rewrites flags.cfg, not the id
+    assert rundir.run_id(config.run_dir) == first
+    assert rundir.check_reuse(dataclasses.replace(config, num_seeds=32), overwrite=True)
+    rundir.write_flagfile(config)
+    assert rundir.run_id(config.run_dir) not in (None, first)

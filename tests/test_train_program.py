@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from exemplar_tf.serving import runs
-from exemplar_tf.training import loop, summaries
+from exemplar_tf.training import loop, rundir, summaries
 from exemplar_tf.training.config import TrainConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,6 +289,8 @@ def test_reexporting_the_final_checkpoint_gives_the_training_time_features(tmp_p
     infos = [savedmodel.read_export_info(path) for path in (result.export_dir, again)]
     assert infos[0]["percentiles"] == infos[1]["percentiles"]
     assert [i["step"] for i in infos] == [4, 4] and {i["run_dir"] for i in infos} == {str(tmp_path / "run")}
+    baseline_id = savedmodel.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))["run_id"]
+    assert {i["run_id"] for i in infos} == {baseline_id, rundir.run_id(config.run_dir)} and baseline_id
     baseline = savedmodel.read_export_info(str(tmp_path / "sm" / "re_random" / "1"))
     assert baseline["step"] == 0 and baseline["run_dir"] == str(tmp_path / "run") and baseline["name"] == "re_random"
 

@@ -187,6 +187,7 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
         "name": name,
         **origin_fields(origin.get("run_dir") if origin else None, export_dir_base),
         "step": int(origin["step"]) if origin and origin.get("step") is not None else None,
+        "run_id": origin.get("run_id") if origin else None,
         "created": time.strftime(CREATED_FORMAT),
         "arch": getattr(encoder, "arch", type(encoder).__name__),
         "input_size": int(encoder.input_size),
@@ -223,10 +224,12 @@ def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", 
       classifier is not part of the representation and is not exported).
     percentiles: one scale per `encoder.feature_maps` layer (see `measure_percentiles`).
     version: None picks the next integer; an existing explicit version raises errors.InputError.
-    origin: {"run_dir", "step"} of the training run the weights come from, recorded in export_info.json (with
-      the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline.
-      Versions of another origin, or of another network (arch, input size, the arch's options, embedding size:
-      `encoder_identity`), already under `<export_dir_base>/<name>/` refuse the export (`check_model_name`, ExportNameTaken) before anything is written.
+    origin: {"run_dir", "step", "run_id"} of the training run the weights come from, recorded in export_info.json
+      (with the name and the creation time) so that `evaluate` pairs a trained export with its own run's baseline
+      and `knn --checkpoint` a bank with its export. Versions of another origin, or of another network (arch,
+      input size, the arch's options, embedding size: `encoder_identity`), already under
+      `<export_dir_base>/<name>/` refuse the export (`check_model_name`, ExportNameTaken) before anything is
+      written.
     The SavedModel is written to a hidden temporary folder next to the target and renamed into place, so
     TF Serving never sees a half-written version.
     """

@@ -19,11 +19,11 @@ from exemplar_tf.training.inputs import percentile_images
 def export_training_run(config: TrainConfig, encoder, head, images, *, name: str, step: int, version: int | None = None,
                         export_dir_base: str | None = None) -> str:
     """The one export path of a training run (the loop's exports at step 0 and at the end, and `export_run`):
-    percentiles measured on `images` (`training.inputs.percentile_images(config)`), origin run_dir and step
+    percentiles measured on `images` (`training.inputs.percentile_images(config)`), origin run_dir, step and run id
     recorded."""
     return export_encoder(encoder, head, export_dir_base=export_dir_base or config.export_base, name=name,
                           version=version, percentiles=measure_percentiles(encoder, images),
-                          origin={"run_dir": config.run_dir, "step": step})
+                          origin={"run_dir": config.run_dir, "step": step, "run_id": rundir.run_id(config.run_dir)})
 
 
 def check_export_name(config: TrainConfig, *, name: str | None = None, export_dir_base: str | None = None) -> None:

@@ -1,6 +1,6 @@
 """The run directory: its resolved flagfile, the rule for reusing it, and atomic writes of shared files.
 
-A run directory holds `flags.cfg` (the resolved TrainConfig, one `--flag=value` per line), `seeds.npz`
+A run directory holds `flags.cfg` (the resolved TrainConfig, one `--flag=value` per line), `run_id`, `seeds.npz`
 (exemplar), `checkpoints/`, `tensorboard/` and, under multi-worker training, `tmp_worker_<id>/` while a run is
 going. Only the chief writes shared files. Re-running a command on an existing run directory resumes it when
 the settings that define what is trained are unchanged; `--overwrite` starts over and keeps the old directory
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import uuid
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.io.atomic import atomic_write
@@ -19,6 +20,7 @@ from exemplar_tf.training.config import TrainConfig
 
 FLAGFILE = "flags.cfg"
 SEEDS_FILE = "seeds.npz"  # the exemplar seed cache (training.inputs.load_or_sample_seeds)
+RUN_ID_FILE = "run_id"  # one id per run: written when its directory's run starts, kept on resume, new after --overwrite
 # Settings that may change when a run resumes: length, book-keeping, monitoring, where things go and how fast
 # the step runs. Every other setting defines what is trained (data, seeds, model, objective, N, optimiser).
 RESUME_SAFE = frozenset({
@@ -210,9 +212,23 @@ def check_reuse(config: TrainConfig, overwrite: bool) -> str | None:
     return None
 
 
+def run_id(run_dir: str) -> str | None:
+    """The id of the run in `run_dir` (`RUN_ID_FILE`): None before a run started there, or for a directory written
+    before ids were. Exports record it, so an export of an earlier run in the same directory (started over with
+    --overwrite) is told from one of this run."""
+    try:
+        with open(os.path.join(run_dir, RUN_ID_FILE)) as file:
+            return file.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def write_flagfile(config: TrainConfig) -> str:
-    """Writes `<run_dir>/flags.cfg` (atomically) and returns its path. Only the chief calls it."""
+    """Writes `<run_dir>/flags.cfg` (atomically), and the run's id when it has none yet, and returns the flagfile's
+    path. Only the chief calls it."""
     os.makedirs(config.run_dir, exist_ok=True)
+    if run_id(config.run_dir) is None:
+        atomic_write(os.path.join(config.run_dir, RUN_ID_FILE), f"{uuid.uuid4().hex}\n".encode())
     path = os.path.join(config.run_dir, FLAGFILE)
     atomic_write(path, ("\n".join(config_lines(config)) + "\n").encode())
     return path
