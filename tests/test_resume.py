@@ -61,6 +61,7 @@ def test_a_resumed_run_is_bitwise_the_uninterrupted_one(tmp_path, tiny_config, c
     assert not different, f"resumed run differs in {different}"
 
 
+@SLOW  # three short two-replica trainings, ~2 min on 2 cores
 def test_a_resumed_run_with_two_replicas_on_one_input_pipeline_is_bitwise_the_uninterrupted_one(
         tmp_path, tiny_config, two_cpus):
     """MirroredStrategy on one host: one input pipeline feeds both replicas, two per-replica batches a step, so a
