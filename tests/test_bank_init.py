@@ -121,7 +121,7 @@ def test_the_instances_of_a_class_sorted_folder_come_in_batches_of_mixed_classes
     data = inputs.training_data(config)
     order = [int(element["index"]) for element in data.instances().as_numpy_iterator()]
     assert sorted(order) == list(range(data.num_instances)) == list(range(3 * per_class))
-    if method["method"] == "exemplar" and method["seed_sampling"] == "fixed":
-        assert order != sorted(order)  # seed i is not tied to image i's class here; its order is what mixes
-    else:
-        assert len({index // per_class for index in order[:per_class]}) > 1  # index i: file i, class i // 8
+    image_of = np.arange(3 * per_class)  # instance i is image i (file i, class i // 8) ...
+    if method["method"] == "exemplar" and method["seed_sampling"] == "fixed":  # ... or seed i comes from an image
+        image_of = np.load(tmp_path / "run" / "seeds.npz")["source_index"]
+    assert len({image_of[index] // per_class for index in order[:per_class]}) > 1

@@ -412,6 +412,13 @@ def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tm
     with pytest.raises(export.ExportNameTaken, match="arch=small, and this export has arch=resnet18"):
         runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", arch="resnet18"))
     runs.check_export_name(tiny_config(tmp_path / "runs" / "other"), name="other_name")
+    # Dropout changes training, not the network served: a restart with another rate keeps the name.
+    _fake_version(os.path.join(config.export_base, "tiny_random", "2"),
+                  **export.origin_fields(config.run_dir, config.export_base), arch="small", input_size=config.input_size,
+                  dropout=0.5, batch_norm=False)
+    runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", dropout=0.3))
+    with pytest.raises(export.ExportNameTaken, match="batch_norm=False, and this export has batch_norm=True"):
+        runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", batch_norm=True))
     # A ResNet's options: its width is compared; its stem "auto" (resolved only when the encoder is built) is not.
     resnet = tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32)
     _fake_version(os.path.join(resnet.export_base, "r", "1"), **export.origin_fields(resnet.run_dir, resnet.export_base),

@@ -151,6 +151,12 @@ def test_a_resumed_fine_tune_is_bitwise_the_uninterrupted_one(tmp_path):
     assert len(whole) == len(parts) and all(np.array_equal(a, b) for a, b in zip(whole, parts))
 
 
+def test_a_checkpoint_pruned_after_its_step_was_read_is_one_line(tmp_path):
+    """The source run still training deletes old checkpoints: one read as the newest may be gone at restore."""
+    with pytest.raises(errors.InputError, match=r"ckpt-500: gone since it was read as the run's newest"):
+        encoders.from_run(str(tmp_path / "run"), 500)
+
+
 def test_program_refuses_both_sources_and_both_label_counts():
     for args in (["--savedmodel=a", "--run_dir=b", "--labels_per_class=1"],
                  ["--savedmodel=a", "--labels_per_class=1", "--label_fraction=0.1"]):

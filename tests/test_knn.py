@@ -113,7 +113,7 @@ def test_bank_labels_follow_the_instance_index():
 @pytest.mark.parametrize("recorded, refusal", [
     ({"method": "exemplar", "seed_sampling": "fixed", "num_seeds": "20"}, "one row per seed patch \\(--num_seeds=20\\)"),
     ({"method": "npid", "max_instances": "20"}, "--max_instances=20 images renumbered"),
-    ({"method": "npid", "skip_bad_images": "True"}, "--skip_bad_images, its rows renumbered over the files it kept"),
+    ({"method": "npid", "skip_bad_images": "True"}, "--skip_bad_images and left files out"),
     ({"source": "cifar10"}, "trained on --source=cifar10 split 'train': bank row i is image i there"),
     ({"split": "test"}, "trained on --source=folder:.* split 'test'"),
     ({"method": "exemplar", "seed_sampling": "online"}, None),
@@ -134,6 +134,9 @@ def test_a_bank_that_is_not_the_training_images_of_the_export_is_refused(tmp_pat
     for checkpoint in (run / "checkpoints", tf.train.latest_checkpoint(str(run / "checkpoints"))):  # folder, prefix
         problem = knn.bank_problem(str(checkpoint), str(savedmodel), f"folder:{tmp_path}/./images", "train")
         assert problem is None if refusal is None else re.search(refusal, problem), problem
+    if "skip_bad_images" in recorded:  # the run's list of what it left out is empty: its rows are the split's
+        (run / rundir.SKIPPED_IMAGES_FILE).write_text("")
+        assert knn.bank_problem(str(run / "checkpoints"), str(savedmodel), train, "train") is None
     assert knn.bank_problem(str(tmp_path / "elsewhere"), str(savedmodel), train, "train") is None  # no flags.cfg
 
 

@@ -272,25 +272,28 @@ def test_spec_parts_compare_locations_as_real_paths(tmp_path, monkeypatch):
 
 
 def test_two_sources_that_number_their_classes_differently_are_refused_as_a_pair(tmp_path):
-    """Label i must be one class in the training and the test images: folders with other class folders are
-    refused as a pair; two splits of one folder (numbered together), equal class folders and unlabelled sources
-    are not."""
+    """Label i must be one class in the training and the test images: a test folder without a class before others
+    is refused as a pair; one without the last classes, one with extra classes after the training ones, two splits
+    of one folder (numbered together), equal class folders and unlabelled sources are not."""
     image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
-    for folder, names in (("all", ("cat", "dog", "fox")), ("two", ("cat", "fox")), ("same", ("cat", "dog", "fox")),
-                          ("split/train", ("cat", "dog")), ("split/test", ("fox",))):
+    for folder, names in (("all", ("cat", "dog", "fox")), ("no_dog", ("cat", "fox")), ("no_fox", ("cat", "dog")),
+                          ("more", ("cat", "dog", "fox", "owl")), ("split/train", ("cat", "dog")),
+                          ("split/test", ("fox",))):
         for name in names:
             (tmp_path / folder / name).mkdir(parents=True)
             image.save(tmp_path / folder / name / "0.png")
-    image.save(tmp_path / "all" / "cat" / "1.png")
     (tmp_path / "flat").mkdir()
     image.save(tmp_path / "flat" / "0.png")
-    every, two, same, split, flat = (f"folder:{tmp_path / name}" for name in ("all", "two", "same", "split", "flat"))
-    assert sources.class_names_problem(every, "train", two, "test") == (
-        f"{every} split 'train' and {two} split 'test' number their classes differently (only the training images "
-        f"have dog), so a label would name one class in the training images and another in the test images; give "
-        f"one folder with train/ and test/ sub-folders (numbered over the classes of both)")
-    assert "(only the test images have dog)" in sources.class_names_problem(two, "train", every, "test")
-    assert sources.class_names_problem(every, "train", same, "test") is None
+    every, no_dog, no_fox, more, split, flat = (f"folder:{tmp_path / name}"
+                                                 for name in ("all", "no_dog", "no_fox", "more", "split", "flat"))
+    assert sources.class_names_problem(every, "train", no_dog, "test") == (
+        f"{every} split 'train' and {no_dog} split 'test' number their classes differently (label 1 is 'dog' in the "
+        f"training images and 'fox' in the test images), so a test image would be scored against another class; "
+        f"give one folder with train/ and test/ sub-folders (numbered over the classes of both)")
+    assert "(label 1 is 'fox' in the training images and 'dog'" in sources.class_names_problem(no_dog, "train",
+                                                                                                 every, "test")
+    for test in (no_fox, more, every):
+        assert sources.class_names_problem(every, "train", test, "test") is None, test
     assert sources.class_names_problem(split, "train", split, "test") is None  # fox is 2 in both
     assert sources.class_names_problem(every, "train", flat, "test") is None  # unlabelled: nothing to compare
 

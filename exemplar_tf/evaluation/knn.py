@@ -12,7 +12,7 @@ import tensorflow as tf
 from exemplar_tf import errors
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation.savedmodel import read_export_info
-from exemplar_tf.training.rundir import FLAGFILE, read_flagfile, run_id
+from exemplar_tf.training.rundir import FLAGFILE, SKIPPED_IMAGES_FILE, read_flagfile, run_id
 
 
 def read_memory_bank(checkpoint: str) -> np.ndarray:
@@ -30,6 +30,14 @@ def read_memory_bank(checkpoint: str) -> np.ndarray:
     if len(keys) != 1:
         raise errors.InputError(f"{prefix}: expected one memory bank variable under 'bank/', found {keys or 'none'}")
     return reader.get_tensor(keys[0]).astype(np.float32)
+
+
+def _skipped_any(run_dir: str) -> bool:
+    """Whether --skip_bad_images left any file out of the run (its list unwritten: assume so)."""
+    try:
+        return os.path.getsize(os.path.join(run_dir, SKIPPED_IMAGES_FILE)) > 0
+    except FileNotFoundError:
+        return True
 
 
 def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str) -> str | None:
@@ -53,9 +61,9 @@ def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str)
     if recorded.get("max_instances", "0") != "0":
         return (f"{ours} trained on --max_instances={recorded['max_instances']} images renumbered from 0, so bank "
                 f"row i is not example i of the split; {use_codes}")
-    if recorded.get("skip_bad_images") == "True":
-        return (f"{ours} trained with --skip_bad_images, its rows renumbered over the files it kept, so bank row i "
-                f"need not be example i of --train; {use_codes}")
+    if recorded.get("skip_bad_images") == "True" and _skipped_any(run_dir):
+        return (f"{ours} trained with --skip_bad_images and left files out ({SKIPPED_IMAGES_FILE}), its rows "
+                f"renumbered over the files it kept, so bank row i is not example i of --train; {use_codes}")
     source, split = recorded.get("source", ""), recorded.get("split", "")
     if source and not (sources.spec_parts(source) == sources.spec_parts(train) and split == train_split):
         return (f"{ours} trained on --source={source} split {split!r}: bank row i is image i there, so --train="

@@ -50,6 +50,9 @@ def from_run(run_dir: str, step: int | None = None) -> tuple[models.Encoder, dic
     """(encoder, its options) of a training run's checkpoint of `step` (None: its newest; see
     `serving.runs.restore_run`)."""
     checkpoint = None if step is None else os.path.join(run_dir, "checkpoints", f"ckpt-{step}")
+    if checkpoint and not os.path.exists(checkpoint + ".index"):
+        raise InputError(f"{checkpoint}: gone since it was read as the run's newest (the run is still training and "
+                         f"keeps only its newest --keep_checkpoints); rerun to fine-tune its newest now")
     encoder, _, _ = runs.restore_run(run_dir, checkpoint)
     return encoder, encoder.options()
 

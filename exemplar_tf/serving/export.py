@@ -204,14 +204,23 @@ def _export_info(encoder, head, percentiles: Sequence[float], pooling: str, chan
     }
 
 
+TRAINING_ONLY_OPTIONS = frozenset({"dropout"})  # encoder options that change training, not the network served
+
+
+def served_options(options: dict) -> dict:
+    """An encoder's options (`Encoder.options()` form) less TRAINING_ONLY_OPTIONS, as JSON values (lists, not
+    tuples): what decides the network TF Serving runs."""
+    return json.loads(json.dumps({key: value for key, value in options.items() if key not in TRAINING_ONLY_OPTIONS}))
+
+
 def encoder_identity(encoder, head=None) -> dict:
     """The export_info.json fields every version of one model name must share: the network TF Serving runs (arch,
-    input size and the arch's options, e.g. a ResNet's width and stem) and the size of the embedding it serves, as
-    JSON values (lists, not tuples)."""
+    input size and the arch's options that shape it, e.g. a ResNet's width and stem: `served_options`) and the
+    size of the embedding it serves."""
     options = (encoder.options() if hasattr(encoder, "options") else
                {"arch": getattr(encoder, "arch", type(encoder).__name__), "input_size": int(encoder.input_size)})
     embedding_dim = int(head.dim) if head is not None else int(encoder.representation_dim)
-    return json.loads(json.dumps({**options, "embedding_dim": embedding_dim}))
+    return {**served_options(options), "embedding_dim": embedding_dim}
 
 
 def export_encoder(encoder, head=None, *, export_dir_base: str = "savedmodels", name: str,

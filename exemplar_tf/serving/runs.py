@@ -2,14 +2,12 @@
 run directory's newest checkpoint (`python -m exemplar_tf.export`, fine-tuning's `from_run`)."""
 from __future__ import annotations
 
-import json
-
 import os
 
 import tensorflow as tf
 
 from exemplar_tf import models
-from exemplar_tf.serving.export import check_model_name, export_encoder, measure_percentiles
+from exemplar_tf.serving.export import check_model_name, export_encoder, measure_percentiles, served_options
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.step import objective_of
 from exemplar_tf.training.config import TrainConfig, validate
@@ -34,7 +32,7 @@ def check_export_name(config: TrainConfig, *, name: str | None = None, export_di
     export_info.json files already there; nothing is written."""
     (options,) = models.recorded_options(config)  # the config has every option of its arch
     # An "auto" option is resolved when the encoder is built; the export itself compares what it chose.
-    identity = json.loads(json.dumps({key: value for key, value in options.items() if value != "auto"}))
+    identity = served_options({key: value for key, value in options.items() if value != "auto"})
     base = export_dir_base or config.export_base
     for model_name in [name] if name else [config.name, f"{config.name}_random"]:
         check_model_name(base, model_name, config.run_dir, identity)

@@ -42,8 +42,6 @@ from exemplar_tf.training.step import (ModelState, build_optimizer, build_state,
 from exemplar_tf.io.status import status
 
 
-SKIPPED_IMAGES_FILE = "skipped_images.txt"
-
 # export(config, float32 encoder, embedding head or None, uint8 percentile images, *, name, step) -> export path
 # (`serving.runs.export_training_run`)
 Exporter = Callable[..., str]
@@ -214,7 +212,7 @@ def _say_worker_state(run: _Run) -> None:
 def record_skipped(run_dir: str, skipped: tuple[tuple[str, str], ...]) -> str:
     """Writes `<run_dir>/skipped_images.txt`, one `<path>\t<reason>` line per image file --skip_bad_images left
     out (empty: none), and returns the line that tells the user."""
-    path = os.path.join(run_dir, SKIPPED_IMAGES_FILE)
+    path = os.path.join(run_dir, rundir.SKIPPED_IMAGES_FILE)
     atomic_write(path, "".join(f"{image_path}\t{reason}\n" for image_path, reason in skipped).encode())
     return f"Skipped {len(skipped)} unreadable or too-small image files" + (f", listed in {path}" if skipped else "")
 

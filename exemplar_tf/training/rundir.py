@@ -20,6 +20,7 @@ from exemplar_tf.training.config import TrainConfig
 
 FLAGFILE = "flags.cfg"
 SEEDS_FILE = "seeds.npz"  # the exemplar seed cache (training.inputs.load_or_sample_seeds)
+SKIPPED_IMAGES_FILE = "skipped_images.txt"  # what --skip_bad_images left out, one "<path>\t<reason>" line each
 RUN_ID_FILE = "run_id"  # one id per run: written when its directory's run starts, kept on resume, new after --overwrite
 # Settings that may change when a run resumes: length, book-keeping, monitoring, where things go and how fast
 # the step runs. Every other setting defines what is trained (data, seeds, model, objective, N, optimiser).

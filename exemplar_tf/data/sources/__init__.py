@@ -110,20 +110,22 @@ def same_images_problem(train: str, train_split: str, test: str, test_split: str
 def class_names_problem(train: str, train_split: str, test: str, test_split: str, *,
                         data_dir: str | None = None) -> str | None:
     """One line when two labelled sources number their classes differently, else None: a test image's label i
-    must name the class of the training images' label i. Two splits of one source share their numbering (a
-    folder's split folders are numbered over the classes of all of them), and a source without class names is not
-    compared."""
+    must name the class of the training images' label i. Folder labels number the sorted class folders, so a test
+    folder without one of the training classes shifts the labels after it; one that only lacks the last ones, or
+    has extra ones after all the training classes (no training image can be their neighbour), numbers the rest
+    the same. Two splits of one source share their numbering (a folder's split folders are numbered over the
+    classes of all of them), and a source without class names is not compared."""
     if spec_parts(train) == spec_parts(test):
         return None
-    names = [load_source(name, split, data_dir=data_dir).class_names
-             for name, split in ((train, train_split), (test, test_split))]
-    if None in names or names[0] == names[1]:
+    train_names, test_names = (load_source(name, split, data_dir=data_dir).class_names
+                               for name, split in ((train, train_split), (test, test_split)))
+    if train_names is None or test_names is None:
         return None
-    only = [sorted(set(names[side]) - set(names[1 - side])) for side in (0, 1)]
-    differences = ([f"only the training images have {', '.join(only[0])}"] if only[0] else []) + (
-        [f"only the test images have {', '.join(only[1])}"] if only[1] else []) or ["the same names in another order"]
+    differ = [label for label, (ours, theirs) in enumerate(zip(train_names, test_names)) if ours != theirs]
+    if not differ:
+        return None
+    label = differ[0]
     return (f"{train} split {train_split!r} and {test} split {test_split!r} number their classes differently "
-            f"({'; '.join(differences)}), so a label would name one class in the training images and another in "
-            f"the test images; give one folder with {train_split}/ and {test_split}/ sub-folders (numbered over "
-            f"the classes of both)")
-
+            f"(label {label} is {train_names[label]!r} in the training images and {test_names[label]!r} in the test "
+            f"images), so a test image would be scored against another class; give one folder with "
+            f"{train_split}/ and {test_split}/ sub-folders (numbered over the classes of both)")
