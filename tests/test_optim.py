@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from exemplar_tf.optim.drops import drop_steps
 from exemplar_tf.optim.schedules import cosine_decay, step_decay
 
 
@@ -11,6 +12,19 @@ def test_step_decay_drops_at_each_fraction_in_order():
     schedule = step_decay(0.1, 100, (0.8, 0.5), 0.1)
     rates = [float(schedule(step)) for step in (0, 50, 51, 80, 81, 1000)]
     np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+@pytest.mark.parametrize("steps,decay_at,expected", [(100, (0.8, 0.5), [50, 80]), (57, (0.29, 0.6, 0.8), [16, 34, 45]),
+                                                     (14000, (0.6, 0.8), [8400, 11200]), (9, (0.5,), [4])])
+def test_drop_steps_are_the_last_iterations_before_each_drop_of_the_keras_schedule(steps, decay_at, expected):
+    from exemplar_tf.training.config import TrainConfig
+
+    schedule = step_decay(1.0, steps, decay_at, 0.5)
+    rates = np.array([float(schedule(i)) for i in range(steps + 1)])
+    assert drop_steps(steps, decay_at) == expected  # int(fraction * steps), as docs/flags.md says
+    assert list(np.flatnonzero(rates[1:] < rates[:-1])) == expected
+    assert TrainConfig(run_dir="/tmp/unused", steps=steps, lr_decay_at=decay_at).lr_drop_steps == drop_steps(
+        steps, decay_at)
 
 
 @pytest.mark.parametrize("constant_as_float", [False, True])

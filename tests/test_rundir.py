@@ -246,6 +246,18 @@ def test_a_steps_count_below_the_newest_checkpoint_is_refused(tmp_path):
         rundir.check_reuse(_config(tmp_path, steps=4), overwrite=False)
 
 
+def test_the_newest_checkpoint_step_is_read_from_the_index_file_names_alone(tmp_path):
+    assert rundir.checkpoint_step(str(tmp_path)) is None
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for name in ("checkpoint", "ckpt-9.index", "ckpt-12.index", "ckpt-12.data-00000-of-00001", "ckpt-40.corrupt-1",
+                 "ckpt-x.index", "model-50.index"):
+        (folder / name).write_text("")
+    assert rundir.checkpoint_step(str(tmp_path)) == 12
+    assert rundir.checkpoint_number(str(folder / "ckpt-12")) == 12
+    assert [rundir.checkpoint_number(p) for p in ("runs/a/checkpoints/model-3", "ckpt-", "ckpt-3a")] == [None] * 3
+
+
 def test_a_run_keeps_its_id_on_resume_and_a_new_start_gets_another(tmp_path):
     """Exports record the run's id, so `knn --checkpoint` tells an export of an earlier run in the same directory
     (started over with --overwrite) from one of the run there now."""

@@ -20,6 +20,7 @@ from exemplar_tf.evaluation.savedmodel import read_export_info
 from exemplar_tf.finetuning import encoders, labels, loop, outdir
 from exemplar_tf.serving import export
 from exemplar_tf.io.status import status
+from exemplar_tf.training import rundir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,9 @@ def default_export_name(out_dir: str) -> str:
 
 
 def _checkpoint_step(folder: str) -> int | None:
+    """The step of the checkpoint `folder`'s state names newest, None without one."""
     latest = tf.train.latest_checkpoint(folder)
-    return int(latest.rsplit("-", 1)[1]) if latest else None
+    return rundir.checkpoint_number(latest) if latest else None
 
 
 def settings(options: Options, savedmodel: str | None, run_dir: str | None) -> dict:

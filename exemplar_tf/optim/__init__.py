@@ -1,1 +1,2 @@
-"""Optimisation pieces shared by training and fine-tuning: `schedules` (the step-decay learning rate)."""
+"""Optimisation pieces shared by training and fine-tuning: `schedules` (the learning-rate schedules) and `drops`
+(where a step decay drops, without TensorFlow)."""

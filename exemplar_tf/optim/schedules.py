@@ -6,18 +6,20 @@ from typing import Sequence
 
 import keras
 
+from exemplar_tf.optim.drops import drop_steps
+
 
 def step_decay(lr: float, steps: int, decay_at: Sequence[float], decay_factor: float, *,
                constant_as_float: bool = False) -> keras.optimizers.schedules.LearningRateSchedule | float:
     """`lr`, multiplied by `decay_factor` at each fraction of the `steps` in `decay_at` (boundaries at
-    int(fraction * steps), in increasing order).
+    `drops.drop_steps`: int(fraction * steps), in increasing order).
 
     Without fractions the rate stays `lr`: as a constant schedule, or with `constant_as_float` as the float `lr`
     itself. The two give the same rates but different checkpoints: a Keras optimizer given a float keeps a
     learning-rate variable among its variables (stored by position), one given a schedule does not. Training
     checkpoints have the schedule's layout, fine-tuning checkpoints the float's.
     """
-    boundaries = [int(f * steps) for f in sorted(decay_at)]
+    boundaries = drop_steps(steps, decay_at)
     if not boundaries:
         return lr if constant_as_float else keras.optimizers.schedules.PiecewiseConstantDecay([steps], [lr, lr])
     return keras.optimizers.schedules.PiecewiseConstantDecay(

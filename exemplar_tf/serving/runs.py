@@ -81,4 +81,4 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     encoder, head, config = restore_run(run_dir, latest)  # the step recorded is the one restored
     return export_training_run(config, encoder, head, percentile_images(config), name=name or config.name,
-                               step=int(latest.rsplit("-", 1)[1]), version=version, export_dir_base=export_dir_base)
+                               step=rundir.checkpoint_number(latest), version=version, export_dir_base=export_dir_base)

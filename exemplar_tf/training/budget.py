@@ -83,8 +83,7 @@ def fit_steps(budget_s: float, costs: Costs, knn_every: int, checkpoint_every: i
 def dependent_steps(config: TrainConfig) -> list[int]:
     """The steps from which training depends on --steps: the step schedule's lr drops, the switch to full
     resolution (--low_res_size) and the start of the bank neighbours (--neighbours), those the run has."""
-    return ([int(fraction * config.steps) for fraction in config.lr_decay_at]
-            + [switch for _, _, _, switch in config.step_switches])
+    return config.lr_drop_steps + [switch for _, _, _, switch in config.step_switches]
 
 
 def refit_step(config: TrainConfig) -> int | None:

@@ -18,6 +18,7 @@ from exemplar_tf.choices import (ARCHS, AUGMENT_ON, BANK_INITS, BANK_OBJECTIVES,
 from exemplar_tf.augment.presets import scale_max_problem
 from exemplar_tf.data import service
 from exemplar_tf.errors import InputError
+from exemplar_tf.optim.drops import drop_steps
 from exemplar_tf.training import machine, settings
 from exemplar_tf.training.settings import (NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, UNIT_INTERVAL_OPEN, EachIn, NonEmpty,
                                            Range, setting)
@@ -254,6 +255,11 @@ class TrainConfig:
     def input_size(self) -> int:
         """Side of the training images: the seed patch (exemplar) or the NPID crop."""
         return self.patch_size if self.method == "exemplar" else self.image_size
+
+    @property
+    def lr_drop_steps(self) -> list[int]:
+        """The step decay's boundaries (--lr_decay_at, increasing): `optim.schedules.step_decay` drops after each."""
+        return drop_steps(self.steps, self.lr_decay_at)
 
     @property
     def low_res_steps(self) -> int:

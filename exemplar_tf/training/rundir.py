@@ -107,15 +107,10 @@ def _moved_rates(before: TrainConfig, after: TrainConfig, trained_to: int) -> li
             return []
         return [f"with --lr_schedule=cosine it changes the learning rate of every step after the warm-up, and the "
                 f"run has trained {trained_to} steps at the rates of --steps={before.steps}"]
-    drops = zip(_drop_steps(before), _drop_steps(after), strict=True)
+    drops = zip(before.lr_drop_steps, after.lr_drop_steps, strict=True)
     return [f"with --lr_decay_at={fraction} it moves a learning-rate drop the run has trained past from step {was} "
             f"to {now}" for fraction, (was, now) in zip(sorted(after.lr_decay_at), drops)
             if min(was + 1, trained_to) != min(now + 1, trained_to)]
-
-
-def _drop_steps(config: TrainConfig) -> list[int]:
-    """The step decay's boundaries, as `optim.schedules.step_decay` places them."""
-    return [int(fraction * config.steps) for fraction in sorted(config.lr_decay_at)]
 
 
 def _changes_optimizer(key: str, old: str, new: str) -> bool:
@@ -130,14 +125,20 @@ def has_checkpoint(run_dir: str) -> bool:
     return os.path.isdir(folder) and any(name == "checkpoint" or name.startswith("ckpt-") for name in os.listdir(folder))
 
 
+def checkpoint_number(prefix: str) -> int | None:
+    """The step of checkpoint `prefix` (`.../ckpt-<step>`: training and fine-tuning number their checkpoints by
+    step), None for a prefix not named so."""
+    name = os.path.basename(prefix)
+    number = name.removeprefix("ckpt-")
+    return int(number) if number != name and number.isdigit() else None
+
+
 def checkpoint_step(run_dir: str) -> int | None:
-    """The step of the newest checkpoint file in `run_dir`/checkpoints (`ckpt-<step>.index`; the loop numbers its
-    checkpoints by step), None without one."""
+    """The step of the newest checkpoint file in `run_dir`/checkpoints (`ckpt-<step>.index`), None without one."""
     folder = os.path.join(run_dir, "checkpoints")
     names = os.listdir(folder) if os.path.isdir(folder) else []
-    steps = [int(name[5:-6]) for name in names
-             if name.startswith("ckpt-") and name.endswith(".index") and name[5:-6].isdigit()]
-    return max(steps, default=None)
+    steps = [checkpoint_number(name.removesuffix(".index")) for name in names if name.endswith(".index")]
+    return max((step for step in steps if step is not None), default=None)
 
 
 def with_recorded_steps(config: TrainConfig) -> TrainConfig:
