@@ -95,7 +95,8 @@ def test_an_export_whose_variables_contradict_its_options_is_refused(tmp_path):
 def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
     _, path = _export_pair(tmp_path / "savedmodels")
     options = run.Options(dataset="demo_labelled", out_dir=str(tmp_path / "ft"), export_name="tiny_finetuned",
-                          labels_per_class=2, recipe=loop.Recipe(steps=6, batch_size=16, checkpoint_every=3),
+                          labels_per_class=2, recipe=loop.Recipe(steps=6, batch_size=16, checkpoint_every=3,
+                                                                 lr_decay_at=(0.9,)),  # 6 -> 8 keeps its drop ahead
                           export_base=str(tmp_path / "savedmodels"))
     report = run.compare(options, savedmodel=path)
     assert set(report["runs"]) == {"pretrained", "random", "scratch"} and report["num_labelled"] == 30
@@ -220,6 +221,30 @@ def test_a_fine_tuning_directory_is_reused_only_with_its_own_settings(tmp_path):
     _fake_checkpoint(legacy, "random")  # written before settings were recorded
     with pytest.raises(outdir.OutDirMismatch, match="whose settings were not recorded"):
         outdir.check_reuse(legacy, first)
+
+
+def test_a_new_steps_count_is_refused_when_it_moves_a_drop_a_run_has_fine_tuned_past(tmp_path):
+    out_dir = str(tmp_path / "ft")
+    first = {"savedmodel": "savedmodels/demo/1", "run_dir": None, "lr_decay_at": [0.6, 0.8], "steps": 300}
+    outdir.check_reuse(out_dir, first)
+    _fake_checkpoint(out_dir)
+    open(os.path.join(out_dir, "pretrained", "checkpoints", "ckpt-150.index"), "w").close()
+    outdir.check_reuse(out_dir, {**first, "steps": 310})  # its drops move from 180 and 240 to 186 and 248: ahead
+    outdir.check_reuse(out_dir, first)
+    _fake_checkpoint(out_dir, "random")
+    open(os.path.join(out_dir, "random", "checkpoints", "ckpt-200.index"), "w").close()
+    with pytest.raises(outdir.OutDirMismatch) as refused:
+        outdir.check_reuse(out_dir, {**first, "steps": 310})
+    assert str(refused.value) == (
+        f"{out_dir} holds fine-tuning checkpoints made with other settings (--steps was 300, now 310: with "
+        f"--lr_decay_at=0.6 it moves a learning-rate drop the random run has fine-tuned past from step 180 to 186). "
+        f"Use another --out_dir, or --overwrite to start over (the old directory is kept as {out_dir}.old-<time>)")
+    assert outdir.moved_rates(out_dir, first, {**first, "steps": 600, "lr_decay_at": [0.5]}) == []  # named apart
+    assert outdir.moved_rates(out_dir, first, {**first, "steps": 240}) == [  # 180 -> 144 for both, 240 -> 192
+        f"--steps was 300, now 240: with --lr_decay_at=0.6 it moves a learning-rate drop the {kind} run has "
+        f"fine-tuned past from step 180 to 144" for kind in ("pretrained", "random")] + [
+        "--steps was 300, now 240: with --lr_decay_at=0.8 it moves a learning-rate drop the random run has "
+        "fine-tuned past from step 240 to 192"]
 
 
 def test_a_fine_tuning_directory_in_use_is_refused_before_anything_is_written(tmp_path):

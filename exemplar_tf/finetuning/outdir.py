@@ -4,8 +4,9 @@
 baselines). Re-running on a directory that holds fine-tuning checkpoints resumes it only when every setting that
 defines what is trained is unchanged: otherwise the run is refused with one line naming each changed setting with
 its old and new value (training's rule for its run directory), and `--overwrite` starts over, keeping the old
-directory as `<out_dir>.old-<time>`. `--steps`, `--checkpoint_every`, `--baselines`, `--test_split`, `--data_dir`
-and where the export goes may change on a rerun. A directory without checkpoints takes the new settings.
+directory as `<out_dir>.old-<time>`. `--steps` (unless it moves a learning-rate drop a run has fine-tuned past),
+`--checkpoint_every`, `--baselines`, `--test_split`, `--data_dir` and where the export goes may change on a rerun.
+A directory without checkpoints takes the new settings.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import time
 from exemplar_tf.errors import InputError
 from exemplar_tf.io.atomic import atomic_write
 from exemplar_tf.io.lock import HOLDER_FILE, DirectoryLock, DirectoryLocked
+from exemplar_tf.optim.drops import moved_drops
+from exemplar_tf.training.rundir import checkpoint_step
 
 SETTINGS_FILE = "settings.json"
 KINDS = ("pretrained", "random", "scratch")
@@ -53,6 +56,22 @@ def changed_settings(saved: dict, current: dict) -> list[tuple[str, object, obje
     """(setting, old, new) for every recorded setting outside RESUME_SAFE whose value differs."""
     return [(key, saved[key], value) for key, value in current.items()
             if key not in RESUME_SAFE and key in saved and not _same(key, saved[key], value)]
+
+
+def moved_rates(out_dir: str, saved: dict, settings: dict) -> list[str]:
+    """For a new --steps with the same --lr_decay_at: each learning-rate drop it moves within the steps a run of
+    `out_dir` has fine-tuned (its newest checkpoint; `optim.drops.moved_drops`), so that a resumed run stays the run
+    of its final --steps rather than training some steps again at a rate it had left."""
+    old_steps, new_steps, decay_at = saved.get("steps"), settings["steps"], settings["lr_decay_at"]
+    if old_steps in (None, new_steps) or saved.get("lr_decay_at") != decay_at:
+        return []
+    moved = []
+    for kind in KINDS:
+        trained_to = checkpoint_step(os.path.join(out_dir, kind))
+        moved += [f"--steps was {old_steps}, now {new_steps}: with --lr_decay_at={fraction} it moves a learning-rate "
+                  f"drop the {kind} run has fine-tuned past from step {was} to {now}"
+                  for fraction, was, now in moved_drops(decay_at, old_steps, new_steps, trained_to or 0)]
+    return moved
 
 
 def _describe(key: str, old, new) -> str:
@@ -103,9 +122,10 @@ def check_reuse(out_dir: str, settings: dict, overwrite: bool = False) -> str | 
                                  f"before {SETTINGS_FILE} was written), so they may differ from these. {advice}")
         with open(path) as f:
             saved = json.load(f)
-        changes = changed_settings(saved, settings)
+        changes = [_describe(*change) for change in changed_settings(saved, settings)]
+        changes += moved_rates(out_dir, saved, settings)
         if changes:
-            listed = "; ".join(_describe(*change) for change in changes)
+            listed = "; ".join(changes)
             raise OutDirMismatch(f"{out_dir} holds fine-tuning checkpoints made with other settings ({listed}). "
                                  f"{advice}")
     os.makedirs(out_dir, exist_ok=True)

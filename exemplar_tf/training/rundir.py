@@ -15,6 +15,7 @@ import uuid
 
 from exemplar_tf.errors import InputError
 from exemplar_tf.io.atomic import atomic_write
+from exemplar_tf.optim.drops import moved_drops
 from exemplar_tf.training import settings
 from exemplar_tf.training.config import TrainConfig
 
@@ -107,10 +108,8 @@ def _moved_rates(before: TrainConfig, after: TrainConfig, trained_to: int) -> li
             return []
         return [f"with --lr_schedule=cosine it changes the learning rate of every step after the warm-up, and the "
                 f"run has trained {trained_to} steps at the rates of --steps={before.steps}"]
-    drops = zip(before.lr_drop_steps, after.lr_drop_steps, strict=True)
     return [f"with --lr_decay_at={fraction} it moves a learning-rate drop the run has trained past from step {was} "
-            f"to {now}" for fraction, (was, now) in zip(sorted(after.lr_decay_at), drops)
-            if min(was + 1, trained_to) != min(now + 1, trained_to)]
+            f"to {now}" for fraction, was, now in moved_drops(after.lr_decay_at, before.steps, after.steps, trained_to)]
 
 
 def _changes_optimizer(key: str, old: str, new: str) -> bool:
