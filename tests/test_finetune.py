@@ -134,15 +134,15 @@ def test_comparison_trains_resumes_and_exports_a_classifier(tmp_path, capsys):
 
 def test_a_resumed_fine_tune_is_bitwise_the_uninterrupted_one(tmp_path):
     """Stopped at step 2 and resumed to 4, in a fresh encoder as a new process would be: the same weights as 4 steps
-    in one go (the resume used to train on the first batches again)."""
+    in one go (the resume used to train on the first batches again, and to start dropout's masks over)."""
     train = sources.load_source("demo_labelled", "train")
     rows = np.arange(0, train.num_examples, 3)
 
     def tuned(out_dir, stops):
         for steps in stops:
             tf.keras.utils.set_random_seed(0)
-            encoder = models.build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5), dropout=0.0,
-                                           batch_norm=True)  # dropout's generator is not checkpointed
+            encoder = models.build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5), dropout=0.5,
+                                           batch_norm=True)  # the dropout masks' generator resumes too
             recipe = loop.Recipe(steps=steps, batch_size=8, checkpoint_every=2, lr_decay_at=())
             batches = loop.training_batches(train.dataset, rows, train.num_examples, 32, recipe)
             head, _ = loop.finetune(encoder, train.num_classes, batches, recipe, str(out_dir))

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from exemplar_tf import errors
+from exemplar_tf import errors, models
 from exemplar_tf.augment.npid import npid_augment
 from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.serving import export
@@ -96,7 +96,8 @@ def test_accuracy(encoder, head, dataset: tf.data.Dataset, batch_size: int = 128
 def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe, out_dir: str, *,
              desc: str = "fine-tuning"):
     """Trains encoder + a new linear head for `recipe.steps` steps, resuming from `<out_dir>/checkpoints` (on the
-    batches after those it trained: `batches` must be the same seeded stream each time), with a progress bar
+    batches after those it trained, `batches` being the same seeded stream each time, and with the dropout masks'
+    random generators where they stopped), with a progress bar
     named `desc` on stderr. Returns (head, the last step's loss, or None when no step ran: a finished
     run resumed). A checkpoint past `recipe.steps` is refused (errors.InputError) rather than reported as a run of
     `recipe.steps` steps."""
@@ -107,11 +108,14 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
     encoder_opt.build(encoder.trainable_variables)
     head_opt.build(head.trainable_variables)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(encoder=encoder, head=head, encoder_opt=encoder_opt, head_opt=head_opt,
-                                     step=step_var)
+    parts = {"encoder": encoder, "head": head, "encoder_opt": encoder_opt, "head_opt": head_opt, "step": step_var}
+    checkpoint = tf.train.Checkpoint(**parts, random=tf.train.Checkpoint(**models.seed_generator_states([encoder])))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        # the dropout masks' generators; checkpoints written before they were saved resume without them
+        saved_random = any(name.startswith("random/") for name, _ in tf.train.list_variables(manager.latest_checkpoint))
+        restoring = checkpoint if saved_random else tf.train.Checkpoint(**parts)
+        restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if int(step_var) > recipe.steps:
             raise errors.InputError(f"{out_dir} is fine-tuned to step {int(step_var)}, past --steps={recipe.steps}: "
                                     f"give --steps={int(step_var)} or more, or another --out_dir")

@@ -7,9 +7,10 @@ from exemplar_tf.choices import ARCHS
 from exemplar_tf.models import registry
 from exemplar_tf.models.exemplar_cnn import ExemplarCNN
 from exemplar_tf.models.heads import ProjectionHead, SurrogateClassifier
-from exemplar_tf.models.layers import Encoder, MeanSubtraction, weight_decay_loss
+from exemplar_tf.models.layers import Encoder, MeanSubtraction, seed_generator_states, weight_decay_loss
 from exemplar_tf.models.precision import PRECISIONS, dtype_policy, needs_loss_scaling
-from exemplar_tf.models.registry import ENCODERS, encoder_from_options, recorded_options, register_encoder
+from exemplar_tf.models.registry import (ENCODERS, encoder_from_options, recorded_options, register_encoder,
+                                         resolved_options)
 from exemplar_tf.models.resnet import ResNet
 
 

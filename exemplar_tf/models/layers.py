@@ -179,6 +179,12 @@ class Encoder(keras.Model):
         `models.encoder_from_options` rebuilds this architecture from (the same variables, the same layout)."""
         return {"arch": self.arch, "input_size": int(self.input_size), **self._own_options()}
 
+    @classmethod
+    def resolve_options(cls, options: dict) -> dict:
+        """`options` (`options()` form) with each "auto" choice as what an encoder built from them chooses, without
+        building one (nothing to resolve by default)."""
+        return dict(options)
+
     def _own_options(self) -> dict:
         """{name: value} for every name in OPTIONS (resolved, e.g. an "auto" choice as what it chose)."""
         return {}
@@ -195,6 +201,14 @@ def set_layers(owner: keras.layers.Layer, names: Sequence[str], layers: Sequence
     """
     for name, layer in zip(names, layers, strict=True):
         setattr(owner, name, layer)
+
+
+def seed_generator_states(layers: Iterable[keras.layers.Layer]) -> dict[str, tf.Variable]:
+    """{"seed_generator_<i>": state} for every Keras random seed generator in `layers` and their sublayers (the
+    dropout masks'), in layer order. Keras layers do not put these into a `tf.train.Checkpoint` themselves, so a
+    checkpoint that resumes exactly adds them under these names."""
+    states = [v.value for layer in layers for v in layer.variables if "seed_generator_state" in v.path]
+    return {f"seed_generator_{i}": state for i, state in enumerate(states)}
 
 
 def weight_decay_loss(model_parts: Iterable, base_decay: float):

@@ -41,9 +41,7 @@ class ModelState:
         seed generator (dropout masks), which Keras layers do not put into a tf.train.Checkpoint themselves."""
         layers = [self.encoder] + [part for part in self.objective.checkpoint_parts().values()
                                    if isinstance(part, keras.layers.Layer)]
-        seeds = [v.value for layer in layers for v in layer.variables if "seed_generator_state" in v.path]
-        return tf.train.Checkpoint(input_batches=self.input_position,
-                                   **{f"seed_generator_{i}": seed for i, seed in enumerate(seeds)})
+        return tf.train.Checkpoint(input_batches=self.input_position, **models.seed_generator_states(layers))
 
     def checkpoint(self, with_resume_state: bool = True) -> tf.train.Checkpoint:
         """The run's checkpoint; `with_resume_state=False` reads checkpoints written before it held
