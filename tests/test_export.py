@@ -419,13 +419,18 @@ def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tm
     runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", dropout=0.3))
     with pytest.raises(export.ExportNameTaken, match="batch_norm=False, and this export has batch_norm=True"):
         runs.check_export_name(tiny_config(tmp_path / "runs" / "tiny", batch_norm=True))
-    # A ResNet's options: its width is compared; its stem "auto" (resolved only when the encoder is built) is not.
+    # A ResNet's options: its width, and its stem as "auto" will resolve it (cifar at 32 px).
     resnet = tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32)
     _fake_version(os.path.join(resnet.export_base, "r", "1"), **export.origin_fields(resnet.run_dir, resnet.export_base),
                   arch="resnet18", input_size=resnet.input_size, resnet_stem="cifar", resnet_width=32)
     runs.check_export_name(resnet)
     with pytest.raises(export.ExportNameTaken, match="resnet_width=32, and this export has resnet_width=64"):
         runs.check_export_name(tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=64))
+    runs.check_export_name(tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32,
+                                       resnet_stem="cifar"))
+    with pytest.raises(export.ExportNameTaken, match="resnet_stem=cifar, and this export has resnet_stem=imagenet"):
+        runs.check_export_name(tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32,
+                                           resnet_stem="imagenet"))
 
 
 @pytest.mark.slow  # ~16 s

@@ -134,6 +134,8 @@ def test_resnet18_stem_follows_the_input_size_unless_forced(input_size, stem, fi
     would cost ~16x the compute."""
     encoder = build_encoder("resnet18", input_size=input_size, mean_rgb=MEAN, resnet_stem=stem)
     assert encoder.feature_maps(images(rng, input_size, batch=1))[0].shape[1] == first_stage_side
+    unbuilt = {"arch": "resnet18", "input_size": input_size, "resnet_stem": stem, "resnet_width": 64}
+    assert models.resolved_options(unbuilt) == encoder.options()  # what it chose, known without building it
 
 
 @pytest.mark.parametrize("arch, width, channels", [("resnet18", 16, [16, 32, 64, 128]),
@@ -266,6 +268,8 @@ def test_options_record_the_encoder_and_rebuild_it(arch, keywords, own, rng, tmp
     encoder = build_encoder(arch, input_size=32, mean_rgb=MEAN, **keywords)
     options = encoder.options()
     assert options == {"arch": arch, "input_size": 32, **own}
+    unbuilt = {"arch": arch, "input_size": 32, **models.ENCODERS[arch].OPTIONS, **keywords}
+    assert models.resolved_options(unbuilt) == options  # the "auto" choices resolved without building
     rebuilt = models.encoder_from_options(options)
     assert rebuilt.options() == options and type(rebuilt) is type(encoder)
     assert [(v.path, v.shape) for v in rebuilt.weights] == [(v.path, v.shape) for v in encoder.weights]

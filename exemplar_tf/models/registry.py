@@ -62,6 +62,12 @@ def encoder_from_options(options: Mapping, *, mean_rgb: Sequence[float] = (0.0, 
                   precision=precision, **options)
 
 
+def resolved_options(options: Mapping) -> dict:
+    """`options` (`Encoder.options()` form) with every "auto" choice resolved as its class resolves it when it
+    builds the encoder (`Encoder.resolve_options`): the options an encoder built from them would record."""
+    return encoder_class(options["arch"]).resolve_options(dict(options))
+
+
 def recorded_options(settings) -> list[dict]:
     """Option sets (`Encoder.options()` form) for the encoder that `settings` describe: a mapping (an export's
     export_info.json) or an object (a training run's TrainConfig) with "arch", "input_size" and some of the arch's

@@ -82,6 +82,14 @@ class ResidualBlock(keras.layers.Layer):
         return tf.nn.relu(x + shortcut)
 
 
+def resolved_stem(stem: str, input_size: int) -> str:
+    """The stem a ResNet on `input_size`-pixel inputs builds for `stem`: "auto" is "cifar" up to
+    CIFAR_STEM_MAX_SIZE pixels and "imagenet" above."""
+    if stem != "auto":
+        return stem
+    return "imagenet" if input_size > CIFAR_STEM_MAX_SIZE else "cifar"
+
+
 @register_encoder(*ARCHITECTURES)
 class ResNet(Encoder):
     """ResNet encoder. `call(x)` -> [B, 8 * width (x4 for bottlenecks)] global average pool of the last stage;
@@ -108,7 +116,7 @@ class ResNet(Encoder):
         super().__init__(arch=arch, input_size=input_size, mean_rgb=mean_rgb,
                          representation_dim=stage_widths[-1] * expansion, **kwargs)
         self.width = width
-        self.imagenet_stem = stem == "imagenet" or (stem == "auto" and input_size > CIFAR_STEM_MAX_SIZE)
+        self.imagenet_stem = resolved_stem(stem, input_size) == "imagenet"
         self.stem_conv = (conv(width, 7, 2, name="stem_conv") if self.imagenet_stem
                           else conv(width, 3, name="stem_conv"))
         self.stem_norm = batch_norm(name="stem_bn")
@@ -149,6 +157,10 @@ class ResNet(Encoder):
     def weight_decay_multipliers(self):
         """1 for conv kernels, 0 for BatchNorm scales and offsets."""
         return {v.path: 1.0 if v.path.endswith("kernel") else 0.0 for v in self.trainable_variables}
+
+    @classmethod
+    def resolve_options(cls, options):
+        return {**options, "resnet_stem": resolved_stem(options["resnet_stem"], int(options["input_size"]))}
 
     def _own_options(self):
         return {"resnet_stem": "imagenet" if self.imagenet_stem else "cifar", "resnet_width": int(self.width)}

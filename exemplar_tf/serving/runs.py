@@ -27,12 +27,12 @@ def export_training_run(config: TrainConfig, encoder, head, images, *, name: str
 def check_export_name(config: TrainConfig, *, name: str | None = None, export_dir_base: str | None = None) -> None:
     """Cheap pre-check before a run trains or a checkpoint is restored: raises `serving.export.ExportNameTaken` (an
     `errors.InputError`, one line) when the run's exports would land among another run's versions, or among
-    versions of another network (arch, input size, the arch's options): `<export_base>/<name>/` and
-    `<export_base>/<name>_random/` (training's two model names), or only `<export_dir_base>/<name>/` when `name` is given (`export_run`). Reads only the
-    export_info.json files already there; nothing is written."""
+    versions of another network (arch, input size, the arch's options, an "auto" one as the encoder will resolve
+    it): `<export_base>/<name>/` and `<export_base>/<name>_random/` (training's two model names), or only
+    `<export_dir_base>/<name>/` when `name` is given (`export_run`). Reads only the export_info.json files already
+    there; nothing is written."""
     (options,) = models.recorded_options(config)  # the config has every option of its arch
-    # An "auto" option is resolved when the encoder is built; the export itself compares what it chose.
-    identity = served_options({key: value for key, value in options.items() if value != "auto"})
+    identity = served_options(models.resolved_options(options))
     base = export_dir_base or config.export_base
     for model_name in [name] if name else [config.name, f"{config.name}_random"]:
         check_model_name(base, model_name, config.run_dir, identity)
