@@ -431,6 +431,12 @@ def test_pre_check_refuses_before_training_for_both_export_names(tiny_config, tm
     with pytest.raises(export.ExportNameTaken, match="resnet_stem=cifar, and this export has resnet_stem=imagenet"):
         runs.check_export_name(tiny_config(tmp_path / "runs" / "r", name="r", arch="resnet18", resnet_width=32,
                                            resnet_stem="imagenet"))
+    imagenet = tiny_config(tmp_path / "runs" / "i", name="i", arch="resnet18", resnet_width=32)
+    _fake_version(os.path.join(imagenet.export_base, "i", "1"),
+                  **export.origin_fields(imagenet.run_dir, imagenet.export_base), arch="resnet18",
+                  input_size=imagenet.input_size, resnet_stem="imagenet", resnet_width=32)
+    with pytest.raises(export.ExportNameTaken, match="resnet_stem=imagenet, and this export has resnet_stem=cifar"):
+        runs.check_export_name(imagenet)  # "auto" at 32 px builds the CIFAR stem
 
 
 @pytest.mark.slow  # ~16 s

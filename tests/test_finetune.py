@@ -152,6 +152,25 @@ def test_a_resumed_fine_tune_is_bitwise_the_uninterrupted_one(tmp_path):
     assert len(whole) == len(parts) and all(np.array_equal(a, b) for a, b in zip(whole, parts))
 
 
+def test_a_fine_tune_checkpointed_without_the_dropout_generators_still_resumes(tmp_path, monkeypatch, capsys):
+    """Checkpoints written before the seed generators were saved hold no "random/" entries: they resume (with
+    fresh dropout masks) instead of failing to match the encoder's generators."""
+    train = sources.load_source("demo_labelled", "train")
+    rows = np.arange(0, train.num_examples, 3)
+    for steps, legacy in ((2, True), (4, False)):
+        with monkeypatch.context() as patch:
+            if legacy:
+                patch.setattr(loop.models, "seed_generator_states", lambda layers: {})
+            encoder = models.build_encoder("small", input_size=32, mean_rgb=(0.5, 0.5, 0.5), dropout=0.5)
+            recipe = loop.Recipe(steps=steps, batch_size=8, checkpoint_every=2, lr_decay_at=())
+            batches = loop.training_batches(train.dataset, rows, train.num_examples, 32, recipe)
+            loop.finetune(encoder, train.num_classes, batches, recipe, str(tmp_path))
+    assert f"Resuming {tmp_path} from step 2/4" in capsys.readouterr().out
+    names = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))]
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-4")
+    assert any(name.startswith("random/seed_generator_0/") for name in names)  # saved from now on
+
+
 def test_a_checkpoint_pruned_after_its_step_was_read_is_one_line(tmp_path):
     """The source run still training deletes old checkpoints: one read as the newest may be gone at restore."""
     with pytest.raises(errors.InputError, match=r"ckpt-500: gone since it was read as the run's newest"):
@@ -245,6 +264,10 @@ def test_a_new_steps_count_is_refused_when_it_moves_a_drop_a_run_has_fine_tuned_
         f"fine-tuned past from step 180 to 144" for kind in ("pretrained", "random")] + [
         "--steps was 300, now 240: with --lr_decay_at=0.8 it moves a learning-rate drop the random run has "
         "fine-tuned past from step 240 to 192"]
+    # the random run, at 200, is past --steps=160: refused for that in its own words (run._check_steps), not here
+    assert outdir.moved_rates(out_dir, first, {**first, "steps": 160}) == [
+        f"--steps was 300, now 160: with --lr_decay_at={fraction} it moves a learning-rate drop the pretrained run "
+        f"has fine-tuned past from step {was} to {now}" for fraction, was, now in ((0.6, 180, 96), (0.8, 240, 128))]
 
 
 def test_a_fine_tuning_directory_in_use_is_refused_before_anything_is_written(tmp_path):

@@ -12,7 +12,7 @@ import tensorflow as tf
 from exemplar_tf import errors
 from exemplar_tf.data import sources
 from exemplar_tf.evaluation.savedmodel import read_export_info
-from exemplar_tf.training.rundir import FLAGFILE, SKIPPED_IMAGES_FILE, read_flagfile, run_id
+from exemplar_tf.training.rundir import FLAGFILE, SKIPPED_IMAGES_FILE, checkpoint_number, read_flagfile, run_id
 
 
 def read_memory_bank(checkpoint: str) -> np.ndarray:
@@ -69,13 +69,13 @@ def bank_problem(checkpoint: str, savedmodel: str, train: str, train_split: str)
         return (f"{ours} trained on --source={source} split {split!r}: bank row i is image i there, so --train="
                 f"{train} --train_split={train_split} would label it with another image's class; give those")
     info = read_export_info(savedmodel)
-    step = prefix.rpartition("-")[2]
+    step = checkpoint_number(prefix)
     if info.get("run_dir") and os.path.realpath(info["run_dir"]) != os.path.realpath(run_dir):
         return f"{savedmodel} was exported from the run {info['run_dir']}, not from {run_dir}; {use_codes}"
     if info.get("run_id") and info["run_id"] != (ours_id := run_id(run_dir)):
         return (f"{savedmodel} was exported from an earlier run in {run_dir}, started over since (the export's "
                 f"run_id {info['run_id']}, the directory's {ours_id}); {use_codes}")
-    if info.get("step") is not None and step.isdigit() and int(step) != info["step"]:
+    if info.get("step") is not None and step is not None and step != info["step"]:
         return (f"{savedmodel} holds the encoder of step {info['step']} but {prefix} the bank of step {step}: give "
                 f"--checkpoint={os.path.join(os.path.dirname(prefix), 'ckpt-' + str(info['step']))}, or export "
                 f"step {step} (python -m exemplar_tf.export --run_dir={run_dir})")

@@ -22,6 +22,7 @@ from exemplar_tf import errors, models
 from exemplar_tf.augment.npid import npid_augment
 from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.serving import export
+from exemplar_tf.training.rundir import checkpoint_number
 
 CLASSIFY_SIGNATURE = "classify"
 
@@ -147,7 +148,7 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
             progress.set_postfix(loss=f"{loss:.4f}", refresh=False)
             if int(step_var) % recipe.checkpoint_every == 0:
                 manager.save(checkpoint_number=int(step_var))
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{int(step_var)}"):
+    if manager.latest_checkpoint is None or checkpoint_number(manager.latest_checkpoint) != int(step_var):
         manager.save(checkpoint_number=int(step_var))
     return head, loss
 

@@ -68,9 +68,11 @@ def moved_rates(out_dir: str, saved: dict, settings: dict) -> list[str]:
     moved = []
     for kind in KINDS:
         trained_to = checkpoint_step(os.path.join(out_dir, kind))
+        if trained_to is None or trained_to > new_steps:  # past --steps: `run._check_steps` says so in its words
+            continue
         moved += [f"--steps was {old_steps}, now {new_steps}: with --lr_decay_at={fraction} it moves a learning-rate "
                   f"drop the {kind} run has fine-tuned past from step {was} to {now}"
-                  for fraction, was, now in moved_drops(decay_at, old_steps, new_steps, trained_to or 0)]
+                  for fraction, was, now in moved_drops(decay_at, old_steps, new_steps, trained_to)]
     return moved
 
 

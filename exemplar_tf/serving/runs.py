@@ -7,6 +7,7 @@ import os
 import tensorflow as tf
 
 from exemplar_tf import models
+from exemplar_tf.errors import InputError
 from exemplar_tf.serving.export import check_model_name, export_encoder, measure_percentiles, served_options
 from exemplar_tf.training import loop, rundir
 from exemplar_tf.training.step import objective_of
@@ -80,5 +81,9 @@ def export_run(run_dir: str, *, name: str | None = None, version: int | None = N
     check_export_name(config, name=name or config.name, export_dir_base=export_dir_base)  # before any restoring
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     encoder, head, config = restore_run(run_dir, latest)  # the step recorded is the one restored
+    step = rundir.checkpoint_number(latest)
+    if step is None:
+        raise InputError(f"{latest}: the newest checkpoint of {run_dir} is not named ckpt-<step>, so its step is not "
+                         f"known; training names its checkpoints so")
     return export_training_run(config, encoder, head, percentile_images(config), name=name or config.name,
-                               step=rundir.checkpoint_number(latest), version=version, export_dir_base=export_dir_base)
+                               step=step, version=version, export_dir_base=export_dir_base)

@@ -258,8 +258,9 @@ class TrainConfig:
 
     @property
     def lr_drop_steps(self) -> list[int]:
-        """The step decay's boundaries (--lr_decay_at, increasing): `optim.schedules.step_decay` drops after each."""
-        return drop_steps(self.steps, self.lr_decay_at)
+        """The step decay's boundaries (--lr_decay_at, increasing): `optim.schedules.step_decay` drops after each;
+        none with --lr_schedule=cosine."""
+        return drop_steps(self.steps, self.lr_decay_at) if self.lr_schedule == "step" else []
 
     @property
     def low_res_steps(self) -> int:

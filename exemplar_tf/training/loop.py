@@ -558,7 +558,7 @@ def _finish(run: _Run, loss: float, first_step: int) -> RunResult:
     """The final checkpoint, the last kNN reading and projector, and (chief) the final export."""
     config, state, manager = run.config, run.state, run.manager
     log_dir = os.path.join(config.run_dir, "tensorboard")
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{state.step}"):
+    if manager.latest_checkpoint is None or rundir.checkpoint_number(manager.latest_checkpoint) != state.step:
         _save(manager, state.step)
     _say_worker_state(run)
     if not run.chief:

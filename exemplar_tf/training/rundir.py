@@ -129,7 +129,7 @@ def checkpoint_number(prefix: str) -> int | None:
     step), None for a prefix not named so."""
     name = os.path.basename(prefix)
     number = name.removeprefix("ckpt-")
-    return int(number) if number != name and number.isdigit() else None
+    return int(number) if number != name and number.isdecimal() else None
 
 
 def checkpoint_step(run_dir: str) -> int | None:
