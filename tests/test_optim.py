@@ -23,8 +23,9 @@ def test_drop_steps_are_the_last_iterations_before_each_drop_of_the_keras_schedu
     rates = np.array([float(schedule(i)) for i in range(steps + 1)])
     assert drop_steps(steps, decay_at) == expected  # int(fraction * steps), as docs/flags.md says
     assert list(np.flatnonzero(rates[1:] < rates[:-1])) == expected
-    assert TrainConfig(run_dir="/tmp/unused", steps=steps, lr_decay_at=decay_at).lr_drop_steps == drop_steps(
-        steps, decay_at)
+    assert TrainConfig(run_dir="/tmp/unused", steps=steps, lr_decay_at=decay_at).lr_drop_steps == expected
+    cosine = TrainConfig(run_dir="/tmp/unused", steps=steps, lr_decay_at=decay_at, lr_schedule="cosine")
+    assert cosine.lr_drop_steps == []  # --lr_decay_at is unused there
 
 
 @pytest.mark.parametrize("constant_as_float", [False, True])
