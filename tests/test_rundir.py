@@ -258,6 +258,23 @@ def test_the_newest_checkpoint_step_is_read_from_the_index_file_names_alone(tmp_
     assert [rundir.checkpoint_number(p) for p in ("runs/a/checkpoints/model-3", "ckpt-", "ckpt-3a")] == [None] * 3
 
 
+def test_export_refuses_a_newest_checkpoint_whose_name_gives_no_step(tmp_path):
+    """The export records the step of what it restored: a checkpoint state naming another prefix is one line, not
+    an export with no step."""
+    from exemplar_tf import models
+
+    config = _config(tmp_path)
+    rundir.write_flagfile(config)
+    (options,) = models.recorded_options(config)
+    folder = os.path.join(config.run_dir, "checkpoints")
+    # save() numbers the prefix itself ("model-1") and names it newest in the checkpoint state
+    prefix = tf.train.Checkpoint(encoder=models.encoder_from_options(options)).save(os.path.join(folder, "model"))
+    assert tf.train.latest_checkpoint(folder) == prefix
+    with pytest.raises(rundir.InputError, match=f"^{prefix}: the newest checkpoint of {config.run_dir} is not named "
+                                                f"ckpt-<step>, so its step is not known"):
+        runs.export_run(config.run_dir)
+
+
 def test_a_run_keeps_its_id_on_resume_and_a_new_start_gets_another(tmp_path):
     """Exports record the run's id, so `knn --checkpoint` tells an export of an earlier run in the same directory
     (started over with --overwrite) from one of the run there now."""
