@@ -22,6 +22,7 @@ from exemplar_tf import errors, models
 from exemplar_tf.augment.npid import npid_augment
 from exemplar_tf.optim.schedules import step_decay
 from exemplar_tf.serving import export
+from exemplar_tf.training import checkpoints
 from exemplar_tf.training.rundir import checkpoint_number
 
 CLASSIFY_SIGNATURE = "classify"
@@ -114,8 +115,8 @@ def finetune(encoder, num_classes: int, batches: tf.data.Dataset, recipe: Recipe
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(out_dir, "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
         # the dropout masks' generators; checkpoints written before they were saved resume without them
-        saved_random = any(name.startswith("random/") for name, _ in tf.train.list_variables(manager.latest_checkpoint))
-        restoring = checkpoint if saved_random else tf.train.Checkpoint(**parts)
+        restoring = (checkpoint if checkpoints.holds_part(manager.latest_checkpoint, "random")
+                     else tf.train.Checkpoint(**parts))
         restoring.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         if int(step_var) > recipe.steps:
             raise errors.InputError(f"{out_dir} is fine-tuned to step {int(step_var)}, past --steps={recipe.steps}: "

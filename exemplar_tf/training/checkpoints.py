@@ -27,6 +27,12 @@ def files_of(prefix: str) -> list[str]:
     return sorted(glob.glob(f"{prefix}.index") + glob.glob(f"{prefix}.data-*"))
 
 
+def holds_part(prefix: str, part: str) -> bool:
+    """Whether checkpoint `prefix` saved anything under the `tf.train.Checkpoint` keyword `part` (checkpoints
+    written before a part was added lack it, and are restored without it)."""
+    return any(name.startswith(f"{part}/") for name, _ in tf.train.list_variables(prefix))
+
+
 def read_problem(prefix: str) -> str | None:
     """Why checkpoint `prefix` cannot be read (every tensor is read), or None when it can."""
     try:

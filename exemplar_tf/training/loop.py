@@ -270,7 +270,7 @@ def steps_this_call(config: TrainConfig, step: int, refit_at: int | None = None)
 def restore(state: ModelState, path: str) -> None:
     """Restores checkpoint `path` into `state`. A checkpoint written before it held the resume state (input
     position, random seed generators) resumes the input at the restored step (its run fed one batch per step)."""
-    has_resume_state = any(name.startswith("resume/") for name, _ in tf.train.list_variables(path))
+    has_resume_state = checkpoints.holds_part(path, "resume")
     state.checkpoint(with_resume_state=has_resume_state).restore(path).assert_existing_objects_matched()
     if not has_resume_state:
         state.input_position.assign(state.optimizer.iterations)
